@@ -1,0 +1,62 @@
+"""Encoders are plain timm VisionTransformers, so exported weights load straight into timm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import timm
+from timm.models.vision_transformer import VisionTransformer
+
+from ultrassl.errors import ConfigError
+
+#: ViT sizes we know, by timm architecture name. Any other timm ViT name works too.
+VIT_ARCHS = {
+    "tiny": "vit_tiny_patch16_224",
+    "small": "vit_small_patch16_224",
+    "base": "vit_base_patch16_224",
+    "large": "vit_large_patch16_224",
+    "huge": "vit_huge_patch14_224",
+}
+
+
+@dataclass
+class EncoderSpec:
+    """Everything needed to rebuild an encoder with ``timm.create_model`` (stored in config.json)."""
+
+    arch: str = "vit_tiny_patch16_224"
+    img_size: tuple[int, int] = (224, 224)
+    patch_size: int = 16
+    in_chans: int = 1
+    #: extra timm kwargs that override the architecture's defaults (e.g. embed_dim/depth/num_heads
+    #: for the test-size model).
+    model_args: dict[str, Any] = field(default_factory=dict)
+
+    def timm_kwargs(self) -> dict[str, Any]:
+        return dict(
+            img_size=tuple(self.img_size),
+            patch_size=self.patch_size,
+            in_chans=self.in_chans,
+            **self.model_args,
+        )
+
+
+def resolve_arch(arch: str) -> str:
+    return VIT_ARCHS.get(arch, arch)
+
+
+def create_encoder(spec: EncoderSpec, drop_path_rate: float = 0.0) -> VisionTransformer:
+    """A headless timm ViT (``num_classes=0``) for ``spec``; non-square sizes and 1 channel are fine."""
+    arch = resolve_arch(spec.arch)
+    img_h, img_w = spec.img_size
+    if img_h % spec.patch_size or img_w % spec.patch_size:
+        raise ConfigError(f"image size {spec.img_size} is not a multiple of the patch size {spec.patch_size}")
+    try:
+        model = timm.create_model(
+            arch, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate, **spec.timm_kwargs()
+        )
+    except RuntimeError as exc:  # timm raises RuntimeError for unknown names
+        raise ConfigError(f"unknown encoder architecture {spec.arch!r}: {exc}") from exc
+    if not isinstance(model, VisionTransformer):
+        raise ConfigError(f"{arch!r} is not a timm VisionTransformer")
+    return model
