@@ -1,0 +1,323 @@
+"""The Python API: one typed function per command. The CLI only parses arguments and calls these."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ultrassl import checkpoint as ckpt
+from ultrassl import distributed
+from ultrassl.config import PretrainConfig, build_pretrain_config, from_dict, to_dict
+from ultrassl.data.datasets import PretrainFrames, load_frame_cache
+from ultrassl.data.manifest import IndexSummary, index_folder, read_manifest
+from ultrassl.errors import CheckpointError, ConfigError, UltrasslError
+from ultrassl.methods.mae import MAE
+from ultrassl.models.vit import EncoderSpec, resolve_arch
+from ultrassl.training import Trainer, TrainResult
+from ultrassl.transforms.blur import Blur
+from ultrassl.transforms.pairs import PairTransform
+
+__all__ = [
+    "PretrainConfig",
+    "build_pretrain_config",
+    "synth",
+    "index",
+    "pretrain",
+    "load_run",
+    "export",
+    "convert",
+    "reconstruct",
+]
+
+
+# ----------------------------------------------------------------------------------------------------
+# data
+
+
+def synth(out_dir: str | Path, *, seed: int = 0, **kwargs: Any) -> Path:
+    """Write the built-in synthetic ultrasound data set; returns its manifest path."""
+    from ultrassl.data.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(out_dir, seed=seed, **kwargs)
+
+
+def index(
+    data_dir: str | Path,
+    out_csv: str | Path,
+    labels_csv: str | Path | None = None,
+    group_pattern: str | None = None,
+) -> IndexSummary:
+    """Scan a folder into a manifest CSV; unreadable files are listed with a reason, never fatal."""
+    if not Path(data_dir).is_dir():
+        raise UltrasslError(f"{data_dir}: not a folder")
+    return index_folder(data_dir, out_csv, labels_csv=labels_csv, group_pattern=group_pattern)
+
+
+# ----------------------------------------------------------------------------------------------------
+# pre-training
+
+
+def build_model(cfg: PretrainConfig) -> torch.nn.Module:
+    """The method module for a config (MAE and Deblurring MAE share one class)."""
+    if cfg.method in ("mae", "deblur-mae"):
+        return MAE(cfg.encoder, cfg.mae)
+    raise ConfigError(f"unknown method {cfg.method!r}")
+
+
+def build_pretrain_dataset(cfg: PretrainConfig, progress: bool = True) -> PretrainFrames:
+    if not cfg.data.manifest:
+        raise ConfigError("no data: pass --data MANIFEST (make one with `ultrassl index DATA_DIR`)")
+    rows = read_manifest(cfg.data.manifest)
+    cache = load_frame_cache(
+        rows,
+        rgb=cfg.encoder.in_chans == 3,
+        video_fps=cfg.data.video_fps,
+        max_frames_per_video=cfg.data.max_frames_per_video,
+        scan_area=cfg.data.scan_area,
+        progress=progress,
+    )
+    for path, reason in cache.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    degrade = Blur(cfg.blur) if cfg.blur.kind != "none" else None
+    transform = PairTransform(
+        size=tuple(cfg.encoder.img_size),
+        scale=cfg.data.crop_scale,
+        ratio=cfg.data.crop_ratio,
+        hflip=cfg.data.hflip,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
+        degrade=degrade,
+    )
+    return PretrainFrames(cache, transform, cfg.encoder.in_chans, seed=cfg.train.seed)
+
+
+def run_info() -> dict[str, Any]:
+    """Versions and git hash, written into every run folder."""
+    import timm
+
+    from ultrassl import __version__
+
+    git = None
+    try:
+        git = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "ultrassl": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "platform": platform.platform(),
+        "git_hash": git,
+        "argv": sys.argv,
+    }
+
+
+#: config parts that may change between a run and its resumption (they do not change the maths)
+_RESUMABLE_CHANGES = {
+    "train.max_steps",
+    "train.epochs",
+    "train.time_limit",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.device",
+    "train.tensorboard",
+    "data.num_workers",
+    "data.manifest",
+}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "model_args":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _check_resume_config(saved: dict[str, Any], new: dict[str, Any], path: Path) -> None:
+    a, b = _flatten(saved), _flatten(new)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUMABLE_CHANGES)
+    if diff:
+        detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
+        raise ConfigError(
+            f"{path}: --resume with a different config ({detail}). Use the run's own settings, or a new --out."
+        )
+
+
+def pretrain(
+    cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> TrainResult:
+    """Pre-train ``cfg.method`` on ``cfg.data.manifest`` into the run folder ``out_dir``."""
+    run_dir = Path(out_dir)
+    config = to_dict(cfg)
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume and last.exists():
+        _check_resume_config(ckpt.safe_load(last)["config"], config, last)
+    elif not resume and last.exists():
+        raise UltrasslError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out"
+        )
+    dist_info, _ = distributed.init_distributed(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)  # model initialisation
+    model = build_model(cfg)
+    if cfg.init_from and not (resume and last.exists()):
+        report = init_from(model, cfg.init_from)
+        if dist_info.is_main:
+            print(f"initialised from {cfg.init_from}: {report}", file=sys.stderr)
+    dataset = build_pretrain_dataset(cfg, progress=progress and dist_info.is_main)
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        ckpt.atomic_write_text(run_dir / "run_info.json", json.dumps(run_info(), indent=2))
+        skipped = load_skipped(dataset)
+        if skipped:
+            ckpt.atomic_write_text(run_dir / "skipped_files.csv", skipped)
+    trainer = Trainer(
+        model,
+        dataset,
+        optim=cfg.optim,
+        train=cfg.train,
+        run_dir=run_dir,
+        config=config,
+        resume=resume,
+        num_workers=cfg.data.num_workers,
+    )
+    return trainer.fit()
+
+
+def load_skipped(dataset: PretrainFrames) -> str:
+    rows = ["path,reason"] + [f'"{p}","{r}"' for p, r in dataset.cache.skipped]
+    return "\n".join(rows) + "\n" if dataset.cache.skipped else ""
+
+
+def init_from(model: torch.nn.Module, source: str | Path) -> dict[str, Any]:
+    """Start from a run folder, an export folder or a foreign checkpoint (MAE, DeblurringMIM, timm)."""
+    source = Path(source)
+    if (source / "checkpoints" / "last.pt").exists():
+        state = ckpt.safe_load(source / "checkpoints" / "last.pt")
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        if unexpected or missing:
+            raise CheckpointError(
+                source, f"run does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        return {"loaded": "full model from run"}
+    if (source / "model.safetensors").exists():
+        source = source / "model.safetensors"
+    return ckpt.load_encoder_weights(model.encoder.vit, source)
+
+
+def load_run(run_dir: str | Path) -> tuple[PretrainConfig, torch.nn.Module, dict[str, Any]]:
+    """(config, model with the run's last weights, raw checkpoint) from a run folder or its last.pt."""
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.exists():
+        raise CheckpointError(path, "no checkpoint here (expected RUN/checkpoints/last.pt)")
+    state = ckpt.safe_load(path)
+    if "config" not in state or "model" not in state:
+        raise CheckpointError(path, "not an ultrassl training checkpoint (no 'config'/'model')")
+    cfg = from_dict(PretrainConfig, state["config"])
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return cfg, model, state
+
+
+def export(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the run's encoder as ``model.safetensors`` + ``config.json`` that timm loads directly."""
+    cfg, model, state = load_run(run_dir)
+    return ckpt.export_encoder(
+        model.encoder.vit,
+        cfg.encoder,
+        out_dir,
+        method=cfg.method,
+        mean=list(cfg.data.mean),
+        std=list(cfg.data.std),
+        extra={"pretrain_steps": int(state["step"]), "pretrain_config": state["config"]},
+    )
+
+
+def convert(checkpoint: str | Path, out_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Import a foreign checkpoint (MAE, DeblurringMIM, timm) into an export folder."""
+    return ckpt.convert_checkpoint(checkpoint, out_dir, **kwargs)
+
+
+@torch.no_grad()
+def reconstruct(
+    run_dir: str | Path, data: str | Path, out_png: str | Path, *, n: int = 8, seed: int = 0
+) -> Path:
+    """Draw input / masked / reconstruction / target for ``n`` frames of ``data`` (a manifest)."""
+    from ultrassl.visualize import save_reconstruction_grid
+
+    cfg, model, _ = load_run(run_dir)
+    cfg.data.manifest = str(data)
+    cfg.train.seed = seed
+    dataset = build_pretrain_dataset(cfg, progress=False)
+    step = max(1, len(dataset) // n)
+    items = [dataset[i] for i in range(0, len(dataset), step)[:n]]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    gen = torch.Generator().manual_seed(seed)
+    views = model.reconstruct(batch, generator=gen)
+    mean = torch.tensor(cfg.data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.data.std).view(1, -1, 1, 1)
+    images = {k: (v.float() * std + mean).clamp(0, 1) for k, v in views.items()}
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    save_reconstruction_grid(images, out_png, max_rows=n)
+    return out_png
+
+
+# ----------------------------------------------------------------------------------------------------
+# demo
+
+
+@dataclass
+class DemoResult:
+    data_dir: Path
+    manifest: Path
+    run_dir: Path
+    export_dir: Path
+    grid: Path
+    train: TrainResult
+
+
+def demo(out_dir: str | Path = "demo", *, max_steps: int = 60, seed: int = 0) -> DemoResult:
+    """synth -> index -> Deblurring MAE (tiny) -> reconstruction grid -> timm export."""
+    out = Path(out_dir)
+    data_dir = out / "data"
+    synth(data_dir, seed=seed)
+    manifest = out / "manifest.csv"
+    index(data_dir, manifest, group_pattern=r"^(p\d+)")
+    cfg = build_pretrain_config(
+        method="deblur-mae",
+        preset="tiny",
+        flags={"data": {"manifest": str(manifest)}, "train": {"max_steps": max_steps, "seed": seed}},
+    )
+    run_dir = out / "run"
+    result = pretrain(cfg, run_dir, resume=True)
+    grid = reconstruct(run_dir, manifest, out / "reconstruction.png", n=6, seed=seed)
+    export_dir = export(run_dir, out / "export")
+    return DemoResult(data_dir, manifest, run_dir, export_dir, grid, result)
+
+
+def encoder_arch(spec: EncoderSpec) -> str:
+    return resolve_arch(spec.arch)

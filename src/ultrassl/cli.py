@@ -1,0 +1,150 @@
+"""Command line: parse arguments into configs and call :mod:`ultrassl.api`. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ultrassl.errors import UltrasslError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ultrassl", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write the built-in synthetic ultrasound data set")
+    s.add_argument("out_dir", type=Path)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--patients", type=int, default=12, help="patients (each has its own clips)")
+    s.add_argument("--size", type=int, nargs=2, default=(96, 96), metavar=("H", "W"))
+
+    s = sub.add_parser("index", help="scan a folder of images/videos/DICOM into a manifest CSV")
+    s.add_argument("data_dir", type=Path)
+    s.add_argument("-o", "--out", type=Path, required=True, help="manifest.csv to write")
+    s.add_argument("--labels", type=Path, help="CSV with columns path,label")
+    s.add_argument("--group-pattern", help="regex on the file name giving the patient/group id")
+
+    s = sub.add_parser("pretrain", help="self-supervised pre-training")
+    s.add_argument("--method", choices=("mae", "deblur-mae"))
+    s.add_argument("--preset", help="preset name (see `ultrassl presets`) or a YAML file")
+    s.add_argument("--data", help="manifest CSV")
+    s.add_argument("--out", type=Path, required=True, help="run folder")
+    s.add_argument("--from", dest="init_from", help="run folder, export folder or checkpoint to start from")
+    s.add_argument("--max-steps", type=int)
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--time-limit", type=float, metavar="MINUTES")
+    s.add_argument("--checkpoint-every", type=int, metavar="STEPS")
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--workers", type=int)
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    s.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    s = sub.add_parser("reconstruct", help="draw input / masked / reconstruction / target")
+    s.add_argument("run", type=Path)
+    s.add_argument("--data", type=Path, required=True, help="manifest CSV")
+    s.add_argument("-o", "--out", type=Path, required=True, help="PNG to write")
+    s.add_argument("-n", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("export", help="export a run's encoder for timm (model.safetensors + config.json)")
+    s.add_argument("run", type=Path)
+    s.add_argument("-o", "--out", type=Path, required=True)
+
+    s = sub.add_parser("convert", help="import a MAE/DeblurringMIM/timm checkpoint into an export folder")
+    s.add_argument("checkpoint", type=Path)
+    s.add_argument("-o", "--out", type=Path, required=True)
+    s.add_argument("--in-chans", type=int)
+    s.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"))
+
+    sub.add_parser("presets", help="list the built-in presets")
+
+    s = sub.add_parser("demo", help="the whole story on built-in synthetic data")
+    s.add_argument("--out", type=Path, default=Path("demo"))
+    s.add_argument("--max-steps", type=int, default=60)
+    return p
+
+
+def _pretrain_flags(a: argparse.Namespace) -> dict[str, Any]:
+    train = {
+        "max_steps": a.max_steps,
+        "epochs": a.epochs,
+        "time_limit": a.time_limit,
+        "checkpoint_every": a.checkpoint_every,
+        "batch_size": a.batch_size,
+        "seed": a.seed,
+        "device": a.device,
+        "precision": a.precision,
+    }
+    flags: dict[str, Any] = {"train": {k: v for k, v in train.items() if v is not None}}
+    data = {"manifest": a.data, "num_workers": a.workers}
+    flags["data"] = {k: v for k, v in data.items() if v is not None}
+    if a.init_from:
+        flags["init_from"] = a.init_from
+    return flags
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UltrasslError as exc:
+        print(f"ultrassl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(a: argparse.Namespace) -> int:
+    from ultrassl import api, config
+
+    if a.command == "synth":
+        manifest = api.synth(a.out_dir, seed=a.seed, n_patients=a.patients, size=tuple(a.size))
+        print(f"wrote synthetic data set to {a.out_dir} (manifest {manifest})")
+    elif a.command == "index":
+        summary = api.index(a.data_dir, a.out, labels_csv=a.labels, group_pattern=a.group_pattern)
+        for path, reason in summary.skipped:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary.by_kind.items()))
+        print(f"indexed {summary.n_indexed} files ({kinds}); skipped {summary.n_skipped}; wrote {a.out}")
+    elif a.command == "pretrain":
+        cfg = config.build_pretrain_config(a.method, a.preset, _pretrain_flags(a), a.set)
+        if a.print_config:
+            import yaml
+
+            print(yaml.safe_dump(config.to_dict(cfg), sort_keys=False))
+            return 0
+        result = api.pretrain(cfg, a.out, resume=a.resume)
+        print(
+            f"{cfg.method}: {result.step} steps ({result.stopped_by}) in {result.seconds:.0f} s, "
+            f"last loss {result.last_loss:.4f}; checkpoint {result.checkpoint}"
+        )
+    elif a.command == "reconstruct":
+        print(f"wrote {api.reconstruct(a.run, a.data, a.out, n=a.n, seed=a.seed)}")
+    elif a.command == "export":
+        print(f"wrote {api.export(a.run, a.out)}")
+    elif a.command == "convert":
+        kwargs: dict[str, Any] = {}
+        if a.in_chans:
+            kwargs["in_chans"] = a.in_chans
+        if a.img_size:
+            kwargs["img_size"] = tuple(a.img_size)
+        report = api.convert(a.checkpoint, a.out, **kwargs)
+        print(json.dumps(report, indent=2, default=str))
+    elif a.command == "presets":
+        print("\n".join(config.preset_names()))
+    elif a.command == "demo":
+        r = api.demo(a.out, max_steps=a.max_steps)
+        print(
+            "demo finished:\n"
+            f"  data            {r.data_dir}\n"
+            f"  manifest        {r.manifest}\n"
+            f"  run             {r.run_dir} ({r.train.step} steps, last loss {r.train.last_loss:.4f})\n"
+            f"  reconstructions {r.grid}\n"
+            f"  timm export     {r.export_dir}"
+        )
+    return 0

@@ -1,0 +1,357 @@
+"""`ultrassl index`: a folder of ultrasound media -> manifest.csv, with bad files skipped and explained.
+
+Every file is probed once here, so training never meets an unreadable file; the manifest records what
+a dataset needs without opening files again (kind, frame count, fps, size, label, group, mask).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ultrassl.data.readers import probe
+from ultrassl.errors import UltrasslError, UnreadableFileError
+
+__all__ = [
+    "COLUMNS",
+    "IndexSummary",
+    "ManifestRow",
+    "build_manifest",
+    "index_folder",
+    "read_manifest",
+    "write_manifest",
+]
+
+COLUMNS = ("path", "kind", "label", "group_id", "n_frames", "fps", "width", "height", "mask_path")
+REQUIRED_COLUMNS = ("path", "kind", "n_frames", "width", "height")
+KINDS = ("image", "video", "dicom")
+MASK_SUFFIX = "_mask"
+MASK_DIR = "masks"
+_MASK_EXTS = (".png", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class ManifestRow:
+    """One indexed media file. Paths are absolute in memory; relative to the CSV on disk."""
+
+    path: str
+    kind: str
+    label: str | None
+    group_id: str
+    n_frames: int
+    fps: float | None
+    width: int
+    height: int
+    mask_path: str | None = None
+
+
+@dataclass
+class IndexSummary:
+    """What `index_folder` did, for the CLI to print."""
+
+    n_indexed: int
+    n_skipped: int
+    skipped: list[tuple[str, str]]
+    by_kind: dict[str, int]
+    manifest_path: Path
+    skipped_path: Path | None = None
+    rows: list[ManifestRow] = field(default_factory=list, repr=False)
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+def _is_hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _is_mask(path: Path) -> bool:
+    return path.stem.lower().endswith(MASK_SUFFIX)
+
+
+def _find_mask(path: Path) -> Path | None:
+    """`<stem>_mask.png` next to the image, or in a `masks/` folder beside it."""
+    for folder in (path.parent, path.parent / MASK_DIR):
+        for ext in _MASK_EXTS:
+            candidate = folder / f"{path.stem}{MASK_SUFFIX}{ext}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _read_labels(labels_csv: str | Path) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """Labels CSV (`path,label`) -> ({relative posix path: label}, {file name: label})."""
+    labels_csv = Path(labels_csv)
+    by_rel: dict[str, str | None] = {}
+    by_name: dict[str, str | None] = {}
+    try:
+        with open(labels_csv, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in ("path", "label") if c not in fields]
+            if missing:
+                raise UltrasslError(
+                    f"{labels_csv}: line 1: missing column(s) {', '.join(missing)} (expected columns path,label)"
+                )
+            for row in reader:
+                row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+                key = row["path"].replace("\\", "/")
+                while key.startswith("./"):
+                    key = key[2:]
+                if not key:
+                    raise UltrasslError(f"{labels_csv}: line {reader.line_num}: empty path")
+                label = row["label"] or None
+                (by_name if "/" not in key else by_rel)[key] = label
+    except OSError as e:
+        raise UltrasslError(f"{labels_csv}: cannot read labels file ({e.strerror or e})") from e
+    return by_rel, by_name
+
+
+def _group_id(rel: Path, patient_id: str | None, pattern: re.Pattern[str] | None) -> str:
+    """PatientID, else the pattern's first group (or whole match) on the file name, else the path."""
+    if patient_id:
+        return patient_id
+    if pattern is not None:
+        m = pattern.search(rel.name)
+        if m:
+            value = m.group(1) if m.groups() and m.group(1) is not None else m.group(0)
+            if value:
+                return value
+    return rel.as_posix()
+
+
+def build_manifest(
+    data_dir: str | Path,
+    labels_csv: str | Path | None = None,
+    group_pattern: str | None = None,
+    progress: bool = True,
+) -> tuple[list[ManifestRow], list[tuple[str, str]]]:
+    """Probe every file under `data_dir` (sorted, recursive, hidden skipped) -> (rows, skipped).
+
+    `skipped` holds (path, one-line reason); a bad file never stops the run. Mask files (stem ending
+    in `_mask`) are attached to their image, not indexed; a mask without an image is reported skipped.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UltrasslError(f"{data_dir}: data folder does not exist or is not a folder")
+    pattern = None
+    if group_pattern:
+        try:
+            pattern = re.compile(group_pattern)
+        except re.error as e:
+            raise UltrasslError(f"bad --group-pattern {group_pattern!r}: {e}") from e
+    by_rel, by_name = _read_labels(labels_csv) if labels_csv is not None else ({}, {})
+
+    files = sorted(p for p in data_dir.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(data_dir)))
+    used_masks: set[Path] = set()
+    rows: list[ManifestRow] = []
+    skipped: list[tuple[str, str]] = []
+    show = progress and sys.stderr.isatty()
+    for path in tqdm(files, desc="indexing", unit="file", disable=not show):
+        if _is_mask(path):
+            continue
+        rel = path.relative_to(data_dir)
+        try:
+            info = probe(path)
+        except UnreadableFileError as e:
+            skipped.append((str(path), e.reason))
+            continue
+        except Exception as e:  # an unexpected decoder failure must not stop indexing
+            reason = " ".join(f"{type(e).__name__}: {e}".split())
+            skipped.append((str(path), reason))
+            continue
+        key = rel.as_posix()
+        label: str | None = rel.parts[0] if len(rel.parts) > 1 else None
+        if key in by_rel:
+            label = by_rel[key]
+        elif rel.name in by_name:
+            label = by_name[rel.name]
+        mask = _find_mask(path) if info.kind == "image" else None
+        if mask is not None:
+            used_masks.add(mask)
+        rows.append(
+            ManifestRow(
+                path=str(path.absolute()),
+                kind=info.kind,
+                label=label,
+                group_id=_group_id(rel, info.patient_id, pattern),
+                n_frames=info.n_frames,
+                fps=info.fps,
+                width=info.width,
+                height=info.height,
+                mask_path=str(mask.absolute()) if mask is not None else None,
+            )
+        )
+    for path in files:
+        if _is_mask(path) and path not in used_masks:
+            skipped.append((str(path), "mask without a matching image"))
+    return rows, skipped
+
+
+# ------------------------------------------------------------------------------------------ CSV I/O
+
+
+def _relative(path: str, base: Path) -> str:
+    """`path` relative to `base` when they share a folder below the root, else absolute."""
+    absolute = Path(path).absolute()
+    try:
+        return absolute.relative_to(base).as_posix()
+    except ValueError:
+        pass
+    try:
+        common = Path(os.path.commonpath([absolute, base]))
+    except ValueError:  # different drives
+        return str(absolute)
+    if common == Path(common.anchor):
+        return str(absolute)
+    return Path(os.path.relpath(absolute, base)).as_posix()
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(round(value, 6))
+    return str(value)
+
+
+def write_manifest(rows: list[ManifestRow], csv_path: str | Path) -> Path:
+    """Write rows with paths relative to the manifest's folder (portable when moved together)."""
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    base = csv_path.absolute().parent
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for r in rows:
+            writer.writerow(
+                [
+                    _relative(r.path, base),
+                    r.kind,
+                    _fmt(r.label),
+                    r.group_id,
+                    r.n_frames,
+                    _fmt(r.fps),
+                    r.width,
+                    r.height,
+                    _relative(r.mask_path, base) if r.mask_path else "",
+                ]
+            )
+    os.replace(tmp, csv_path)
+    return csv_path
+
+
+def _number(csv_path: Path, line: int, column: str, text: str, kind: type) -> int | float | None:
+    text = (text or "").strip()
+    if not text:
+        if kind is float:
+            return None
+        raise UltrasslError(f"{csv_path}: line {line}: empty value in column '{column}'")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if kind is int:
+        if not value.is_integer():
+            raise UltrasslError(
+                f"{csv_path}: line {line}: bad value {text!r} in column '{column}' (expected an integer)"
+            )
+        return int(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise UltrasslError(
+            f"{csv_path}: line {line}: bad value {text!r} in column '{column}' (expected a number)"
+        )
+    return value
+
+
+def _resolve(base: Path, text: str) -> str:
+    p = Path(text)
+    return os.path.normpath(p if p.is_absolute() else base / p)
+
+
+def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
+    """Rows with absolute paths; a missing required column or a bad number raises UltrasslError (file, line)."""
+    csv_path = Path(csv_path)
+    base = csv_path.absolute().parent
+    rows: list[ManifestRow] = []
+    try:
+        f = open(csv_path, newline="", encoding="utf-8-sig")
+    except OSError as e:
+        raise UltrasslError(f"{csv_path}: cannot read manifest ({e.strerror or e})") from e
+    with f:
+        reader = csv.DictReader(f)
+        fields = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED_COLUMNS if c not in fields]
+        if missing:
+            raise UltrasslError(f"{csv_path}: line 1: missing required column(s): {', '.join(missing)}")
+        for raw in reader:
+            line = reader.line_num
+            rec = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            if not rec.get("path"):
+                raise UltrasslError(f"{csv_path}: line {line}: empty path")
+            kind = rec["kind"]
+            if kind not in KINDS:
+                raise UltrasslError(
+                    f"{csv_path}: line {line}: bad kind {kind!r} (expected one of {', '.join(KINDS)})"
+                )
+            path = _resolve(base, rec["path"])
+            rel_default = rec["path"]
+            rows.append(
+                ManifestRow(
+                    path=path,
+                    kind=kind,
+                    label=rec.get("label") or None,
+                    group_id=rec.get("group_id") or rel_default,
+                    n_frames=_number(csv_path, line, "n_frames", rec["n_frames"], int),
+                    fps=_number(csv_path, line, "fps", rec.get("fps", ""), float),
+                    width=_number(csv_path, line, "width", rec["width"], int),
+                    height=_number(csv_path, line, "height", rec["height"], int),
+                    mask_path=_resolve(base, rec["mask_path"]) if rec.get("mask_path") else None,
+                )
+            )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------- one call
+
+
+def index_folder(
+    data_dir: str | Path,
+    out_csv: str | Path,
+    labels_csv: str | Path | None = None,
+    group_pattern: str | None = None,
+    progress: bool = True,
+) -> IndexSummary:
+    """Build and write the manifest, plus `<stem>_skipped.csv` (path, reason) when files were skipped."""
+    out_csv = Path(out_csv)
+    rows, skipped = build_manifest(
+        data_dir, labels_csv=labels_csv, group_pattern=group_pattern, progress=progress
+    )
+    write_manifest(rows, out_csv)
+    skipped_path = out_csv.with_name(f"{out_csv.stem}_skipped.csv")
+    if skipped:
+        base = out_csv.absolute().parent
+        with open(skipped_path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(("path", "reason"))
+            for path, reason in skipped:
+                writer.writerow((_relative(path, base), reason))
+    elif skipped_path.exists():
+        skipped_path.unlink()  # a stale list from an earlier run would be misleading
+    return IndexSummary(
+        n_indexed=len(rows),
+        n_skipped=len(skipped),
+        skipped=skipped,
+        by_kind=dict(Counter(r.kind for r in rows)),
+        manifest_path=out_csv,
+        skipped_path=skipped_path if skipped else None,
+        rows=rows,
+    )

@@ -1,0 +1,463 @@
+"""The one training loop every method runs through.
+
+A method is any ``nn.Module`` whose ``forward(batch: dict) -> dict`` returns at least ``{"loss": scalar}``.
+The loop owns what is common: AdamW without weight decay on biases/norms, lr = base_lr x global
+batch / 256, per-step warm-up then half-cycle cosine, gradient accumulation, clipping, autocast (bf16 on
+CPU/GPU, fp16 with a scaler on CUDA), a NaN guard, progress, CSV/TensorBoard metrics, atomic
+checkpoints and bit-exact resume, and torchrun (DDP) from the environment.
+
+Determinism does not depend on process count or worker count: the sample order is a seeded permutation
+per epoch (sharded like ``DistributedSampler``), and each sample's randomness comes from a seed derived
+from (run seed, epoch, sample index), so a resumed run replays exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from ultrassl import distributed
+from ultrassl.checkpoint import atomic_save, safe_load
+from ultrassl.config import OptimConfig, TrainConfig
+from ultrassl.errors import ConfigError, UltrasslError
+from ultrassl.rng import capture_rng, restore_rng, seed_everything
+
+
+class TrainingDivergedError(UltrasslError):
+    """The loss became NaN/inf; the last good checkpoint is left as it was."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    epoch: int
+    last_loss: float
+    stopped_by: str  # "done" | "max_steps" | "time_limit" | "signal"
+    checkpoint: Path
+    seconds: float
+
+
+# ----------------------------------------------------------------------------------------------------
+# optimiser and schedule
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weights only: none on biases, norms, tokens and position embeddings."""
+    skip: set[str] = set()
+    for name, module in model.named_modules():
+        if hasattr(module, "no_weight_decay"):
+            prefix = f"{name}." if name else ""
+            skip |= {prefix + n for n in module.no_weight_decay()}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name in skip or name.endswith(".bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class WarmupCosine:
+    """lr factor per optimiser step: linear warm-up, then half-cycle cosine down to ``min_factor``."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_factor: float = 0.0):
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.min_factor = float(min_factor)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: fp32). ``auto`` = bf16 where the device supports it."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("fp16 autocast needs CUDA; use --precision bf16 or fp32 on the CPU")
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+# ----------------------------------------------------------------------------------------------------
+# data order
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` that can start part-way into an epoch (for resume)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int):
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.start :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # two threads per worker on shared cores collapse throughput
+
+
+# ----------------------------------------------------------------------------------------------------
+# the loop
+
+
+class MetricsLog:
+    """metrics.csv (rank 0) plus TensorBoard when installed; a resumed run drops rows past its step."""
+
+    FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s")
+
+    def __init__(self, run_dir: Path, resume_step: int, tensorboard: bool):
+        self.path = run_dir / "metrics.csv"
+        rows = []
+        if resume_step > 0 and self.path.exists():
+            with self.path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        self.file = self.path.open("w", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS)
+        self.writer.writeheader()
+        self.writer.writerows(rows)
+        self.file.flush()
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                self.tb = None
+
+    def write(self, row: dict[str, float]) -> None:
+        self.writer.writerow({k: row.get(k, "") for k in self.FIELDS})
+        self.file.flush()
+        if self.tb is not None:
+            for key in ("loss", "lr", "grad_norm", "samples_per_s"):
+                if key in row and row[key] is not None:
+                    self.tb.add_scalar(f"train/{key}", row[key], int(row["step"]))
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Trainer:
+    """Runs ``model`` over ``dataset``; rank-0 I/O into ``run_dir``.
+
+    A dataset with ``set_epoch(epoch)`` is told the epoch before each epoch's loader starts, so it can
+    draw each sample's augmentation from :func:`sample_seed` (run seed, epoch, index) alone.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        *,
+        optim: OptimConfig,
+        train: TrainConfig,
+        run_dir: str | Path,
+        config: dict[str, Any],
+        resume: bool = False,
+        collate_fn: Callable | None = None,
+        num_workers: int = 0,
+    ):
+        self.model = model
+        self.dataset = dataset
+        self.optim_cfg = optim
+        self.cfg = train
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.resume = resume
+        self.collate_fn = collate_fn
+        self.num_workers = num_workers
+        self.dist, self.device = distributed.init_distributed(train.device)
+        self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+
+    # -- set-up --------------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        cfg, ocfg = self.cfg, self.optim_cfg
+        world = self.dist.world_size
+        self.global_batch = cfg.batch_size * ocfg.accum_steps * world
+        per_rank = len(self.dataset) // world
+        self.steps_per_epoch = per_rank // (cfg.batch_size * ocfg.accum_steps)
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"the data set has {len(self.dataset)} samples, fewer than one global batch "
+                f"({self.global_batch} = batch {cfg.batch_size} x accum {ocfg.accum_steps} x {world} "
+                "processes); lower train.batch_size"
+            )
+        self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
+        self.lr = ocfg.lr if ocfg.lr is not None else ocfg.base_lr * self.global_batch / 256
+        warmup = (
+            ocfg.warmup_steps
+            if ocfg.warmup_steps is not None
+            else round(ocfg.warmup_epochs * self.steps_per_epoch)
+        )
+        self.warmup_steps = max(1, warmup)
+        self.model.to(self.device)
+        self.autocast_dtype = resolve_precision(cfg.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, ocfg.weight_decay), lr=self.lr, betas=tuple(ocfg.betas)
+        )
+        min_factor = ocfg.min_lr / self.lr if self.lr > 0 else 0.0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, WarmupCosine(self.warmup_steps, self.total_steps, min_factor)
+        )
+        self.ddp_model: nn.Module = self.model
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.sampler = ResumableSampler(self.dataset, world, self.dist.rank, cfg.seed)
+        self.step = 0
+        self.last_loss = float("nan")
+
+    def _loader(self, epoch: int, start_sample: int) -> DataLoader:
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(start_sample)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_worker_init if self.num_workers > 0 else None,
+            persistent_workers=False,
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": epoch,
+            "rng": capture_rng(),
+            "config": self.config,
+            "format": "ultrassl-train/1",
+        }
+
+    def save(self, epoch: int) -> None:
+        if self.dist.is_main:
+            atomic_save(self.state_dict(epoch), self.ckpt_path)
+        distributed.barrier()
+
+    def _load(self) -> None:
+        state = safe_load(self.ckpt_path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        restore_rng(state["rng"])
+
+    # -- run -----------------------------------------------------------------------------------------
+
+    def _to_device(self, batch: Any) -> Any:
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, dict):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self._to_device(v) for v in batch)
+        return batch
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def fit(self) -> TrainResult:
+        self._setup()
+        is_main = self.dist.is_main
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume and self.ckpt_path.exists():
+            self._load()
+            if is_main:
+                print(f"resumed from {self.ckpt_path} at step {self.step}", file=sys.stderr)
+        else:
+            seed_everything(self.cfg.seed + self.dist.rank)
+        log = MetricsLog(self.run_dir, self.step, self.cfg.tensorboard) if is_main else None
+        stop_signal = {"hit": False}
+        old_handlers = _install_stop_handlers(stop_signal)
+        t_start = time.monotonic()
+        stopped_by = "done"
+        spe, accum = self.steps_per_epoch, self.optim_cfg.accum_steps
+        micro = self.cfg.batch_size
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not is_main or not sys.stderr.isatty(),
+            desc="train",
+            dynamic_ncols=True,
+        )
+        window_t, window_n = time.monotonic(), 0
+        epoch = self.step // spe
+        try:
+            while self.step < self.total_steps:
+                epoch = self.step // spe
+                loader = self._loader(epoch, (self.step % spe) * accum * micro)
+                batches = iter(loader)
+                for _ in range(spe - self.step % spe):
+                    loss_value, grad_norm, n = self._train_step(batches)
+                    self.step += 1
+                    window_n += n * self.dist.world_size
+                    self.last_loss = loss_value
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_value:.4f}")
+                    if log is not None and (self.step % self.cfg.log_every == 0 or self.step == 1):
+                        now = time.monotonic()
+                        log.write(
+                            {
+                                "step": self.step,
+                                "epoch": self.step / spe,
+                                "loss": loss_value,
+                                "lr": self.optimizer.param_groups[0]["lr"],
+                                "grad_norm": grad_norm,
+                                "samples_per_s": window_n / max(now - window_t, 1e-9),
+                                "elapsed_s": now - t_start,
+                            }
+                        )
+                        window_t, window_n = now, 0
+                    out_of_time = (
+                        self.cfg.time_limit is not None
+                        and time.monotonic() - t_start > self.cfg.time_limit * 60
+                    )
+                    stop_now = distributed.broadcast_flag(out_of_time or stop_signal["hit"], self.device)
+                    if self.step >= self.total_steps or stop_now:
+                        if stop_now:
+                            stopped_by = "signal" if stop_signal["hit"] else "time_limit"
+                        elif self.cfg.max_steps is not None:
+                            stopped_by = "max_steps"
+                        break
+                    if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                        self.save(epoch)
+                if stopped_by != "done":
+                    break
+            self.save(self.step // spe)
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+            _restore_handlers(old_handlers)
+        return TrainResult(
+            step=self.step,
+            epoch=self.step // spe,
+            last_loss=self.last_loss,
+            stopped_by=stopped_by,
+            checkpoint=self.ckpt_path,
+            seconds=time.monotonic() - t_start,
+        )
+
+    def _train_step(self, batches: Iterator) -> tuple[float, float | None, int]:
+        """One optimiser step over ``accum_steps`` micro-batches. Returns (mean loss, grad norm, samples)."""
+        accum = self.optim_cfg.accum_steps
+        self.optimizer.zero_grad(set_to_none=True)
+        total_loss = torch.zeros((), device=self.device)
+        n_samples = 0
+        for i in range(accum):
+            batch = self._to_device(next(batches))
+            sync = i == accum - 1 or not self.dist.enabled
+            ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
+            with ctx:
+                with self._autocast():
+                    out = self.ddp_model(batch)
+                loss = out["loss"].float()
+                self.scaler.scale(loss / accum).backward()
+            total_loss += loss.detach()
+            n_samples += _batch_size(batch)
+        mean_loss = distributed.all_reduce_mean(total_loss / accum)
+        loss_value = float(mean_loss)
+        if not math.isfinite(loss_value):
+            raise TrainingDivergedError(
+                f"loss became {loss_value} at step {self.step + 1}; stopped without saving. The last good "
+                f"checkpoint ({self.ckpt_path}) is intact: resume from it with a lower lr or --precision fp32."
+            )
+        grad_norm = None
+        if self.optim_cfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.clip_grad)
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss_value, grad_norm, n_samples
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, dict):
+        return _batch_size(next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)):
+        return _batch_size(batch[0])
+    return 1
+
+
+def _install_stop_handlers(flag: dict[str, bool]) -> dict:
+    """SIGTERM/SIGINT finish the current step, write a checkpoint and stop (a scheduler's pre-emption)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):  # noqa: ARG001
+        if flag["hit"]:
+            raise KeyboardInterrupt
+        flag["hit"] = True
+
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.signal(sig, handler)
+    return old
+
+
+def _restore_handlers(old: dict) -> None:
+    for sig, h in old.items():
+        signal.signal(sig, h)

@@ -1,0 +1,102 @@
+import pytest
+import yaml
+
+from ultrassl.config import (
+    PretrainConfig,
+    build_pretrain_config,
+    from_dict,
+    load_preset,
+    parse_set,
+    preset_names,
+    to_dict,
+)
+from ultrassl.errors import ConfigError
+
+
+def test_parse_set_nests_and_parses_yaml_values():
+    assert parse_set(["a.b=1", "a.c=[2, 3]", "d=none", "e=1e-3"]) == {
+        "a": {"b": 1, "c": [2, 3]},
+        "d": "none",
+        "e": 1e-3,
+    }
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_set(["nokey"])
+
+
+def test_layers_apply_in_order():
+    cfg = build_pretrain_config(
+        method="deblur-mae",
+        preset="tiny",
+        flags={"train": {"max_steps": 7}},
+        overrides=["optim.lr=0.01", "blur.sigma=2.0", "encoder.img_size=[32, 48]"],
+    )
+    assert cfg.method == "deblur-mae"
+    assert cfg.blur.kind == "gaussian" and cfg.blur.sigma == 2.0  # method default, then --set
+    assert cfg.mae.loss_on == "all" and cfg.mae.norm_pix_loss is False  # DeblurringMIM's code
+    assert cfg.encoder.model_args == {"embed_dim": 32, "depth": 2, "num_heads": 2}  # preset
+    assert cfg.encoder.img_size == (32, 48)
+    assert cfg.train.max_steps == 7 and cfg.optim.lr == 0.01
+
+
+def test_mae_method_defaults():
+    cfg = build_pretrain_config(method="mae", preset="tiny")
+    assert cfg.blur.kind == "none" and cfg.mae.loss_on == "masked" and cfg.mae.norm_pix_loss
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.bacth_size=3", "unknown config key 'train.bacth_size'"),
+        ("nope=1", "unknown config key 'nope'"),
+        ("train.batch_size=three", "expected an integer"),
+        ("train.batch_size=2.5", "expected an integer"),
+        ("optim.lr=fast", "does not fit"),
+        ("data.hflip=1", "expected true/false"),
+        ("encoder.img_size=[64]", "expected 2 values"),
+        ("train.precision=fp8", "precision"),
+        ("mae.mask_ratio=1.5", "mask_ratio"),
+    ],
+)
+def test_bad_overrides_are_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        build_pretrain_config(method="mae", preset="tiny", overrides=[override])
+
+
+def test_unknown_method_and_preset():
+    with pytest.raises(ConfigError, match="unknown method"):
+        build_pretrain_config(method="simclr")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        build_pretrain_config(preset="no-such-preset")
+
+
+def test_every_preset_resolves_and_round_trips():
+    names = preset_names()
+    assert {"tiny", "mae-vit-b16", "deblur-mae-vit-b16", "cpu-vit-t112"} <= set(names)
+    for name in names:
+        cfg = build_pretrain_config(preset=name)
+        plain = to_dict(cfg)
+        # plain values only: survives YAML and rebuilds the same dataclass
+        again = from_dict(PretrainConfig, yaml.safe_load(yaml.safe_dump(plain)))
+        assert to_dict(again) == plain
+
+
+def test_published_recipe_presets():
+    deblur = build_pretrain_config(preset="deblur-mae-vit-b16")
+    assert deblur.method == "deblur-mae"
+    assert deblur.encoder.arch == "vit_base_patch16_224" and deblur.encoder.img_size == (224, 224)
+    assert deblur.mae.mask_ratio == 0.75 and deblur.optim.base_lr == 1.5e-4
+    assert deblur.optim.warmup_epochs == 40 and deblur.train.epochs == 800
+    assert deblur.train.batch_size * deblur.optim.accum_steps == 256
+    assert (deblur.mae.decoder_dim, deblur.mae.decoder_depth) == (512, 8)
+    assert deblur.blur.sigma == 1.1
+
+
+def test_preset_from_yaml_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("method: deblur-mae\ntrain: {batch_size: 3}\n")
+    cfg = build_pretrain_config(preset=str(path))
+    assert cfg.method == "deblur-mae" and cfg.train.batch_size == 3
+    path.write_text("train: {batch_sise: 3}\n")
+    with pytest.raises(ConfigError, match="batch_sise"):
+        build_pretrain_config(preset=str(path))
+    assert load_preset("tiny")["encoder"]["patch_size"] == 8

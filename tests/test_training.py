@@ -1,0 +1,184 @@
+"""The one training loop, on a toy regression method (fast), independent of any SSL method."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ultrassl.checkpoint import safe_load
+from ultrassl.config import OptimConfig, TrainConfig
+from ultrassl.rng import capture_rng, restore_rng, sample_seed
+from ultrassl.training import (
+    ResumableSampler,
+    Trainer,
+    TrainingDivergedError,
+    WarmupCosine,
+    param_groups,
+    resolve_precision,
+)
+
+
+class ToyData(Dataset):
+    """y = x @ w + noise drawn from the per-sample seed (so augmentation-like randomness is exercised)."""
+
+    def __init__(self, n=64, fail_at=None):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = self.x @ torch.arange(8.0) / 8
+        self.epoch = 0
+        self.fail_at = fail_at
+        self.calls = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.calls += 1
+        if self.fail_at is not None and self.calls > self.fail_at:
+            raise RuntimeError("simulated crash")
+        rng = np.random.default_rng(sample_seed(0, self.epoch, i))
+        return {"x": self.x[i] + 0.01 * float(rng.standard_normal()), "y": self.y[i]}
+
+
+class ToyMethod(nn.Module):
+    def __init__(self, nan_after=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 1))
+        self.calls = 0
+        self.nan_after = nan_after
+
+    def forward(self, batch):
+        self.calls += 1
+        loss = ((self.net(batch["x"]).squeeze(-1) - batch["y"]) ** 2).mean()
+        if self.nan_after is not None and self.calls > self.nan_after:
+            loss = loss * float("nan")
+        return {"loss": loss}
+
+
+def _trainer(tmp_path, model=None, data=None, resume=False, **train_kw):
+    optim = OptimConfig(lr=1e-2, warmup_steps=2, weight_decay=0.05, accum_steps=train_kw.pop("accum", 1))
+    train = TrainConfig(**{"batch_size": 8, "epochs": 3, "log_every": 1, "tensorboard": False, **train_kw})
+    return Trainer(
+        model or ToyMethod(),
+        data or ToyData(),
+        optim=optim,
+        train=train,
+        run_dir=tmp_path,
+        config={"toy": True},
+        resume=resume,
+    )
+
+
+def _weights(path):
+    return safe_load(path)["model"]
+
+
+def test_warmup_then_cosine():
+    f = WarmupCosine(warmup_steps=4, total_steps=12, min_factor=0.1)
+    vals = [f(s) for s in range(12)]
+    assert vals[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert vals[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(vals[4:], vals[5:]))
+    assert f(12) == pytest.approx(0.1)
+    assert f(8) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_no_weight_decay_on_bias_and_norm():
+    model = ToyMethod()
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(model.net[0].weight), id(model.net[2].weight)}
+    assert len(no_decay["params"]) == 4  # 2 biases + LayerNorm weight/bias
+
+
+def test_precision_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == torch.bfloat16
+    assert resolve_precision("fp32", cpu) is None
+    with pytest.raises(Exception, match="fp16"):
+        resolve_precision("fp16", cpu)
+
+
+def test_sampler_resumes_mid_epoch_and_shards_like_distributed_sampler():
+    data = ToyData(20)
+    full = ResumableSampler(data, 1, 0, seed=3)
+    full.set_epoch(1)
+    order = list(full)
+    full.set_start(6)
+    assert list(full) == order[6:]
+    shards = [list(ResumableSampler(data, 2, r, seed=3)) for r in range(2)]
+    both = ResumableSampler(data, 1, 0, seed=3)
+    assert sorted(shards[0] + shards[1]) == sorted(list(both))
+
+
+def test_rng_state_round_trips_through_weights_only_checkpoint(tmp_path):
+    import random
+
+    state = capture_rng()
+    torch.save(state, tmp_path / "rng.pt")
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_loss_falls_and_metrics_are_logged(tmp_path):
+    result = _trainer(tmp_path, epochs=5, precision="fp32").fit()
+    assert result.step == 5 * 8 and result.stopped_by == "done"
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    losses = [float(line.split(",")[2]) for line in lines[1:]]
+    assert losses[-1] < 0.5 * losses[0]
+    state = safe_load(result.checkpoint)
+    assert state["step"] == 40 and state["config"] == {"toy": True}
+
+
+def test_gradient_accumulation_matches_the_big_batch(tmp_path):
+    a = _trainer(tmp_path / "a", precision="fp32", max_steps=4).fit()
+    b = _trainer(tmp_path / "b", precision="fp32", max_steps=4, batch_size=4, accum=2).fit()
+    wa, wb = _weights(a.checkpoint), _weights(b.checkpoint)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_crash_then_resume_is_bit_identical(tmp_path):
+    ref = _trainer(tmp_path / "ref", checkpoint_every=3).fit()
+    # the same run crashes while loading the 20th batch (step 20); last checkpoint at step 18
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _trainer(tmp_path / "run", data=ToyData(fail_at=19 * 8), checkpoint_every=3).fit()
+    assert safe_load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 18
+    resumed = _trainer(tmp_path / "run", checkpoint_every=3, resume=True).fit()
+    assert resumed.step == ref.step
+    wa, wb = _weights(ref.checkpoint), _weights(resumed.checkpoint)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # metrics.csv keeps the rows up to the checkpoint and continues with the same losses
+    def step_loss(run):
+        return [tuple(r.split(",")[:3]) for r in (tmp_path / run / "metrics.csv").read_text().splitlines()]
+
+    assert step_loss("run") == step_loss("ref")
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
+    trainer = _trainer(tmp_path, model=ToyMethod(nan_after=5), checkpoint_every=2)
+    with pytest.raises(TrainingDivergedError, match="step 6.*intact"):
+        trainer.fit()
+    state = safe_load(tmp_path / "checkpoints" / "last.pt")
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_time_limit_stops_cleanly_with_a_checkpoint(tmp_path):
+    result = _trainer(tmp_path, time_limit=0.0).fit()
+    assert result.stopped_by == "time_limit" and result.step == 1
+    assert safe_load(result.checkpoint)["step"] == 1
+
+
+def test_too_small_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(Exception, match="fewer than one global batch"):
+        _trainer(tmp_path, data=ToyData(4)).fit()
