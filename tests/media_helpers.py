@@ -161,3 +161,26 @@ def write_dicom(
         setattr(meta if keyword == "TransferSyntaxUID" else ds, keyword, value)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def make_mixed_folder(tmp_path: Path) -> Path:
+    """``tmp_path/data``: good files (gray, 16-bit, RGBA PNG, mp4, DICOM cine) mixed with bad ones
+    (zero-byte, truncated PNG, truncated mp4, DICOM without pixel data, 1x1 PNG, a .txt, a hidden file)."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    write_png(data / "good_gray.png", rng.integers(0, 256, (16, 16), dtype=np.uint8))
+    write_png(data / "good_16bit.png", rng.integers(0, 65536, (16, 16)).astype(np.uint16))
+    write_png(data / "good_rgba.png", rng.integers(0, 256, (16, 16, 4), dtype=np.uint8))
+    write_mp4(data / "good.mp4", index_frames(10), fps=20)
+    write_dicom(data / "good.dcm", index_frames(3), frame_time_ms=50, patient_id="PX")
+    (data / "zero.png").write_bytes(b"")
+    png = write_png(tmp_path / "full.png", rng.integers(0, 256, (64, 64), dtype=np.uint8)).read_bytes()
+    (data / "truncated.png").write_bytes(png[: len(png) // 2])
+    mp4 = write_mp4(tmp_path / "full.mp4", index_frames(20), fps=20).read_bytes()
+    (data / "truncated.mp4").write_bytes(mp4[: len(mp4) // 2])
+    write_dicom(data / "nopixels.dcm", None)
+    write_png(data / "tiny.png", np.zeros((1, 1), np.uint8))
+    (data / "readme.txt").write_text("not media")
+    (data / ".hidden.png").write_bytes(b"")  # hidden: ignored, neither indexed nor skipped
+    return data

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_helpers import index_frames, write_dicom, write_mp4, write_png
+from media_helpers import index_frames, make_mixed_folder, write_dicom, write_mp4, write_png
 
 from ultrassl.data.manifest import (
     COLUMNS,
@@ -33,22 +33,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_bad_folder_acceptance(tmp_path):
     """Good files are kept (16-bit and RGBA too); each bad file is named with its cause; counts match."""
-    data = tmp_path / "data"
-    data.mkdir()
-    write_png(data / "good_gray.png", _img())
-    write_png(data / "good_16bit.png", RNG.integers(0, 65536, (16, 16)).astype(np.uint16))
-    write_png(data / "good_rgba.png", RNG.integers(0, 256, (16, 16, 4), dtype=np.uint8))
-    write_mp4(data / "good.mp4", index_frames(10), fps=20)
-    write_dicom(data / "good.dcm", index_frames(3), frame_time_ms=50, patient_id="PX")
-    (data / "zero.png").write_bytes(b"")
-    png = write_png(tmp_path / "full.png", _img(64, 64)).read_bytes()
-    (data / "truncated.png").write_bytes(png[: len(png) // 2])
-    mp4 = write_mp4(tmp_path / "full.mp4", index_frames(20), fps=20).read_bytes()
-    (data / "truncated.mp4").write_bytes(mp4[: len(mp4) // 2])
-    write_dicom(data / "nopixels.dcm", None)
-    write_png(data / "tiny.png", np.zeros((1, 1), np.uint8))
-    (data / "readme.txt").write_text("not media")
-    (data / ".hidden.png").write_bytes(b"")  # hidden: ignored, neither indexed nor skipped
+    data = make_mixed_folder(tmp_path)
 
     out = tmp_path / "out" / "manifest.csv"
     summary = index_folder(data, out, progress=False)

@@ -1,0 +1,107 @@
+"""MAE's light-weight decoder, with facebookresearch/mae's parameter names so its checkpoints load."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from ultrassl.errors import ConfigError
+from ultrassl.models.pos_embed import fix_pos_embed_, get_2d_sincos_pos_embed
+
+
+class MAEDecoder(nn.Module):
+    """Embed visible tokens, put mask tokens at masked positions, add fixed positions, predict pixels.
+
+    Output vectors are ordered ``(p, p, C)`` like :func:`ultrassl.models.masking.patchify`.
+    """
+
+    def __init__(
+        self,
+        grid_hw: tuple[int, int],
+        patch_size: int,
+        in_chans: int,
+        embed_dim: int,
+        decoder_dim: int = 512,
+        depth: int = 8,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+    ):
+        super().__init__()
+        if decoder_dim % num_heads:
+            raise ConfigError(f"decoder_dim {decoder_dim} is not divisible by decoder_heads {num_heads}")
+        self.grid_hw = (int(grid_hw[0]), int(grid_hw[1]))
+        self.patch_size = int(patch_size)
+        self.in_chans = int(in_chans)
+        self.num_patches = self.grid_hw[0] * self.grid_hw[1]
+        self.decoder_embed = nn.Linear(embed_dim, decoder_dim, bias=True)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.decoder_pos_embed = nn.Parameter(
+            get_2d_sincos_pos_embed(decoder_dim, self.grid_hw, cls_token=True), requires_grad=False
+        )
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.decoder_blocks = nn.ModuleList(
+            [
+                Block(decoder_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+                for _ in range(depth)
+            ]
+        )
+        self.decoder_norm = norm_layer(decoder_dim)
+        self.decoder_pred = nn.Linear(decoder_dim, self.patch_size**2 * self.in_chans, bias=True)
+
+    def forward(
+        self, tokens: torch.Tensor, idx_keep: torch.Tensor | None, num_patches: int | None = None
+    ) -> torch.Tensor:
+        """``tokens [B, 1 + K, D]`` (cls first), ``idx_keep [B, K]`` -> ``pred [B, N, p * p * C]``."""
+        n = self.num_patches if num_patches is None else int(num_patches)
+        if n != self.num_patches:
+            raise ValueError(f"decoder was built for {self.num_patches} patches, got num_patches={n}")
+        x = self.decoder_embed(tokens)
+        cls, vis = x[:, :1, :], x[:, 1:, :]
+        if idx_keep is None:
+            if vis.shape[1] != n:
+                raise ValueError(f"got {vis.shape[1]} tokens without idx_keep; expected all {n}")
+            full = vis
+        else:
+            b, _, d = vis.shape
+            full = self.mask_token.to(vis.dtype).expand(b, n, d)
+            full = full.scatter(1, idx_keep.unsqueeze(-1).expand(-1, -1, d), vis)
+        x = torch.cat([cls, full], dim=1) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = self.decoder_norm(x)
+        return self.decoder_pred(x)[:, 1:, :]
+
+
+def _init_linear_and_norm(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if m.weight is not None:
+            nn.init.ones_(m.weight)
+
+
+def init_mae_weights_(encoder: nn.Module, decoder: MAEDecoder) -> None:
+    """MAE's ``initialize_weights``: xavier Linear / patch conv, N(0, 0.02) tokens, fixed sin-cos positions.
+
+    ``encoder`` is a :class:`~ultrassl.models.masked_vit.MaskedViTEncoder` (or anything with ``.vit``).
+    It differs from timm's ViT init (trunc-normal Linear, cls std 1e-6); MAE's recipe was tuned with it.
+    """
+    vit = encoder.vit
+    fix_pos_embed_(vit)
+    with torch.no_grad():
+        decoder.decoder_pos_embed.copy_(
+            get_2d_sincos_pos_embed(decoder.decoder_pos_embed.shape[-1], decoder.grid_hw, cls_token=True)
+        )
+        w = vit.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(vit.cls_token, std=0.02)
+        nn.init.normal_(decoder.mask_token, std=0.02)
+    encoder.apply(_init_linear_and_norm)
+    decoder.apply(_init_linear_and_norm)
