@@ -16,6 +16,7 @@ from ultrassl.training import (
     Trainer,
     TrainingDivergedError,
     WarmupCosine,
+    cpu_has_native_bf16,
     param_groups,
     resolve_precision,
 )
@@ -100,7 +101,9 @@ def test_no_weight_decay_on_bias_and_norm():
 
 def test_precision_resolution():
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == torch.bfloat16
+    expected = torch.bfloat16 if cpu_has_native_bf16() else None
+    assert resolve_precision("auto", cpu) == expected
+    assert resolve_precision("bf16", cpu) == torch.bfloat16
     assert resolve_precision("fp32", cpu) is None
     with pytest.raises(Exception, match="fp16"):
         resolve_precision("fp16", cpu)
@@ -157,6 +160,7 @@ def test_crash_then_resume_is_bit_identical(tmp_path):
     assert resumed.step == ref.step
     wa, wb = _weights(ref.checkpoint), _weights(resumed.checkpoint)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
     # metrics.csv keeps the rows up to the checkpoint and continues with the same losses
     def step_loss(run):
         return [tuple(r.split(",")[:3]) for r in (tmp_path / run / "metrics.csv").read_text().splitlines()]

@@ -80,7 +80,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
-    #: auto | fp32 | bf16 | fp16  (auto: bf16 where supported, else fp32)
+    #: auto | fp32 | bf16 | fp16  (auto: bf16 on GPUs and CPUs with native bf16, else fp32)
     precision: str = "auto"
     tensorboard: bool = True
 

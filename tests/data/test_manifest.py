@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_helpers import index_frames, make_mixed_folder, write_dicom, write_mp4, write_png
+from media_helpers import index_frames, make_mixed_folder, write_dicom, write_png
 
 from ultrassl.data.manifest import (
     COLUMNS,
