@@ -109,7 +109,9 @@ def table(rows: list[dict]) -> str:
         "| method | model | px | precision | batch | images/s | bf16 speed-up | peak memory (MB) | blur ms/img |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    fp32 = {(r["method"], r["model"], r["img_size"]): r["images_per_s"] for r in rows if r["precision"] == "fp32"}
+    fp32 = {
+        (r["method"], r["model"], r["img_size"]): r["images_per_s"] for r in rows if r["precision"] == "fp32"
+    }
     for r in rows:
         key = (r["method"], r["model"], r["img_size"])
         ratio = f"{r['images_per_s'] / fp32[key]:.2f}x" if r["precision"] != "fp32" and key in fp32 else ""
@@ -183,7 +185,8 @@ def main() -> None:
         "encoder and decoder (presets `cpu-vit-t112` / `cpu-vit-s112`, decoder 128x2 / 192x2, mask 0.75). "
         "Deblurring MAE's blur runs in the data loader; its cost per image is the last column.\n\n"
         f"Machine: {info['cores']} cores ({info['cpu']}), torch {info['torch']} with "
-        f"{info['torch_threads']} threads, Python {info['python']}, {info['cuda'] or 'no GPU'}.\n\n" + table(rows)
+        f"{info['torch_threads']} threads, Python {info['python']}, {info['cuda'] or 'no GPU'}.\n\n"
+        + table(rows)
     )
     write_doc(section)
     print(f"wrote {RESULTS} and {DOC}")

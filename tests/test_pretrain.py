@@ -182,3 +182,25 @@ def test_two_process_torchrun_matches_one_process(synth_manifest, tmp_path):
     with torch.no_grad():
         fa, fb = model_a.encoder.vit.forward_features(x), model_b.encoder.vit.forward_features(x)
     torch.testing.assert_close(fa, fb, rtol=1e-3, atol=1e-4)
+
+
+def test_init_from_a_full_mae_checkpoint_loads_encoder_and_decoder(tmp_path):
+    import argparse
+
+    cfg = build_pretrain_config(method="mae", preset="tiny")
+    torch.manual_seed(1)
+    source = api.build_model(cfg)
+    sd = {**source.encoder.vit.state_dict(), **source.decoder.state_dict()}  # MAE's flat key names
+    path = tmp_path / "mae_full.pth"
+    torch.save({"model": sd, "args": argparse.Namespace(model="mae_vit_tiny"), "epoch": 3}, path)
+    torch.manual_seed(2)
+    fresh = api.build_model(cfg)
+    report = api.init_from(fresh, path)
+    assert report["decoder"] == "loaded"
+    for k, v in source.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k]), k
+    # a decoder of another width is left as initialised, and the report says so
+    other = api.build_model(
+        build_pretrain_config(method="mae", preset="tiny", overrides=["mae.decoder_dim=48"])
+    )
+    assert api.init_from(other, path)["decoder"].startswith("not loaded")

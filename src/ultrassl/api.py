@@ -20,7 +20,6 @@ from ultrassl.data.datasets import PretrainFrames, load_frame_cache
 from ultrassl.data.manifest import IndexSummary, index_folder, read_manifest
 from ultrassl.errors import CheckpointError, ConfigError, UltrasslError
 from ultrassl.methods.mae import MAE
-from ultrassl.models.vit import EncoderSpec, resolve_arch
 from ultrassl.training import Trainer, TrainResult
 from ultrassl.transforms.blur import Blur
 from ultrassl.transforms.pairs import PairTransform
@@ -210,7 +209,12 @@ def load_skipped(dataset: PretrainFrames) -> str:
 
 
 def init_from(model: torch.nn.Module, source: str | Path) -> dict[str, Any]:
-    """Start from a run folder, an export folder or a foreign checkpoint (MAE, DeblurringMIM, timm)."""
+    """Start from a run folder, an export folder or a foreign checkpoint (MAE, DeblurringMIM, timm).
+
+    The encoder always loads (adapted to this model's channels and grid). A MAE/DeblurringMIM file
+    that also holds the decoder (``*_full.pth``, ``mae_visualize_*.pth``) gives its decoder too when the
+    shapes match this model's, so pre-training continues rather than restarting the decoder.
+    """
     source = Path(source)
     if (source / "checkpoints" / "last.pt").exists():
         state = ckpt.safe_load(source / "checkpoints" / "last.pt")
@@ -222,7 +226,29 @@ def init_from(model: torch.nn.Module, source: str | Path) -> dict[str, Any]:
         return {"loaded": "full model from run"}
     if (source / "model.safetensors").exists():
         source = source / "model.safetensors"
-    return ckpt.load_encoder_weights(model.encoder.vit, source)
+    report = ckpt.load_encoder_weights(model.encoder.vit, source)
+    report["decoder"] = _load_mae_decoder(model, source)
+    return report
+
+
+def _load_mae_decoder(model: torch.nn.Module, source: Path) -> str:
+    """MAE's decoder keys (``decoder_*``, ``mask_token``) are ours under ``decoder.``; load if they fit."""
+    if source.suffix == ".safetensors" or not hasattr(model, "decoder"):
+        return "none in checkpoint"
+    raw = ckpt.safe_load(source)
+    sd = raw.get("model", raw) if isinstance(raw, dict) else {}
+    decoder_sd = {
+        k.removeprefix("module."): v
+        for k, v in sd.items()
+        if k.removeprefix("module.").startswith("decoder_") or k.removeprefix("module.") == "mask_token"
+    }
+    if not decoder_sd:
+        return "none in checkpoint"
+    own = model.decoder.state_dict()
+    if set(decoder_sd) != set(own) or any(decoder_sd[k].shape != own[k].shape for k in own):
+        return "not loaded: its shape differs from this model's decoder (trained from scratch)"
+    model.decoder.load_state_dict(decoder_sd)
+    return "loaded"
 
 
 def load_run(run_dir: str | Path) -> tuple[PretrainConfig, torch.nn.Module, dict[str, Any]]:
@@ -282,7 +308,15 @@ def reconstruct(
     images = {k: (v.float() * std + mean).clamp(0, 1) for k, v in views.items()}
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    save_reconstruction_grid(images, out_png, max_rows=n)
+    # a model trained on every patch (Deblurring MAE's loss) predicts the sharp frame everywhere: show
+    # that prediction; a masked-loss MAE is shown as MAE's demo does (visible patches pasted back)
+    columns = (
+        "input",
+        "masked_input",
+        "prediction" if cfg.mae.loss_on == "all" else "reconstruction",
+        "target",
+    )
+    save_reconstruction_grid(images, out_png, max_rows=n, columns=columns)
     return out_png
 
 
@@ -300,7 +334,7 @@ class DemoResult:
     train: TrainResult
 
 
-def demo(out_dir: str | Path = "demo", *, max_steps: int = 60, seed: int = 0) -> DemoResult:
+def demo(out_dir: str | Path = "demo", *, max_steps: int = 300, seed: int = 0) -> DemoResult:
     """synth -> index -> Deblurring MAE (tiny) -> reconstruction grid -> timm export."""
     out = Path(out_dir)
     data_dir = out / "data"
@@ -317,7 +351,3 @@ def demo(out_dir: str | Path = "demo", *, max_steps: int = 60, seed: int = 0) ->
     grid = reconstruct(run_dir, manifest, out / "reconstruction.png", n=6, seed=seed)
     export_dir = export(run_dir, out / "export")
     return DemoResult(data_dir, manifest, run_dir, export_dir, grid, result)
-
-
-def encoder_arch(spec: EncoderSpec) -> str:
-    return resolve_arch(spec.arch)

@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="the whole story on built-in synthetic data")
     s.add_argument("--out", type=Path, default=Path("demo"))
-    s.add_argument("--max-steps", type=int, default=60)
+    s.add_argument("--max-steps", type=int, default=300)
     return p
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -114,17 +113,14 @@ def test_loss_falls_on_fixed_batch() -> None:
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     g = gen(0)
     losses = []
-    start = time.perf_counter()
     for _ in range(50):
         loss = model({"target": x}, generator=g)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    elapsed = time.perf_counter() - start
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
-    assert elapsed < 10.0
 
 
 def test_bf16_autocast_forward() -> None:
@@ -209,3 +205,17 @@ def test_reconstruct_and_grid_png(tmp_path: Path) -> None:
     rgb = {k: v.repeat(1, 3, 1, 1) for k, v in images.items()}
     save_reconstruction_grid(rgb, tmp_path / "rgb.png", columns=("input", "prediction"))
     assert (tmp_path / "rgb.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "arch, patch, size, chans",
+    [("small", 14, (56, 70), 3), ("vit_tiny_patch16_224", 16, (48, 64), 1), ("tiny", 8, (40, 24), 1)],
+)
+def test_any_timm_vit_size_patch_channels_and_non_square_input(arch, patch, size, chans):
+    spec = EncoderSpec(arch, size, patch, chans)
+    model = MAE(spec, MAEConfig(decoder_dim=32, decoder_depth=1, decoder_heads=2))
+    x = torch.rand(2, chans, *size)
+    out = model({"target": x}, generator=torch.Generator().manual_seed(0))
+    n = (size[0] // patch) * (size[1] // patch)
+    assert out["pred"].shape == (2, n, patch * patch * chans)
+    assert torch.isfinite(out["loss"])
