@@ -178,12 +178,15 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
     cmd = "python bench/pretrain_throughput.py" + (" --quick" if a.quick else "")
+    cmd += f" --steps {a.steps} --warmup {a.warmup} --batch {a.batch}"
     section = (
         "## Pre-training throughput\n\n"
         f"Command: `{cmd}` (batch {a.batch}, {a.steps} timed steps after {a.warmup} warm-up, one "
         "subprocess per row, all rows in one run). A step = forward + backward + AdamW update of "
         "encoder and decoder (presets `cpu-vit-t112` / `cpu-vit-s112`, decoder 128x2 / 192x2, mask 0.75). "
-        "Deblurring MAE's blur runs in the data loader; its cost per image is the last column.\n\n"
+        "Deblurring MAE's blur runs in the data loader; its cost per image is the last column. "
+        "MAE and Deblurring MAE rows of one shape do the same arithmetic, so their difference shows the "
+        "run-to-run noise on this machine's shared cores.\n\n"
         f"Machine: {info['cores']} cores ({info['cpu']}), torch {info['torch']} with "
         f"{info['torch_threads']} threads, Python {info['python']}, {info['cuda'] or 'no GPU'}.\n\n"
         + table(rows)

@@ -183,10 +183,11 @@ def pretrain(
         if dist_info.is_main:
             print(f"initialised from {cfg.init_from}: {report}", file=sys.stderr)
     dataset = build_pretrain_dataset(cfg, progress=progress and dist_info.is_main)
+    info = run_info()
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-        ckpt.atomic_write_text(run_dir / "run_info.json", json.dumps(run_info(), indent=2))
+        ckpt.atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
         skipped = load_skipped(dataset)
         if skipped:
             ckpt.atomic_write_text(run_dir / "skipped_files.csv", skipped)
@@ -198,6 +199,7 @@ def pretrain(
         run_dir=run_dir,
         config=config,
         resume=resume,
+        run_info=info,
         num_workers=cfg.data.num_workers,
     )
     return trainer.fit()

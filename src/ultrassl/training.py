@@ -209,6 +209,7 @@ class Trainer:
         run_dir: str | Path,
         config: dict[str, Any],
         resume: bool = False,
+        run_info: dict[str, Any] | None = None,
         collate_fn: Callable | None = None,
         num_workers: int = 0,
     ):
@@ -219,6 +220,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.config = config
         self.resume = resume
+        self.run_info = run_info or {}
         self.collate_fn = collate_fn
         self.num_workers = num_workers
         self.dist, self.device = distributed.init_distributed(train.device)
@@ -293,6 +295,7 @@ class Trainer:
             "epoch": epoch,
             "rng": capture_rng(),
             "config": self.config,
+            "run_info": self.run_info,
             "format": "ultrassl-train/1",
         }
 

@@ -39,17 +39,20 @@ def load_frame_cache(
     video_fps: float | None = None,
     max_frames_per_video: int | None = None,
     scan_area: bool = True,
+    spread: bool = True,
     progress: bool = True,
 ) -> FrameCache:
     """Decode the sampled frames of every row once (contiguously per video) and crop to the scan area.
 
-    Files that fail to decode are skipped and listed in ``cache.skipped`` (path, reason), never fatal.
+    ``spread``: at most ``max_frames_per_video`` frames spread over the whole video (pre-training),
+    or the first ones at the target rate (POCUS' evaluation convention). Files that fail to decode are
+    skipped and listed in ``cache.skipped`` (path, reason), never fatal.
     """
     cache = FrameCache()
     bar = tqdm(rows, desc="decode", disable=not progress or not sys.stderr.isatty(), unit="file")
     for i, row in enumerate(bar):
         indices = sample_indices_at_fps(
-            row.n_frames, row.fps, video_fps, max_frames=max_frames_per_video, spread=True
+            row.n_frames, row.fps, video_fps, max_frames=max_frames_per_video, spread=spread
         )
         try:
             frames = read_frames(row.path, indices, rgb=rgb)
