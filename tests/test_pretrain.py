@@ -65,7 +65,7 @@ def test_cli_synth_index_pretrain_reconstruct_export(tmp_path, capsys):
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 3 and state["config"]["method"] == "deblur-mae"
     assert state["config"]["blur"]["kind"] == "gaussian"
-    assert state["run_info"]["torch"] == torch.__version__ and "git_hash" in state["run_info"]
+    assert state["run_info"]["torch"] == str(torch.__version__) and "git_hash" in state["run_info"]
     # a second run into the same folder without --resume is refused, not overwritten
     assert main([*args, "--max-steps", "3", "--batch-size", "4"]) == 2
     assert "--resume" in capsys.readouterr().err

@@ -119,7 +119,7 @@ def run_info() -> dict[str, Any]:
     return {
         "ultrassl": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # TorchVersion is not plain data for weights_only loads
         "timm": timm.__version__,
         "platform": platform.platform(),
         "git_hash": git,

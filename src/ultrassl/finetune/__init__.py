@@ -1,0 +1,1 @@
+"""Downstream evaluation: classification and segmentation fine-tuning with grouped k-fold."""

@@ -1,0 +1,511 @@
+"""Classification downstream: linear probe, partial and full fine-tuning under grouped k-fold.
+
+Protocol (leakage-free by construction):
+- frames are sampled from each video at ``frame_fps`` (3 Hz, at most 30 per video: POCUS' convention);
+  stills are 1-frame items; every frame carries its manifest row's ``group_id`` (patient / video);
+- folds are made of whole groups (StratifiedGroupKFold); validation is carved by group from the training
+  part only; model selection and early stopping look at validation alone; each fold's test frames are
+  read once, after selection (:attr:`Phase.TEST`);
+- predictions are reported per frame and per video (mean probability over the video's frames).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from ultrassl.data.datasets import FrameCache, load_frame_cache
+from ultrassl.data.manifest import ManifestRow, read_manifest
+from ultrassl.errors import ConfigError, UltrasslError
+from ultrassl.finetune.backbones import Backbone, load_backbone, with_image_size
+from ultrassl.finetune.splits import (
+    Fold,
+    check_no_leakage,
+    group_majority_labels,
+    make_folds,
+    subsample_groups,
+    write_folds,
+)
+from ultrassl.metrics import classification_metrics, summarize
+from ultrassl.models.vit import EncoderSpec, create_encoder
+from ultrassl.training import WarmupCosine
+
+
+class Phase(enum.Enum):
+    """What the engine is doing; a data set may record it with every access (tests do)."""
+
+    FEATURES = "features"
+    TRAIN = "train"
+    VALIDATE = "validate"
+    TEST = "test"
+
+
+@dataclass
+class ClassifyConfig:
+    mode: str = "linear"  # linear | partial | full
+    folds: int = 5
+    seeds: tuple[int, ...] = (0,)
+    label_fractions: tuple[float, ...] = (1.0,)
+    val_fraction: float = 0.2
+    frame_fps: float | None = 3.0
+    max_frames_per_video: int | None = 30
+    scan_area: bool = True
+    img_size: tuple[int, int] | None = None  # None: the encoder's own size
+    # linear probe: inverse L2 strengths tried on validation
+    linear_c: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    # fine-tuning (partial/full)
+    train_blocks: int = 1
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    layer_decay: float = 0.65
+    drop_path: float = 0.1
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    class_weighting: bool = True
+    patience: int = 8
+    warmup_epochs: float = 2.0
+    device: str = "auto"
+
+
+@dataclass
+class FrameSet:
+    """Every labelled frame, decoded once: the cache plus per-frame labels, groups and source rows."""
+
+    cache: FrameCache
+    rows: list[ManifestRow]
+    class_names: list[str]
+    labels: np.ndarray  # [F] int
+    groups: list[str]  # [F]
+    record: Callable[[Phase, np.ndarray], None] | None = None
+
+    @property
+    def row_ids(self) -> np.ndarray:
+        return np.asarray(self.cache.row_index)
+
+    def frames(self, index: np.ndarray, phase: Phase) -> list[np.ndarray]:
+        if self.record is not None:
+            self.record(phase, np.asarray(index))
+        return [self.cache.frames[i] for i in index]
+
+
+def load_frameset(
+    rows: Sequence[ManifestRow], cfg: ClassifyConfig, in_chans: int, progress: bool = True
+) -> FrameSet:
+    rows = [r for r in rows if r.label not in (None, "")]
+    if not rows:
+        raise UltrasslError("the manifest has no labelled rows (label column empty)")
+    cache = load_frame_cache(
+        rows,
+        rgb=in_chans == 3,
+        video_fps=cfg.frame_fps,
+        max_frames_per_video=cfg.max_frames_per_video,
+        scan_area=cfg.scan_area,
+        spread=False,
+        progress=progress,
+    )
+    for path, reason in cache.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    class_names = sorted({r.label for r in rows})
+    index = {c: i for i, c in enumerate(class_names)}
+    labels = np.array([index[rows[i].label] for i in cache.row_index])
+    groups = [rows[i].group_id for i in cache.row_index]
+    return FrameSet(cache, list(rows), class_names, labels, groups)
+
+
+# ----------------------------------------------------------------------------------------------------
+# tensors
+
+
+def to_tensor_batch(
+    frames: list[np.ndarray], size: tuple[int, int], in_chans: int, mean, std
+) -> torch.Tensor:
+    """uint8 frames (any size) -> normalised ``[B, C, H, W]`` at ``size`` (bicubic, antialiased)."""
+    out = []
+    for f in frames:
+        t = torch.from_numpy(f).float().div_(255.0)
+        t = t.permute(2, 0, 1) if t.ndim == 3 else t.unsqueeze(0)
+        if t.shape[0] != in_chans:
+            t = t.mean(0, keepdim=True) if in_chans == 1 else t.expand(in_chans, -1, -1)
+        out.append(TF.resize(t, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True))
+    x = torch.stack(out).clamp_(0, 1)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Grayscale-safe augmentation for fine-tuning: crop 70-100%, flip, brightness/contrast jitter."""
+    b, _, h, w = x.shape
+    out = torch.empty_like(x)
+    for i in range(b):
+        scale = 0.7 + 0.3 * torch.rand(1, generator=gen).item()
+        ch, cw = max(1, int(h * math.sqrt(scale))), max(1, int(w * math.sqrt(scale)))
+        top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+        left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+        img = TF.resized_crop(x[i], top, left, ch, cw, [h, w], antialias=True)
+        if torch.rand(1, generator=gen).item() < 0.5:
+            img = TF.horizontal_flip(img)
+        gain = 1.0 + 0.2 * (torch.rand(1, generator=gen).item() - 0.5)
+        bias = 0.2 * (torch.rand(1, generator=gen).item() - 0.5)
+        out[i] = img * gain + bias
+    return out
+
+
+def pooled_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean of the final-norm patch tokens (MAE's fine-tuning pooling; no CLS token needed)."""
+    tokens = encoder.forward_features(x)
+    return tokens[:, encoder.num_prefix_tokens :].mean(dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the engine
+
+
+@dataclass
+class RunResult:
+    fold: int
+    seed: int
+    label_fraction: float
+    level: str
+    metrics: dict
+    n_train: int
+    n_val: int
+    n_test: int
+    best_epoch: int | None = None
+    val_score: float | None = None
+
+
+@dataclass
+class ClassifyOutput:
+    results: list[RunResult] = field(default_factory=list)
+    predictions: list[dict] = field(default_factory=list)
+    folds: list[Fold] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+
+
+class Classifier:
+    """Runs one classification evaluation (all folds x seeds x label fractions)."""
+
+    def __init__(self, backbone: Backbone, data: FrameSet, cfg: ClassifyConfig):
+        if cfg.mode not in ("linear", "partial", "full"):
+            raise ConfigError(f"mode must be linear|partial|full, got {cfg.mode!r}")
+        self.cfg = cfg
+        self.backbone = with_image_size(backbone, cfg.img_size) if cfg.img_size else backbone
+        self.data = data
+        self.size = tuple(self.backbone.spec.img_size)
+        self.in_chans = self.backbone.spec.in_chans
+        self.device = _device(cfg.device)
+        self._features: dict[int, np.ndarray] = {}
+        #: the fold being evaluated (for access-recording data sets in tests)
+        self.current_fold: int | None = None
+
+    # -- data helpers --------------------------------------------------------------------------------
+
+    def _indices(self, groups: Sequence[str]) -> np.ndarray:
+        wanted = set(groups)
+        return np.array([i for i, g in enumerate(self.data.groups) if g in wanted], dtype=int)
+
+    def _tensor(self, index: np.ndarray, phase: Phase) -> torch.Tensor:
+        frames = self.data.frames(index, phase)
+        return to_tensor_batch(frames, self.size, self.in_chans, self.backbone.mean, self.backbone.std)
+
+    @torch.no_grad()
+    def features(self, index: np.ndarray, phase: Phase) -> np.ndarray:
+        """Frozen-encoder features, computed once per frame (cached) and only when first asked for."""
+        todo = np.array([i for i in index if i not in self._features], dtype=int)
+        if len(todo):
+            enc = self.backbone.encoder.to(self.device).eval()
+            for start in range(0, len(todo), 64):
+                chunk = todo[start : start + 64]
+                feats = pooled_features(enc, self._tensor(chunk, phase).to(self.device)).float().cpu().numpy()
+                for i, f in zip(chunk, feats):
+                    self._features[int(i)] = f
+        return np.stack([self._features[int(i)] for i in index])
+
+    # -- protocol ------------------------------------------------------------------------------------
+
+    def run(self, out_dir: Path | None = None) -> ClassifyOutput:
+        cfg = self.cfg
+        folds = make_folds(
+            self.data.groups,
+            self.data.labels.tolist(),
+            n_folds=cfg.folds,
+            seed=cfg.seeds[0],
+            val_fraction=cfg.val_fraction,
+        )
+        check_no_leakage(folds, all_groups=set(self.data.groups))
+        if out_dir is not None:
+            write_folds(out_dir / "folds.json", folds, meta={"seed": cfg.seeds[0], "n_folds": cfg.folds})
+        group_label = group_majority_labels(self.data.groups, self.data.labels.tolist())
+        out = ClassifyOutput(folds=folds, class_names=self.data.class_names)
+        for k, fold in enumerate(folds):
+            self.current_fold = k
+            for seed in cfg.seeds:
+                for fraction in cfg.label_fractions:
+                    train_groups = subsample_groups(fold.train_groups, group_label, fraction, seed)
+                    tr, va, te = (self._indices(g) for g in (train_groups, fold.val_groups, fold.test_groups))
+                    predict_test, best_epoch, val_score = self._fit_select(tr, va, seed)
+                    prob = predict_test(te)  # the one and only look at this fold's test frames
+                    self._record(out, k, seed, fraction, tr, va, te, prob, best_epoch, val_score)
+        return out
+
+    def _record(self, out, k, seed, fraction, tr, va, te, prob, best_epoch, val_score) -> None:
+        names = self.data.class_names
+        y = self.data.labels[te]
+        frame_metrics = classification_metrics(y.tolist(), prob, names)
+        out.results.append(
+            RunResult(
+                k, seed, fraction, "frame", frame_metrics, len(tr), len(va), len(te), best_epoch, val_score
+            )
+        )
+        rows = self.data.row_ids[te]
+        video_ids = sorted(set(rows.tolist()))
+        vprob = np.stack([prob[rows == r].mean(axis=0) for r in video_ids])
+        vy = np.array([y[rows == r][0] for r in video_ids])
+        video_metrics = classification_metrics(vy.tolist(), vprob, names)
+        out.results.append(
+            RunResult(
+                k,
+                seed,
+                fraction,
+                "video",
+                video_metrics,
+                len(tr),
+                len(va),
+                len(video_ids),
+                best_epoch,
+                val_score,
+            )
+        )
+        for j, i in enumerate(te):
+            row = self.data.rows[self.data.row_ids[i]]
+            entry = {
+                "fold": k,
+                "seed": seed,
+                "label_fraction": fraction,
+                "path": str(row.path),
+                "group_id": row.group_id,
+                "frame_index": self.data.cache.frame_index[i],
+                "label": names[int(y[j])],
+                "pred": names[int(prob[j].argmax())],
+            }
+            entry.update({f"prob_{c}": float(p) for c, p in zip(names, prob[j])})
+            out.predictions.append(entry)
+
+    def _fit_select(self, tr: np.ndarray, va: np.ndarray, seed: int):
+        if self.cfg.mode == "linear":
+            return self._fit_linear(tr, va, seed)
+        return self._fit_finetune(tr, va, seed)
+
+    # -- linear probe --------------------------------------------------------------------------------
+
+    def _fit_linear(self, tr, va, seed):
+        from sklearn.metrics import balanced_accuracy_score
+
+        xtr, xva = self.features(tr, Phase.TRAIN), self.features(va, Phase.VALIDATE)
+        ytr, yva = self.data.labels[tr], self.data.labels[va]
+        scaler = StandardScaler().fit(xtr)
+        best = None
+        for c in self.cfg.linear_c:
+            clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced", random_state=seed)
+            clf.fit(scaler.transform(xtr), ytr)
+            with warnings.catch_warnings():  # a small validation split may miss a class
+                warnings.simplefilter("ignore", UserWarning)
+                score = balanced_accuracy_score(yva, clf.predict(scaler.transform(xva)))
+            if best is None or score > best[0]:
+                best = (score, c, clf)
+        score, _, clf = best
+        n_classes = len(self.data.class_names)
+
+        def predict(te: np.ndarray) -> np.ndarray:
+            p = clf.predict_proba(scaler.transform(self.features(te, Phase.TEST)))
+            full = np.zeros((len(te), n_classes))
+            full[:, clf.classes_] = p  # classes absent from a few-label training set get 0
+            return full
+
+        return predict, None, float(score)
+
+    # -- fine-tuning ---------------------------------------------------------------------------------
+
+    def _make_model(self) -> nn.Module:
+        import timm.optim  # noqa: F401  (imported for create_optimizer_v2 below)
+
+        n_classes = len(self.data.class_names)
+        spec: EncoderSpec = self.backbone.spec
+        model = create_encoder(spec, drop_path_rate=self.cfg.drop_path if self.cfg.mode == "full" else 0.0)
+        model.load_state_dict(self.backbone.encoder.state_dict())
+        model.global_pool = "avg"
+        model.reset_classifier(n_classes, global_pool="avg")
+        if self.cfg.mode == "partial":
+            for p in model.parameters():
+                p.requires_grad_(False)
+            keep = [*model.blocks[-self.cfg.train_blocks :], model.norm, model.head]
+            for m in keep:
+                for p in m.parameters():
+                    p.requires_grad_(True)
+        return model.to(self.device)
+
+    def _fit_finetune(self, tr, va, seed):
+        from sklearn.metrics import balanced_accuracy_score
+        from timm.optim import create_optimizer_v2
+
+        cfg = self.cfg
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        model = self._make_model()
+        layer_decay = cfg.layer_decay if cfg.mode == "full" else None
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = (
+            create_optimizer_v2(
+                model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=layer_decay
+            )
+            if cfg.mode == "full"
+            else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        )
+        steps_per_epoch = max(1, math.ceil(len(tr) / cfg.batch_size))
+        total = cfg.epochs * steps_per_epoch
+        schedule = WarmupCosine(max(1, round(cfg.warmup_epochs * steps_per_epoch)), total)
+        base_lrs = [g["lr"] for g in optimizer.param_groups]
+        n_classes = len(self.data.class_names)
+        ytr = self.data.labels[tr]
+        weight = None
+        if cfg.class_weighting:
+            counts = np.bincount(ytr, minlength=n_classes).astype(float)
+            weight = torch.tensor(
+                np.where(counts > 0, len(ytr) / (n_classes * np.maximum(counts, 1)), 0.0), dtype=torch.float32
+            ).to(self.device)
+        mixup = None
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            from timm.data import Mixup
+
+            mixup = Mixup(
+                mixup_alpha=cfg.mixup,
+                cutmix_alpha=cfg.cutmix,
+                label_smoothing=cfg.label_smoothing,
+                num_classes=n_classes,
+            )
+        xva_cache = self._tensor(va, Phase.VALIDATE)
+        best = (-1.0, None, None)
+        bad_epochs, step = 0, 0
+        for epoch in range(cfg.epochs):
+            model.train()
+            order = tr[torch.randperm(len(tr), generator=gen).numpy()]
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                x = augment(self._tensor(idx, Phase.TRAIN), gen).to(self.device)
+                y = torch.as_tensor(self.data.labels[idx], device=self.device)
+                for g, base in zip(optimizer.param_groups, base_lrs):
+                    g["lr"] = base * schedule(step)
+                if mixup is not None and len(idx) % 2 == 0:
+                    x, soft = mixup(x, y)
+                    loss = torch.sum(-soft * F.log_softmax(model(x), dim=-1), dim=-1).mean()
+                else:
+                    loss = F.cross_entropy(model(x), y, weight=weight, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+            prob_va = self._predict(model, xva_cache)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                score = balanced_accuracy_score(self.data.labels[va], prob_va.argmax(1))
+            if score > best[0]:
+                best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+                if bad_epochs >= cfg.patience:
+                    break
+        model.load_state_dict(best[2])
+
+        def predict(te: np.ndarray) -> np.ndarray:
+            return self._predict(model, self._tensor(te, Phase.TEST))
+
+        return predict, int(best[1]), float(best[0])
+
+    @torch.no_grad()
+    def _predict(self, model: nn.Module, x: torch.Tensor) -> np.ndarray:
+        model.eval()
+        out = [
+            torch.softmax(model(x[i : i + 128].to(self.device)).float(), -1).cpu()
+            for i in range(0, len(x), 128)
+        ]
+        return torch.cat(out).numpy()
+
+
+def _device(name: str) -> torch.device:
+    from ultrassl.distributed import select_device
+
+    return select_device(name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the command
+
+
+def finetune_classify(
+    weights: str | Path,
+    data: str | Path,
+    out_dir: str | Path,
+    cfg: ClassifyConfig | None = None,
+    *,
+    scratch_like: str | Path | None = None,
+    scratch_spec: EncoderSpec | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``weights`` on the labelled rows of ``data``; writes folds, report and predictions."""
+    from ultrassl.finetune.report import FoldResult, build_summary, write_classification_report
+
+    cfg = cfg or ClassifyConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if str(weights) == "scratch" and scratch_spec is None and scratch_like is not None:
+        like = load_backbone(scratch_like)
+        scratch_spec, mean, std = like.spec, like.mean, like.std
+    else:
+        mean, std = (0.5,), (0.25,)
+    backbone = load_backbone(weights, scratch_spec=scratch_spec, scratch_mean=mean, scratch_std=std)
+    rows = read_manifest(data)
+    frameset = load_frameset(rows, cfg, backbone.spec.in_chans, progress=progress)
+    result = Classifier(backbone, frameset, cfg).run(out)
+    fold_results = [FoldResult(**asdict(r)) for r in result.results]
+    summary = build_summary(fold_results, summarize)
+    config = {
+        "weights": str(weights),
+        "data": str(data),
+        **_plain(asdict(cfg)),
+        "encoder": _plain(asdict(backbone.spec)),
+    }
+    paths = write_classification_report(
+        out,
+        results=fold_results,
+        summary=summary,
+        class_names=result.class_names,
+        config=config,
+        predictions=result.predictions,
+        title=f"Classification ({cfg.mode}) of {weights}",
+    )
+    return {"summary": summary, "paths": paths, "n_frames": len(frameset.labels)}
+
+
+def _plain(d: Any) -> Any:
+    return json.loads(json.dumps(d, default=list))

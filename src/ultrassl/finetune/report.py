@@ -1,0 +1,722 @@
+"""The report of a fine-tuning run: JSON for programs, Markdown + PNG figures for people and papers.
+
+Why this module exists: ``ultrassl finetune classify`` runs grouped k-fold cross-validation, possibly
+over several seeds and label fractions, at frame and video level. Users need one folder they can cite
+from: every fold's metrics (``report.json``), mean ± std tables (``report.md``), the summed confusion
+matrix, per-fold bars and a few-label curve, plus the per-sample predictions (``predictions.csv``).
+
+Metrics come in as plain dicts (the layout of ``ultrassl.metrics.classification_metrics``), so this
+module needs neither torch models nor the metrics code. Every file is written atomically (temp file +
+``os.replace``): a crash leaves the old report or the new one, never half of one. Figures use the Agg
+canvas directly, never pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
+
+from ultrassl.checkpoint import atomic_write_text
+
+__all__ = [
+    "LEVELS",
+    "FoldResult",
+    "build_summary",
+    "format_comparison_table",
+    "format_mean_std",
+    "fraction_key",
+    "headline_setting",
+    "write_classification_report",
+    "write_comparison_table",
+]
+
+LEVELS = ("frame", "video")
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+CONFUSION_PNG = "confusion_matrix.png"
+PER_FOLD_PNG = "per_fold.png"
+CURVE_PNG = "few_label_curve.png"
+PREDICTIONS_CSV = "predictions.csv"
+
+#: Display names; metrics listed here come first in tables, in this order.
+METRIC_NAMES = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "macro_f1": "macro-F1",
+    "auroc": "AUROC",
+}
+PER_FOLD_BARS = ("accuracy", "balanced_accuracy", "macro_f1")
+PER_CLASS_METRICS = ("precision", "recall", "f1", "specificity", "auroc")
+PER_CLASS_NAMES = {"f1": "F1", "auroc": "AUROC"}
+DASH = "—"
+#: Config entries shown in report.md (the full config is in report.json).
+MAX_CONFIG_LINES = 40
+
+SummarizeFn = Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+
+@dataclass
+class FoldResult:
+    """One evaluated fold: which split/seed/label fraction/level, its metrics dict and split sizes."""
+
+    fold: int
+    seed: int
+    label_fraction: float
+    level: str
+    metrics: dict[str, Any]
+    n_train: int
+    n_val: int
+    n_test: int
+    best_epoch: int | None = None
+    val_score: float | None = None
+
+    def __post_init__(self) -> None:
+        # Caught here rather than as a broken log-scale axis or a missing table column later.
+        if self.level not in LEVELS:
+            raise ValueError(f"FoldResult.level must be one of {LEVELS}, got {self.level!r}")
+        self.label_fraction = float(self.label_fraction)
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ValueError(f"FoldResult.label_fraction must be in (0, 1], got {self.label_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (metrics included)."""
+        return _jsonable(dataclasses.asdict(self))
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------------
+
+
+def fraction_key(label_fraction: float) -> str:
+    """The string key of a label fraction in summaries (JSON objects need string keys): ``"0.1"``."""
+    return str(float(label_fraction))
+
+
+def headline_setting(results: Iterable[FoldResult]) -> tuple[str, float]:
+    """(level, label fraction) of the headline numbers: frame level if present, else video; largest fraction."""
+    results = list(results)
+    if not results:
+        raise ValueError("no fold results")
+    levels = {r.level for r in results}
+    level = next(lv for lv in LEVELS if lv in levels)
+    return level, max(r.label_fraction for r in results if r.level == level)
+
+
+def _group(results: Iterable[FoldResult]) -> dict[tuple[str, float], list[FoldResult]]:
+    groups: dict[tuple[str, float], list[FoldResult]] = {}
+    for r in results:
+        groups.setdefault((r.level, r.label_fraction), []).append(r)
+    return groups
+
+
+def build_summary(results: Sequence[FoldResult], summarize_fn: SummarizeFn) -> dict[str, Any]:
+    """``{level: {fraction_key: summarize_fn(metrics)}}`` plus the headline setting's metrics at top level.
+
+    The top level (``summary["accuracy"] == {"mean", "std", "n"}``) is what the report spec and simple
+    consumers read; the nested part keeps every level and label fraction.
+    """
+    groups = _group(results)
+    if not groups:
+        raise ValueError("no fold results to summarise")
+    summary: dict[str, Any] = {}
+    for level in LEVELS:
+        fractions = sorted(f for lv, f in groups if lv == level)
+        if fractions:
+            summary[level] = {
+                fraction_key(f): summarize_fn([r.metrics for r in groups[(level, f)]]) for f in fractions
+            }
+    level, frac = headline_setting(results)
+    for name, value in summary[level][fraction_key(frac)].items():
+        summary[name] = value
+    return summary
+
+
+def _lookup_fraction(by_fraction: Mapping[str, Any], label_fraction: float) -> Any:
+    """Find a fraction's entry even if the caller keyed it ``"1"`` rather than ``"1.0"``."""
+    key = fraction_key(label_fraction)
+    if key in by_fraction:
+        return by_fraction[key]
+    for k, v in by_fraction.items():
+        try:
+            if math.isclose(float(k), label_fraction):
+                return v
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _level_tables(summary: Mapping[str, Any]) -> dict[str, dict[float, dict[str, Any]]]:
+    """``{level: {fraction: metric summary}}`` from a summary dict (keys that do not parse are ignored)."""
+    out: dict[str, dict[float, dict[str, Any]]] = {}
+    for level in LEVELS:
+        by_fraction = summary.get(level)
+        if not isinstance(by_fraction, Mapping):
+            continue
+        for k, v in by_fraction.items():
+            try:
+                frac = float(k)
+            except (TypeError, ValueError):
+                continue
+            if isinstance(v, Mapping):
+                out.setdefault(level, {})[frac] = dict(v)
+    return {lv: dict(sorted(t.items())) for lv, t in out.items()}
+
+
+def _is_stat(value: Any) -> bool:
+    return isinstance(value, Mapping) and "mean" in value
+
+
+def _metric_order(tables: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Known metrics first, then any other ``{"mean", ...}`` entries in first-seen order."""
+    seen: list[str] = []
+    for table in tables:
+        for name, value in table.items():
+            if _is_stat(value) and name not in seen:
+                seen.append(name)
+    known = [m for m in METRIC_NAMES if m in seen]
+    return known + [m for m in seen if m not in METRIC_NAMES]
+
+
+# --------------------------------------------------------------------------------------------------
+# Formatting helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _finite(x: Any) -> float | None:
+    """A float, or None for None / NaN / inf / non-numbers (they print as a dash and plot as gaps)."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def format_mean_std(d: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """``"0.912 ± 0.031"``; just the mean when std is missing/NaN; a dash when there is no mean."""
+    if not isinstance(d, Mapping):
+        return DASH
+    mean = _finite(d.get("mean"))
+    if mean is None:
+        return DASH
+    std = _finite(d.get("std"))
+    if std is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    f = _finite(x)
+    return DASH if f is None else f"{f:.{digits}f}"
+
+
+def _fmt_fraction(f: float) -> str:
+    return f"{f * 100:g}%"
+
+
+def _metric_label(name: str) -> str:
+    return METRIC_NAMES.get(name, name)
+
+
+def _cell(x: Any) -> str:
+    """A Markdown table cell: pipes escaped, newlines flattened."""
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample std (0 for one value); used where no summary dict exists (per class, curves)."""
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "std": None, "n": 0}
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "n": n}
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON values: Paths and odd objects as strings, numpy via ``tolist``, NaN/inf as null."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays, torch tensors
+        return _jsonable(obj.tolist())
+    return str(obj)
+
+
+def _flatten_config(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Dotted ``key: value`` pairs of scalars and short scalar lists, for the Markdown config section."""
+    out: list[tuple[str, str]] = []
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out += _flatten_config(v, key + ".")
+        elif isinstance(v, (list, tuple)):
+            if len(v) <= 8 and all(x is None or isinstance(x, (bool, int, float, str)) for x in v):
+                out.append((key, "[" + ", ".join(str(x) for x in v) + "]"))
+        elif v is None or isinstance(v, (bool, int, float, str, os.PathLike)):
+            out.append((key, str(v)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------------
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Temp file next to ``path``, fsync, ``os.replace``: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _save_figure(fig: Figure, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return _atomic_write_bytes(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------------------------------
+# Aggregation over folds
+# --------------------------------------------------------------------------------------------------
+
+
+def _summed_confusion(group: Sequence[FoldResult], n_classes: int) -> list[list[int]] | None:
+    """Confusion matrices (rows = true, columns = predicted) summed over folds; None if none given."""
+    total: list[list[int]] | None = None
+    for r in group:
+        cm = r.metrics.get("confusion_matrix")
+        if cm is None:
+            continue
+        cm = _jsonable(cm)
+        if len(cm) != n_classes or any(len(row) != n_classes for row in cm):
+            raise ValueError(
+                f"fold {r.fold} (seed {r.seed}, {r.level}, fraction {r.label_fraction}): confusion matrix "
+                f"is not {n_classes}x{n_classes} for class_names of length {n_classes}"
+            )
+        if total is None:
+            total = [[0] * n_classes for _ in range(n_classes)]
+        for i in range(n_classes):
+            for j in range(n_classes):
+                total[i][j] += int(cm[i][j])
+    return total
+
+
+def _per_class(group: Sequence[FoldResult], class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per-class metrics as mean ± std over folds (None entries skipped), support summed."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in class_names:
+        entries = [(r.metrics.get("per_class") or {}).get(name) for r in group]
+        entries = [e for e in entries if isinstance(e, Mapping)]
+        row: dict[str, Any] = {}
+        for m in PER_CLASS_METRICS:
+            row[m] = _mean_std([v for e in entries if (v := _finite(e.get(m))) is not None])
+        supports = [_finite(e.get("support")) for e in entries]
+        row["support"] = int(sum(s for s in supports if s is not None))
+        out[name] = row
+    return out
+
+
+def _accuracy_curve(results: Sequence[FoldResult]) -> dict[str, dict[float, dict[str, Any]]]:
+    """``{level: {fraction: mean/std of accuracy}}`` computed from the folds (sample std)."""
+    out: dict[str, dict[float, dict[str, Any]]] = {}
+    for (level, frac), group in sorted(_group(results).items()):
+        values = [v for r in group if (v := _finite(r.metrics.get("accuracy"))) is not None]
+        out.setdefault(level, {})[frac] = _mean_std(values)
+    return out
+
+
+def _fold_sort_key(r: FoldResult) -> tuple[int, float, int, int]:
+    return (LEVELS.index(r.level), r.label_fraction, r.seed, r.fold)
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------
+
+
+def _plot_confusion(cm: list[list[int]], class_names: Sequence[str], title: str, path: Path) -> Path:
+    """Counts in the cells, colour = row-normalised (recall per true class), class names on both axes."""
+    n = len(class_names)
+    norm = []
+    for row in cm:
+        total = sum(row)
+        norm.append([c / total if total else 0.0 for c in row])
+    fig = Figure(figsize=(max(4.8, 0.9 * n + 2.8), max(4.2, 0.8 * n + 2.2)), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    fontsize = 10 if n <= 6 else 8 if n <= 12 else 6
+    for i in range(n):
+        for j in range(n):
+            ax.text(
+                j,
+                i,
+                f"{cm[i][j]}\n{norm[i][j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                color="white" if norm[i][j] > 0.5 else "black",
+            )
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(class_names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.set_yticklabels(class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def _plot_per_fold(group: Sequence[FoldResult], title: str, path: Path) -> Path:
+    """Grouped bars (accuracy, balanced accuracy, macro-F1) per fold; seed in the label when several."""
+    group = sorted(group, key=_fold_sort_key)
+    several_seeds = len({r.seed for r in group}) > 1
+    labels = [f"s{r.seed}/f{r.fold}" if several_seeds else f"fold {r.fold}" for r in group]
+    n = len(group)
+    width = 0.8 / len(PER_FOLD_BARS)
+    fig = Figure(figsize=(max(6.0, 0.8 * n + 2.5), 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for k, metric in enumerate(PER_FOLD_BARS):
+        values = [_finite(r.metrics.get(metric)) for r in group]
+        xs = [i + (k - (len(PER_FOLD_BARS) - 1) / 2) * width for i in range(n)]
+        ax.bar(xs, [math.nan if v is None else v for v in values], width, label=_metric_label(metric))
+    ax.set_xticks(range(n))
+    ax.set_xticklabels(labels, rotation=45 if n > 8 else 0, ha="right" if n > 8 else "center")
+    ax.set_ylim(0.0, 1.15)  # headroom for the legend above the bars
+    ax.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_ylabel("score")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper center", ncol=len(PER_FOLD_BARS), fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def _plot_curve(
+    series: list[tuple[str, str, dict[float, dict[str, Any]]]],
+    fractions: Sequence[float],
+    title: str,
+    path: Path,
+) -> Path:
+    """Mean accuracy ± std vs label fraction (log x axis, ticks at the fractions used).
+
+    One line per (label, level, points) series; video level dashed so levels read apart in grey print.
+    """
+    fig = Figure(figsize=(6.5, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for label, level, points in series:
+        xs = sorted(f for f, p in points.items() if _finite(p.get("mean")) is not None)
+        if not xs:
+            continue
+        ys = [float(points[f]["mean"]) for f in xs]
+        es = [_finite(points[f].get("std")) or 0.0 for f in xs]
+        style = "--" if level == "video" else "-"
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, linestyle=style, label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(list(fractions), labels=[_fmt_fraction(f) for f in fractions])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("label fraction (log scale)")
+    ax.set_ylabel("accuracy (mean ± std over folds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------------
+
+
+def _markdown(
+    *,
+    title: str,
+    config: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    results: Sequence[FoldResult],
+    class_names: Sequence[str],
+    headline: tuple[str, float],
+    per_class: dict[str, dict[str, Any]],
+    confusion: list[list[int]] | None,
+    figures: Mapping[str, Path],
+    has_predictions: bool,
+) -> str:
+    level, frac = headline
+    group = [r for r in results if (r.level, r.label_fraction) == headline]
+    n_seeds = len({r.seed for r in group})
+    runs = f"{len({r.fold for r in group})} folds" + (f" × {n_seeds} seeds" if n_seeds > 1 else "")
+    lines = [f"# {title}", ""]
+
+    headline_metrics = _metric_order([summary])
+    lines += [f"Headline: **{level} level, {_fmt_fraction(frac)} of labels**, {runs} (mean ± std)."]
+    lines += [""]
+    lines += [f"- {_metric_label(m)}: {format_mean_std(summary[m])}" for m in headline_metrics]
+    lines += ["", f"Classes: {', '.join(class_names)}", ""]
+
+    config_items = _flatten_config(config)
+    if config_items:
+        lines += ["## Configuration", ""]
+        lines += [f"- `{k}`: {v}" for k, v in config_items[:MAX_CONFIG_LINES]]
+        if len(config_items) > MAX_CONFIG_LINES:
+            lines += [f"- … {len(config_items) - MAX_CONFIG_LINES} more (see `{REPORT_JSON}`)"]
+        lines += [""]
+
+    tables = _level_tables(summary)
+    if tables:
+        lines += ["## Summary (mean ± std over folds)", ""]
+        for lv, by_fraction in tables.items():
+            lines += [f"### {lv.capitalize()} level", ""]
+            fracs = list(by_fraction)
+            metrics = _metric_order(by_fraction.values())
+            header = ["metric"] + [_fmt_fraction(f) + " labels" for f in fracs]
+            rows = [
+                [_metric_label(m)] + [format_mean_std(by_fraction[f].get(m)) for f in fracs] for m in metrics
+            ]
+            lines += _md_table(header, rows) + [""]
+
+    lines += ["## Folds", ""]
+    header = [
+        "fold",
+        "seed",
+        "fraction",
+        "level",
+        "accuracy",
+        "balanced accuracy",
+        "macro-F1",
+        "AUROC",
+        "n_test",
+    ]
+    rows = [
+        [
+            r.fold,
+            r.seed,
+            f"{r.label_fraction:g}",
+            r.level,
+            _fmt(r.metrics.get("accuracy")),
+            _fmt(r.metrics.get("balanced_accuracy")),
+            _fmt(r.metrics.get("macro_f1")),
+            _fmt(r.metrics.get("auroc")),
+            r.n_test,
+        ]
+        for r in sorted(results, key=_fold_sort_key)
+    ]
+    lines += _md_table(header, rows) + [""]
+
+    lines += [f"## Per class ({level} level, {_fmt_fraction(frac)} labels; mean ± std over folds)", ""]
+    header = ["class"] + [PER_CLASS_NAMES.get(m, m) for m in PER_CLASS_METRICS] + ["support (total)"]
+    rows = [
+        [name]
+        + [format_mean_std(per_class[name][m]) for m in PER_CLASS_METRICS]
+        + [per_class[name]["support"]]
+        for name in class_names
+    ]
+    lines += _md_table(header, rows) + [""]
+
+    if confusion is not None:
+        lines += [f"## Confusion matrix ({level} level, {_fmt_fraction(frac)} labels; summed over folds)", ""]
+        lines += ["Rows: true class; columns: predicted class.", ""]
+        header = ["true \\ predicted"] + list(class_names) + ["total"]
+        rows = [[name] + confusion[i] + [sum(confusion[i])] for i, name in enumerate(class_names)]
+        lines += _md_table(header, rows) + [""]
+
+    lines += ["## Figures", ""]
+    captions = {
+        "confusion_matrix": "Confusion matrix",
+        "per_fold": "Per-fold scores",
+        "few_label_curve": "Few-label curve",
+    }
+    for key, caption in captions.items():
+        if key in figures:
+            lines += [f"![{caption}]({figures[key].name})", ""]
+    files = f"Full results: [`{REPORT_JSON}`]({REPORT_JSON})"
+    if has_predictions:
+        files += f"; per-sample predictions: [`{PREDICTIONS_CSV}`]({PREDICTIONS_CSV})"
+    lines += [files + ".", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public writers
+# --------------------------------------------------------------------------------------------------
+
+
+def _write_predictions(path: Path, predictions: Sequence[Mapping[str, Any]]) -> Path:
+    """CSV with the union of keys (first-seen order) as columns; missing values are empty cells."""
+    columns: dict[str, None] = {}
+    for row in predictions:
+        for k in row:
+            columns.setdefault(str(k), None)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in predictions:
+        writer.writerow({str(k): v for k, v in row.items()})
+    return atomic_write_text(path, buf.getvalue())
+
+
+def write_classification_report(
+    out_dir: str | os.PathLike[str],
+    *,
+    results: list[FoldResult],
+    summary: dict[str, Any],
+    class_names: list[str],
+    config: dict[str, Any],
+    predictions: list[dict[str, Any]] | None = None,
+    title: str = "Classification",
+    curves: dict[str, list[FoldResult]] | None = None,
+    run_name: str = "this run",
+) -> dict[str, Path]:
+    """Write report.json, report.md, figures and (if given) predictions.csv into ``out_dir``.
+
+    ``summary`` is :func:`build_summary`'s layout; if its top level lacks the headline metrics they are
+    filled in from ``summary[level][fraction]``. ``curves`` adds other methods (e.g. ``{"scratch": [...]}``)
+    to the few-label curve, where this run is labelled ``run_name``. Returns ``{name: path}`` of every
+    file written (keys: report_json, report_md, confusion_matrix, per_fold, few_label_curve, predictions).
+    """
+    if not results:
+        raise ValueError("write_classification_report: no fold results")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    class_names = [str(c) for c in class_names]
+    headline = headline_setting(results)
+    level, frac = headline
+    head_group = [r for r in results if (r.level, r.label_fraction) == headline]
+
+    summary = dict(summary)
+    head_summary = _lookup_fraction(summary.get(level) or {}, frac)
+    if isinstance(head_summary, Mapping):
+        for name, value in head_summary.items():
+            summary.setdefault(name, value)
+
+    paths: dict[str, Path] = {}
+    setting = f"{level} level, {_fmt_fraction(frac)} labels"
+
+    confusion = _summed_confusion(head_group, len(class_names))
+    if confusion is not None:
+        n_seeds = len({r.seed for r in head_group})
+        seeds = f" × {n_seeds} seeds" if n_seeds > 1 else ""
+        paths["confusion_matrix"] = _plot_confusion(
+            confusion,
+            class_names,
+            f"{title}: confusion matrix\n({setting}, {len({r.fold for r in head_group})} folds{seeds} summed)",
+            out / CONFUSION_PNG,
+        )
+    paths["per_fold"] = _plot_per_fold(head_group, f"{title}: per fold ({setting})", out / PER_FOLD_PNG)
+
+    extra = curves or {}
+    fractions = sorted(
+        {r.label_fraction for r in results} | {r.label_fraction for rs in extra.values() for r in rs}
+    )
+    if len(fractions) > 1:
+        series: list[tuple[str, str, dict[float, dict[str, Any]]]] = []
+        tables = _level_tables(summary)
+        for lv, points in _accuracy_curve(results).items():
+            # The run's own points come from the summary when present, so the plot matches the tables.
+            for f in points:
+                stat = tables.get(lv, {}).get(f, {}).get("accuracy")
+                if _is_stat(stat):
+                    points[f] = dict(stat)
+            series.append((f"{run_name} ({lv})" if extra else lv, lv, points))
+        for name, rs in extra.items():
+            for lv, points in _accuracy_curve(rs).items():
+                series.append((f"{name} ({lv})", lv, points))
+        paths["few_label_curve"] = _plot_curve(
+            series, fractions, f"{title}: accuracy vs labels", out / CURVE_PNG
+        )
+
+    if predictions is not None:
+        paths["predictions"] = _write_predictions(out / PREDICTIONS_CSV, predictions)
+
+    report = {
+        "title": title,
+        "class_names": class_names,
+        "config": config,
+        "headline": {"level": level, "label_fraction": frac},
+        "summary": summary,
+        "folds": [r.to_dict() for r in results],
+        "files": {k: p.name for k, p in paths.items()},
+    }
+    paths["report_json"] = atomic_write_text(
+        out / REPORT_JSON, json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n"
+    )
+    md = _markdown(
+        title=title,
+        config=config,
+        summary=summary,
+        results=results,
+        class_names=class_names,
+        headline=headline,
+        per_class=_per_class(head_group, class_names),
+        confusion=confusion,
+        figures=paths,
+        has_predictions=predictions is not None,
+    )
+    paths["report_md"] = atomic_write_text(out / REPORT_MD, md)
+    return paths
+
+
+def format_comparison_table(
+    reports: Mapping[str, Mapping[str, Any]],
+    metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "macro_f1"),
+) -> str:
+    """Markdown table: one row per report (e.g. "pretrained (linear)"), headline mean ± std per metric."""
+    header = ["method"] + [_metric_label(m) for m in metrics]
+    rows = []
+    for name, report in reports.items():
+        summary = report.get("summary") or {}
+        rows.append([name] + [format_mean_std(summary.get(m)) for m in metrics])
+    return "\n".join(_md_table(header, rows)) + "\n"
+
+
+def write_comparison_table(
+    out_path: str | os.PathLike[str],
+    reports: dict[str, dict[str, Any]],
+    metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "macro_f1"),
+) -> Path:
+    """Write :func:`format_comparison_table` (report.json dicts compared side by side) atomically."""
+    return atomic_write_text(Path(out_path), format_comparison_table(reports, metrics))
