@@ -124,6 +124,14 @@ def test_labels_groups_and_masks(tmp_path):
     assert by_name["p03_c.png"].label is None
     assert by_name["p02_b.png"].label == "normal"
 
+    # an optional group_id column (patient ids from a data set's metadata) overrides the pattern
+    labels.write_text("path,label,group_id\ncovid/p01_a.png,covid,patient-7\nloose.png,normal,\n")
+    rows, _ = build_manifest(data, labels_csv=labels, group_pattern=r"^(p\d+)", progress=False)
+    by_name = {Path(r.path).name: r for r in rows}
+    assert (by_name["p01_a.png"].label, by_name["p01_a.png"].group_id) == ("covid", "patient-7")
+    assert by_name["loose.png"].group_id == "loose.png"  # empty group_id: the usual rule
+    assert by_name["p02_b.png"].group_id == "p02"
+
     bad_labels = tmp_path / "bad_labels.csv"
     bad_labels.write_text("file,class\na.png,x\n")
     with pytest.raises(UltrasslError, match=r"bad_labels\.csv.*missing column"):

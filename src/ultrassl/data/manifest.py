@@ -86,11 +86,18 @@ def _find_mask(path: Path) -> Path | None:
     return None
 
 
-def _read_labels(labels_csv: str | Path) -> tuple[dict[str, str | None], dict[str, str | None]]:
-    """Labels CSV (`path,label`) -> ({relative posix path: label}, {file name: label})."""
+_Meta = tuple[str | None, str | None]  # (label, group_id) from a labels CSV
+
+
+def _read_labels(labels_csv: str | Path) -> tuple[dict[str, _Meta], dict[str, _Meta]]:
+    """Labels CSV (`path,label[,group_id]`) -> ({relative posix path: meta}, {file name: meta}).
+
+    The optional `group_id` column carries patient ids kept in a data set's own metadata (as POCUS'
+    source ids); it overrides PatientID and `--group-pattern`.
+    """
     labels_csv = Path(labels_csv)
-    by_rel: dict[str, str | None] = {}
-    by_name: dict[str, str | None] = {}
+    by_rel: dict[str, _Meta] = {}
+    by_name: dict[str, _Meta] = {}
     try:
         with open(labels_csv, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -107,8 +114,8 @@ def _read_labels(labels_csv: str | Path) -> tuple[dict[str, str | None], dict[st
                     key = key[2:]
                 if not key:
                     raise UltrasslError(f"{labels_csv}: line {reader.line_num}: empty path")
-                label = row["label"] or None
-                (by_name if "/" not in key else by_rel)[key] = label
+                meta = (row["label"] or None, row.get("group_id") or None)
+                (by_name if "/" not in key else by_rel)[key] = meta
     except OSError as e:
         raise UltrasslError(f"{labels_csv}: cannot read labels file ({e.strerror or e})") from e
     return by_rel, by_name
@@ -169,10 +176,11 @@ def build_manifest(
             continue
         key = rel.as_posix()
         label: str | None = rel.parts[0] if len(rel.parts) > 1 else None
-        if key in by_rel:
-            label = by_rel[key]
-        elif rel.name in by_name:
-            label = by_name[rel.name]
+        group = _group_id(rel, info.patient_id, pattern)
+        meta = by_rel.get(key, by_name.get(rel.name))
+        if meta is not None:
+            label = meta[0]
+            group = meta[1] or group
         mask = _find_mask(path) if info.kind == "image" else None
         if mask is not None:
             used_masks.add(mask)
@@ -181,7 +189,7 @@ def build_manifest(
                 path=str(path.absolute()),
                 kind=info.kind,
                 label=label,
-                group_id=_group_id(rel, info.patient_id, pattern),
+                group_id=group,
                 n_frames=info.n_frames,
                 fps=info.fps,
                 width=info.width,
