@@ -44,7 +44,9 @@ def write_pocus_labels(
                 and not (drop_uncertain and row.get("label_uncertain") == "1")
             )
             labelled += keep
-            out_rows.append({"path": rel, "label": row["class"] if keep else "", "group_id": row["source_id"]})
+            out_rows.append(
+                {"path": rel, "label": row["class"] if keep else "", "group_id": row["source_id"]}
+            )
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with out_csv.open("w", newline="") as f:
