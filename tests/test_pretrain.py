@@ -51,7 +51,7 @@ def test_cli_synth_index_pretrain_reconstruct_export(tmp_path, capsys):
     data = tmp_path / "data"
     assert main(["synth", str(data), "--patients", "3", "--size", "64", "64"]) == 0
     manifest = tmp_path / "manifest.csv"
-    assert main(["index", str(data), "-o", str(manifest), "--group-pattern", r"^(p\d+)"]) == 0
+    assert main(["index", str(data), "-o", str(manifest), "--group-pattern", r"^([pl]\d+)"]) == 0
     captured = capsys.readouterr()
     assert "indexed 30 files (24 image, 6 video); skipped 1" in captured.out
     assert "manifest.csv: not an image, video or DICOM file (.csv)" in captured.err  # synth's own manifest

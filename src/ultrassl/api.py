@@ -342,7 +342,7 @@ def demo(out_dir: str | Path = "demo", *, max_steps: int = 300, seed: int = 0) -
     data_dir = out / "data"
     synth(data_dir, seed=seed)
     manifest = out / "manifest.csv"
-    index(data_dir, manifest, group_pattern=r"^(p\d+)")
+    index(data_dir, manifest, group_pattern=r"^([pl]\d+)")
     cfg = build_pretrain_config(
         method="deblur-mae",
         preset="tiny",

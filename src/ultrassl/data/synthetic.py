@@ -545,9 +545,10 @@ def make_synthetic_dataset(
 ) -> Path:
     """Write the demo data set (lung clips per patient, lesion stills with masks) and its manifest.csv.
 
-    Layout: `<class>/pNNN_clipK.mp4`, `lesion/pNNN_imgK.png` + `_mask.png`, `manifest.csv`. Each patient
-    has one lung class and one scanner setting (patients are the groups). Lesion image j belongs to patient
-    j % n_patients. Without `probe_mix`, lung clips use a convex sector and lesions a linear probe.
+    Layout: `<class>/pNNN_clipK.mp4`, `lesion/lNNN_imgK.png` + `_mask.png`, `manifest.csv`. Each lung
+    patient `pNNN` has one lung class and one scanner setting; lesion patients `lNNN` (two images each)
+    are other people, so every group has a single label. Patients are the groups. Without `probe_mix`,
+    lung clips use a convex sector and lesions a linear probe.
     Returns the manifest path.
     """
     from ultrassl.data.manifest import ManifestRow, write_manifest
@@ -580,17 +581,17 @@ def make_synthetic_dataset(
     if n_lesion_images:
         (out / LESION).mkdir(exist_ok=True)
     for j in range(n_lesion_images):
-        i, k = j % n_patients, j // n_patients
+        i, k = j // 2, j % 2
         rng = np.random.default_rng([seed, 2, j])
         probe = ("linear" if rng.random() < 0.7 else "sector") if probe_mix else "linear"
         image, mask = synth_lesion(rng, size, probe)
-        path = out / LESION / f"p{i:03d}_img{k}.png"
+        path = out / LESION / f"l{i:03d}_img{k}.png"
         mask_path = path.with_name(f"{path.stem}_mask.png")
         Image.fromarray(_to_u8(image), mode="L").save(path)
         Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(mask_path)
         rows.append(
             ManifestRow(
-                str(path.absolute()), "image", LESION, f"p{i:03d}", 1, None, w, h, str(mask_path.absolute())
+                str(path.absolute()), "image", LESION, f"l{i:03d}", 1, None, w, h, str(mask_path.absolute())
             )
         )
     return write_manifest(rows, out / "manifest.csv")

@@ -1,0 +1,628 @@
+"""Segmentation downstream: fine-tune a ViT + segmentation head under grouped k-fold, report Dice / IoU.
+
+Protocol (the same as classification, leakage-free by construction):
+- the items are the manifest's still images with a mask (``mask_path``); foreground = mask > 0, or the
+  mask values listed in ``foreground_ids`` (label-id masks);
+- folds are made of whole groups (patients), stratified by "the group has foreground"; validation is
+  carved by group from the training part only; early stopping looks at validation Dice alone; each
+  fold's test images are read once, after selection (:attr:`Phase.TEST`);
+- test Dice / IoU are computed per image at the mask's original resolution (logits upsampled), with an
+  explicit policy for images whose prediction and mask are both empty (``empty_policy``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from ultrassl.checkpoint import atomic_write_text
+from ultrassl.data.manifest import ManifestRow, read_manifest
+from ultrassl.data.readers import read_frames
+from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
+from ultrassl.finetune.backbones import Backbone, load_backbone, with_image_size
+from ultrassl.finetune.classify import Phase
+from ultrassl.finetune.splits import (
+    Fold,
+    check_no_leakage,
+    group_majority_labels,
+    make_folds,
+    subsample_groups,
+    write_folds,
+)
+from ultrassl.metrics import EMPTY_POLICIES, segmentation_metrics, summarize
+from ultrassl.models.seg_heads import HEADS, SegModel, build_seg_head
+from ultrassl.models.vit import EncoderSpec, create_encoder
+from ultrassl.training import WarmupCosine
+
+__all__ = [
+    "SegData",
+    "SegmentConfig",
+    "Segmenter",
+    "augment_pair",
+    "dice_ce_loss",
+    "finetune_segment",
+    "load_segdata",
+    "read_mask",
+    "save_overlay",
+]
+
+SUMMARY_KEYS = ("dice", "iou")
+
+
+@dataclass
+class SegmentConfig:
+    head: str = "mae"  # mae | upernet
+    folds: int = 5
+    seeds: tuple[int, ...] = (0,)
+    label_fractions: tuple[float, ...] = (1.0,)
+    val_fraction: float = 0.2
+    epochs: int = 40
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    freeze_encoder: bool = False
+    img_size: tuple[int, int] | None = None  # None: the encoder's own size
+    empty_policy: str = "one"  # one | nan | zero: Dice/IoU of an image whose prediction and mask are empty
+    patience: int = 10
+    device: str = "auto"
+    foreground_ids: tuple[int, ...] | None = None  # None: mask > 0 is foreground
+    encoder_lr_scale: float = 1.0  # encoder lr = lr * this (pre-trained encoders often like < 1)
+    warmup_epochs: float = 2.0
+    drop_path: float = 0.0
+    # head sizes: MAE-style decoder / UPerNet width (kept small: CPU-friendly defaults)
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    upernet_channels: int = 64
+    upernet_indices: tuple[int, ...] | None = None  # None: 4 evenly spaced blocks
+    # augmentation (identical for image and mask): horizontal flip + random resized crop of this area
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    n_overlays: int = 3  # test images drawn per fold (first seed, largest label fraction)
+
+    def check(self) -> None:
+        """Fail before any data is read, naming the bad option."""
+        if self.head not in HEADS:
+            raise ConfigError(f"segmentation head must be one of {HEADS}; got {self.head!r}")
+        if self.empty_policy not in EMPTY_POLICIES:
+            raise ConfigError(f"empty_policy must be one of {EMPTY_POLICIES}; got {self.empty_policy!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size must be >= 1")
+        if not self.seeds or not self.label_fractions:
+            raise ConfigError("seeds and label_fractions must not be empty")
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ConfigError(f"crop_scale must satisfy 0 < low <= high <= 1; got {self.crop_scale}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# data
+
+
+def read_mask(path: str | Path, foreground_ids: Sequence[int] | None = None) -> np.ndarray:
+    """A mask file -> bool ``[H, W]``: ``> 0`` (0/255 or 0/1 PNGs, any label map) or ``isin(foreground_ids)``.
+
+    Palette and gray images keep their stored values (label ids); colour masks count any non-black pixel.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA"):
+                if foreground_ids is not None:
+                    raise UnreadableFileError(path, f"foreground_ids need a label-id mask, not {img.mode}")
+                arr = np.asarray(img.convert("RGB")).max(axis=-1)
+            else:
+                arr = np.asarray(img)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UnreadableFileError(path, f"not a readable mask image ({e})") from e
+    if arr.ndim != 2:
+        raise UnreadableFileError(path, f"mask must be a single-channel image; got shape {arr.shape}")
+    if foreground_ids is None:
+        return arr > 0
+    return np.isin(arr, np.asarray(list(foreground_ids)))
+
+
+@dataclass
+class SegData:
+    """Every image with a mask, decoded once and resized to the model's size.
+
+    ``images`` are normalised ``[N, C, h, w]`` (bicubic), ``masks`` bool ``[N, h, w]`` (nearest);
+    ``full_masks`` keep each mask at its own resolution for the final test metrics; ``display`` is the
+    resized gray image in [0, 1] for overlays.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    full_masks: list[np.ndarray]
+    display: np.ndarray
+    groups: list[str]
+    rows: list[ManifestRow]
+    record: Callable[[Phase, np.ndarray], None] | None = None
+
+    @property
+    def has_foreground(self) -> list[int]:
+        return [int(m.any()) for m in self.full_masks]
+
+    def batch(self, index: np.ndarray, phase: Phase) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.record is not None:
+            self.record(phase, np.asarray(index))
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        return self.images[idx], self.masks[idx]
+
+
+def load_segdata(
+    rows: Sequence[ManifestRow],
+    size: tuple[int, int],
+    in_chans: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    foreground_ids: Sequence[int] | None = None,
+    progress: bool = True,
+) -> SegData:
+    """Read the rows that have a mask (first frame of still images); unreadable pairs are skipped, said why."""
+    rows = [r for r in rows if r.mask_path]
+    if not rows:
+        raise UltrasslError("the manifest has no rows with a mask (mask_path column empty)")
+    images, masks, full, display, groups, kept = [], [], [], [], [], []
+    skipped: list[tuple[str, str]] = []
+    for r in rows:
+        if r.n_frames > 1:
+            skipped.append((r.path, f"{r.n_frames} frames but one mask (only still images are segmented)"))
+            continue
+        try:
+            img = read_frames(r.path, [0], rgb=in_chans == 3)[0]
+            mask = read_mask(r.mask_path, foreground_ids)
+        except (UnreadableFileError, IndexError) as e:
+            skipped.append((r.path, str(e)))
+            continue
+        if mask.shape != img.shape[:2]:
+            skipped.append(
+                (
+                    r.path,
+                    f"mask {r.mask_path} is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                    f"{img.shape[1]}x{img.shape[0]}",
+                )
+            )
+            continue
+        t = torch.from_numpy(np.ascontiguousarray(img)).float()
+        t = t.permute(2, 0, 1) if t.ndim == 3 else t.unsqueeze(0)
+        if t.shape[0] != in_chans:
+            t = t.mean(0, keepdim=True) if in_chans == 1 else t.expand(in_chans, -1, -1)
+        t = TF.resize(t, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True).clamp_(0, 1)
+        m = TF.resize(
+            torch.from_numpy(mask)[None].to(torch.uint8), list(size), interpolation=InterpolationMode.NEAREST
+        )[0].bool()
+        images.append(t)
+        masks.append(m)
+        full.append(mask)
+        display.append(t.mean(0).numpy())
+        groups.append(r.group_id)
+        kept.append(r)
+    if progress or not kept:
+        for path, reason in skipped:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not kept:
+        raise UltrasslError(f"none of the {len(rows)} rows with a mask could be used (see the reasons above)")
+    x = torch.stack(images)
+    m_ = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s_ = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return SegData((x - m_) / s_, torch.stack(masks), full, np.stack(display), groups, kept)
+
+
+def augment_pair(
+    x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, scale: tuple[float, float] = (0.8, 1.0)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random resized crop (area ``scale``, aspect kept) and horizontal flip for image and mask;
+    the image is resampled bilinearly, the mask by nearest neighbour so it stays binary."""
+    b, _, h, w = x.shape
+    xs, ys = torch.empty_like(x), torch.empty_like(y)
+    lo, hi = scale
+    for i in range(b):
+        area = lo + (hi - lo) * torch.rand(1, generator=gen).item()
+        ch, cw = max(1, round(h * math.sqrt(area))), max(1, round(w * math.sqrt(area)))
+        top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+        left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+        img = TF.resized_crop(x[i], top, left, ch, cw, [h, w], antialias=True)
+        msk = TF.resized_crop(
+            y[i][None].to(torch.uint8), top, left, ch, cw, [h, w], interpolation=InterpolationMode.NEAREST
+        )[0].bool()
+        if torch.rand(1, generator=gen).item() < 0.5:
+            img, msk = img.flip(-1), msk.flip(-1)
+        xs[i], ys[i] = img, msk
+    return xs, ys
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Cross-entropy + soft Dice of the foreground probability (pooled over the batch, so an image with an
+    empty mask adds false-positive mass instead of an undefined ratio)."""
+    ce = F.cross_entropy(logits, target.long())
+    prob = torch.softmax(logits.float(), dim=1)[:, 1:].sum(1)
+    fg = (target > 0).float()
+    dice = (2 * (prob * fg).sum() + smooth) / (prob.sum() + fg.sum() + smooth)
+    return ce + (1 - dice)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the engine
+
+
+@dataclass
+class SegRunResult:
+    fold: int
+    seed: int
+    label_fraction: float
+    metrics: dict[str, Any]
+    n_train: int
+    n_val: int
+    n_test: int
+    best_epoch: int
+    val_dice: float | None
+    test_paths: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SegmentOutput:
+    results: list[SegRunResult] = field(default_factory=list)
+    folds: list[Fold] = field(default_factory=list)
+    overlays: list[Path] = field(default_factory=list)
+
+
+class Segmenter:
+    """Runs one segmentation evaluation (all folds x seeds x label fractions)."""
+
+    def __init__(self, backbone: Backbone, data: SegData, cfg: SegmentConfig, progress: bool = False):
+        cfg.check()
+        self.progress = progress
+        self.cfg = cfg
+        self.backbone = with_image_size(backbone, cfg.img_size) if cfg.img_size else backbone
+        self.data = data
+        self.size = tuple(self.backbone.spec.img_size)
+        if tuple(data.masks.shape[-2:]) != self.size:
+            raise ConfigError(
+                f"data was loaded at {tuple(data.masks.shape[-2:])}, the encoder takes {self.size}"
+            )
+        self.device = _device(cfg.device)
+        #: the fold being evaluated (for access-recording data sets in tests)
+        self.current_fold: int | None = None
+
+    def _indices(self, groups: Sequence[str]) -> np.ndarray:
+        wanted = set(groups)
+        return np.array([i for i, g in enumerate(self.data.groups) if g in wanted], dtype=int)
+
+    def run(self, out_dir: Path | None = None) -> SegmentOutput:
+        cfg = self.cfg
+        labels = self.data.has_foreground
+        folds = make_folds(
+            self.data.groups, labels, n_folds=cfg.folds, seed=cfg.seeds[0], val_fraction=cfg.val_fraction
+        )
+        check_no_leakage(folds, all_groups=set(self.data.groups))
+        if out_dir is not None:
+            write_folds(out_dir / "folds.json", folds, meta={"seed": cfg.seeds[0], "n_folds": cfg.folds})
+        group_label = group_majority_labels(self.data.groups, labels)
+        out = SegmentOutput(folds=folds)
+        top_fraction = max(cfg.label_fractions)
+        for k, fold in enumerate(folds):
+            self.current_fold = k
+            for seed in cfg.seeds:
+                for fraction in cfg.label_fractions:
+                    train_groups = subsample_groups(fold.train_groups, group_label, fraction, seed)
+                    tr, va, te = (self._indices(g) for g in (train_groups, fold.val_groups, fold.test_groups))
+                    model, best_epoch, val_dice = self._fit(tr, va, seed)
+                    logits = self._predict(model, self.data.batch(te, Phase.TEST)[0])  # the one look at test
+                    preds = [self._full_res_pred(lg, self.data.full_masks[i]) for lg, i in zip(logits, te)]
+                    targets = [self.data.full_masks[i] for i in te]
+                    metrics = segmentation_metrics(preds, targets, empty=cfg.empty_policy)
+                    out.results.append(
+                        SegRunResult(
+                            k,
+                            seed,
+                            fraction,
+                            metrics,
+                            len(tr),
+                            len(va),
+                            len(te),
+                            best_epoch,
+                            val_dice,
+                            [self.data.rows[i].path for i in te],
+                        )
+                    )
+                    if out_dir is not None and seed == cfg.seeds[0] and fraction == top_fraction:
+                        out.overlays += self._overlays(out_dir, k, te, logits)
+                    if self.progress:
+                        print(
+                            f"fold {k} seed {seed} fraction {fraction:g}: test dice {_fmt(metrics['dice'])} "
+                            f"(best epoch {best_epoch}, val dice {_fmt(val_dice)})",
+                            file=sys.stderr,
+                        )
+        return out
+
+    # -- model ---------------------------------------------------------------------------------------
+
+    def _make_model(self) -> SegModel:
+        cfg = self.cfg
+        spec: EncoderSpec = self.backbone.spec
+        encoder = create_encoder(spec, drop_path_rate=cfg.drop_path)
+        encoder.load_state_dict(self.backbone.encoder.state_dict())
+        if cfg.head == "mae":
+            kwargs: dict[str, Any] = dict(
+                decoder_dim=cfg.decoder_dim, depth=cfg.decoder_depth, num_heads=cfg.decoder_heads
+            )
+        else:
+            kwargs = dict(channels=cfg.upernet_channels, indices=cfg.upernet_indices)
+        head = build_seg_head(cfg.head, encoder, 2, **kwargs)
+        if cfg.freeze_encoder:
+            encoder.requires_grad_(False)
+        return SegModel(encoder, head).to(self.device)
+
+    def _fit(self, tr: np.ndarray, va: np.ndarray, seed: int) -> tuple[SegModel, int, float | None]:
+        """Train on ``tr``; keep the epoch with the best validation Dice; stop after ``patience`` bad ones."""
+        cfg = self.cfg
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        model = self._make_model()
+        optimizer = torch.optim.AdamW(
+            model.param_groups(cfg.lr, cfg.weight_decay, cfg.encoder_lr_scale), lr=cfg.lr
+        )
+        steps_per_epoch = max(1, math.ceil(len(tr) / cfg.batch_size))
+        schedule = WarmupCosine(
+            max(1, round(cfg.warmup_epochs * steps_per_epoch)), cfg.epochs * steps_per_epoch
+        )
+        base_lrs = [g["lr"] for g in optimizer.param_groups]
+        xva, yva = self.data.batch(va, Phase.VALIDATE)
+        best: tuple[float, int, dict[str, torch.Tensor] | None] = (-math.inf, -1, None)
+        bad_epochs, step = 0, 0
+        for epoch in range(cfg.epochs):
+            model.train()
+            if cfg.freeze_encoder:
+                model.encoder.eval()
+            order = tr[torch.randperm(len(tr), generator=gen).numpy()]
+            for start in range(0, len(order), cfg.batch_size):
+                x, y = self.data.batch(order[start : start + cfg.batch_size], Phase.TRAIN)
+                x, y = augment_pair(x, y, gen, cfg.crop_scale)
+                for g, base in zip(optimizer.param_groups, base_lrs):
+                    g["lr"] = base * schedule(step)
+                loss = dice_ce_loss(model(x.to(self.device)), y.to(self.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+            if not len(va):
+                continue
+            pred = self._predict(model, xva).argmax(1).numpy()
+            score = segmentation_metrics(pred, yva.numpy(), empty=cfg.empty_policy)["dice"]
+            score = -math.inf if score is None else score
+            if score > best[0]:
+                best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+                if bad_epochs >= cfg.patience:
+                    break
+        if best[2] is None:  # no validation images (or never a defined score): the last epoch
+            return model, epoch, None
+        model.load_state_dict(best[2])
+        return model, best[1], (None if math.isinf(best[0]) else float(best[0]))
+
+    @torch.no_grad()
+    def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, 2, h, w]`` on the CPU, in chunks."""
+        model.eval()
+        out = [model(x[i : i + 64].to(self.device)).float().cpu() for i in range(0, len(x), 64)]
+        return torch.cat(out) if out else torch.empty(0, 2, *self.size)
+
+    @staticmethod
+    def _full_res_pred(logits: torch.Tensor, mask: np.ndarray) -> np.ndarray:
+        """The prediction at the mask's own resolution (logits upsampled bilinearly, then argmax)."""
+        if tuple(logits.shape[-2:]) != mask.shape:
+            logits = F.interpolate(logits[None], size=mask.shape, mode="bilinear", align_corners=False)[0]
+        return logits.argmax(0).numpy().astype(bool)
+
+    def _overlays(self, out_dir: Path, k: int, te: np.ndarray, logits: torch.Tensor) -> list[Path]:
+        pred = logits.argmax(1).numpy().astype(bool)
+        paths = []
+        for i in range(min(self.cfg.n_overlays, len(te))):
+            j = te[i]
+            paths.append(
+                save_overlay(
+                    self.data.display[j],
+                    pred[i],
+                    self.data.masks[j].numpy(),
+                    out_dir / "overlays" / f"fold{k}_{i}.png",
+                    title=Path(self.data.rows[j].path).name,
+                )
+            )
+        return paths
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _device(name: str) -> torch.device:
+    from ultrassl.distributed import select_device
+
+    return select_device(name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# outputs
+
+
+def save_overlay(
+    image: np.ndarray, pred: np.ndarray, target: np.ndarray, path: str | Path, title: str = ""
+) -> Path:
+    """Gray image, prediction filled + outlined in red, ground truth outlined in green (Agg canvas, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    h, w = image.shape
+    fig = Figure(figsize=(3.2, 3.2 * h / w + 0.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
+    ax.imshow(np.ma.masked_where(~pred, pred), cmap=ListedColormap(["red"]), alpha=0.3, vmin=0, vmax=1)
+    for m, colour in ((pred, "red"), (target, "lime")):
+        if m.any() and not m.all():
+            ax.contour(m.astype(float), levels=[0.5], colors=[colour], linewidths=1.2)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(
+        handles=[
+            Line2D([], [], color="red", label="prediction"),
+            Line2D([], [], color="lime", label="truth"),
+        ],
+        loc="lower right",
+        fontsize=6,
+        framealpha=0.6,
+    )
+    if title:
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    """Strict JSON values: tuples as lists, NaN/inf as null, Paths as strings."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (np.floating, np.integer)):
+        return _jsonable(obj.item())
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    return str(obj)
+
+
+def build_seg_summary(results: Sequence[SegRunResult]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(headline summary at the largest label fraction over folds x seeds, the same per label fraction)."""
+    fractions = sorted({r.label_fraction for r in results})
+    by_fraction = {
+        f"{f:g}": summarize([r.metrics for r in results if r.label_fraction == f], SUMMARY_KEYS)
+        for f in fractions
+    }
+    return by_fraction[f"{fractions[-1]:g}"], by_fraction
+
+
+def _markdown(
+    title: str, summary: dict, by_fraction: dict, results: Sequence[SegRunResult], cfg: SegmentConfig
+) -> str:
+    from ultrassl.finetune.report import format_mean_std
+
+    lines = [f"# {title}", ""]
+    lines += [
+        f"Grouped {cfg.folds}-fold cross-validation, head `{cfg.head}`, empty-mask policy `{cfg.empty_policy}` "
+        f"(Dice/IoU per image at the mask's resolution, then averaged; mean ± sample std over folds x seeds).",
+        "",
+        "| label fraction | Dice | IoU | n |",
+        "|---|---|---|---|",
+    ]
+    for f, s in by_fraction.items():
+        lines.append(
+            f"| {float(f) * 100:g}% | {format_mean_std(s['dice'])} | {format_mean_std(s['iou'])} | {s['dice']['n']} |"
+        )
+    lines += [
+        "",
+        "## Per fold",
+        "",
+        "| fold | seed | fraction | Dice | IoU | test images | both empty | best epoch | val Dice |",
+    ]
+    lines.append("|" + "---|" * 9)
+    for r in results:
+        m = r.metrics
+        lines.append(
+            f"| {r.fold} | {r.seed} | {r.label_fraction * 100:g}% | {_fmt(m['dice'])} | {_fmt(m['iou'])} | "
+            f"{r.n_test} | {m['n_both_empty']} | {r.best_epoch} | {_fmt(r.val_dice)} |"
+        )
+    lines += [
+        "",
+        f"Headline: Dice {format_mean_std(summary['dice'])}, IoU {format_mean_std(summary['iou'])}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the command
+
+
+def finetune_segment(
+    weights: str | Path,
+    data: str | Path,
+    out_dir: str | Path,
+    cfg: SegmentConfig | None = None,
+    *,
+    scratch_spec: EncoderSpec | None = None,
+    scratch_like: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune ``weights`` + a segmentation head on the masked images of ``data``; writes folds.json,
+    report.json, report.md and overlays/ into ``out_dir``. Returns {"summary", "paths", "n_images"}."""
+    cfg = cfg or SegmentConfig()
+    cfg.check()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if str(weights) == "scratch" and scratch_spec is None and scratch_like is not None:
+        like = load_backbone(scratch_like)
+        scratch_spec, mean, std = like.spec, like.mean, like.std
+    else:
+        mean, std = (0.5,), (0.25,)
+    backbone = load_backbone(weights, scratch_spec=scratch_spec, scratch_mean=mean, scratch_std=std)
+    if cfg.img_size:
+        backbone = with_image_size(backbone, tuple(cfg.img_size))
+    spec = backbone.spec
+    segdata = load_segdata(
+        read_manifest(data),
+        tuple(spec.img_size),
+        spec.in_chans,
+        backbone.mean,
+        backbone.std,
+        cfg.foreground_ids,
+        progress=progress,
+    )
+    result = Segmenter(backbone, segdata, cfg, progress=progress).run(out)
+    summary, by_fraction = build_seg_summary(result.results)
+    config = {"weights": str(weights), "data": str(data), **asdict(cfg), "encoder": asdict(spec)}
+    folds = [
+        {k: v for k, v in asdict(r).items() if k != "metrics"} | {"metrics": r.metrics}
+        for r in result.results
+    ]
+    report = {
+        "summary": summary,
+        "by_label_fraction": by_fraction,
+        "folds": folds,
+        "n_images": len(segdata.rows),
+        "config": config,
+    }
+    paths = {
+        "folds": out / "folds.json",
+        "report_json": atomic_write_text(
+            out / "report.json", json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n"
+        ),
+        "report_md": atomic_write_text(
+            out / "report.md",
+            _markdown(f"Segmentation of {weights}", summary, by_fraction, result.results, cfg),
+        ),
+        "overlays": out / "overlays",
+    }
+    return {"summary": summary, "paths": {k: str(v) for k, v in paths.items()}, "n_images": len(segdata.rows)}
