@@ -85,6 +85,25 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"))
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
+    g = task.add_parser("segment", help="segmentation fine-tuning (images with masks)")
+    g.add_argument(
+        "--weights", required=True, help="run folder, export folder, checkpoint file, or 'scratch'"
+    )
+    g.add_argument("--like", help="with --weights scratch: take the architecture from this run/export")
+    g.add_argument("--data", type=Path, required=True, help="manifest CSV with mask_path")
+    g.add_argument("--out", type=Path, required=True, help="evaluation folder")
+    g.add_argument("--head", choices=("mae", "upernet"), default="mae")
+    g.add_argument("--folds", type=int, default=5)
+    g.add_argument("--seeds", type=int, nargs="+", default=[0])
+    g.add_argument("--label-fraction", type=float, nargs="+", default=[1.0])
+    g.add_argument("--epochs", type=int, default=40)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--freeze-encoder", action="store_true")
+    g.add_argument("--empty-policy", choices=("one", "nan", "zero"), default="one")
+    g.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"))
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
     sub.add_parser("presets", help="list the built-in presets")
 
     s = sub.add_parser("demo", help="the whole story on built-in synthetic data")
@@ -157,6 +176,28 @@ def _run(a: argparse.Namespace) -> int:
             kwargs["img_size"] = tuple(a.img_size)
         report = api.convert(a.checkpoint, a.out, **kwargs)
         print(json.dumps(report, indent=2, default=str))
+    elif a.command == "finetune" and a.task == "segment":
+        from ultrassl.finetune.segment import SegmentConfig, finetune_segment
+
+        scfg = SegmentConfig(
+            head=a.head,
+            folds=a.folds,
+            seeds=tuple(a.seeds),
+            label_fractions=tuple(a.label_fraction),
+            epochs=a.epochs,
+            batch_size=a.batch_size,
+            lr=a.lr,
+            freeze_encoder=a.freeze_encoder,
+            empty_policy=a.empty_policy,
+            img_size=tuple(a.img_size) if a.img_size else None,
+            device=a.device,
+        )
+        out = finetune_segment(a.weights, a.data, a.out, scfg, scratch_like=a.like)
+        dice, iou = out["summary"]["dice"], out["summary"]["iou"]
+        print(
+            f"Dice {dice['mean']:.3f} ± {dice['std']:.3f}, IoU {iou['mean']:.3f} ± {iou['std']:.3f} "
+            f"({a.folds} folds, {out['n_images']} images); report {out['paths'].get('report_md', a.out)}"
+        )
     elif a.command == "finetune":
         from ultrassl.finetune.classify import ClassifyConfig, finetune_classify
 

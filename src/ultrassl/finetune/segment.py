@@ -82,6 +82,7 @@ class SegmentConfig:
     encoder_lr_scale: float = 1.0  # encoder lr = lr * this (pre-trained encoders often like < 1)
     warmup_epochs: float = 2.0
     drop_path: float = 0.0
+    clip_grad: float | None = 1.0  # max gradient norm (None: no clipping); keeps scratch ViTs from collapsing
     # head sizes: MAE-style decoder / UPerNet width (kept small: CPU-friendly defaults)
     decoder_dim: int = 128
     decoder_depth: int = 2
@@ -397,6 +398,8 @@ class Segmenter:
                 loss = dice_ce_loss(model(x.to(self.device)), y.to(self.device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.clip_grad:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 optimizer.step()
                 step += 1
             if not len(va):
