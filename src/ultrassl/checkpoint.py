@@ -39,7 +39,7 @@ import pickletools
 import re
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from timm.models import adapt_input_conv
 from timm.models.vision_transformer import VisionTransformer
 
+from ultrassl.atomic import atomic_write, atomic_write_text  # noqa: F401  (re-exported)
 from ultrassl.errors import CheckpointError, ConfigError
 from ultrassl.models.vit import EncoderSpec, create_encoder, resolve_arch
 
@@ -110,43 +111,6 @@ _KNOWN_VITS = {
 # --------------------------------------------------------------------------------------------------
 
 
-def _tmp_path(path: Path) -> Path:
-    # The full name is kept (``last.pt.tmp-123``) so ``a.pt`` and ``a.safetensors`` never share a temp.
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (best effort: not every platform can open a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Write via ``write(tmp)``, fsync, then ``os.replace``: ``path`` is either the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:  # flush to disk before the rename makes it visible
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
 def atomic_save(obj: Any, path: PathLike) -> Path:
     """``torch.save`` that never leaves a half-written file at ``path`` (a crash keeps the old one)."""
 
@@ -154,17 +118,7 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
 
-    return _atomic_write(path, write)
-
-
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    """Write a text file (config.json, reports) atomically, UTF-8."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def atomic_save_safetensors(
@@ -173,7 +127,7 @@ def atomic_save_safetensors(
     """Save tensors as safetensors atomically (contiguous CPU copies, as safetensors requires)."""
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}
-    return _atomic_write(path, lambda tmp: safetensors.torch.save_file(clean, str(tmp), metadata=meta))
+    return atomic_write(path, lambda tmp: safetensors.torch.save_file(clean, str(tmp), metadata=meta))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ a dataset needs without opening files again (kind, frame count, fps, size, label
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ultrassl.atomic import atomic_write_text
 from ultrassl.data.readers import probe
 from ultrassl.errors import UltrasslError, UnreadableFileError
 
@@ -235,26 +237,24 @@ def write_manifest(rows: list[ManifestRow], csv_path: str | Path) -> Path:
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     base = csv_path.absolute().parent
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        for r in rows:
-            writer.writerow(
-                [
-                    _relative(r.path, base),
-                    r.kind,
-                    _fmt(r.label),
-                    r.group_id,
-                    r.n_frames,
-                    _fmt(r.fps),
-                    r.width,
-                    r.height,
-                    _relative(r.mask_path, base) if r.mask_path else "",
-                ]
-            )
-    os.replace(tmp, csv_path)
-    return csv_path
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(COLUMNS)
+    for r in rows:
+        writer.writerow(
+            [
+                _relative(r.path, base),
+                r.kind,
+                _fmt(r.label),
+                r.group_id,
+                r.n_frames,
+                _fmt(r.fps),
+                r.width,
+                r.height,
+                _relative(r.mask_path, base) if r.mask_path else "",
+            ]
+        )
+    return atomic_write_text(csv_path, buf.getvalue())
 
 
 def _number(csv_path: Path, line: int, column: str, text: str, kind: type) -> int | float | None:

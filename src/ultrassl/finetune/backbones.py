@@ -85,6 +85,21 @@ def load_backbone(
     raise CheckpointError(path, "not a run folder, export folder or checkpoint file (or 'scratch')")
 
 
+def resolve_backbone(
+    weights: str | Path,
+    *,
+    scratch_spec: EncoderSpec | None = None,
+    scratch_like: str | Path | None = None,
+) -> Backbone:
+    """:func:`load_backbone`, where ``scratch`` may take its architecture and normalisation from
+    ``scratch_like`` (a run or export), so "pre-trained vs scratch" compares the same network."""
+    mean, std = (0.5,), (0.25,)
+    if str(weights) == "scratch" and scratch_spec is None and scratch_like is not None:
+        like = load_backbone(scratch_like)
+        scratch_spec, mean, std = like.spec, like.mean, like.std
+    return load_backbone(weights, scratch_spec=scratch_spec, scratch_mean=mean, scratch_std=std)
+
+
 def _from_export(model_dir: Path, source: str, fingerprint: str) -> Backbone:
     encoder, config = ckpt.load_exported(model_dir)
     args = dict(config["model_args"])

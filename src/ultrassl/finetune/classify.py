@@ -33,7 +33,7 @@ from torchvision.transforms.v2 import functional as TF
 from ultrassl.data.datasets import FrameCache, load_frame_cache
 from ultrassl.data.manifest import ManifestRow, read_manifest
 from ultrassl.errors import ConfigError, UltrasslError
-from ultrassl.finetune.backbones import Backbone, load_backbone, with_image_size
+from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
 from ultrassl.finetune.splits import (
     Fold,
     check_no_leakage,
@@ -478,12 +478,7 @@ def finetune_classify(
     cfg = cfg or ClassifyConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if str(weights) == "scratch" and scratch_spec is None and scratch_like is not None:
-        like = load_backbone(scratch_like)
-        scratch_spec, mean, std = like.spec, like.mean, like.std
-    else:
-        mean, std = (0.5,), (0.25,)
-    backbone = load_backbone(weights, scratch_spec=scratch_spec, scratch_mean=mean, scratch_std=std)
+    backbone = resolve_backbone(weights, scratch_spec=scratch_spec, scratch_like=scratch_like)
     rows = read_manifest(data)
     frameset = load_frameset(rows, cfg, backbone.spec.in_chans, progress=progress)
     result = Classifier(backbone, frameset, cfg).run(out)

@@ -32,7 +32,7 @@ from ultrassl.checkpoint import atomic_write_text
 from ultrassl.data.manifest import ManifestRow, read_manifest
 from ultrassl.data.readers import read_frames
 from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
-from ultrassl.finetune.backbones import Backbone, load_backbone, with_image_size
+from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
 from ultrassl.finetune.classify import Phase
 from ultrassl.finetune.splits import (
     Fold,
@@ -585,12 +585,7 @@ def finetune_segment(
     cfg.check()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if str(weights) == "scratch" and scratch_spec is None and scratch_like is not None:
-        like = load_backbone(scratch_like)
-        scratch_spec, mean, std = like.spec, like.mean, like.std
-    else:
-        mean, std = (0.5,), (0.25,)
-    backbone = load_backbone(weights, scratch_spec=scratch_spec, scratch_mean=mean, scratch_std=std)
+    backbone = resolve_backbone(weights, scratch_spec=scratch_spec, scratch_like=scratch_like)
     if cfg.img_size:
         backbone = with_image_size(backbone, tuple(cfg.img_size))
     spec = backbone.spec

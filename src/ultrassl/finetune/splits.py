@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Mapping, Sequence
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import KFold, StratifiedGroupKFold
 
+from ultrassl.atomic import atomic_write_text
 from ultrassl.errors import ConfigError, UltrasslError
 
 __all__ = [
@@ -254,18 +253,7 @@ def write_folds(path: str | Path, folds: Sequence[Fold], meta: Mapping[str, Any]
         **meta,
     }
     text = json.dumps(doc, indent=2) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 def read_folds(path: str | Path) -> list[Fold]:

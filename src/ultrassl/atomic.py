@@ -1,0 +1,65 @@
+"""Atomic file writes: a temp file beside the target, fsync, ``os.replace``.
+
+A crash leaves the old file or the new one, never half of one: checkpoints, manifests, folds and reports
+all go through here. Torch-free, so light modules can use it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+PathLike = str | os.PathLike
+
+
+def _tmp_path(path: Path) -> Path:
+    # The full name is kept (``last.pt.tmp-123``) so ``a.pt`` and ``a.safetensors`` never share a temp.
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
+    """Write via ``write(tmp)``, fsync, then ``os.replace``: ``path`` is either the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:  # flush to disk before the rename makes it visible
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Write a text file (configs, manifests, reports) atomically, UTF-8."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+
+    return atomic_write(path, write)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write bytes (PNG figures) atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
