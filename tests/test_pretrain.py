@@ -205,3 +205,22 @@ def test_init_from_a_full_mae_checkpoint_loads_encoder_and_decoder(tmp_path):
         build_pretrain_config(method="mae", preset="tiny", overrides=["mae.decoder_dim=48"])
     )
     assert api.init_from(other, path)["decoder"].startswith("not loaded")
+
+
+def test_a_file_broken_after_indexing_is_skipped_and_listed(synth_manifest, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_manifest.parent, data)
+    victim = sorted(data.glob("*/*.mp4"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # corrupted after the manifest was written
+    cfg = build_pretrain_config(
+        method="mae",
+        preset="tiny",
+        flags={"data": {"manifest": str(data / "manifest.csv")}, "train": {"max_steps": 2}},
+    )
+    result = api.pretrain(cfg, tmp_path / "run", progress=False)
+    assert result.step == 2
+    with (tmp_path / "run" / "skipped_files.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["path"]).name for r in rows] == [victim.name] and rows[0]["reason"]

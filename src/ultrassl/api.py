@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import platform
 import subprocess
@@ -188,9 +190,8 @@ def pretrain(
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         ckpt.atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
-        skipped = load_skipped(dataset)
-        if skipped:
-            ckpt.atomic_write_text(run_dir / "skipped_files.csv", skipped)
+        if dataset.cache.skipped:
+            ckpt.atomic_write_text(run_dir / "skipped_files.csv", _skipped_csv(dataset.cache.skipped))
     trainer = Trainer(
         model,
         dataset,
@@ -205,9 +206,13 @@ def pretrain(
     return trainer.fit()
 
 
-def load_skipped(dataset: PretrainFrames) -> str:
-    rows = ["path,reason"] + [f'"{p}","{r}"' for p, r in dataset.cache.skipped]
-    return "\n".join(rows) + "\n" if dataset.cache.skipped else ""
+def _skipped_csv(skipped: list[tuple[str, str]]) -> str:
+    """Files that could not be decoded at start-up (path, reason), as CSV."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "reason"])
+    writer.writerows(skipped)
+    return buf.getvalue()
 
 
 def init_from(model: torch.nn.Module, source: str | Path) -> dict[str, Any]:
