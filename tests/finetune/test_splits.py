@@ -209,3 +209,22 @@ def test_subsample_groups_deterministic_nested_and_seeded() -> None:
             subsample_groups(train, labels, bad, seed=0)
     with pytest.raises(UltrasslError, match="no label"):
         subsample_groups(["zz"], labels, 0.5, seed=0)
+
+
+def test_plan_runs_covers_every_fold_seed_and_fraction(tmp_path):
+    from ultrassl.finetune.splits import group_indices, plan_runs, read_folds
+
+    groups = [f"g{i // 3}" for i in range(60)]  # 20 groups of 3 samples
+    labels = [(i // 3) % 2 for i in range(60)]
+    folds, runs = plan_runs(
+        groups, labels, n_folds=4, seeds=(0, 1), label_fractions=(0.5, 1.0), out_dir=tmp_path
+    )
+    assert len(runs) == 4 * 2 * 2 and read_folds(tmp_path / "folds.json") == folds
+    for run in runs:
+        fold = folds[run.fold]
+        assert set(run.train_groups) <= set(fold.train_groups)
+        if run.label_fraction == 1.0:
+            assert sorted(run.train_groups) == sorted(fold.train_groups)
+        assert run.test_groups == fold.test_groups and run.val_groups == fold.val_groups
+    idx = group_indices(groups, ["g0", "g2"])
+    assert idx.tolist() == [0, 1, 2, 6, 7, 8]

@@ -36,11 +36,8 @@ from ultrassl.errors import ConfigError, UltrasslError
 from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
 from ultrassl.finetune.splits import (
     Fold,
-    check_no_leakage,
-    group_majority_labels,
-    make_folds,
-    subsample_groups,
-    write_folds,
+    group_indices,
+    plan_runs,
 )
 from ultrassl.metrics import classification_metrics, summarize
 from ultrassl.models.vit import EncoderSpec, create_encoder
@@ -221,8 +218,7 @@ class Classifier:
     # -- data helpers --------------------------------------------------------------------------------
 
     def _indices(self, groups: Sequence[str]) -> np.ndarray:
-        wanted = set(groups)
-        return np.array([i for i, g in enumerate(self.data.groups) if g in wanted], dtype=int)
+        return group_indices(self.data.groups, groups)
 
     def _tensor(self, index: np.ndarray, phase: Phase) -> torch.Tensor:
         frames = self.data.frames(index, phase)
@@ -245,27 +241,22 @@ class Classifier:
 
     def run(self, out_dir: Path | None = None) -> ClassifyOutput:
         cfg = self.cfg
-        folds = make_folds(
+        folds, runs = plan_runs(
             self.data.groups,
             self.data.labels.tolist(),
             n_folds=cfg.folds,
-            seed=cfg.seeds[0],
+            seeds=cfg.seeds,
+            label_fractions=cfg.label_fractions,
             val_fraction=cfg.val_fraction,
+            out_dir=out_dir,
         )
-        check_no_leakage(folds, all_groups=set(self.data.groups))
-        if out_dir is not None:
-            write_folds(out_dir / "folds.json", folds, meta={"seed": cfg.seeds[0], "n_folds": cfg.folds})
-        group_label = group_majority_labels(self.data.groups, self.data.labels.tolist())
         out = ClassifyOutput(folds=folds, class_names=self.data.class_names)
-        for k, fold in enumerate(folds):
-            self.current_fold = k
-            for seed in cfg.seeds:
-                for fraction in cfg.label_fractions:
-                    train_groups = subsample_groups(fold.train_groups, group_label, fraction, seed)
-                    tr, va, te = (self._indices(g) for g in (train_groups, fold.val_groups, fold.test_groups))
-                    predict_test, best_epoch, val_score = self._fit_select(tr, va, seed)
-                    prob = predict_test(te)  # the one and only look at this fold's test frames
-                    self._record(out, k, seed, fraction, tr, va, te, prob, best_epoch, val_score)
+        for run in runs:
+            self.current_fold = run.fold
+            tr, va, te = (self._indices(g) for g in (run.train_groups, run.val_groups, run.test_groups))
+            predict_test, best_epoch, val_score = self._fit_select(tr, va, run.seed)
+            prob = predict_test(te)  # the one and only look at this fold's test frames
+            self._record(out, run.fold, run.seed, run.label_fraction, tr, va, te, prob, best_epoch, val_score)
         return out
 
     def _record(self, out, k, seed, fraction, tr, va, te, prob, best_epoch, val_score) -> None:

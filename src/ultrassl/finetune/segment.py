@@ -36,11 +36,8 @@ from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_s
 from ultrassl.finetune.classify import Phase
 from ultrassl.finetune.splits import (
     Fold,
-    check_no_leakage,
-    group_majority_labels,
-    make_folds,
-    subsample_groups,
-    write_folds,
+    group_indices,
+    plan_runs,
 )
 from ultrassl.metrics import EMPTY_POLICIES, segmentation_metrics, summarize
 from ultrassl.models.seg_heads import HEADS, SegModel, build_seg_head
@@ -300,54 +297,53 @@ class Segmenter:
         self.current_fold: int | None = None
 
     def _indices(self, groups: Sequence[str]) -> np.ndarray:
-        wanted = set(groups)
-        return np.array([i for i, g in enumerate(self.data.groups) if g in wanted], dtype=int)
+        return group_indices(self.data.groups, groups)
 
     def run(self, out_dir: Path | None = None) -> SegmentOutput:
         cfg = self.cfg
         labels = self.data.has_foreground
-        folds = make_folds(
-            self.data.groups, labels, n_folds=cfg.folds, seed=cfg.seeds[0], val_fraction=cfg.val_fraction
+        folds, runs = plan_runs(
+            self.data.groups,
+            labels,
+            n_folds=cfg.folds,
+            seeds=cfg.seeds,
+            label_fractions=cfg.label_fractions,
+            val_fraction=cfg.val_fraction,
+            out_dir=out_dir,
         )
-        check_no_leakage(folds, all_groups=set(self.data.groups))
-        if out_dir is not None:
-            write_folds(out_dir / "folds.json", folds, meta={"seed": cfg.seeds[0], "n_folds": cfg.folds})
-        group_label = group_majority_labels(self.data.groups, labels)
         out = SegmentOutput(folds=folds)
         top_fraction = max(cfg.label_fractions)
-        for k, fold in enumerate(folds):
-            self.current_fold = k
-            for seed in cfg.seeds:
-                for fraction in cfg.label_fractions:
-                    train_groups = subsample_groups(fold.train_groups, group_label, fraction, seed)
-                    tr, va, te = (self._indices(g) for g in (train_groups, fold.val_groups, fold.test_groups))
-                    model, best_epoch, val_dice = self._fit(tr, va, seed)
-                    logits = self._predict(model, self.data.batch(te, Phase.TEST)[0])  # the one look at test
-                    preds = [self._full_res_pred(lg, self.data.full_masks[i]) for lg, i in zip(logits, te)]
-                    targets = [self.data.full_masks[i] for i in te]
-                    metrics = segmentation_metrics(preds, targets, empty=cfg.empty_policy)
-                    out.results.append(
-                        SegRunResult(
-                            k,
-                            seed,
-                            fraction,
-                            metrics,
-                            len(tr),
-                            len(va),
-                            len(te),
-                            best_epoch,
-                            val_dice,
-                            [self.data.rows[i].path for i in te],
-                        )
-                    )
-                    if out_dir is not None and seed == cfg.seeds[0] and fraction == top_fraction:
-                        out.overlays += self._overlays(out_dir, k, te, logits)
-                    if self.progress:
-                        print(
-                            f"fold {k} seed {seed} fraction {fraction:g}: test dice {_fmt(metrics['dice'])} "
-                            f"(best epoch {best_epoch}, val dice {_fmt(val_dice)})",
-                            file=sys.stderr,
-                        )
+        for run in runs:
+            self.current_fold = k = run.fold
+            seed, fraction = run.seed, run.label_fraction
+            tr, va, te = (self._indices(g) for g in (run.train_groups, run.val_groups, run.test_groups))
+            model, best_epoch, val_dice = self._fit(tr, va, seed)
+            logits = self._predict(model, self.data.batch(te, Phase.TEST)[0])  # the one look at test
+            preds = [self._full_res_pred(lg, self.data.full_masks[i]) for lg, i in zip(logits, te)]
+            targets = [self.data.full_masks[i] for i in te]
+            metrics = segmentation_metrics(preds, targets, empty=cfg.empty_policy)
+            out.results.append(
+                SegRunResult(
+                    k,
+                    seed,
+                    fraction,
+                    metrics,
+                    len(tr),
+                    len(va),
+                    len(te),
+                    best_epoch,
+                    val_dice,
+                    [self.data.rows[i].path for i in te],
+                )
+            )
+            if out_dir is not None and seed == cfg.seeds[0] and fraction == top_fraction:
+                out.overlays += self._overlays(out_dir, k, te, logits)
+            if self.progress:
+                print(
+                    f"fold {k} seed {seed} fraction {fraction:g}: test dice {_fmt(metrics['dice'])} "
+                    f"(best epoch {best_epoch}, val dice {_fmt(val_dice)})",
+                    file=sys.stderr,
+                )
         return out
 
     # -- model ---------------------------------------------------------------------------------------

@@ -316,3 +316,54 @@ def subsample_groups(
         order = rng.permutation(len(members))
         kept.extend(members[int(i)] for i in order[:n_keep])
     return sorted(kept)
+
+
+@dataclass
+class Run:
+    """One evaluation: a fold, a seed and a label fraction, with the groups of each side."""
+
+    fold: int
+    seed: int
+    label_fraction: float
+    train_groups: list[str]
+    val_groups: list[str]
+    test_groups: list[str]
+
+
+def plan_runs(
+    groups: Sequence[str],
+    labels: Sequence[Any],
+    *,
+    n_folds: int,
+    seeds: Sequence[int],
+    label_fractions: Sequence[float],
+    val_fraction: float = 0.2,
+    out_dir: str | Path | None = None,
+) -> tuple[list[Fold], list[Run]]:
+    """The whole protocol's plan: leakage-checked folds (written to ``out_dir/folds.json``) and one
+    :class:`Run` per fold x seed x label fraction, with few-label training groups sub-sampled per class."""
+    folds = make_folds(groups, labels, n_folds=n_folds, seed=seeds[0], val_fraction=val_fraction)
+    check_no_leakage(folds, all_groups=set(groups))
+    if out_dir is not None:
+        write_folds(Path(out_dir) / "folds.json", folds, meta={"seed": seeds[0], "n_folds": n_folds})
+    group_label = group_majority_labels(groups, labels)
+    runs = [
+        Run(
+            k,
+            seed,
+            fraction,
+            subsample_groups(fold.train_groups, group_label, fraction, seed),
+            fold.val_groups,
+            fold.test_groups,
+        )
+        for k, fold in enumerate(folds)
+        for seed in seeds
+        for fraction in label_fractions
+    ]
+    return folds, runs
+
+
+def group_indices(sample_groups: Sequence[str], wanted: Sequence[str]) -> np.ndarray:
+    """Indices of the samples (frames, images) whose group is in ``wanted``."""
+    keep = set(wanted)
+    return np.array([i for i, g in enumerate(sample_groups) if g in keep], dtype=int)
