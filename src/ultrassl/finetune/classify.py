@@ -34,6 +34,7 @@ from ultrassl.data.datasets import FrameCache, load_frame_cache
 from ultrassl.data.manifest import ManifestRow, read_manifest
 from ultrassl.errors import ConfigError, UltrasslError
 from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
+from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.finetune.splits import (
     Fold,
     group_indices,
@@ -395,8 +396,8 @@ class Classifier:
                 num_classes=n_classes,
             )
         xva_cache = self._tensor(va, Phase.VALIDATE)
-        best = (-1.0, None, None)
-        bad_epochs, step = 0, 0
+        stopper = EarlyStopping(cfg.patience)
+        step = 0
         for epoch in range(cfg.epochs):
             model.train()
             order = tr[torch.randperm(len(tr), generator=gen).numpy()]
@@ -419,19 +420,14 @@ class Classifier:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 score = balanced_accuracy_score(self.data.labels[va], prob_va.argmax(1))
-            if score > best[0]:
-                best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-                if bad_epochs >= cfg.patience:
-                    break
-        model.load_state_dict(best[2])
+            if stopper.update(score, epoch, model):
+                break
+        stopper.restore(model)
 
         def predict(te: np.ndarray) -> np.ndarray:
             return self._predict(model, self._tensor(te, Phase.TEST))
 
-        return predict, int(best[1]), float(best[0])
+        return predict, int(stopper.best_epoch), float(stopper.best_score)
 
     @torch.no_grad()
     def _predict(self, model: nn.Module, x: torch.Tensor) -> np.ndarray:

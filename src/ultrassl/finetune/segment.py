@@ -34,6 +34,7 @@ from ultrassl.data.readers import read_frames
 from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
 from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
 from ultrassl.finetune.classify import Phase
+from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.finetune.splits import (
     Fold,
     group_indices,
@@ -379,8 +380,8 @@ class Segmenter:
         )
         base_lrs = [g["lr"] for g in optimizer.param_groups]
         xva, yva = self.data.batch(va, Phase.VALIDATE)
-        best: tuple[float, int, dict[str, torch.Tensor] | None] = (-math.inf, -1, None)
-        bad_epochs, step = 0, 0
+        stopper = EarlyStopping(cfg.patience)
+        step = 0
         for epoch in range(cfg.epochs):
             model.train()
             if cfg.freeze_encoder:
@@ -403,17 +404,11 @@ class Segmenter:
             pred = self._predict(model, xva).argmax(1).numpy()
             score = segmentation_metrics(pred, yva.numpy(), empty=cfg.empty_policy)["dice"]
             score = -math.inf if score is None else score
-            if score > best[0]:
-                best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-                if bad_epochs >= cfg.patience:
-                    break
-        if best[2] is None:  # no validation images (or never a defined score): the last epoch
+            if stopper.update(score, epoch, model):
+                break
+        if not stopper.restore(model):  # no validation images (or never a defined score): the last epoch
             return model, epoch, None
-        model.load_state_dict(best[2])
-        return model, best[1], (None if math.isinf(best[0]) else float(best[0]))
+        return model, stopper.best_epoch, float(stopper.best_score)
 
     @torch.no_grad()
     def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:

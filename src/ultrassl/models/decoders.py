@@ -12,6 +12,21 @@ from ultrassl.errors import ConfigError
 from ultrassl.models.pos_embed import fix_pos_embed_, get_2d_sincos_pos_embed
 
 
+def decoder_blocks(
+    dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0
+) -> tuple[nn.ModuleList, nn.Module]:
+    """MAE's decoder trunk: ``depth`` timm Blocks and the final LayerNorm (eps 1e-6), named as MAE names them
+    when assigned to ``decoder_blocks`` / ``decoder_norm`` (so MAE decoder weights load)."""
+    norm_layer = partial(nn.LayerNorm, eps=1e-6)
+    blocks = nn.ModuleList(
+        [
+            Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            for _ in range(depth)
+        ]
+    )
+    return blocks, norm_layer(dim)
+
+
 class MAEDecoder(nn.Module):
     """Embed visible tokens, put mask tokens at masked positions, add fixed positions, predict pixels.
 
@@ -41,14 +56,7 @@ class MAEDecoder(nn.Module):
         self.decoder_pos_embed = nn.Parameter(
             get_2d_sincos_pos_embed(decoder_dim, self.grid_hw, cls_token=True), requires_grad=False
         )
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        self.decoder_blocks = nn.ModuleList(
-            [
-                Block(decoder_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-                for _ in range(depth)
-            ]
-        )
-        self.decoder_norm = norm_layer(decoder_dim)
+        self.decoder_blocks, self.decoder_norm = decoder_blocks(decoder_dim, depth, num_heads, mlp_ratio)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_size**2 * self.in_chans, bias=True)
 
     def forward(

@@ -16,14 +16,14 @@ ViT whose weights export unchanged.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ultrassl.errors import ConfigError
+from ultrassl.models.decoders import decoder_blocks
 from ultrassl.models.pos_embed import get_2d_sincos_pos_embed
 
 __all__ = ["HEADS", "MAEStyleSegHead", "SegModel", "UPerNetHead", "build_seg_head", "evenly_spaced_blocks"]
@@ -67,14 +67,7 @@ class MAEStyleSegHead(nn.Module):
         pos = get_2d_sincos_pos_embed(decoder_dim, self.grid_hw, cls_token=False)
         pos = torch.cat([torch.zeros(1, self.num_prefix_tokens, decoder_dim), pos], dim=1)
         self.register_buffer("decoder_pos_embed", pos, persistent=False)
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        self.decoder_blocks = nn.ModuleList(
-            [
-                Block(decoder_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-                for _ in range(depth)
-            ]
-        )
-        self.decoder_norm = norm_layer(decoder_dim)
+        self.decoder_blocks, self.decoder_norm = decoder_blocks(decoder_dim, depth, num_heads, mlp_ratio)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_size**2 * self.n_classes, bias=True)
         self.apply(_init_linear_and_norm)
 
