@@ -17,6 +17,8 @@ def decoder_blocks(
 ) -> tuple[nn.ModuleList, nn.Module]:
     """MAE's decoder trunk: ``depth`` timm Blocks and the final LayerNorm (eps 1e-6), named as MAE names them
     when assigned to ``decoder_blocks`` / ``decoder_norm`` (so MAE decoder weights load)."""
+    if dim % num_heads:
+        raise ConfigError(f"decoder_dim {dim} is not divisible by decoder_heads {num_heads}")
     norm_layer = partial(nn.LayerNorm, eps=1e-6)
     blocks = nn.ModuleList(
         [
@@ -45,8 +47,6 @@ class MAEDecoder(nn.Module):
         mlp_ratio: float = 4.0,
     ):
         super().__init__()
-        if decoder_dim % num_heads:
-            raise ConfigError(f"decoder_dim {decoder_dim} is not divisible by decoder_heads {num_heads}")
         self.grid_hw = (int(grid_hw[0]), int(grid_hw[1]))
         self.patch_size = int(patch_size)
         self.in_chans = int(in_chans)
@@ -83,7 +83,8 @@ class MAEDecoder(nn.Module):
         return self.decoder_pred(x)[:, 1:, :]
 
 
-def _init_linear_and_norm(m: nn.Module) -> None:
+def init_linear_and_norm(m: nn.Module) -> None:
+    """MAE's init: xavier Linear, zero bias, unit LayerNorm (also used by the MAE-style seg head)."""
     if isinstance(m, nn.Linear):
         nn.init.xavier_uniform_(m.weight)
         if m.bias is not None:
@@ -111,5 +112,5 @@ def init_mae_weights_(encoder: nn.Module, decoder: MAEDecoder) -> None:
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(vit.cls_token, std=0.02)
         nn.init.normal_(decoder.mask_token, std=0.02)
-    encoder.apply(_init_linear_and_norm)
-    decoder.apply(_init_linear_and_norm)
+    encoder.apply(init_linear_and_norm)
+    decoder.apply(init_linear_and_norm)

@@ -23,7 +23,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ultrassl.errors import ConfigError
-from ultrassl.models.decoders import decoder_blocks
+from ultrassl.models.decoders import init_linear_and_norm, decoder_blocks
 from ultrassl.models.pos_embed import get_2d_sincos_pos_embed
 
 __all__ = ["HEADS", "MAEStyleSegHead", "SegModel", "UPerNetHead", "build_seg_head", "evenly_spaced_blocks"]
@@ -57,8 +57,6 @@ class MAEStyleSegHead(nn.Module):
         mlp_ratio: float = 4.0,
     ):
         super().__init__()
-        if decoder_dim % num_heads:
-            raise ConfigError(f"decoder_dim {decoder_dim} is not divisible by num_heads {num_heads}")
         self.grid_hw, self.patch_size = _grid_and_patch(encoder)
         self.n_classes = int(n_classes)
         self.num_prefix_tokens = int(encoder.num_prefix_tokens)
@@ -69,7 +67,7 @@ class MAEStyleSegHead(nn.Module):
         self.register_buffer("decoder_pos_embed", pos, persistent=False)
         self.decoder_blocks, self.decoder_norm = decoder_blocks(decoder_dim, depth, num_heads, mlp_ratio)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_size**2 * self.n_classes, bias=True)
-        self.apply(_init_linear_and_norm)
+        self.apply(init_linear_and_norm)
 
     @staticmethod
     def encode(encoder: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
@@ -94,17 +92,6 @@ class MAEStyleSegHead(nn.Module):
         if out_size is not None and tuple(out_size) != tuple(x.shape[-2:]):
             x = F.interpolate(x, size=tuple(out_size), mode="bilinear", align_corners=False)
         return x
-
-
-def _init_linear_and_norm(m: nn.Module) -> None:
-    """MAE's init: xavier Linear, zero bias, unit LayerNorm."""
-    if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def evenly_spaced_blocks(depth: int, n: int = 4) -> list[int]:
