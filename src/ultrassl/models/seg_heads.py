@@ -23,7 +23,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ultrassl.errors import ConfigError
-from ultrassl.models.decoders import init_linear_and_norm, decoder_blocks
+from ultrassl.models.decoders import decoder_blocks, init_linear_and_norm
 from ultrassl.models.pos_embed import get_2d_sincos_pos_embed
 
 __all__ = ["HEADS", "MAEStyleSegHead", "SegModel", "UPerNetHead", "build_seg_head", "evenly_spaced_blocks"]
