@@ -278,9 +278,10 @@ def load_run(run_dir: str | Path) -> tuple[PretrainConfig, torch.nn.Module, dict
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the run's encoder as ``model.safetensors`` + ``config.json`` that timm loads directly."""
     cfg, model, state = load_run(run_dir)
+    encoder, spec = model.exportable_encoder()
     return ckpt.export_encoder(
-        model.encoder.vit,
-        cfg.encoder,
+        encoder,
+        spec,
         out_dir,
         method=cfg.method,
         mean=list(cfg.data.mean),

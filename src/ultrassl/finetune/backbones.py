@@ -68,9 +68,10 @@ def load_backbone(
         from ultrassl.api import load_run
 
         cfg, model, _ = load_run(path)
+        encoder, spec = model.exportable_encoder()
         return Backbone(
-            model.encoder.vit,
-            cfg.encoder,
+            encoder,
+            spec,
             tuple(cfg.data.mean),
             tuple(cfg.data.std),
             str(path),

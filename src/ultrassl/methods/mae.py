@@ -80,6 +80,10 @@ class MAE(nn.Module):
         )
         init_mae_weights_(self.encoder, self.decoder)
 
+    def exportable_encoder(self) -> tuple[nn.Module, EncoderSpec]:
+        """The encoder as a plain timm model and the spec that rebuilds it (every method has this)."""
+        return self.encoder.vit, self.encoder_spec
+
     def no_weight_decay(self) -> set[str]:
         """Parameter names kept out of weight decay (fixed positions and the learned tokens), as MAE."""
         return {
