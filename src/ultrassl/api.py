@@ -70,13 +70,27 @@ def build_model(cfg: PretrainConfig) -> torch.nn.Module:
     """The method module for a config (MAE and Deblurring MAE share one class)."""
     if cfg.method in ("mae", "deblur-mae"):
         return MAE(cfg.encoder, cfg.mae)
+    if cfg.method == "ultramae":
+        from ultrassl.methods.ultramae import UltraMAE
+
+        return UltraMAE(cfg.encoder, cfg.ultramae)
+    if cfg.method == "uscl":
+        from ultrassl.methods.uscl import USCL
+
+        return USCL(cfg.encoder, cfg.uscl)
     raise ConfigError(f"unknown method {cfg.method!r}")
 
 
-def build_pretrain_dataset(cfg: PretrainConfig, progress: bool = True) -> PretrainFrames:
+def build_pretrain_dataset(cfg: PretrainConfig, progress: bool = True) -> torch.utils.data.Dataset:
     if not cfg.data.manifest:
         raise ConfigError("no data: pass --data MANIFEST (make one with `ultrassl index DATA_DIR`)")
+    if cfg.method == "uscl":  # videos as items, 20% held out
+        return build_pretrain_datasets(cfg, progress)[0]
     rows = read_manifest(cfg.data.manifest)
+    if cfg.method == "ultramae":  # images and clips, in one-modality batches
+        from ultrassl.data.clips import build_clip_dataset
+
+        return build_clip_dataset(rows, cfg.data, cfg.encoder, cfg.ultramae, cfg.train.seed, progress)
     cache = load_frame_cache(
         rows,
         rgb=cfg.encoder.in_chans == 3,
@@ -98,6 +112,31 @@ def build_pretrain_dataset(cfg: PretrainConfig, progress: bool = True) -> Pretra
         degrade=degrade,
     )
     return PretrainFrames(cache, transform, cfg.encoder.in_chans, seed=cfg.train.seed)
+
+
+def build_pretrain_datasets(
+    cfg: PretrainConfig, progress: bool = True
+) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None]:
+    """(training set, held-out validation set or None): USCL holds 20% of the videos out."""
+    if cfg.method != "uscl":
+        return build_pretrain_dataset(cfg, progress), None
+    from ultrassl.data.video_items import build_video_items
+
+    if not cfg.data.manifest:
+        raise ConfigError("no data: pass --data MANIFEST (make one with `ultrassl index DATA_DIR`)")
+    rows = read_manifest(cfg.data.manifest)
+    train, val = build_video_items(rows, cfg.data, cfg.encoder, cfg.uscl, cfg.train.seed, progress)
+    for path, reason in train.cache.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return train, val
+
+
+def resolve_data_classes(cfg: PretrainConfig) -> None:
+    """USCL's classifier size comes from the manifest's labels; store them in the config (in place)."""
+    if cfg.method == "uscl" and not cfg.uscl.classes and cfg.data.manifest:
+        from ultrassl.data.video_items import classes_of
+
+        cfg.uscl.classes = classes_of(read_manifest(cfg.data.manifest))
 
 
 def run_info() -> dict[str, Any]:
@@ -169,6 +208,7 @@ def pretrain(
 ) -> TrainResult:
     """Pre-train ``cfg.method`` on ``cfg.data.manifest`` into the run folder ``out_dir``."""
     run_dir = Path(out_dir)
+    resolve_data_classes(cfg)
     config = to_dict(cfg)
     last = run_dir / "checkpoints" / "last.pt"
     if resume and last.exists():
@@ -184,7 +224,7 @@ def pretrain(
         report = init_from(model, cfg.init_from)
         if dist_info.is_main:
             print(f"initialised from {cfg.init_from}: {report}", file=sys.stderr)
-    dataset = build_pretrain_dataset(cfg, progress=progress and dist_info.is_main)
+    dataset, val_dataset = build_pretrain_datasets(cfg, progress=progress and dist_info.is_main)
     info = run_info()
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -202,6 +242,9 @@ def pretrain(
         resume=resume,
         run_info=info,
         num_workers=cfg.data.num_workers,
+        val_dataset=val_dataset,
+        # USCL keeps the checkpoint with the lowest validation NT-Xent (its best_model.pth)
+        val_key="nt_xent" if cfg.method == "uscl" else "loss",
     )
     return trainer.fit()
 
@@ -233,6 +276,8 @@ def init_from(model: torch.nn.Module, source: str | Path) -> dict[str, Any]:
         return {"loaded": "full model from run"}
     if (source / "model.safetensors").exists():
         source = source / "model.safetensors"
+    if not hasattr(model.encoder, "vit"):
+        raise ConfigError(f"init_from {source}: not supported for this method's encoder (only for ViT MAEs)")
     report = ckpt.load_encoder_weights(model.encoder.vit, source)
     report["decoder"] = _load_mae_decoder(model, source)
     return report
@@ -258,13 +303,26 @@ def _load_mae_decoder(model: torch.nn.Module, source: Path) -> str:
     return "loaded"
 
 
-def load_run(run_dir: str | Path) -> tuple[PretrainConfig, torch.nn.Module, dict[str, Any]]:
-    """(config, model with the run's last weights, raw checkpoint) from a run folder or its last.pt."""
+def load_run(
+    run_dir: str | Path, checkpoint: str = "last"
+) -> tuple[PretrainConfig, torch.nn.Module, dict[str, Any]]:
+    """(config, model with the run's weights, raw checkpoint) from a run folder or a checkpoint file.
+
+    ``checkpoint``: ``last`` (the end of training) or ``best`` (lowest validation loss, for methods that
+    hold data out, e.g. USCL).
+    """
+    if checkpoint not in ("last", "best"):
+        raise ConfigError(f"checkpoint must be last|best, got {checkpoint!r}")
     path = Path(run_dir)
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+        path = path / "checkpoints" / f"{checkpoint}.pt"
     if not path.exists():
-        raise CheckpointError(path, "no checkpoint here (expected RUN/checkpoints/last.pt)")
+        hint = (
+            " (only methods with a validation split, e.g. uscl, write best.pt)"
+            if checkpoint == "best"
+            else ""
+        )
+        raise CheckpointError(path, f"no checkpoint here (expected RUN/checkpoints/{checkpoint}.pt){hint}")
     state = ckpt.safe_load(path)
     if "config" not in state or "model" not in state:
         raise CheckpointError(path, "not an ultrassl training checkpoint (no 'config'/'model')")
@@ -275,23 +333,30 @@ def load_run(run_dir: str | Path) -> tuple[PretrainConfig, torch.nn.Module, dict
     return cfg, model, state
 
 
-def export(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the run's encoder as ``model.safetensors`` + ``config.json`` that timm loads directly."""
-    cfg, model, state = load_run(run_dir)
+def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "last") -> Path:
+    """Write the run's encoder as ``model.safetensors`` + ``config.json`` that timm loads directly.
+
+    ``checkpoint="best"`` exports the lowest-validation-loss weights (USCL's ``best_model.pth``).
+    """
+    cfg, model, state = load_run(run_dir, checkpoint)
     encoder, spec = model.exportable_encoder()
+    per_channel = spec.in_chans if len(cfg.data.mean) == 1 else 1  # one value given for every channel
+    extra = {"pretrain_steps": int(state["step"]), "pretrain_config": state["config"]}
+    if "val_loss" in state:
+        extra["val_loss"] = float(state["val_loss"])
     return ckpt.export_encoder(
         encoder,
         spec,
         out_dir,
         method=cfg.method,
-        mean=list(cfg.data.mean),
-        std=list(cfg.data.std),
-        extra={"pretrain_steps": int(state["step"]), "pretrain_config": state["config"]},
+        mean=list(cfg.data.mean) * per_channel,
+        std=list(cfg.data.std) * per_channel,
+        extra={**extra, "checkpoint": checkpoint},
     )
 
 
 def convert(checkpoint: str | Path, out_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Import a foreign checkpoint (MAE, DeblurringMIM, timm) into an export folder."""
+    """Import a foreign checkpoint (MAE, DeblurringMIM, timm, USCL, torchvision ResNet) into an export folder."""
     return ckpt.convert_checkpoint(checkpoint, out_dir, **kwargs)
 
 
@@ -306,8 +371,11 @@ def reconstruct(
     cfg.data.manifest = str(data)
     cfg.train.seed = seed
     dataset = build_pretrain_dataset(cfg, progress=False)
-    step = max(1, len(dataset) // n)
-    items = [dataset[i] for i in range(0, len(dataset), step)[:n]]
+    if hasattr(dataset, "preview_indices"):  # items of one shape (UltraMAE: images, else clips)
+        indices = dataset.preview_indices(n)
+    else:
+        indices = list(range(0, len(dataset), max(1, len(dataset) // n)))[:n]
+    items = [dataset[i] for i in indices]
     batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
     gen = torch.Generator().manual_seed(seed)
     views = model.reconstruct(batch, generator=gen)
@@ -359,3 +427,10 @@ def demo(out_dir: str | Path = "demo", *, max_steps: int = 300, seed: int = 0) -
     grid = reconstruct(run_dir, manifest, out / "reconstruction.png", n=6, seed=seed)
     export_dir = export(run_dir, out / "export")
     return DemoResult(data_dir, manifest, run_dir, export_dir, grid, result)
+
+
+def confidence(data: str | Path, out: str | Path, **kwargs: Any) -> Any:
+    """`ultrassl confidence`: maps for every frame of DATA -> OUT (see confidence_cache.precompute)."""
+    from ultrassl.confidence_cache import precompute
+
+    return precompute(data, out, **kwargs)

@@ -51,7 +51,15 @@ from timm.models.vision_transformer import VisionTransformer
 
 from ultrassl.atomic import atomic_write, atomic_write_text  # noqa: F401  (re-exported)
 from ultrassl.errors import CheckpointError, ConfigError
-from ultrassl.models.vit import EncoderSpec, create_encoder, resolve_arch
+from ultrassl.models.vit import EncoderSpec, create_encoder, is_cnn_arch, resolve_arch
+from ultrassl.resnet_checkpoints import (
+    adapt_stem,
+    infer_resnet_arch,
+    is_resnet_keys,
+    is_uscl_keys,
+    split_head,
+    uscl_to_resnet,
+)
 
 __all__ = [
     "KNOWN_LAYOUTS",
@@ -80,6 +88,8 @@ KNOWN_LAYOUTS = {
     "ultrassl-train": "our training checkpoint {'model': {encoder.vit.*, decoder.*}, 'config': ...}",
     "mae": "facebookresearch/mae: cls_token, pos_embed, patch_embed.proj.weight, blocks.N.*, [decoder_*]",
     "timm-vit": "a timm VisionTransformer state dict (same encoder keys, maybe head.*, fc_norm.*)",
+    "uscl": "USCL's best_model.pth: features.0-7.* (a torchvision ResNet trunk) + l1/l2/fc or linear/fc",
+    "timm-resnet": "a torchvision/timm ResNet state dict: conv1.weight, bn1.*, layer1-4.*, maybe fc.*",
 }
 
 #: Sub-dicts that hold the weights, tried in this order (timm ``load_state_dict`` / MAE / IJEPA style).
@@ -332,11 +342,17 @@ def detect_layout(sd: Mapping[str, Any], path: PathLike = "<state dict>") -> str
     keys = {_strip(k, WRAPPER_PREFIXES) for k in tensors}
     if any(k.startswith("encoder.vit.") for k in keys):
         return "ultrassl-train"
+    if isinstance(sd, Mapping) and "config" in sd and any(k.startswith("encoder.conv1.") for k in keys):
+        return "ultrassl-train"  # a ResNet run (USCL)
+    if is_uscl_keys(keys):
+        return "uscl"
     enc_keys = {_strip(k, ENCODER_PREFIXES) for k in keys}
     if _has_vit_encoder_keys(enc_keys):
         if is_mae_file or "mask_token" in enc_keys or any(k.startswith("decoder_") for k in enc_keys):
             return "mae"
         return "timm-vit"
+    if is_resnet_keys(enc_keys):
+        return "timm-resnet"
     sample = sorted(tensors)[:8] if tensors else sorted(map(str, sd))[:8] if isinstance(sd, Mapping) else []
     known = "; ".join(f"{name} ({desc})" for name, desc in KNOWN_LAYOUTS.items())
     raise CheckpointError(
@@ -621,7 +637,7 @@ def _ultrassl_version() -> str:
 
 
 def export_encoder(
-    encoder: VisionTransformer,
+    encoder: torch.nn.Module,
     spec: EncoderSpec,
     out_dir: PathLike,
     *,
@@ -637,10 +653,18 @@ def export_encoder(
             f"mean/std have {len(mean)}/{len(std)} values but the encoder has {spec.in_chans} channels"
         )
     img_h, img_w = (int(s) for s in spec.img_size)
-    tensors = {k: v for k, v in encoder.state_dict().items() if not k.startswith("head.")}
-    model_args = dict(
-        img_size=[img_h, img_w], patch_size=int(spec.patch_size), in_chans=int(spec.in_chans), num_classes=0
-    )
+    cnn = is_cnn_arch(spec.arch)
+    head = "fc." if cnn else "head."
+    tensors = {k: v for k, v in encoder.state_dict().items() if not k.startswith(head)}
+    if cnn:  # a CNN takes any size: the input size is only a hint in pretrained_cfg
+        model_args: dict[str, Any] = dict(in_chans=int(spec.in_chans), num_classes=0)
+    else:
+        model_args = dict(
+            img_size=[img_h, img_w],
+            patch_size=int(spec.patch_size),
+            in_chans=int(spec.in_chans),
+            num_classes=0,
+        )
     model_args.update(spec.model_args)
     config: dict[str, Any] = {
         "architecture": resolve_arch(spec.arch),
@@ -649,12 +673,13 @@ def export_encoder(
         "model_args": model_args,
         "pretrained_cfg": {
             "input_size": [int(spec.in_chans), img_h, img_w],
-            "fixed_input_size": True,
+            "fixed_input_size": not cnn,
             "mean": [float(x) for x in mean],
             "std": [float(x) for x in std],
-            "interpolation": "bicubic",
+            "interpolation": "bilinear" if cnn else "bicubic",
             "crop_pct": 1.0,
             "num_classes": 0,
+            **({"first_conv": "conv1", "classifier": "fc"} if cnn else {}),
         },
         "method": method,
         "modality": "US",
@@ -668,7 +693,8 @@ def export_encoder(
 
 def _spec_from_config(config: Mapping[str, Any]) -> EncoderSpec:
     ma = dict(config["model_args"])
-    img = _size2(ma.pop("img_size", None)) or (224, 224)
+    input_size = list(config.get("pretrained_cfg", {}).get("input_size", []))[1:]
+    img = _size2(ma.pop("img_size", None)) or _size2(input_size) or (224, 224)
     patch = int(ma.pop("patch_size", 16))
     in_chans = int(ma.pop("in_chans", 3))
     ma.pop("num_classes", None)
@@ -677,7 +703,7 @@ def _spec_from_config(config: Mapping[str, Any]) -> EncoderSpec:
     )
 
 
-def load_exported(model_dir: PathLike) -> tuple[VisionTransformer, dict[str, Any]]:
+def load_exported(model_dir: PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the encoder of an export folder with ``create_encoder`` and load its weights exactly."""
     model_dir = Path(model_dir)
     config = _read_config(model_dir)
@@ -823,6 +849,9 @@ def convert_checkpoint(
 ) -> dict[str, Any]:
     """Import a MAE/DeblurringMIM, timm, safetensors, ultrassl-train checkpoint or export folder to an export.
 
+    ResNets (USCL's ``best_model.pth``, torchvision/timm state dicts, our USCL runs) go through
+    :func:`_convert_resnet`: the trunk is renamed to timm/torchvision keys and the heads are dropped.
+
     The architecture is inferred from the weights (see ``infer_encoder_spec``); the keyword arguments
     override it (a new ``in_chans``/``img_size``/``patch_size`` adapts the kernel and position embedding).
     Normalisation comes from the source's config when it has one, else ImageNet statistics (averaged over
@@ -832,6 +861,19 @@ def convert_checkpoint(
     layout = "ultrassl-export" if Path(src).is_dir() else detect_layout(obj, path)
     sd = unwrap_state_dict(obj)
     hints = _hints(obj)
+    if layout in ("uscl", "timm-resnet") or is_resnet_keys(set(sd)):
+        return _convert_resnet(
+            sd,
+            layout,
+            hints,
+            path,
+            out_dir,
+            in_chans=in_chans,
+            img_size=img_size,
+            arch=arch,
+            mean=mean,
+            std=std,
+        )
     spec, inferred = infer_encoder_spec(
         sd,
         in_chans=in_chans,
@@ -882,6 +924,84 @@ def convert_checkpoint(
         "inferred": inferred,
         "source_model": hints.get("source_model"),
         **keys,
+    }
+    atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+#: heads a ResNet checkpoint may carry: torchvision/timm's classifier, our USCL projector and classifier
+_RESNET_HEADS = ("fc.", "projector.", "classifier.")
+
+
+def _convert_resnet(
+    sd: dict[str, torch.Tensor],
+    layout: str,
+    hints: Mapping[str, Any],
+    path: PathLike,
+    out_dir: PathLike,
+    *,
+    in_chans: int | None,
+    img_size: tuple[int, int] | int | None,
+    arch: str | None,
+    mean: list[float] | None,
+    std: list[float] | None,
+) -> dict[str, Any]:
+    """USCL / torchvision / timm / our USCL-run ResNet -> export folder of the bare trunk (heads dropped).
+
+    The keys must fit the inferred ``resnetN`` exactly (nothing missing, nothing left over): USCL's
+    ``features`` then compute the same features as the exported model.
+    """
+    if layout == "uscl":
+        trunk, dropped, unexpected = uscl_to_resnet(sd)
+    else:
+        trunk, dropped = split_head(sd, _RESNET_HEADS)
+        unexpected = []
+    name = arch or infer_resnet_arch(trunk, path)
+    c = int(in_chans or trunk["conv1.weight"].shape[1])
+    adapted = adapt_stem(trunk, c)
+    spec = EncoderSpec(
+        arch=name, img_size=_size2(img_size) or hints.get("img_size") or (224, 224), in_chans=c
+    )
+    model = create_encoder(spec)
+    result = model.load_state_dict(trunk, strict=False)
+    unexpected = sorted(set(unexpected) | set(result.unexpected_keys))
+    if result.missing_keys or unexpected:
+        raise CheckpointError(
+            path,
+            f"the weights do not fit timm {name}: missing {list(result.missing_keys)[:10]}, "
+            f"unexpected {unexpected[:10]}",
+        )
+    if mean is None or std is None:
+        hm, hs = hints.get("mean"), hints.get("std")
+        if isinstance(hm, list) and isinstance(hs, list) and len(hm) == len(hs) and len(hm) in (1, c):
+            hm, hs = hm * (c // len(hm)), hs * (c // len(hs))
+        elif layout == "uscl":  # USCL's Normalize(0.5, 0.25) on every channel
+            hm, hs = [0.5] * c, [0.25] * c
+        else:
+            hm, hs = (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD) if c == 1 else (IMAGENET_MEAN, IMAGENET_STD)
+        mean, std = mean or hm, std or hs
+    method = hints.get("method") or ("uscl" if layout == "uscl" else "imported")
+    out = export_encoder(
+        model,
+        spec,
+        out_dir,
+        method=str(method),
+        mean=list(mean),
+        std=list(std),
+        extra={"converted_from": str(path), "source_layout": layout},
+    )
+    report: dict[str, Any] = {
+        "source": str(path),
+        "layout": layout,
+        "out_dir": str(out),
+        "architecture": name,
+        "img_size": list(spec.img_size),
+        "in_chans": c,
+        "missing": [],
+        "unexpected": [],
+        "adapted": adapted,
+        "dropped": sorted(dropped),
+        "mismatched": [],
     }
     atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report

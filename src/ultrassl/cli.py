@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ultrassl.errors import UltrasslError
+from ultrassl.errors import ConfigError, UltrasslError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--group-pattern", help="regex on the file name giving the patient/group id")
 
     s = sub.add_parser("pretrain", help="self-supervised pre-training")
-    s.add_argument("--method", choices=("mae", "deblur-mae"))
+    s.add_argument("--method", choices=("mae", "deblur-mae", "ultramae", "uscl"))
     s.add_argument("--preset", help="preset name (see `ultrassl presets`) or a YAML file")
     s.add_argument("--data", help="manifest CSV")
     s.add_argument("--out", type=Path, required=True, help="run folder")
@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    s.add_argument(
+        "--label-fraction", type=float, help="uscl: keep the labels of this fraction of training videos"
+    )
 
     s = sub.add_parser("reconstruct", help="draw input / masked / reconstruction / target")
     s.add_argument("run", type=Path)
@@ -56,8 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="export a run's encoder for timm (model.safetensors + config.json)")
     s.add_argument("run", type=Path)
     s.add_argument("-o", "--out", type=Path, required=True)
+    s.add_argument(
+        "--checkpoint", choices=("last", "best"), default="last", help="best: lowest validation loss (uscl)"
+    )
 
-    s = sub.add_parser("convert", help="import a MAE/DeblurringMIM/timm checkpoint into an export folder")
+    s = sub.add_parser("convert", help="import a MAE/DeblurringMIM/timm/USCL checkpoint as an export")
     s.add_argument("checkpoint", type=Path)
     s.add_argument("-o", "--out", type=Path, required=True)
     s.add_argument("--in-chans", type=int)
@@ -69,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--weights", required=True, help="run folder, export folder, checkpoint file, or 'scratch'"
     )
-    c.add_argument("--like", help="with --weights scratch: take the architecture from this run/export")
+    _scratch_flags(c)
     c.add_argument("--data", type=Path, required=True, help="manifest CSV with labels and group ids")
     c.add_argument("--out", type=Path, required=True, help="evaluation folder")
     c.add_argument("--mode", choices=("linear", "partial", "full"), default="linear")
@@ -80,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int, default=30)
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--lr", type=float, default=1e-3)
+    c.add_argument("--weight-decay", type=float, default=0.05)
+    c.add_argument("--layer-decay", type=float, default=0.65, help="--mode full: layer-wise lr decay")
+    c.add_argument("--drop-path", type=float, default=0.1, help="--mode full: stochastic depth rate")
+    c.add_argument("--label-smoothing", type=float, default=0.1)
+    c.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
+    c.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
+    c.add_argument("--no-class-weighting", action="store_true", help="plain (unweighted) cross-entropy")
+    c.add_argument("--patience", type=int, default=8, help="early stopping on validation, in epochs")
     c.add_argument("--frame-fps", type=float, default=3.0, help="frames sampled per second of video")
     c.add_argument("--max-frames", type=int, default=30, help="at most this many frames per video")
     c.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"))
@@ -89,10 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--weights", required=True, help="run folder, export folder, checkpoint file, or 'scratch'"
     )
-    g.add_argument("--like", help="with --weights scratch: take the architecture from this run/export")
+    _scratch_flags(g)
     g.add_argument("--data", type=Path, required=True, help="manifest CSV with mask_path")
     g.add_argument("--out", type=Path, required=True, help="evaluation folder")
-    g.add_argument("--head", choices=("mae", "upernet"), default="mae")
+    g.add_argument(
+        "--head",
+        choices=("auto", "mae", "upernet", "unet"),
+        default="auto",
+        help="auto: the MAE-style decoder head for ViTs, a U-Net for ResNets",
+    )
     g.add_argument("--folds", type=int, default=5)
     g.add_argument("--seeds", type=int, nargs="+", default=[0])
     g.add_argument("--label-fraction", type=float, nargs="+", default=[1.0])
@@ -104,12 +123,50 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"))
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
+    s = sub.add_parser("confidence", help="ultrasound confidence maps (.npy per frame + PNG previews)")
+    s.add_argument("data", type=Path, help="an image/video/DICOM file, a folder, or a manifest CSV")
+    s.add_argument("-o", "--out", type=Path, required=True, help="folder for <stem>_fNNNN.npy/.png")
+    s.add_argument("--workers", type=int, default=1, help="parallel processes (1 thread each)")
+    s.add_argument("--alpha", type=float, default=2.0)
+    s.add_argument("--beta", type=float, default=90.0)
+    s.add_argument("--gamma", type=float, default=0.05)
+    s.add_argument("--sector", choices=("auto", "on", "off"), default="auto", help="solve along scan lines")
+    s.add_argument("--cache", type=Path, help="cache folder (default OUT/.cache)")
+    s.add_argument("--no-previews", action="store_true", help="write only the .npy maps")
+
+    s = sub.add_parser("evaluate", help="predict new data with a finetune evaluation's saved models")
+    s.add_argument("--model", type=Path, required=True, help="a finetune output folder (or its models/)")
+    s.add_argument("--data", type=Path, required=True, help="manifest CSV (labels/masks optional)")
+    s.add_argument("--out", type=Path, help="default: MODEL/evaluate_<manifest name>")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
     sub.add_parser("presets", help="list the built-in presets")
 
     s = sub.add_parser("demo", help="the whole story on built-in synthetic data")
     s.add_argument("--out", type=Path, default=Path("demo"))
     s.add_argument("--max-steps", type=int, default=300)
     return p
+
+
+def _scratch_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--like", help="with --weights scratch: take the architecture from this run/export")
+    p.add_argument(
+        "--arch", help="with --weights scratch: a timm architecture or tiny|small|base (e.g. resnet18)"
+    )
+    p.add_argument("--patch-size", type=int, default=16, help="with --arch (ViTs)")
+    p.add_argument("--in-chans", type=int, default=1, help="with --arch: input channels")
+
+
+def _scratch_spec(a: argparse.Namespace) -> Any:
+    """The EncoderSpec of ``--weights scratch --arch NAME`` (at --img-size, default 224), or None."""
+    from ultrassl.models.vit import EncoderSpec
+
+    if not a.arch:
+        return None
+    if str(a.weights) != "scratch":
+        raise ConfigError("--arch only applies to --weights scratch (pre-trained weights bring their own)")
+    size = tuple(a.img_size) if a.img_size else (224, 224)
+    return EncoderSpec(arch=a.arch, img_size=size, patch_size=a.patch_size, in_chans=a.in_chans)
 
 
 def _pretrain_flags(a: argparse.Namespace) -> dict[str, Any]:
@@ -128,6 +185,8 @@ def _pretrain_flags(a: argparse.Namespace) -> dict[str, Any]:
     flags["data"] = {k: v for k, v in data.items() if v is not None}
     if a.init_from:
         flags["init_from"] = a.init_from
+    if a.label_fraction is not None:
+        flags["uscl"] = {"label_fraction": a.label_fraction}
     return flags
 
 
@@ -146,6 +205,21 @@ def _run(a: argparse.Namespace) -> int:
     if a.command == "synth":
         manifest = api.synth(a.out_dir, seed=a.seed, n_patients=a.patients, size=tuple(a.size))
         print(f"wrote synthetic data set to {a.out_dir} (manifest {manifest})")
+    elif a.command == "confidence":
+        res = api.confidence(
+            a.data,
+            a.out,
+            alpha=a.alpha,
+            beta=a.beta,
+            gamma=a.gamma,
+            sector=a.sector,
+            workers=a.workers,
+            cache_dir=a.cache,
+            previews=not a.no_previews,
+        )
+        for path, reason in res.skipped:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(f"wrote {res.written} confidence maps to {a.out} ({res.cached} from the cache)")
     elif a.command == "index":
         summary = api.index(a.data_dir, a.out, labels_csv=a.labels, group_pattern=a.group_pattern)
         for path, reason in summary.skipped:
@@ -167,7 +241,7 @@ def _run(a: argparse.Namespace) -> int:
     elif a.command == "reconstruct":
         print(f"wrote {api.reconstruct(a.run, a.data, a.out, n=a.n, seed=a.seed)}")
     elif a.command == "export":
-        print(f"wrote {api.export(a.run, a.out)}")
+        print(f"wrote {api.export(a.run, a.out, checkpoint=a.checkpoint)}")
     elif a.command == "convert":
         kwargs: dict[str, Any] = {}
         if a.in_chans:
@@ -192,7 +266,9 @@ def _run(a: argparse.Namespace) -> int:
             img_size=tuple(a.img_size) if a.img_size else None,
             device=a.device,
         )
-        out = finetune_segment(a.weights, a.data, a.out, scfg, scratch_like=a.like)
+        out = finetune_segment(
+            a.weights, a.data, a.out, scfg, scratch_like=a.like, scratch_spec=_scratch_spec(a)
+        )
         dice, iou = out["summary"]["dice"], out["summary"]["iou"]
         print(
             f"Dice {dice['mean']:.3f} ± {dice['std']:.3f}, IoU {iou['mean']:.3f} ± {iou['std']:.3f} "
@@ -210,18 +286,41 @@ def _run(a: argparse.Namespace) -> int:
             epochs=a.epochs,
             batch_size=a.batch_size,
             lr=a.lr,
+            weight_decay=a.weight_decay,
+            layer_decay=a.layer_decay,
+            drop_path=a.drop_path,
+            label_smoothing=a.label_smoothing,
+            mixup=a.mixup,
+            cutmix=a.cutmix,
+            class_weighting=not a.no_class_weighting,
+            patience=a.patience,
             frame_fps=a.frame_fps,
             max_frames_per_video=a.max_frames,
             img_size=tuple(a.img_size) if a.img_size else None,
             device=a.device,
         )
-        out = finetune_classify(a.weights, a.data, a.out, cfg, scratch_like=a.like)
+        out = finetune_classify(
+            a.weights, a.data, a.out, cfg, scratch_like=a.like, scratch_spec=_scratch_spec(a)
+        )
         head = out["summary"]
         print(
             f"accuracy {head['accuracy']['mean']:.3f} ± {head['accuracy']['std']:.3f}, balanced accuracy "
             f"{head['balanced_accuracy']['mean']:.3f}, macro-F1 {head['macro_f1']['mean']:.3f} "
             f"({a.folds} folds, {out['n_frames']} frames); report {out['paths']['report_md']}"
         )
+    elif a.command == "evaluate":
+        from ultrassl.finetune.evaluate import evaluate
+
+        out = evaluate(a.model, a.data, a.out, device=a.device)
+        m = out["metrics"]
+        if out["task"] == "classify" and m:
+            print(
+                f"accuracy {m['frame']['accuracy']:.3f} per frame, {m['video']['accuracy']:.3f} per video "
+                f"({out['n']} frames)"
+            )
+        elif out["task"] == "segment" and m:
+            print(f"Dice {m['dice']:.3f}, IoU {m['iou']:.3f} ({out['n']} images)")
+        print("\n".join(f"  {k:<20} {v}" for k, v in out["paths"].items()))
     elif a.command == "presets":
         print("\n".join(config.preset_names()))
     elif a.command == "demo":

@@ -21,10 +21,12 @@ import yaml
 
 from ultrassl.errors import ConfigError
 from ultrassl.methods.mae import MAEConfig
+from ultrassl.methods.ultramae import UltraMAEConfig
+from ultrassl.methods.uscl import USCLConfig, validate_uscl
 from ultrassl.models.vit import EncoderSpec
 from ultrassl.transforms.blur import BlurConfig
 
-METHODS = ("mae", "deblur-mae")
+METHODS = ("mae", "deblur-mae", "ultramae", "uscl")
 
 
 @dataclass
@@ -65,6 +67,12 @@ class OptimConfig:
     clip_grad: float | None = None
     #: micro-batches per optimiser step
     accum_steps: int = 1
+    #: adamw (decoupled decay) | adam (L2 decay, as USCL's torch.optim.Adam)
+    name: str = "adamw"
+    #: constant lr for this many epochs after warm-up, before the cosine (USCL: 10)
+    constant_epochs: float = 0.0
+    #: weight decay on biases and norm weights too (USCL decays every parameter)
+    decay_all: bool = False
 
 
 @dataclass
@@ -83,6 +91,8 @@ class TrainConfig:
     #: auto | fp32 | bf16 | fp16  (auto: bf16 on GPUs and CPUs with native bf16, else fp32)
     precision: str = "auto"
     tensorboard: bool = True
+    #: validate every this many steps when the method holds data out (None: once per epoch)
+    val_every: int | None = None
 
 
 @dataclass
@@ -90,6 +100,8 @@ class PretrainConfig:
     method: str = "mae"
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     mae: MAEConfig = field(default_factory=MAEConfig)
+    ultramae: UltraMAEConfig = field(default_factory=UltraMAEConfig)
+    uscl: USCLConfig = field(default_factory=USCLConfig)
     blur: BlurConfig = field(default_factory=lambda: BlurConfig(kind="none"))
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -105,6 +117,24 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "deblur-mae": {
         "blur": {"kind": "gaussian", "sigma": 1.1},
         "mae": {"loss_on": "all", "norm_pix_loss": False},
+    },
+    # UltraMAE's own switches live in `ultramae:` (its dataclass defaults are the paper's recipe)
+    "ultramae": {"blur": {"kind": "none"}},
+    # USCL's code: ResNet-18, Adam lr 3e-4 wd 1e-4 on every parameter, 10 constant epochs then cosine,
+    # RandomResizedCrop(0.8-1, 0.8-1.25) + flip, normalise 0.5/0.25, batch 32, 300 epochs.
+    "uscl": {
+        "encoder": {"arch": "resnet18", "img_size": [224, 224], "in_chans": 1},
+        "data": {"crop_scale": [0.8, 1.0], "crop_ratio": [0.8, 1.25], "mean": [0.5], "std": [0.25]},
+        "optim": {
+            "name": "adam",
+            "lr": 3.0e-4,
+            "weight_decay": 1.0e-4,
+            "betas": [0.9, 0.999],
+            "warmup_epochs": 0.0,
+            "constant_epochs": 10.0,
+            "decay_all": True,
+        },
+        "train": {"batch_size": 32, "epochs": 300},
     },
 }
 
@@ -288,5 +318,15 @@ def validate(cfg: PretrainConfig) -> None:
     n_mean, n_std = len(cfg.data.mean), len(cfg.data.std)
     if n_mean not in (1, cfg.encoder.in_chans) or n_std not in (1, cfg.encoder.in_chans):
         raise ConfigError(f"data.mean/std need 1 or {cfg.encoder.in_chans} values")
+    if cfg.method == "ultramae":
+        cfg.ultramae.check()
+    if cfg.method == "uscl":
+        validate_uscl(cfg.uscl)
+    if cfg.optim.name not in ("adamw", "adam"):
+        raise ConfigError(f"optim.name must be adamw|adam, got {cfg.optim.name!r}")
+    if cfg.optim.constant_epochs < 0:
+        raise ConfigError(f"optim.constant_epochs must be >= 0, got {cfg.optim.constant_epochs}")
+    if cfg.train.val_every is not None and cfg.train.val_every < 1:
+        raise ConfigError(f"train.val_every must be >= 1 step or null, got {cfg.train.val_every}")
     if cfg.encoder.in_chans not in (1, 3):
         raise ConfigError(f"encoder.in_chans must be 1 or 3, got {cfg.encoder.in_chans}")

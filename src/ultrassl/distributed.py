@@ -79,3 +79,30 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], device=device)
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``x`` from every process concatenated on dim 0, keeping gradients, and this process's offset.
+
+    Contrastive losses need every process's embeddings as negatives; ``torch.distributed.nn`` sends the
+    gradients back to the process that computed each slice (a plain ``all_gather`` would cut them).
+    Every process must pass the same shape.
+    """
+    if not is_distributed():
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    parts = all_gather(x.contiguous())
+    return torch.cat(parts, dim=0), dist.get_rank() * x.shape[0]
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum of a tensor over processes, without gradient (a copy; the input is unchanged)."""
+    out = value.detach().clone()
+    if is_distributed():
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out

@@ -55,8 +55,13 @@ class TrainResult:
 # optimiser and schedule
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weights only: none on biases, norms, tokens and position embeddings."""
+def param_groups(model: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict[str, Any]]:
+    """Weight decay on weights only: none on biases, norms, tokens and position embeddings.
+
+    ``decay_all``: one group, every parameter decayed (USCL's ``Adam(model.parameters(), wd)``).
+    """
+    if decay_all:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
     skip: set[str] = set()
     for name, module in model.named_modules():
         if hasattr(module, "no_weight_decay"):
@@ -77,18 +82,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 class WarmupCosine:
-    """lr factor per optimiser step: linear warm-up, then half-cycle cosine down to ``min_factor``."""
+    """lr factor per optimiser step: linear warm-up, ``constant_steps`` at the peak (USCL's first 10
+    epochs), then half-cycle cosine down to ``min_factor``."""
 
-    def __init__(self, warmup_steps: int, total_steps: int, min_factor: float = 0.0):
+    def __init__(self, warmup_steps: int, total_steps: int, min_factor: float = 0.0, constant_steps: int = 0):
         self.warmup_steps = int(warmup_steps)
         self.total_steps = int(total_steps)
         self.min_factor = float(min_factor)
+        self.constant_steps = int(constant_steps)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        span = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
+        start = self.warmup_steps + self.constant_steps
+        if step < start:
+            return 1.0
+        span = max(1, self.total_steps - start)
+        progress = min(1.0, (step - start) / span)
         return self.min_factor + (1 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -156,7 +166,7 @@ def _worker_init(_: int) -> None:
 class MetricsLog:
     """metrics.csv (rank 0) plus TensorBoard when installed; a resumed run drops rows past its step."""
 
-    FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s")
+    FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "val_loss")
 
     def __init__(self, run_dir: Path, resume_step: int, tensorboard: bool):
         self.path = run_dir / "metrics.csv"
@@ -185,6 +195,8 @@ class MetricsLog:
             for key in ("loss", "lr", "grad_norm", "samples_per_s"):
                 if key in row and row[key] is not None:
                     self.tb.add_scalar(f"train/{key}", row[key], int(row["step"]))
+            if row.get("val_loss") is not None:
+                self.tb.add_scalar("val/loss", row["val_loss"], int(row["step"]))
 
     def close(self) -> None:
         self.file.close()
@@ -196,7 +208,9 @@ class Trainer:
     """Runs ``model`` over ``dataset``; rank-0 I/O into ``run_dir``.
 
     A dataset with ``set_epoch(epoch)`` is told the epoch before each epoch's loader starts, so it can
-    draw each sample's augmentation from :func:`sample_seed` (run seed, epoch, index) alone.
+    draw each sample's augmentation from :func:`sample_seed` (run seed, epoch, index) alone. A dataset
+    with ``batches(epoch, batch_size, rank, world_size) -> list[list[int]]`` cuts its own batches (this
+    process's share, the same count every epoch), e.g. UltraMAE's image-only and clip-only batches.
     """
 
     def __init__(
@@ -212,6 +226,8 @@ class Trainer:
         run_info: dict[str, Any] | None = None,
         collate_fn: Callable | None = None,
         num_workers: int = 0,
+        val_dataset: Dataset | None = None,
+        val_key: str = "loss",
     ):
         self.model = model
         self.dataset = dataset
@@ -225,6 +241,11 @@ class Trainer:
         self.num_workers = num_workers
         self.dist, self.device = distributed.init_distributed(train.device)
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        #: held-out data: its mean ``val_key`` output is logged and the best model kept in best.pt
+        self.val_dataset = val_dataset if val_dataset is not None and len(val_dataset) > 0 else None
+        self.val_key = val_key
+        self.best_path = self.run_dir / "checkpoints" / "best.pt"
+        self.best_val = math.inf
 
     # -- set-up --------------------------------------------------------------------------------------
 
@@ -232,8 +253,12 @@ class Trainer:
         cfg, ocfg = self.cfg, self.optim_cfg
         world = self.dist.world_size
         self.global_batch = cfg.batch_size * ocfg.accum_steps * world
-        per_rank = len(self.dataset) // world
-        self.steps_per_epoch = per_rank // (cfg.batch_size * ocfg.accum_steps)
+        if hasattr(self.dataset, "batches"):  # the data set cuts its own batches (e.g. one modality each)
+            per_rank_batches = len(self.dataset.batches(0, cfg.batch_size, self.dist.rank, world))
+            self.steps_per_epoch = per_rank_batches // ocfg.accum_steps
+        else:
+            per_rank = len(self.dataset) // world
+            self.steps_per_epoch = per_rank // (cfg.batch_size * ocfg.accum_steps)
         if self.steps_per_epoch < 1:
             raise ConfigError(
                 f"the data set has {len(self.dataset)} samples, fewer than one global batch "
@@ -251,12 +276,13 @@ class Trainer:
         self.model.to(self.device)
         self.autocast_dtype = resolve_precision(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, ocfg.weight_decay), lr=self.lr, betas=tuple(ocfg.betas)
-        )
+        groups = param_groups(self.model, ocfg.weight_decay, decay_all=ocfg.decay_all)
+        optimizer_cls = torch.optim.Adam if ocfg.name == "adam" else torch.optim.AdamW
+        self.optimizer = optimizer_cls(groups, lr=self.lr, betas=tuple(ocfg.betas))
         min_factor = ocfg.min_lr / self.lr if self.lr > 0 else 0.0
+        constant = round(ocfg.constant_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, WarmupCosine(self.warmup_steps, self.total_steps, min_factor)
+            self.optimizer, WarmupCosine(self.warmup_steps, self.total_steps, min_factor, constant)
         )
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
@@ -271,6 +297,17 @@ class Trainer:
         self.sampler.set_start(start_sample)
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
+        if hasattr(self.dataset, "batches"):
+            world, rank = self.dist.world_size, self.dist.rank
+            batches = self.dataset.batches(epoch, self.cfg.batch_size, rank, world)
+            return DataLoader(
+                self.dataset,
+                batch_sampler=batches[start_sample // self.cfg.batch_size :],
+                num_workers=self.num_workers,
+                collate_fn=self.collate_fn,
+                pin_memory=self.device.type == "cuda",
+                worker_init_fn=_worker_init if self.num_workers > 0 else None,
+            )
         return DataLoader(
             self.dataset,
             batch_size=self.cfg.batch_size,
@@ -297,6 +334,7 @@ class Trainer:
             "config": self.config,
             "run_info": self.run_info,
             "format": "ultrassl-train/1",
+            "best_val": self.best_val,
         }
 
     def save(self, epoch: int) -> None:
@@ -311,6 +349,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.best_val = float(state.get("best_val", math.inf))
         restore_rng(state["rng"])
 
     # -- run -----------------------------------------------------------------------------------------
@@ -381,6 +420,8 @@ class Trainer:
                             }
                         )
                         window_t, window_n = now, 0
+                    if self._validation_due(spe):
+                        self._validate_and_keep_best(log, epoch)
                     out_of_time = (
                         self.cfg.time_limit is not None
                         and time.monotonic() - t_start > self.cfg.time_limit * 60
@@ -410,6 +451,68 @@ class Trainer:
             checkpoint=self.ckpt_path,
             seconds=time.monotonic() - t_start,
         )
+
+    # -- validation ----------------------------------------------------------------------------------
+
+    def _validation_due(self, steps_per_epoch: int) -> bool:
+        if self.val_dataset is None:
+            return False
+        every = self.cfg.val_every or steps_per_epoch
+        return self.step % every == 0 or self.step == self.total_steps
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean ``val_key`` over the held-out set, in eval mode, the same samples every time.
+
+        Each process takes an equal share (padded like ``DistributedSampler``), so losses that gather
+        across processes see equal batches; its own generator keeps the training RNG untouched.
+        """
+        assert self.val_dataset is not None
+        sampler = DistributedSampler(
+            self.val_dataset, self.dist.world_size, self.dist.rank, shuffle=False, drop_last=False
+        )
+        loader = DataLoader(
+            self.val_dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            collate_fn=self.collate_fn,
+            num_workers=0,
+            generator=torch.Generator().manual_seed(0),
+        )
+        was_training = self.model.training
+        self.model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        try:
+            for batch in loader:
+                batch = self._to_device(batch)
+                with self._autocast():
+                    out = self.model(batch)
+                n = _batch_size(batch)
+                total += torch.stack([out[self.val_key].detach().double() * n, torch.tensor(n).to(total)])
+        finally:
+            self.model.train(was_training)
+        total = distributed.all_reduce_sum(total)
+        return float(total[0] / total[1].clamp_min(1))
+
+    def _validate_and_keep_best(self, log: MetricsLog | None, epoch: int) -> None:
+        """Validate; log it; write ``best.pt`` (model, config, step) atomically when it is the lowest."""
+        value = self.validate()
+        if log is not None:
+            log.write({"step": self.step, "epoch": self.step / self.steps_per_epoch, "val_loss": value})
+        if value < self.best_val:
+            self.best_val = value
+            if self.dist.is_main:
+                best = {
+                    "model": self.model.state_dict(),
+                    "step": self.step,
+                    "epoch": epoch,
+                    "val_loss": value,
+                    "config": self.config,
+                    "run_info": self.run_info,
+                    "format": "ultrassl-train/1",
+                }
+                atomic_save(best, self.best_path)
+            distributed.barrier()
 
     def _train_step(self, batches: Iterator) -> tuple[float, float | None, int]:
         """One optimiser step over ``accum_steps`` micro-batches. Returns (mean loss, grad norm, samples)."""

@@ -74,6 +74,15 @@ def load_frame_cache(
     return cache
 
 
+def frame_tensor(frame: np.ndarray, in_chans: int) -> torch.Tensor:
+    """A cached uint8 frame as float [C,H,W] in [0, 1] with ``in_chans`` channels."""
+    out = torch.from_numpy(frame).float().div_(255.0)
+    out = out.permute(2, 0, 1) if out.ndim == 3 else out.unsqueeze(0)
+    if out.shape[0] != in_chans:
+        out = out.mean(0, keepdim=True) if in_chans == 1 else out.expand(in_chans, -1, -1)
+    return out.contiguous()
+
+
 class PretrainFrames(Dataset):
     """Frames (of stills, videos and DICOM cines alike) as pre-training samples.
 
@@ -96,11 +105,7 @@ class PretrainFrames(Dataset):
 
     def frame_tensor(self, index: int) -> torch.Tensor:
         """The cached frame as float [C,H,W] in [0, 1] with ``in_chans`` channels."""
-        frame = torch.from_numpy(self.cache.frames[index]).float().div_(255.0)
-        frame = frame.permute(2, 0, 1) if frame.ndim == 3 else frame.unsqueeze(0)
-        if frame.shape[0] != self.in_chans:
-            frame = frame.mean(0, keepdim=True) if self.in_chans == 1 else frame.expand(self.in_chans, -1, -1)
-        return frame.contiguous()
+        return frame_tensor(self.cache.frames[index], self.in_chans)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng(sample_seed(self.seed, self.epoch, index))

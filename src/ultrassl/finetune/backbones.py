@@ -1,7 +1,8 @@
 """Encoders for downstream tasks from any source: a run, an export folder, a foreign checkpoint, scratch.
 
-Everything comes back as a timm ``VisionTransformer`` plus its :class:`EncoderSpec` and normalisation,
-so classification and segmentation heads do not care where the weights came from.
+Everything comes back as a timm encoder (``VisionTransformer``, or ``ResNet`` for USCL) plus its
+:class:`EncoderSpec` and normalisation, so classification and segmentation heads do not care where the
+weights came from. The few operations that differ between ViTs and CNNs live here, in one place.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from ultrassl import checkpoint as ckpt
-from ultrassl.errors import CheckpointError
-from ultrassl.models.vit import EncoderSpec, create_encoder
+from ultrassl.errors import CheckpointError, ConfigError
+from ultrassl.models.vit import EncoderSpec, create_encoder, is_vit
 
 
 @dataclass
 class Backbone:
-    encoder: VisionTransformer
+    encoder: nn.Module
     spec: EncoderSpec
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -104,15 +105,15 @@ def resolve_backbone(
 def _from_export(model_dir: Path, source: str, fingerprint: str) -> Backbone:
     encoder, config = ckpt.load_exported(model_dir)
     args = dict(config["model_args"])
-    img_size = args.pop("img_size")
+    cfg = config.get("pretrained_cfg", {})
+    img_size = args.pop("img_size", None) or list(cfg.get("input_size", [0, 224, 224]))[1:]
     spec = EncoderSpec(
         arch=config["architecture"],
         img_size=(img_size, img_size) if isinstance(img_size, int) else tuple(img_size),
-        patch_size=args.pop("patch_size"),
-        in_chans=args.pop("in_chans"),
+        patch_size=args.pop("patch_size", 16),  # CNNs have none
+        in_chans=args.pop("in_chans", 3),
         model_args={k: v for k, v in args.items() if k != "num_classes"},
     )
-    cfg = config.get("pretrained_cfg", {})
     return Backbone(
         encoder, spec, tuple(cfg.get("mean", (0.5,))), tuple(cfg.get("std", (0.25,))), source, fingerprint
     )
@@ -123,6 +124,8 @@ def with_image_size(backbone: Backbone, img_size: tuple[int, int]) -> Backbone:
     if tuple(backbone.spec.img_size) == tuple(img_size):
         return backbone
     spec = dataclasses.replace(backbone.spec, img_size=tuple(img_size))
+    if not is_vit(backbone.encoder):  # a CNN takes any size as it is
+        return dataclasses.replace(backbone, spec=spec)
     encoder = create_encoder(spec)
     old_grid = tuple(s // backbone.spec.patch_size for s in backbone.spec.img_size)
     ckpt.load_encoder_weights(encoder, backbone.encoder.state_dict(), old_grid=old_grid)
@@ -134,3 +137,44 @@ def with_image_size(backbone: Backbone, img_size: tuple[int, int]) -> Backbone:
         backbone.source,
         _fingerprint(backbone.fingerprint, img_size),
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+# what differs between ViTs and CNNs
+
+
+def pooled_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``[B, D]`` features: the mean of a ViT's final-norm patch tokens (MAE's fine-tuning pooling; no
+    CLS token needed), or a headless CNN's global-average-pooled output."""
+    if is_vit(encoder):
+        tokens = encoder.forward_features(x)
+        return tokens[:, encoder.num_prefix_tokens :].mean(dim=1)
+    return encoder(x)
+
+
+def trainable_tail(model: nn.Module, n_blocks: int) -> list[nn.Module]:
+    """The modules a partial fine-tune trains besides the head: a ViT's last ``n_blocks`` transformer
+    blocks and its final norm, or a ResNet's last ``n_blocks`` residual blocks (USCL trains layer4[-1])."""
+    if n_blocks < 0:
+        raise ConfigError(f"train_blocks must be >= 0, got {n_blocks}")
+    if is_vit(model):
+        blocks = list(model.blocks)
+        tail = [model.norm]
+    elif all(hasattr(model, f"layer{i}") for i in range(1, 5)):
+        blocks = [blk for i in range(1, 5) for blk in getattr(model, f"layer{i}")]
+        tail = []
+    else:
+        raise ConfigError(f"partial fine-tuning does not know the blocks of {type(model).__name__}")
+    if n_blocks > len(blocks):
+        raise ConfigError(f"train_blocks={n_blocks} but the encoder has {len(blocks)} blocks")
+    return (blocks[len(blocks) - n_blocks :] if n_blocks else []) + tail
+
+
+def classification_model(backbone: Backbone, n_classes: int, drop_path: float = 0.0) -> nn.Module:
+    """A fresh copy of the backbone with a new linear head on pooled features (timm's own head)."""
+    model = create_encoder(backbone.spec, drop_path_rate=drop_path)
+    model.load_state_dict(backbone.encoder.state_dict())
+    if is_vit(model):
+        model.global_pool = "avg"
+    model.reset_classifier(n_classes, global_pool="avg")
+    return model

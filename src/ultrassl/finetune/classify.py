@@ -33,7 +33,15 @@ from torchvision.transforms.v2 import functional as TF
 from ultrassl.data.datasets import FrameCache, load_frame_cache
 from ultrassl.data.manifest import ManifestRow, read_manifest
 from ultrassl.errors import ConfigError, UltrasslError
-from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
+from ultrassl.finetune.backbones import (
+    Backbone,
+    classification_model,
+    pooled_features,
+    resolve_backbone,
+    trainable_tail,
+    with_image_size,
+)
+from ultrassl.finetune.saved import linear_probe_head, save_fold_model, write_card
 from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.finetune.splits import (
     Fold,
@@ -41,7 +49,7 @@ from ultrassl.finetune.splits import (
     plan_runs,
 )
 from ultrassl.metrics import classification_metrics, summarize
-from ultrassl.models.vit import EncoderSpec, create_encoder
+from ultrassl.models.vit import EncoderSpec
 from ultrassl.training import WarmupCosine
 
 
@@ -168,12 +176,6 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def pooled_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Mean of the final-norm patch tokens (MAE's fine-tuning pooling; no CLS token needed)."""
-    tokens = encoder.forward_features(x)
-    return tokens[:, encoder.num_prefix_tokens :].mean(dim=1)
-
-
 # ----------------------------------------------------------------------------------------------------
 # the engine
 
@@ -252,13 +254,41 @@ class Classifier:
             out_dir=out_dir,
         )
         out = ClassifyOutput(folds=folds, class_names=self.data.class_names)
+        saved: list[int] = []
         for run in runs:
             self.current_fold = run.fold
             tr, va, te = (self._indices(g) for g in (run.train_groups, run.val_groups, run.test_groups))
-            predict_test, best_epoch, val_score = self._fit_select(tr, va, run.seed)
+            model, predict_test, best_epoch, val_score = self._fit_select(tr, va, run.seed)
             prob = predict_test(te)  # the one and only look at this fold's test frames
             self._record(out, run.fold, run.seed, run.label_fraction, tr, va, te, prob, best_epoch, val_score)
+            if (
+                out_dir is not None
+                and run.seed == cfg.seeds[0]
+                and run.label_fraction == max(cfg.label_fractions)
+            ):
+                save_fold_model(out_dir, run.fold, model)
+                saved.append(run.fold)
+        if out_dir is not None and saved:
+            self._write_card(out_dir, saved)
         return out
+
+    def _write_card(self, out_dir: Path, folds: list[int]) -> None:
+        """What ``ultrassl evaluate`` needs to rebuild the fold models and feed them like here."""
+        cfg = self.cfg
+        write_card(
+            out_dir,
+            "classify",
+            self.backbone.spec,
+            folds,
+            mode=cfg.mode,
+            class_names=self.data.class_names,
+            mean=self.backbone.mean,
+            std=self.backbone.std,
+            frame_fps=cfg.frame_fps,
+            max_frames_per_video=cfg.max_frames_per_video,
+            scan_area=cfg.scan_area,
+            weights=self.backbone.source,
+        )
 
     def _record(self, out, k, seed, fraction, tr, va, te, prob, best_epoch, val_score) -> None:
         names = self.data.class_names
@@ -334,7 +364,11 @@ class Classifier:
             full[:, clf.classes_] = p  # classes absent from a few-label training set get 0
             return full
 
-        return predict, None, float(score)
+        model = classification_model(self.backbone, n_classes)
+        linear_probe_head(
+            model.get_classifier(), clf.coef_, clf.intercept_, clf.classes_, scaler.mean_, scaler.scale_
+        )
+        return model.eval(), predict, None, float(score)
 
     # -- fine-tuning ---------------------------------------------------------------------------------
 
@@ -342,15 +376,12 @@ class Classifier:
         import timm.optim  # noqa: F401  (imported for create_optimizer_v2 below)
 
         n_classes = len(self.data.class_names)
-        spec: EncoderSpec = self.backbone.spec
-        model = create_encoder(spec, drop_path_rate=self.cfg.drop_path if self.cfg.mode == "full" else 0.0)
-        model.load_state_dict(self.backbone.encoder.state_dict())
-        model.global_pool = "avg"
-        model.reset_classifier(n_classes, global_pool="avg")
+        drop_path = self.cfg.drop_path if self.cfg.mode == "full" else 0.0
+        model = classification_model(self.backbone, n_classes, drop_path)
         if self.cfg.mode == "partial":
             for p in model.parameters():
                 p.requires_grad_(False)
-            keep = [*model.blocks[-self.cfg.train_blocks :], model.norm, model.head]
+            keep = [*trainable_tail(model, self.cfg.train_blocks), model.get_classifier()]
             for m in keep:
                 for p in m.parameters():
                     p.requires_grad_(True)
@@ -427,7 +458,7 @@ class Classifier:
         def predict(te: np.ndarray) -> np.ndarray:
             return self._predict(model, self._tensor(te, Phase.TEST))
 
-        return predict, int(stopper.best_epoch), float(stopper.best_score)
+        return model.eval(), predict, int(stopper.best_epoch), float(stopper.best_score)
 
     @torch.no_grad()
     def _predict(self, model: nn.Module, x: torch.Tensor) -> np.ndarray:

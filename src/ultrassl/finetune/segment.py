@@ -34,6 +34,7 @@ from ultrassl.data.readers import read_frames
 from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
 from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
 from ultrassl.finetune.classify import Phase
+from ultrassl.finetune.saved import save_fold_model, write_card
 from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.finetune.splits import (
     Fold,
@@ -42,7 +43,7 @@ from ultrassl.finetune.splits import (
 )
 from ultrassl.metrics import EMPTY_POLICIES, segmentation_metrics, summarize
 from ultrassl.models.seg_heads import HEADS, SegModel, build_seg_head
-from ultrassl.models.vit import EncoderSpec, create_encoder
+from ultrassl.models.vit import EncoderSpec, create_encoder, is_vit
 from ultrassl.training import WarmupCosine
 
 __all__ = [
@@ -62,7 +63,7 @@ SUMMARY_KEYS = ("dice", "iou")
 
 @dataclass
 class SegmentConfig:
-    head: str = "mae"  # mae | upernet
+    head: str = "auto"  # auto (mae for ViTs, unet for ResNets) | mae | upernet | unet
     folds: int = 5
     seeds: tuple[int, ...] = (0,)
     label_fractions: tuple[float, ...] = (1.0,)
@@ -93,8 +94,8 @@ class SegmentConfig:
 
     def check(self) -> None:
         """Fail before any data is read, naming the bad option."""
-        if self.head not in HEADS:
-            raise ConfigError(f"segmentation head must be one of {HEADS}; got {self.head!r}")
+        if self.head not in (*HEADS, "auto"):
+            raise ConfigError(f"segmentation head must be auto or one of {HEADS}; got {self.head!r}")
         if self.empty_policy not in EMPTY_POLICIES:
             raise ConfigError(f"empty_policy must be one of {EMPTY_POLICIES}; got {self.empty_policy!r}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -314,6 +315,7 @@ class Segmenter:
         )
         out = SegmentOutput(folds=folds)
         top_fraction = max(cfg.label_fractions)
+        saved: list[int] = []
         for run in runs:
             self.current_fold = k = run.fold
             seed, fraction = run.seed, run.label_fraction
@@ -339,28 +341,51 @@ class Segmenter:
             )
             if out_dir is not None and seed == cfg.seeds[0] and fraction == top_fraction:
                 out.overlays += self._overlays(out_dir, k, te, logits)
+                save_fold_model(out_dir, k, model)
+                saved.append(k)
             if self.progress:
                 print(
                     f"fold {k} seed {seed} fraction {fraction:g}: test dice {_fmt(metrics['dice'])} "
                     f"(best epoch {best_epoch}, val dice {_fmt(val_dice)})",
                     file=sys.stderr,
                 )
+        if out_dir is not None and saved:
+            write_card(
+                out_dir,
+                "segment",
+                self.backbone.spec,
+                saved,
+                head=self.head_name,
+                head_args=self.head_args(),
+                mean=self.backbone.mean,
+                std=self.backbone.std,
+                foreground_ids=cfg.foreground_ids,
+                weights=self.backbone.source,
+            )
         return out
 
     # -- model ---------------------------------------------------------------------------------------
+
+    @property
+    def head_name(self) -> str:
+        if self.cfg.head != "auto":
+            return self.cfg.head
+        return "mae" if is_vit(self.backbone.encoder) else "unet"
+
+    def head_args(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.head_name == "mae":
+            return dict(decoder_dim=cfg.decoder_dim, depth=cfg.decoder_depth, num_heads=cfg.decoder_heads)
+        if self.head_name == "upernet":
+            return dict(channels=cfg.upernet_channels, indices=cfg.upernet_indices)
+        return {}
 
     def _make_model(self) -> SegModel:
         cfg = self.cfg
         spec: EncoderSpec = self.backbone.spec
         encoder = create_encoder(spec, drop_path_rate=cfg.drop_path)
         encoder.load_state_dict(self.backbone.encoder.state_dict())
-        if cfg.head == "mae":
-            kwargs: dict[str, Any] = dict(
-                decoder_dim=cfg.decoder_dim, depth=cfg.decoder_depth, num_heads=cfg.decoder_heads
-            )
-        else:
-            kwargs = dict(channels=cfg.upernet_channels, indices=cfg.upernet_indices)
-        head = build_seg_head(cfg.head, encoder, 2, **kwargs)
+        head = build_seg_head(self.head_name, encoder, 2, **self.head_args())
         if cfg.freeze_encoder:
             encoder.requires_grad_(False)
         return SegModel(encoder, head).to(self.device)

@@ -9,7 +9,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ultrassl.errors import ConfigError
-from ultrassl.models.pos_embed import fix_pos_embed_, get_2d_sincos_pos_embed
+from ultrassl.models.pos_embed import fix_pos_embed_, get_2d_sincos_pos_embed, get_3d_sincos_pos_embed
 
 
 def decoder_blocks(
@@ -81,6 +81,55 @@ class MAEDecoder(nn.Module):
             x = blk(x)
         x = self.decoder_norm(x)
         return self.decoder_pred(x)[:, 1:, :]
+
+
+class SpatioTemporalDecoder(nn.Module):
+    """MAE's decoder for tubelet tokens (UltraMAE): no cls token, fixed 3-D sin-cos positions, any clip length.
+
+    Tokens are time-major ``(t, h, w)``; the number of time steps comes with each call (1 for images,
+    ``T / t`` for clips), so one decoder serves both. Outputs are ordered ``(t, p, p, C)`` like
+    :func:`ultrassl.models.masking.patchify_tubelets`. Parameter names follow :class:`MAEDecoder`.
+    """
+
+    def __init__(
+        self,
+        grid_hw: tuple[int, int],
+        patch_size: int,
+        tubelet: int,
+        in_chans: int,
+        embed_dim: int,
+        decoder_dim: int = 384,
+        depth: int = 4,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        max_time_steps: int = 8,
+    ):
+        super().__init__()
+        self.grid_hw = (int(grid_hw[0]), int(grid_hw[1]))
+        self.decoder_embed = nn.Linear(embed_dim, decoder_dim, bias=True)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        pos = get_3d_sincos_pos_embed(decoder_dim, self.grid_hw, max(1, int(max_time_steps)))
+        self.register_buffer("decoder_pos_embed", pos, persistent=False)
+        self.decoder_blocks, self.decoder_norm = decoder_blocks(decoder_dim, depth, num_heads, mlp_ratio)
+        self.decoder_pred = nn.Linear(
+            decoder_dim, int(tubelet) * int(patch_size) ** 2 * int(in_chans), bias=True
+        )
+
+    def forward(self, tokens: torch.Tensor, idx_keep: torch.Tensor, time_steps: int) -> torch.Tensor:
+        """``tokens [B, K, D]`` at ``idx_keep [B, K]`` -> ``pred [B, N, t * p * p * C]``, N = time_steps x grid."""
+        n = int(time_steps) * self.grid_hw[0] * self.grid_hw[1]
+        x = self.decoder_embed(tokens)
+        b, _, d = x.shape
+        full = self.mask_token.to(x.dtype).expand(b, n, d)
+        full = full.scatter(1, idx_keep.unsqueeze(-1).expand(-1, -1, d), x)
+        if n <= self.decoder_pos_embed.shape[1]:
+            pos = self.decoder_pos_embed[:, :n]
+        else:
+            pos = get_3d_sincos_pos_embed(d, self.grid_hw, int(time_steps)).to(x.device)
+        x = full + pos.to(x.dtype)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))
 
 
 def init_linear_and_norm(m: nn.Module) -> None:

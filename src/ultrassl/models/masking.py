@@ -85,3 +85,52 @@ def unpatchify(x: torch.Tensor, p: int, c: int, grid_hw: tuple[int, int]) -> tor
     x = x.reshape(b, gh, gw, p, p, c)
     x = torch.einsum("nhwpqc->nchpwq", x)
     return x.reshape(b, c, gh * p, gw * p)
+
+
+def tube_token_mask(
+    batch_size: int,
+    time_steps: int,
+    space_tokens: int,
+    mask_ratio: float,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tube masking (VideoMAE): one random spatial mask, the same at every time step.
+
+    Tokens are time-major (``index = t * space_tokens + s``). ``noise [B, space_tokens]`` may be given
+    (see :func:`noise_from_seeds`). Returns ``(idx_keep [B, T * K], idx_mask [B, T * (S - K)])``.
+    """
+    keep_s, mask_s = random_token_mask(
+        batch_size, space_tokens, mask_ratio, device=device, generator=generator, noise=noise
+    )
+    offsets = torch.arange(time_steps, device=keep_s.device).view(1, -1, 1) * space_tokens
+    idx_keep = (offsets + keep_s.unsqueeze(1)).reshape(batch_size, -1)
+    idx_mask = (offsets + mask_s.unsqueeze(1)).reshape(batch_size, -1)
+    return idx_keep, idx_mask
+
+
+def patchify_tubelets(clips: torch.Tensor, t: int, p: int) -> torch.Tensor:
+    """``[B, C, T, H, W]`` -> ``[B, (T/t) * (H/p) * (W/p), t * p * p * C]``, tokens time-major.
+
+    Each vector is ordered ``(t, p, p, C)``: with ``t = 1`` it is exactly :func:`patchify` of the frame.
+    """
+    b, c, tt, h, w = clips.shape
+    if tt % t or h % p or w % p:
+        raise ConfigError(f"clip size {(tt, h, w)} is not a multiple of the tubelet size {(t, p, p)}")
+    x = clips.reshape(b, c, tt // t, t, h // p, p, w // p, p)
+    x = torch.einsum("bcnthpwq->bnhwtpqc", x)
+    return x.reshape(b, (tt // t) * (h // p) * (w // p), t * p * p * c)
+
+
+def unpatchify_tubelets(
+    x: torch.Tensor, t: int, p: int, c: int, grid_thw: tuple[int, int, int]
+) -> torch.Tensor:
+    """Inverse of :func:`patchify_tubelets`: ``[B, nt * gh * gw, t * p * p * C]`` -> ``[B, C, T, H, W]``."""
+    nt, gh, gw = grid_thw
+    b = x.shape[0]
+    if x.shape[1] != nt * gh * gw or x.shape[2] != t * p * p * c:
+        raise ValueError(f"tubelet tensor {tuple(x.shape)} does not fit grid {grid_thw}, t={t}, p={p}, C={c}")
+    x = x.reshape(b, nt, gh, gw, t, p, p, c)
+    x = torch.einsum("bnhwtpqc->bcnthpwq", x)
+    return x.reshape(b, c, nt * t, gh * p, gw * p)

@@ -68,3 +68,24 @@ def fix_pos_embed_(vit: VisionTransformer) -> VisionTransformer:
         vit.pos_embed.copy_(pe.to(vit.pos_embed))
     vit.pos_embed.requires_grad_(False)
     return vit
+
+
+def get_3d_sincos_pos_embed(embed_dim: int, grid_hw: tuple[int, int], time_steps: int) -> torch.Tensor:
+    """``[1, T * gh * gw, embed_dim]`` for time-major tokens ``(t, h, w)``: space and time in separate channels.
+
+    As facebookresearch/mae_st: the first 3/4 of the channels hold the 2-D spatial encoding (the same for
+    every time step), the last 1/4 the 1-D time encoding (the same for every patch of a time step).
+    Time step 0 is ``sin 0 = 0, cos 0 = 1``, so an image (one time step) gets a fixed, known encoding.
+    """
+    if embed_dim % 16:
+        raise ConfigError(
+            f"3-D sin-cos position embedding needs a dimension divisible by 16, got {embed_dim}"
+        )
+    dim_t = embed_dim // 4
+    dim_s = embed_dim - dim_t
+    gh, gw = int(grid_hw[0]), int(grid_hw[1])
+    space = get_2d_sincos_pos_embed(dim_s, (gh, gw))[0]  # [S, dim_s]
+    time = get_1d_sincos_pos_embed(dim_t, int(time_steps))  # [T, dim_t]
+    space = space.unsqueeze(0).expand(int(time_steps), -1, -1)
+    time = time.unsqueeze(1).expand(-1, gh * gw, -1)
+    return torch.cat([space, time], dim=-1).reshape(1, -1, embed_dim)

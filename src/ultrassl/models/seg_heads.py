@@ -1,16 +1,18 @@
-"""Segmentation heads on a plain timm ViT: per-pixel logits ``[B, n_classes, H, W]`` at the input size.
+"""Segmentation heads on a plain timm encoder: per-pixel logits ``[B, n_classes, H, W]`` at the input size.
 
-Two heads, because papers compare both:
+Two heads for ViTs, because papers compare both, and a U-Net for ResNets (USCL's encoder):
 
 - :class:`MAEStyleSegHead` is UltraMAE's downstream head: the MAE decoder architecture (same parameter
   names as :class:`~ultrassl.models.decoders.MAEDecoder`, so a pre-trained decoder's blocks can be
   loaded into it) run on all tokens, whose last layer predicts ``p * p * n_classes`` logits per patch.
 - :class:`UPerNetHead` is the BEiT / mae_segmentation recipe: four evenly spaced blocks re-sampled into
   a 4-level pyramid, FPN top-down fusion with a PPM on the coarsest level, one 1x1 classifier.
+- :class:`UNetHead` is segmentation_models_pytorch's U-Net decoder and segmentation head on the five
+  stages of a timm/torchvision ResNet (stem, layer1..layer4), the usual CNN recipe.
 
 A head reads what it needs from the encoder with ``head.encode(encoder, x)`` and maps that to logits
 with ``head(features, out_size)``; :class:`SegModel` wires the two so the encoder stays a plain timm
-ViT whose weights export unchanged.
+model whose weights export unchanged.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from ultrassl.errors import ConfigError
 from ultrassl.models.decoders import decoder_blocks, init_linear_and_norm
 from ultrassl.models.pos_embed import get_2d_sincos_pos_embed
 
-__all__ = ["HEADS", "MAEStyleSegHead", "SegModel", "UPerNetHead", "build_seg_head", "evenly_spaced_blocks"]
+__all__ = [
+    "HEADS",
+    "MAEStyleSegHead",
+    "SegModel",
+    "UNetHead",
+    "UPerNetHead",
+    "build_seg_head",
+    "evenly_spaced_blocks",
+]
 
 
 def _grid_and_patch(encoder: VisionTransformer) -> tuple[tuple[int, int], int]:
@@ -185,24 +195,80 @@ class UPerNetHead(nn.Module):
         return F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
 
 
-HEADS = ("mae", "upernet")
+class UNetHead(nn.Module):
+    """U-Net decoder (segmentation_models_pytorch's) on a ResNet's stem and four stages.
+
+    The skip features are exactly those of smp's ResNet encoder ([input, stem, layer1..4]), read from
+    our timm ResNet so its weights stay plain ``resnet18`` keys.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        n_classes: int = 2,
+        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    ):
+        super().__init__()
+        from segmentation_models_pytorch.base import SegmentationHead
+        from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
+
+        if not all(hasattr(encoder, name) for name in ("conv1", "bn1", "layer1", "layer4")):
+            raise ConfigError(f"the U-Net head needs a ResNet encoder, got {type(encoder).__name__}")
+        in_chans = int(encoder.conv1.in_channels)
+        stages = [encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4]
+        channels = [in_chans, int(encoder.bn1.num_features)] + [_out_channels(s) for s in stages]
+        self.decoder = UnetDecoder(channels, list(decoder_channels), n_blocks=len(decoder_channels))
+        self.segmentation_head = SegmentationHead(decoder_channels[-1], n_classes, kernel_size=3)
+
+    @staticmethod
+    def encode(encoder: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = [x]
+        x = encoder.act1(encoder.bn1(encoder.conv1(x)))
+        feats.append(x)
+        x = encoder.layer1(encoder.maxpool(x))
+        feats.append(x)
+        for stage in (encoder.layer2, encoder.layer3, encoder.layer4):
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    def forward(self, feats: list[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:
+        logits = self.segmentation_head(self.decoder(feats))
+        if tuple(logits.shape[-2:]) != tuple(out_size):
+            logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
+        return logits
+
+
+def _out_channels(stage: nn.Module) -> int:
+    """Output channels of a ResNet stage (its last block's last BatchNorm)."""
+    norms = [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)]
+    return int(norms[-1].num_features)
+
+
+HEADS = ("mae", "upernet", "unet")
 
 
 def build_seg_head(
-    name: str, encoder: VisionTransformer, n_classes: int = 2, **kwargs: object
-) -> MAEStyleSegHead | UPerNetHead:
-    """``mae`` -> :class:`MAEStyleSegHead`, ``upernet`` -> :class:`UPerNetHead` (kwargs go to the head)."""
+    name: str, encoder: nn.Module, n_classes: int = 2, **kwargs: object
+) -> MAEStyleSegHead | UPerNetHead | UNetHead:
+    """``mae`` -> :class:`MAEStyleSegHead`, ``upernet`` -> :class:`UPerNetHead` (ViTs), ``unet`` ->
+    :class:`UNetHead` (ResNets); kwargs go to the head."""
+    vit = isinstance(encoder, VisionTransformer)
+    if name in ("mae", "upernet") and not vit:
+        raise ConfigError(f"the {name!r} head needs a ViT encoder; use 'unet' for {type(encoder).__name__}")
     if name == "mae":
         return MAEStyleSegHead(encoder, n_classes, **kwargs)
     if name == "upernet":
         return UPerNetHead(encoder, n_classes, **kwargs)
+    if name == "unet":
+        return UNetHead(encoder, n_classes, **kwargs)
     raise ConfigError(f"segmentation head must be one of {HEADS}; got {name!r}")
 
 
 class SegModel(nn.Module):
     """Encoder + head: ``forward(x [B, C, H, W]) -> logits [B, n_classes, H, W]``."""
 
-    def __init__(self, encoder: VisionTransformer, head: MAEStyleSegHead | UPerNetHead):
+    def __init__(self, encoder: nn.Module, head: MAEStyleSegHead | UPerNetHead | UNetHead):
         super().__init__()
         self.encoder = encoder
         self.head = head

@@ -1,4 +1,5 @@
-"""Encoders are plain timm VisionTransformers, so exported weights load straight into timm."""
+"""Encoders are plain timm models (VisionTransformers, or ResNets for USCL), so exported weights load
+straight into ``timm.create_model``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import timm
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from ultrassl.errors import ConfigError
 
@@ -45,9 +47,29 @@ def resolve_arch(arch: str) -> str:
     return VIT_ARCHS.get(arch, arch)
 
 
-def create_encoder(spec: EncoderSpec, drop_path_rate: float = 0.0) -> VisionTransformer:
-    """A headless timm ViT (``num_classes=0``) for ``spec``; non-square sizes and 1 channel are fine."""
+def is_cnn_arch(arch: str) -> bool:
+    """ResNet-family encoders (USCL's); everything else is a ViT."""
+    return resolve_arch(arch).startswith(("resnet", "resnext"))
+
+
+def is_vit(model: nn.Module) -> bool:
+    return isinstance(model, VisionTransformer)
+
+
+def create_encoder(spec: EncoderSpec, drop_path_rate: float = 0.0) -> nn.Module:
+    """A headless timm encoder (``num_classes=0``) for ``spec``; non-square sizes and 1 channel are fine.
+
+    ViTs come back as ``VisionTransformer``; ResNets (``resnet18`` ...) as timm ``ResNet`` whose keys are
+    torchvision's (conv1, bn1, layer1..4), returning pooled 512-d (resnet18) features from ``forward``.
+    """
     arch = resolve_arch(spec.arch)
+    if is_cnn_arch(arch):
+        try:
+            return timm.create_model(
+                arch, pretrained=False, num_classes=0, in_chans=spec.in_chans, drop_path_rate=drop_path_rate
+            )
+        except RuntimeError as exc:
+            raise ConfigError(f"unknown encoder architecture {spec.arch!r}: {exc}") from exc
     img_h, img_w = spec.img_size
     if img_h % spec.patch_size or img_w % spec.patch_size:
         raise ConfigError(f"image size {spec.img_size} is not a multiple of the patch size {spec.patch_size}")

@@ -1,0 +1,166 @@
+"""Confidence-map speed: MONAI's transform against ultrassl's solver, same frames, same run, same machine.
+
+For 128, 256 and 512 px synthetic frames: MONAI ms/frame (direct ``spsolve``), ours ms/frame (one frame,
+and a clip solved ``batch`` frames at a time), the one-off per-shape analysis, the max abs difference,
+and frames/s read back from a warm disk cache. One torch/BLAS thread for both solvers. Writes
+``bench/results/confidence_speed.json`` and the table in ``docs/benchmarks.md`` (CONFIDENCE_SPEED markers).
+
+    OMP_NUM_THREADS=1 python bench/confidence_speed.py [--sizes 128 256 512] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy
+import torch
+
+from ultrassl.confidence import _plan, confidence_map, confidence_maps
+from ultrassl.confidence_cache import ConfidenceCache
+from ultrassl.data.synthetic import synth_frame
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "confidence_speed.json"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def _time(fn, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def measure(size: int, repeats: int, batch: int) -> dict:
+    from monai.transforms import UltrasoundConfidenceMapTransform
+
+    rng = np.random.default_rng(size)
+    frames = np.stack([synth_frame("lesion", rng, (size, size), probe="linear") for _ in range(batch)])
+    monai = UltrasoundConfidenceMapTransform()
+    ref = np.asarray(monai(frames[0][None]))
+    t = time.perf_counter()
+    _plan(size - 2, size)  # one-off symbolic analysis for this shape (cached per process)
+    analysis_s = time.perf_counter() - t
+    ours = confidence_map(frames[0], sector="off")
+    monai_s = _time(lambda: monai(frames[0][None]), max(1, repeats if size <= 256 else 1))
+    ours_s = _time(lambda: confidence_map(frames[0], sector="off"), repeats)
+    clip_s = _time(lambda: confidence_maps(frames, sector="off", batch=batch), max(1, repeats // 2)) / batch
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = ConfidenceCache(Path(tmp), sector="off")
+        cache.maps(frames)  # fill
+        warm_s = _time(lambda: cache.maps(frames), repeats) / batch
+    return {
+        "px": size,
+        "monai_ms": 1e3 * monai_s,
+        "ours_ms": 1e3 * ours_s,
+        "ours_clip_ms_per_frame": 1e3 * clip_s,
+        "speedup": monai_s / ours_s,
+        "speedup_clip": monai_s / clip_s,
+        "analysis_ms_once_per_shape": 1e3 * analysis_s,
+        "max_abs_diff": float(np.abs(ours - ref).max()),
+        "cache_warm_frames_per_s": 1.0 / warm_s,
+        "clip_batch": batch,
+    }
+
+
+def machine() -> dict:
+    import monai
+
+    return {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def table(rows: list[dict], info: dict) -> str:
+    lines = [
+        "## Confidence maps (Karamalis random walk) vs MONAI",
+        "",
+        f"{info['cpu']}, {info['cores']} cores (shared), {info['torch_threads']} torch thread; "
+        f"torch {info['torch']}, MONAI {info['monai']}, scipy {info['scipy']}, numpy {info['numpy']}. "
+        "Synthetic linear-probe lesion frames; median of repeats; `bench/confidence_speed.py`.",
+        "",
+        "| px | MONAI ms/frame | ours ms/frame | speed-up | ours, clip ms/frame | speed-up (clip) "
+        "| per-shape analysis ms (once) | max abs diff | frames/s, warm cache |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['px']} | {r['monai_ms']:.0f} | {r['ours_ms']:.0f} | {r['speedup']:.1f}x | "
+            f"{r['ours_clip_ms_per_frame']:.0f} | {r['speedup_clip']:.1f}x | "
+            f"{r['analysis_ms_once_per_shape']:.0f} | {r['max_abs_diff']:.1e} | {r['cache_warm_frames_per_s']:.0f} |"
+        )
+    lines += [
+        "",
+        "MONAI solves with scipy's direct `spsolve` (SuperLU, COLAMD). Ours is a nested-dissection",
+        "multifrontal Cholesky in torch float64 (`src/ultrassl/confidence.py`); the per-shape analysis is",
+        "cached per process. Measured and rejected here: CG with a column (tridiagonal) preconditioner",
+        "(400+ iterations at 256 px) and pyamg AMG-preconditioned CG (140-190 iterations); both slower than",
+        "`spsolve`, because the 1e-5 weight floor leaves weakly tied islands that iterative methods resolve",
+        "slowly. The CPU was shared with other jobs during the run: compare the ratios, not absolute times.",
+    ]
+    return "\n".join(lines)
+
+
+def write_doc(section: str) -> None:
+    start, end = "<!-- CONFIDENCE_SPEED:START -->", "<!-- CONFIDENCE_SPEED:END -->"
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    block = f"{start}\n{section}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=int, default=4, help="frames per batched clip solve")
+    p.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for size in a.sizes:
+        rows.append(measure(size, a.repeats, a.batch))
+        print(json.dumps(rows[-1]), flush=True)
+    info = machine()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+    section = table(rows, info)
+    print(section)
+    if not a.no_doc:
+        write_doc(section)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""Images and clips for UltraMAE: decoded once, each with its confidence map, served in one-modality batches.
+
+Why this shape:
+
+- **Decode once.** Each still (1-frame row) is one image item; each video (multi-frame row) gives up to
+  ``max_clips_per_video`` clips of ``clip_frames`` frames at ``clip_fps``, evenly spread over the video
+  (:func:`~ultrassl.data.sampling.clip_indices`: a short video pads with its last frame). A video is
+  decoded in one pass and its clips' frames are kept together in memory as uint8.
+- **Confidence before cropping.** The confidence map (Karamalis' random walk from the transducer at the
+  top row) depends on the whole depth of the image, so it is computed once per decoded frame on the
+  full scan-area frame, stored as uint8 (1/255 steps of a [0, 1] map), and then cropped and flipped
+  together with the frame. The target is the certainty-weighted frame (CWUS = frame x map).
+- **Same augmentation for a whole clip.** One random resized crop and flip per item, drawn from
+  ``sample_seed(run seed, epoch, index)``, applied to every frame and its map.
+- **One modality per batch.** Images (1 time step) and clips (``clip_frames / tubelet`` time steps)
+  have different token counts, so :meth:`UltraMAEClips.batches` cuts each modality into full batches and
+  orders them proportionally (shuffled together) or alternately; :class:`~ultrassl.training.Trainer`
+  uses that list (sharded over processes) instead of its sampler, so resume skips whole batches.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
+
+from ultrassl.data.manifest import ManifestRow
+from ultrassl.data.readers import read_frames
+from ultrassl.data.sampling import clip_indices, clip_step
+from ultrassl.data.scan_area import detect_scan_area
+from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
+from ultrassl.rng import sample_seed
+from ultrassl.transforms.pairs import random_resized_crop_params
+
+if TYPE_CHECKING:
+    from ultrassl.config import DataConfig
+    from ultrassl.methods.ultramae import UltraMAEConfig
+    from ultrassl.models.vit import EncoderSpec
+
+#: frames [T, H, W] float in [0, 1] -> confidence maps [T, H, W] in [0, 1]
+ConfidenceFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class ClipItem:
+    """One image (T = 1) or clip: uint8 frames ``[T, H, W]`` (or ``[T, H, W, 3]``) and uint8 maps ``[T, H, W]``."""
+
+    frames: np.ndarray
+    confidence: np.ndarray | None
+    row_index: int
+    frame_indices: list[int]
+
+
+@dataclass
+class ClipCache:
+    images: list[ClipItem] = field(default_factory=list)
+    clips: list[ClipItem] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images) + len(self.clips)
+
+
+def clip_starts(
+    n_frames: int, src_fps: float | None, clip_frames: int, clip_fps: float | None, max_clips: int
+) -> list[int]:
+    """Start frames of up to ``max_clips`` non-overlapping clips, evenly spread (one when none fits)."""
+    step = clip_step(src_fps, clip_fps)
+    span = int(np.floor((clip_frames - 1) * step + 0.5))
+    last_start = max(0, n_frames - 1 - span)
+    fits = last_start // (span + 1) + 1 if n_frames - 1 >= span else 1
+    n = max(1, min(int(max_clips), fits))
+    return sorted({int(np.floor(s + 0.5)) for s in np.linspace(0, last_start, n)})
+
+
+def confidence_fn(
+    alpha: float = 2.0,
+    beta: float = 90.0,
+    gamma: float = 0.05,
+    max_side: int | None = 256,
+    device: str = "cpu",
+) -> ConfidenceFn:
+    """Confidence maps from :func:`ultrassl.confidence.confidence_maps`, solved on frames shrunk to ``max_side``.
+
+    The shrink (area average) keeps the random-walk solve cheap on large frames; the map is smooth, so
+    resizing it back (bilinear) loses little. Rows run from the transducer (top) to depth (bottom); a
+    fan (sector probe) is found once per clip and solved along its scan lines (``sector="auto"``).
+    """
+
+    def compute(frames: np.ndarray) -> np.ndarray:
+        from ultrassl.confidence import confidence_maps
+
+        t, h, w = frames.shape
+        scale = 1.0 if not max_side else min(1.0, max_side / max(h, w))
+        small = frames
+        if scale < 1.0:
+            size = (max(2, round(h * scale)), max(2, round(w * scale)))
+            small = F.interpolate(torch.from_numpy(frames)[:, None], size=size, mode="area")[:, 0].numpy()
+        conf = np.asarray(confidence_maps(small, alpha, beta, gamma, device=device), dtype=np.float32)
+        if conf.shape != (t, h, w):
+            conf = F.interpolate(
+                torch.from_numpy(conf)[:, None], size=(h, w), mode="bilinear", align_corners=False
+            )[:, 0].numpy()
+        return np.clip(conf, 0.0, 1.0)
+
+    return compute
+
+
+def _to_u8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def load_clip_cache(
+    rows: Sequence[ManifestRow],
+    *,
+    rgb: bool = False,
+    clip_frames: int = 16,
+    clip_fps: float | None = 6.0,
+    max_clips_per_video: int = 4,
+    modality: str = "both",
+    scan_area: bool = True,
+    confidence: ConfidenceFn | None = None,
+    progress: bool = True,
+) -> ClipCache:
+    """Decode stills into image items and videos into clips (see the module docstring).
+
+    ``modality``: "both", "images" (videos are not decoded) or "videos" (stills are not decoded).
+    ``confidence`` (None: no maps, for ``target: raw``) gets each decoded stack of frames once.
+    Files that fail to decode are listed in ``cache.skipped`` (path, reason), never fatal.
+    """
+    if modality not in ("both", "images", "videos"):
+        raise ConfigError(f"modality must be both|images|videos, got {modality!r}")
+    cache = ClipCache()
+    bar = tqdm(rows, desc="decode", disable=not progress or not sys.stderr.isatty(), unit="file")
+    for i, row in enumerate(bar):
+        is_clip = row.n_frames > 1
+        if (is_clip and modality == "images") or (not is_clip and modality == "videos"):
+            continue
+        if is_clip:
+            starts = clip_starts(row.n_frames, row.fps, clip_frames, clip_fps, max_clips_per_video)
+            per_clip = [clip_indices(row.n_frames, row.fps, clip_frames, clip_fps, s) for s in starts]
+        else:
+            per_clip = [[0]]
+        unique = sorted({j for clip in per_clip for j in clip})
+        try:
+            frames = read_frames(row.path, unique, rgb=rgb)
+        except (UnreadableFileError, OSError, ValueError, IndexError) as exc:
+            reason = exc.reason if isinstance(exc, UnreadableFileError) else str(exc)
+            cache.skipped.append((str(row.path), reason))
+            continue
+        gray = frames.mean(axis=-1) if rgb else frames
+        if scan_area:
+            area = detect_scan_area(gray)
+            frames, gray = area.apply(frames), area.apply(gray)
+        conf = _to_u8(confidence(np.ascontiguousarray(gray, dtype=np.float32))) if confidence else None
+        frames_u8 = _to_u8(frames)
+        where = {j: k for k, j in enumerate(unique)}
+        for clip in per_clip:
+            pos = [where[j] for j in clip]
+            item = ClipItem(
+                np.ascontiguousarray(frames_u8[pos]),
+                None if conf is None else np.ascontiguousarray(conf[pos]),
+                i,
+                [int(j) for j in clip],
+            )
+            (cache.clips if is_clip else cache.images).append(item)
+    if not len(cache):
+        detail = "; ".join(f"{p}: {r}" for p, r in cache.skipped[:5])
+        kinds = {"both": "images or videos", "images": "still images", "videos": "videos"}[modality]
+        raise UltrasslError(f"no usable {kinds} in the manifest ({len(rows)} rows). {detail}")
+    return cache
+
+
+class UltraMAEClips(Dataset):
+    """Items ``{"input", "target": [C, T, H, W] normalised, "mask_seed"}``; images first, then clips.
+
+    ``target`` is the crop of frame x confidence map (``target="cwus"``) or of the frame (``"raw"``).
+    """
+
+    def __init__(
+        self,
+        cache: ClipCache,
+        size: tuple[int, int],
+        in_chans: int = 1,
+        *,
+        target: str = "cwus",
+        scale: tuple[float, float] = (0.2, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: bool = True,
+        mean: tuple[float, ...] = (0.5,),
+        std: tuple[float, ...] = (0.25,),
+        mix: str = "proportional",
+        seed: int = 0,
+    ):
+        if target not in ("cwus", "raw"):
+            raise ConfigError(f"target must be cwus|raw, got {target!r}")
+        if mix not in ("proportional", "alternate"):
+            raise ConfigError(f"mix must be proportional|alternate, got {mix!r}")
+        if target == "cwus" and any(it.confidence is None for it in (*cache.images, *cache.clips)):
+            raise ConfigError(
+                "target 'cwus' needs confidence maps; build the cache with a confidence function"
+            )
+        self.cache = cache
+        self.items = [*cache.images, *cache.clips]
+        self.n_images = len(cache.images)
+        self.size = (int(size[0]), int(size[1]))
+        self.in_chans = int(in_chans)
+        self.target = target
+        self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1, 1)
+        self.mix = mix
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _frames(self, item: ClipItem) -> torch.Tensor:
+        """uint8 frames -> float ``[T, C, H, W]`` in [0, 1] with ``in_chans`` channels."""
+        x = torch.from_numpy(item.frames).float().div_(255.0)
+        x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.unsqueeze(1)
+        if x.shape[1] != self.in_chans:
+            x = x.mean(1, keepdim=True) if self.in_chans == 1 else x.expand(-1, self.in_chans, -1, -1)
+        return x
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng(sample_seed(self.seed, self.epoch, index))
+        item = self.items[index]
+        x = self._frames(item)
+        if self.target == "cwus":
+            conf = torch.from_numpy(item.confidence).float().div_(255.0).unsqueeze(1)
+            x = torch.cat([x, conf], dim=1)  # one crop and flip for frames and maps
+        _, _, h, w = x.shape
+        top, left, ch, cw = random_resized_crop_params(h, w, self.scale, self.ratio, rng)
+        x = TF.resized_crop(
+            x, top, left, ch, cw, list(self.size), interpolation=InterpolationMode.BICUBIC, antialias=True
+        )
+        if self.hflip and rng.random() < 0.5:
+            x = TF.horizontal_flip(x)
+        x = x.clamp_(0.0, 1.0)
+        frames = x[:, : self.in_chans]
+        target = frames * x[:, self.in_chans :] if self.target == "cwus" else frames
+        frames, target = frames.transpose(0, 1), target.transpose(0, 1)  # [C, T, H, W]
+        return {
+            "input": ((frames - self.mean) / self.std).contiguous(),
+            "target": ((target - self.mean) / self.std).contiguous(),
+            "mask_seed": torch.tensor(int(rng.integers(0, 2**62)), dtype=torch.int64),
+        }
+
+    def preview_indices(self, n: int) -> list[int]:
+        """Up to ``n`` evenly spaced items of one shape (images when there are any, else clips) to draw."""
+        lo, hi = (0, self.n_images) if self.n_images else (self.n_images, len(self.items))
+        step = max(1, (hi - lo) // max(1, n))
+        return list(range(lo, hi, step))[:n]
+
+    def batches(self, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+        """This process's batches of epoch ``epoch``: each holds only images or only clips.
+
+        Every process builds the same global list from (seed, epoch) and takes every ``world_size``-th
+        batch, so processes see different batches and the same number of them. The count is the same
+        every epoch (incomplete batches are dropped), which the trainer's resume arithmetic relies on.
+        """
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, 0x5EED]))
+        groups = []
+        for lo, hi in ((0, self.n_images), (self.n_images, len(self.items))):
+            order = lo + rng.permutation(hi - lo)
+            n = len(order) // batch_size
+            groups.append([order[k * batch_size : (k + 1) * batch_size].tolist() for k in range(n)])
+        if self.mix == "proportional":
+            merged = [b for g in groups for b in g]
+            merged = [merged[k] for k in rng.permutation(len(merged))]
+        else:  # alternate, each modality evenly spread over the epoch
+            keyed = [((k + 0.5) / len(g), m, b) for m, g in enumerate(groups) for k, b in enumerate(g)]
+            merged = [b for _, _, b in sorted(keyed, key=lambda e: (e[0], e[1]))]
+        usable = len(merged) // world_size * world_size
+        return merged[rank:usable:world_size]
+
+
+def build_clip_dataset(
+    rows: Sequence[ManifestRow],
+    data: DataConfig,
+    encoder: EncoderSpec,
+    cfg: UltraMAEConfig,
+    seed: int = 0,
+    progress: bool = True,
+) -> UltraMAEClips:
+    """The UltraMAE data set of a pre-training config (``data``, ``encoder``, ``ultramae`` sections)."""
+    conf = None
+    if cfg.target == "cwus":
+        conf = confidence_fn(
+            cfg.confidence_alpha,
+            cfg.confidence_beta,
+            cfg.confidence_gamma,
+            cfg.confidence_max_side,
+            cfg.confidence_device,
+        )
+    cache = load_clip_cache(
+        rows,
+        rgb=encoder.in_chans == 3,
+        clip_frames=cfg.clip_frames,
+        clip_fps=cfg.clip_fps,
+        max_clips_per_video=cfg.max_clips_per_video,
+        modality=cfg.modality,
+        scan_area=data.scan_area,
+        confidence=conf,
+        progress=progress,
+    )
+    for path, reason in cache.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return UltraMAEClips(
+        cache,
+        tuple(encoder.img_size),
+        encoder.in_chans,
+        target=cfg.target,
+        scale=data.crop_scale,
+        ratio=data.crop_ratio,
+        hflip=data.hflip,
+        mean=data.mean,
+        std=data.std,
+        mix=cfg.mix,
+        seed=seed,
+    )

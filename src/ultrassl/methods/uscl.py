@@ -1,0 +1,136 @@
+"""USCL (Chen et al., MICCAI 2021; 983632847/USCL): semi-supervised contrastive learning on videos.
+
+A ResNet trunk (timm, torchvision's keys) -> projection Linear(512, 512)-ReLU-Linear(512, 256) ->
+NT-Xent between the two views of each video made by :class:`~ultrassl.transforms.uscl.USCLPairs`, plus
+``ce_weight`` x cross-entropy of a classifier on the projection for the videos that have a label (each
+view, as the reference's ``lossi + lossj``). Videos without a label (``label == -1``) only contrast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ultrassl.distributed import all_reduce_sum, is_distributed
+from ultrassl.errors import ConfigError
+from ultrassl.losses import nt_xent
+from ultrassl.models.vit import EncoderSpec, create_encoder, is_cnn_arch
+
+
+@dataclass
+class USCLConfig:
+    """USCL hyper-parameters; defaults are the reference's (config.yaml, run.py, the data wrapper)."""
+
+    temperature: float = 0.5
+    #: weight of the cross-entropy on labelled videos (the reference's lumbda, 0.2 by default)
+    ce_weight: float = 0.2
+    #: lam ~ Beta(beta_a, beta_b) mixes each view with the shared anchor frame
+    beta_a: float = 0.5
+    beta_b: float = 0.5
+    #: draw the three frames from this many consecutive (sampled) frames; None: the whole video
+    frame_window: int | None = None
+    #: keep the labels of this fraction of the labelled training videos (seeded); the rest are unlabelled
+    label_fraction: float = 1.0
+    #: videos held out to validate the contrastive loss (best checkpoint by it), as the reference
+    val_fraction: float = 0.2
+    #: "video": one item per manifest row (a still is a 1-frame video); "group": one per group_id
+    group_by: str = "video"
+    #: ColorJitter (brightness, contrast, saturation, hue); saturation and hue are skipped on 1 channel
+    jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)
+    proj_dim: int = 256
+    #: class names of the classifier, filled from the manifest's labels when empty
+    classes: tuple[str, ...] = ()
+    #: gather embeddings from every process for NT-Xent under torchrun (a global batch of negatives)
+    gather: bool = True
+
+    def __post_init__(self) -> None:
+        validate_uscl(self)
+
+
+def validate_uscl(cfg: USCLConfig) -> None:
+    if cfg.temperature <= 0:
+        raise ConfigError(f"uscl.temperature must be > 0, got {cfg.temperature}")
+    if cfg.ce_weight < 0:
+        raise ConfigError(f"uscl.ce_weight must be >= 0, got {cfg.ce_weight}")
+    if cfg.beta_a <= 0 or cfg.beta_b <= 0:
+        raise ConfigError(f"uscl.beta_a/beta_b must be > 0, got {cfg.beta_a}, {cfg.beta_b}")
+    if cfg.frame_window is not None and cfg.frame_window < 1:
+        raise ConfigError(f"uscl.frame_window must be >= 1 frame or null, got {cfg.frame_window}")
+    if not 0.0 <= cfg.label_fraction <= 1.0:
+        raise ConfigError(f"uscl.label_fraction must be in [0, 1], got {cfg.label_fraction}")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise ConfigError(f"uscl.val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    if cfg.group_by not in ("video", "group"):
+        raise ConfigError(f"uscl.group_by must be video|group, got {cfg.group_by!r}")
+
+
+class USCL(nn.Module):
+    """``forward(batch)`` with ``view1``/``view2`` ``[B, C, H, W]`` and ``label`` ``[B]`` (-1: unlabelled)."""
+
+    def __init__(self, encoder_spec: EncoderSpec, cfg: USCLConfig | None = None):
+        super().__init__()
+        self.cfg = cfg if cfg is not None else USCLConfig()
+        if not is_cnn_arch(encoder_spec.arch):
+            raise ConfigError(f"USCL trains a ResNet (e.g. encoder.arch resnet18), got {encoder_spec.arch!r}")
+        self.encoder_spec = encoder_spec
+        self.encoder = create_encoder(encoder_spec)
+        width = int(self.encoder.num_features)
+        self.projector = nn.Sequential(
+            nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, self.cfg.proj_dim)
+        )
+        n_classes = len(self.cfg.classes)
+        self.classifier = nn.Linear(self.cfg.proj_dim, n_classes) if n_classes else None
+
+    def exportable_encoder(self) -> tuple[nn.Module, EncoderSpec]:
+        """The ResNet trunk as a plain timm model and the spec that rebuilds it (every method has this)."""
+        return self.encoder, self.encoder_spec
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled features ``[B, 512]``, projection ``[B, proj_dim]``)."""
+        h = self.encoder(x)
+        return h, self.projector(h)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Returns ``loss`` = ``nt_xent`` + ce_weight x ``ce``, and ``n_labelled`` (this process's batch)."""
+        x1, x2 = batch["view1"], batch["view2"]
+        if x1.shape != x2.shape or x1.ndim != 4 or x1.shape[1] != self.encoder_spec.in_chans:
+            raise ConfigError(
+                f"expected two views [B, {self.encoder_spec.in_chans}, H, W], got {tuple(x1.shape)} and "
+                f"{tuple(x2.shape)}"
+            )
+        # the views go through separately, as the reference: BatchNorm statistics per view
+        _, z1 = self.embed(x1)
+        _, z2 = self.embed(x2)
+        contrast = nt_xent(z1, z2, self.cfg.temperature, gather=self.cfg.gather)
+        out = {"nt_xent": contrast, "z1": z1, "z2": z2}
+        labels = batch.get("label")
+        if self.classifier is None or labels is None:
+            out["ce"] = torch.zeros((), device=contrast.device)
+            out["loss"] = contrast
+            return out
+        ce, n_labelled = self.semi_supervised_ce(z1, z2, labels)
+        out.update(ce=ce, n_labelled=n_labelled, loss=contrast + self.cfg.ce_weight * ce)
+        return out
+
+    def semi_supervised_ce(
+        self, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of each view's prediction, averaged over the labelled items of the global batch.
+
+        Sums of per-item losses over this process divided by the global labelled count (times the
+        number of processes, which DDP's gradient average divides out), so the gradient is the same on
+        1 or N processes. No labelled item: 0, still in the graph (DDP needs every parameter used).
+        """
+        mask = (labels >= 0).float()
+        target = labels.clamp_min(0)
+        total = sum(
+            (F.cross_entropy(self.classifier(z).float(), target, reduction="none") * mask).sum()
+            for z in (z1, z2)
+        )
+        n_labelled = mask.sum()
+        n_global = all_reduce_sum(n_labelled)
+        world = torch.distributed.get_world_size() if is_distributed() else 1
+        return total * world / n_global.clamp_min(1.0), n_labelled.detach()
