@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, required=True, help="evaluation folder")
     c.add_argument("--mode", choices=("linear", "partial", "full"), default="linear")
     c.add_argument("--folds", type=int, default=5)
+    c.add_argument("--folds-file", type=Path, help="use these folds (folds.json format) instead of --folds")
     c.add_argument("--seeds", type=int, nargs="+", default=[0])
     c.add_argument("--label-fraction", type=float, nargs="+", default=[1.0])
     c.add_argument("--train-blocks", type=int, default=1, help="--mode partial: trainable last blocks")
@@ -113,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         help="auto: the MAE-style decoder head for ViTs, a U-Net for ResNets",
     )
     g.add_argument("--folds", type=int, default=5)
+    g.add_argument("--folds-file", type=Path, help="use these folds (folds.json format) instead of --folds")
     g.add_argument("--seeds", type=int, nargs="+", default=[0])
     g.add_argument("--label-fraction", type=float, nargs="+", default=[1.0])
     g.add_argument("--epochs", type=int, default=40)
@@ -256,6 +258,7 @@ def _run(a: argparse.Namespace) -> int:
         scfg = SegmentConfig(
             head=a.head,
             folds=a.folds,
+            folds_file=str(a.folds_file) if a.folds_file else None,
             seeds=tuple(a.seeds),
             label_fractions=tuple(a.label_fraction),
             epochs=a.epochs,
@@ -280,6 +283,7 @@ def _run(a: argparse.Namespace) -> int:
         cfg = ClassifyConfig(
             mode=a.mode,
             folds=a.folds,
+            folds_file=str(a.folds_file) if a.folds_file else None,
             seeds=tuple(a.seeds),
             label_fractions=tuple(a.label_fraction),
             train_blocks=a.train_blocks,

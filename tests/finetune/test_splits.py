@@ -228,3 +228,38 @@ def test_plan_runs_covers_every_fold_seed_and_fraction(tmp_path):
         assert run.test_groups == fold.test_groups and run.val_groups == fold.val_groups
     idx = group_indices(groups, ["g0", "g2"])
     assert idx.tolist() == [0, 1, 2, 6, 7, 8]
+
+
+def test_folds_from_a_given_assignment_keep_groups_whole_and_carve_validation_from_training():
+    from ultrassl.finetune.splits import folds_from_assignment
+
+    groups = [f"g{i}" for i in range(20) for _ in range(3)]  # 3 frames per group
+    labels = [i % 2 for i in range(20) for _ in range(3)]
+    fold_of = {f"g{i}": i % 4 for i in range(20)}
+    folds = folds_from_assignment(groups, labels, fold_of, seed=0, val_fraction=0.25)
+    assert len(folds) == 4
+    for k, fold in enumerate(folds):
+        assert fold.test_groups == sorted(g for g, f in fold_of.items() if f == k)
+        assert fold.val_groups and not set(fold.val_groups) & set(fold.test_groups)
+        assert set(fold.train_groups) | set(fold.val_groups) == {g for g, f in fold_of.items() if f != k}
+    with pytest.raises(UltrasslError, match="no fold given"):
+        folds_from_assignment(groups, labels, {"g0": 0, "g1": 1})
+
+
+def test_plan_runs_uses_given_folds_and_can_run_folds_apart():
+    from ultrassl.finetune.splits import folds_from_assignment, plan_runs
+
+    groups = [f"g{i}" for i in range(12)]
+    labels = [i % 3 for i in range(12)]
+    given = folds_from_assignment(groups, labels, {g: i % 3 for i, g in enumerate(groups)})
+    folds, runs = plan_runs(groups, labels, n_folds=5, seeds=(0,), label_fractions=(1.0,), folds=given)
+    assert folds == given and [r.fold for r in runs] == [0, 1, 2]
+    _, runs = plan_runs(
+        groups, labels, n_folds=5, seeds=(0, 1), label_fractions=(1.0,), folds=given, only_folds=(2,)
+    )
+    assert [(r.fold, r.seed) for r in runs] == [(2, 0), (2, 1)]
+    assert runs[0].test_groups == given[2].test_groups
+    with pytest.raises(UltrasslError, match="never test"):
+        plan_runs(
+            groups + ["extra"], labels + [0], n_folds=3, seeds=(0,), label_fractions=(1.0,), folds=given
+        )

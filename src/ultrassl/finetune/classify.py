@@ -47,6 +47,7 @@ from ultrassl.finetune.splits import (
     Fold,
     group_indices,
     plan_runs,
+    read_folds,
 )
 from ultrassl.metrics import classification_metrics, summarize
 from ultrassl.models.vit import EncoderSpec
@@ -66,6 +67,11 @@ class Phase(enum.Enum):
 class ClassifyConfig:
     mode: str = "linear"  # linear | partial | full
     folds: int = 5
+    #: a folds.json (``{"folds": [{"train_groups", "val_groups", "test_groups"}, ...]}``) to use instead of
+    #: the seeded grouped k-fold, e.g. a data set's official split; checked for leakage
+    folds_file: str | None = None
+    #: run only these fold numbers (None: all)
+    only_folds: tuple[int, ...] | None = None
     seeds: tuple[int, ...] = (0,)
     label_fractions: tuple[float, ...] = (1.0,)
     val_fraction: float = 0.2
@@ -252,6 +258,8 @@ class Classifier:
             label_fractions=cfg.label_fractions,
             val_fraction=cfg.val_fraction,
             out_dir=out_dir,
+            folds=read_folds(cfg.folds_file) if cfg.folds_file else None,
+            only_folds=cfg.only_folds,
         )
         out = ClassifyOutput(folds=folds, class_names=self.data.class_names)
         saved: list[int] = []

@@ -40,6 +40,7 @@ from ultrassl.finetune.splits import (
     Fold,
     group_indices,
     plan_runs,
+    read_folds,
 )
 from ultrassl.metrics import EMPTY_POLICIES, segmentation_metrics, summarize
 from ultrassl.models.seg_heads import HEADS, SegModel, build_seg_head
@@ -65,6 +66,11 @@ SUMMARY_KEYS = ("dice", "iou")
 class SegmentConfig:
     head: str = "auto"  # auto (mae for ViTs, unet for ResNets) | mae | upernet | unet
     folds: int = 5
+    #: a folds.json (``{"folds": [{"train_groups", "val_groups", "test_groups"}, ...]}``) to use instead of
+    #: the seeded grouped k-fold, e.g. a data set's official split; checked for leakage
+    folds_file: str | None = None
+    #: run only these fold numbers (None: all)
+    only_folds: tuple[int, ...] | None = None
     seeds: tuple[int, ...] = (0,)
     label_fractions: tuple[float, ...] = (1.0,)
     val_fraction: float = 0.2
@@ -312,6 +318,8 @@ class Segmenter:
             label_fractions=cfg.label_fractions,
             val_fraction=cfg.val_fraction,
             out_dir=out_dir,
+            folds=read_folds(cfg.folds_file) if cfg.folds_file else None,
+            only_folds=cfg.only_folds,
         )
         out = SegmentOutput(folds=folds)
         top_fraction = max(cfg.label_fractions)

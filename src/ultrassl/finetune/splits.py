@@ -330,6 +330,33 @@ class Run:
     test_groups: list[str]
 
 
+def folds_from_assignment(
+    groups: Sequence[Any],
+    labels: Sequence[Hashable],
+    fold_of: Mapping[str, int],
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+) -> list[Fold]:
+    """Folds from a given test-fold number per group (e.g. a data set's official ``fold`` column), with
+    validation carved by group from each training part exactly as :func:`make_folds` does."""
+    label_of = group_majority_labels(groups, labels)
+    missing = sorted(g for g in label_of if g not in fold_of)
+    if missing:
+        raise UltrasslError(f"no fold given for group(s) {_preview(missing)}")
+    numbers = sorted({int(fold_of[g]) for g in label_of})
+    if len(numbers) < 2:
+        raise UltrasslError(f"the fold assignment has {len(numbers)} fold(s); at least 2 are needed")
+    folds = []
+    for k, number in enumerate(numbers):
+        test = sorted(g for g in label_of if int(fold_of[g]) == number)
+        rest = sorted(g for g in label_of if int(fold_of[g]) != number)
+        train, val = _carve_validation(rest, label_of, val_fraction, seed, k)
+        folds.append(Fold(train_groups=train, val_groups=val, test_groups=test))
+    check_no_leakage(folds, all_groups=set(label_of))
+    return folds
+
+
 def plan_runs(
     groups: Sequence[str],
     labels: Sequence[Any],
@@ -339,10 +366,25 @@ def plan_runs(
     label_fractions: Sequence[float],
     val_fraction: float = 0.2,
     out_dir: str | Path | None = None,
+    folds: Sequence[Fold] | None = None,
+    only_folds: Sequence[int] | None = None,
 ) -> tuple[list[Fold], list[Run]]:
     """The whole protocol's plan: leakage-checked folds (written to ``out_dir/folds.json``) and one
-    :class:`Run` per fold x seed x label fraction, with few-label training groups sub-sampled per class."""
-    folds = make_folds(groups, labels, n_folds=n_folds, seed=seeds[0], val_fraction=val_fraction)
+    :class:`Run` per fold x seed x label fraction, with few-label training groups sub-sampled per class.
+    ``folds`` (e.g. from :func:`read_folds`) replaces the seeded grouped k-fold; every group of the data
+    must then sit in exactly one test fold. ``only_folds`` keeps the runs of those fold numbers (to run
+    folds apart, e.g. with an encoder pre-trained per fold on that fold's training part)."""
+    if folds is None:
+        folds = make_folds(groups, labels, n_folds=n_folds, seed=seeds[0], val_fraction=val_fraction)
+    else:
+        check_no_leakage(folds)
+        known = {str(g) for g in groups}  # groups of the file absent from the data (skipped files) drop out
+        folds = [
+            Fold(*([g for g in getattr(f, f"{side}_groups") if g in known] for side in _SIDES)) for f in folds
+        ]
+        untested = sorted(known - {g for f in folds for g in f.test_groups})
+        if untested:
+            raise UltrasslError(f"the given folds never test group(s) {_preview(untested)}")
     check_no_leakage(folds, all_groups=set(groups))
     if out_dir is not None:
         write_folds(Path(out_dir) / "folds.json", folds, meta={"seed": seeds[0], "n_folds": n_folds})
@@ -359,7 +401,10 @@ def plan_runs(
         for k, fold in enumerate(folds)
         for seed in seeds
         for fraction in label_fractions
+        if only_folds is None or k in only_folds
     ]
+    if only_folds is not None and not runs:
+        raise UltrasslError(f"only_folds={list(only_folds)} matches none of the {len(folds)} folds")
     return folds, runs
 
 
