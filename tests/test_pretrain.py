@@ -224,3 +224,17 @@ def test_a_file_broken_after_indexing_is_skipped_and_listed(synth_manifest, tmp_
     with (tmp_path / "run" / "skipped_files.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [Path(r["path"]).name for r in rows] == [victim.name] and rows[0]["reason"]
+
+
+def test_resume_accepts_a_run_saved_before_new_options_existed_but_not_a_changed_setting(tmp_path):
+    from ultrassl.api import _check_resume_config
+    from ultrassl.config import PretrainConfig, to_dict
+    from ultrassl.errors import ConfigError
+
+    new = to_dict(PretrainConfig())
+    old = {k: v for k, v in new.items() if k not in ("uscl", "ultramae")}  # an older run's config
+    _check_resume_config(old, new, tmp_path / "last.pt")
+    changed = to_dict(PretrainConfig())
+    changed["optim"]["base_lr"] = 1.0
+    with pytest.raises(ConfigError, match="optim.base_lr"):
+        _check_resume_config(old, changed, tmp_path / "last.pt")

@@ -8,7 +8,6 @@ import json
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +193,12 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_resume_config(saved: dict[str, Any], new: dict[str, Any], path: Path) -> None:
+    """Refuse a resume whose settings differ from the run's. The saved config is read through the
+    dataclasses first, so options added since the run was made compare at their defaults."""
+    try:
+        saved = to_dict(from_dict(PretrainConfig, saved))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: the run's saved config no longer reads ({exc})") from exc
     a, b = _flatten(saved), _flatten(new)
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUMABLE_CHANGES)
     if diff:
@@ -400,33 +405,11 @@ def reconstruct(
 # demo
 
 
-@dataclass
-class DemoResult:
-    data_dir: Path
-    manifest: Path
-    run_dir: Path
-    export_dir: Path
-    grid: Path
-    train: TrainResult
+def demo(out_dir: str | Path = "demo", **kwargs: Any) -> Any:
+    """The whole story on synthetic data (see :mod:`ultrassl.demo`); returns a ``DemoResult``."""
+    from ultrassl.demo import run_demo
 
-
-def demo(out_dir: str | Path = "demo", *, max_steps: int = 300, seed: int = 0) -> DemoResult:
-    """synth -> index -> Deblurring MAE (tiny) -> reconstruction grid -> timm export."""
-    out = Path(out_dir)
-    data_dir = out / "data"
-    synth(data_dir, seed=seed)
-    manifest = out / "manifest.csv"
-    index(data_dir, manifest, group_pattern=r"^([pl]\d+)")
-    cfg = build_pretrain_config(
-        method="deblur-mae",
-        preset="tiny",
-        flags={"data": {"manifest": str(manifest)}, "train": {"max_steps": max_steps, "seed": seed}},
-    )
-    run_dir = out / "run"
-    result = pretrain(cfg, run_dir, resume=True)
-    grid = reconstruct(run_dir, manifest, out / "reconstruction.png", n=6, seed=seed)
-    export_dir = export(run_dir, out / "export")
-    return DemoResult(data_dir, manifest, run_dir, export_dir, grid, result)
+    return run_demo(out_dir, **kwargs)
 
 
 def confidence(data: str | Path, out: str | Path, **kwargs: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="the whole story on built-in synthetic data")
     s.add_argument("--out", type=Path, default=Path("demo"))
-    s.add_argument("--max-steps", type=int, default=300)
+    s.add_argument("--max-steps", type=int, default=1500, help="pre-training steps")
+    s.add_argument("--folds", type=int, default=5)
     return p
 
 
@@ -328,13 +330,8 @@ def _run(a: argparse.Namespace) -> int:
     elif a.command == "presets":
         print("\n".join(config.preset_names()))
     elif a.command == "demo":
-        r = api.demo(a.out, max_steps=a.max_steps)
-        print(
-            "demo finished:\n"
-            f"  data            {r.data_dir}\n"
-            f"  manifest        {r.manifest}\n"
-            f"  run             {r.run_dir} ({r.train.step} steps, last loss {r.train.last_loss:.4f})\n"
-            f"  reconstructions {r.grid}\n"
-            f"  timm export     {r.export_dir}"
-        )
+        t0 = time.monotonic()
+        r = api.demo(a.out, max_steps=a.max_steps, folds=a.folds)
+        print(Path(r.report).read_text())
+        print(f"demo finished in {time.monotonic() - t0:.0f} s; report: {r.report}")
     return 0

@@ -456,10 +456,12 @@ class Classifier:
                 optimizer.step()
                 step += 1
             prob_va = self._predict(model, xva_cache)
+            yva = self.data.labels[va]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                score = balanced_accuracy_score(self.data.labels[va], prob_va.argmax(1))
-            if stopper.update(score, epoch, model):
+                score = balanced_accuracy_score(yva, prob_va.argmax(1))
+            val_loss = float(-np.log(np.clip(prob_va[np.arange(len(va)), yva], 1e-12, None)).mean())
+            if stopper.update(score, epoch, model, tie_break=-val_loss):
                 break
         stopper.restore(model)
 
