@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import scipy
 import torch
+from benchlib import machine_info, write_doc_section
 
 from ultrassl.confidence import _plan, confidence_map, confidence_maps
 from ultrassl.confidence_cache import ConfidenceCache
@@ -78,32 +77,6 @@ def measure(size: int, repeats: int, batch: int) -> dict:
     }
 
 
-def machine() -> dict:
-    import monai
-
-    return {
-        "cpu": _cpu_name(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def table(rows: list[dict], info: dict) -> str:
     lines = [
         "## Confidence maps (Karamalis random walk) vs MONAI",
@@ -138,17 +111,6 @@ def table(rows: list[dict], info: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(section: str) -> None:
-    start, end = "<!-- CONFIDENCE_SPEED:START -->", "<!-- CONFIDENCE_SPEED:END -->"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{start}\n{section}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
@@ -161,13 +123,15 @@ def main() -> None:
     for size in a.sizes:
         rows.append(measure(size, a.repeats, a.batch))
         print(json.dumps(rows[-1]), flush=True)
-    info = machine()
+    import monai
+
+    info = machine_info(monai=monai.__version__, numpy=np.__version__, scipy=scipy.__version__)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
     section = table(rows, info)
     print(section)
     if not a.no_doc:
-        write_doc(section)
+        write_doc_section("CONFIDENCE_SPEED", section)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchlib import machine_info, write_doc_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "pretrain_throughput.json"
@@ -90,20 +90,6 @@ def measure(method: str, model: str, size: int, precision: str, batch: int, step
     }
 
 
-def machine() -> dict:
-    import torch
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
 def table(rows: list[dict]) -> str:
     lines = [
         "| method | model | px | precision | batch | images/s | bf16 speed-up | peak memory (MB) | blur ms/img |",
@@ -120,17 +106,6 @@ def table(rows: list[dict]) -> str:
             f"{r['images_per_s']:.1f} | {ratio} | {r['peak_memory_mb']:.0f} | {r['blur_ms_per_image']:.2f} |"
         )
     return "\n".join(lines)
-
-
-def write_doc(section: str) -> None:
-    start, end = "<!-- PRETRAIN_THROUGHPUT:START -->", "<!-- PRETRAIN_THROUGHPUT:END -->"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{start}\n{section}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
 
 
 def main() -> None:
@@ -174,7 +149,7 @@ def main() -> None:
                         flush=True,
                     )
                     rows.append(row)
-    info = machine()
+    info = machine_info()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
     cmd = "python bench/pretrain_throughput.py" + (" --quick" if a.quick else "")
@@ -188,10 +163,10 @@ def main() -> None:
         "MAE and Deblurring MAE rows of one shape do the same arithmetic, so their difference shows the "
         "run-to-run noise on this machine's shared cores.\n\n"
         f"Machine: {info['cores']} cores ({info['cpu']}), torch {info['torch']} with "
-        f"{info['torch_threads']} threads, Python {info['python']}, {info['cuda'] or 'no GPU'}.\n\n"
+        f"{info['torch_threads']} threads, Python {info['python']}, {info['gpu'] or 'no GPU'}.\n\n"
         + table(rows)
     )
-    write_doc(section)
+    write_doc_section("PRETRAIN_THROUGHPUT", section)
     print(f"wrote {RESULTS} and {DOC}")
 
 

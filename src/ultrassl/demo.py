@@ -65,8 +65,8 @@ def run_demo(
     *,
     max_steps: int = 1500,
     folds: int = 5,
-    finetune_epochs: int = 15,
-    segment_epochs: int = 30,
+    finetune_epochs: int = 10,
+    segment_epochs: int = 25,
     seed: int = 0,
     progress: bool = True,
 ) -> DemoResult:

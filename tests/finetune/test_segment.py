@@ -159,3 +159,18 @@ def test_scratch_vit_with_mae_head_learns_lesions(tmp_path: Path) -> None:
     dice = out["summary"]["dice"]
     assert dice["n"] == 3
     assert dice["mean"] >= 0.6, dice
+
+
+def test_foreground_weight_scales_the_cross_entropy_of_foreground_pixels() -> None:
+    from ultrassl.finetune.segment import dice_ce_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8)
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[:, 2:4, 2:4] = 1
+    plain = dice_ce_loss(logits, target)
+    weighted = dice_ce_loss(logits, target, fg_weight=5.0)
+    ce_w = torch.nn.functional.cross_entropy(logits, target, weight=torch.tensor([1.0, 5.0]))
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    assert torch.allclose(weighted - plain, ce_w - ce, atol=1e-6)
+    assert dice_ce_loss(logits, target, fg_weight=1.0) == plain

@@ -93,6 +93,10 @@ class ClassifyConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     class_weighting: bool = True
+    # fine-tuning augmentation: crop area range, gain/offset range, gamma range (log; 0 = off)
+    aug_scale: tuple[float, float] = (0.7, 1.0)
+    aug_intensity: float = 0.1
+    aug_gamma: float = 0.0
     patience: int = 8
     warmup_epochs: float = 2.0
     device: str = "auto"
@@ -120,8 +124,14 @@ class FrameSet:
 
 
 def load_frameset(
-    rows: Sequence[ManifestRow], cfg: ClassifyConfig, in_chans: int, progress: bool = True
+    rows: Sequence[ManifestRow],
+    cfg: ClassifyConfig,
+    in_chans: int,
+    progress: bool = True,
+    size: tuple[int, int] | None = None,
 ) -> FrameSet:
+    """The labelled rows' frames, decoded once; with ``size``, also resized once to the model's input
+    (uint8, bicubic, antialiased), so no epoch resizes full-size frames again."""
     rows = [r for r in rows if r.label not in (None, "")]
     if not rows:
         raise UltrasslError("the manifest has no labelled rows (label column empty)")
@@ -136,6 +146,8 @@ def load_frameset(
     )
     for path, reason in cache.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    if size is not None:
+        cache.frames = [resize_frame(f, size) for f in cache.frames]
     class_names = sorted({r.label for r in rows})
     index = {c: i for i, c in enumerate(class_names)}
     labels = np.array([index[rows[i].label] for i in cache.row_index])
@@ -145,6 +157,17 @@ def load_frameset(
 
 # ----------------------------------------------------------------------------------------------------
 # tensors
+
+
+def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A uint8 frame ([H, W] or [H, W, 3]) at ``size`` (bicubic, antialiased, rounded back to uint8)."""
+    if frame.shape[:2] == tuple(size):
+        return frame
+    t = torch.from_numpy(np.ascontiguousarray(frame)).float()
+    t = t.permute(2, 0, 1) if t.ndim == 3 else t[None]
+    t = TF.resize(t, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+    u8 = t.round_().clamp_(0, 255).to(torch.uint8)
+    return (u8.permute(1, 2, 0) if frame.ndim == 3 else u8[0]).numpy()
 
 
 def to_tensor_batch(
@@ -157,27 +180,43 @@ def to_tensor_batch(
         t = t.permute(2, 0, 1) if t.ndim == 3 else t.unsqueeze(0)
         if t.shape[0] != in_chans:
             t = t.mean(0, keepdim=True) if in_chans == 1 else t.expand(in_chans, -1, -1)
-        out.append(TF.resize(t, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True))
+        if tuple(t.shape[-2:]) != tuple(size):
+            t = TF.resize(t, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+        out.append(t)
     x = torch.stack(out).clamp_(0, 1)
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (x - m) / s
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Grayscale-safe augmentation for fine-tuning: crop 70-100%, flip, brightness/contrast jitter."""
+def augment(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    scale: tuple[float, float] = (0.7, 1.0),
+    intensity: float = 0.1,
+    gamma: float = 0.0,
+) -> torch.Tensor:
+    """Grayscale-safe augmentation for fine-tuning: a crop of ``scale`` of the area resized back, flip,
+    gain and offset of +-``intensity`` (in normalised units) and, with ``gamma`` > 0, a gamma of
+    exp(+-``gamma``) on the [0, 1]-range image (brightness curves vary between scanners and presets)."""
     b, _, h, w = x.shape
     out = torch.empty_like(x)
+    lo, hi = scale
     for i in range(b):
-        scale = 0.7 + 0.3 * torch.rand(1, generator=gen).item()
-        ch, cw = max(1, int(h * math.sqrt(scale))), max(1, int(w * math.sqrt(scale)))
+        area = lo + (hi - lo) * torch.rand(1, generator=gen).item()
+        ch, cw = max(1, int(h * math.sqrt(area))), max(1, int(w * math.sqrt(area)))
         top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
         left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
         img = TF.resized_crop(x[i], top, left, ch, cw, [h, w], antialias=True)
         if torch.rand(1, generator=gen).item() < 0.5:
             img = TF.horizontal_flip(img)
-        gain = 1.0 + 0.2 * (torch.rand(1, generator=gen).item() - 0.5)
-        bias = 0.2 * (torch.rand(1, generator=gen).item() - 0.5)
+        if gamma > 0:
+            g = math.exp(gamma * (2 * torch.rand(1, generator=gen).item() - 1))
+            lo_v, hi_v = img.amin(), img.amax()
+            span = (hi_v - lo_v).clamp_min(1e-6)
+            img = ((img - lo_v) / span).pow(g) * span + lo_v
+        gain = 1.0 + 2 * intensity * (torch.rand(1, generator=gen).item() - 0.5)
+        bias = 2 * intensity * (torch.rand(1, generator=gen).item() - 0.5)
         out[i] = img * gain + bias
     return out
 
@@ -442,7 +481,9 @@ class Classifier:
             order = tr[torch.randperm(len(tr), generator=gen).numpy()]
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
-                x = augment(self._tensor(idx, Phase.TRAIN), gen).to(self.device)
+                x = augment(
+                    self._tensor(idx, Phase.TRAIN), gen, cfg.aug_scale, cfg.aug_intensity, cfg.aug_gamma
+                ).to(self.device)
                 y = torch.as_tensor(self.data.labels[idx], device=self.device)
                 for g, base in zip(optimizer.param_groups, base_lrs):
                     g["lr"] = base * schedule(step)
@@ -499,16 +540,23 @@ def finetune_classify(
     scratch_like: str | Path | None = None,
     scratch_spec: EncoderSpec | None = None,
     progress: bool = True,
+    frameset: FrameSet | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``weights`` on the labelled rows of ``data``; writes folds, report and predictions."""
+    """Evaluate ``weights`` on the labelled rows of ``data``; writes folds, report and predictions.
+
+    ``frameset`` (from :func:`load_frameset` on ``data`` with this config) skips decoding, for callers
+    that evaluate many encoders on the same data."""
     from ultrassl.finetune.report import FoldResult, build_summary, write_classification_report
 
     cfg = cfg or ClassifyConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     backbone = resolve_backbone(weights, scratch_spec=scratch_spec, scratch_like=scratch_like)
-    rows = read_manifest(data)
-    frameset = load_frameset(rows, cfg, backbone.spec.in_chans, progress=progress)
+    if frameset is None:
+        size = tuple(cfg.img_size or backbone.spec.img_size)
+        frameset = load_frameset(
+            read_manifest(data), cfg, backbone.spec.in_chans, progress=progress, size=size
+        )
     result = Classifier(backbone, frameset, cfg).run(out)
     fold_results = [FoldResult(**asdict(r)) for r in result.results]
     summary = build_summary(fold_results, summarize)

@@ -26,7 +26,7 @@ from ultrassl.data.datasets import load_frame_cache
 from ultrassl.data.manifest import ManifestRow, read_manifest
 from ultrassl.data.readers import read_frames
 from ultrassl.errors import UltrasslError, UnreadableFileError
-from ultrassl.finetune.classify import to_tensor_batch
+from ultrassl.finetune.classify import resize_frame, to_tensor_batch
 from ultrassl.finetune.saved import classifier_architecture, load_fold_models, read_card, spec_of
 from ultrassl.metrics import classification_metrics, segmentation_metrics
 from ultrassl.models.seg_heads import SegModel, build_seg_head
@@ -92,7 +92,7 @@ def _evaluate_classify(
         print(f"skipped {path}: {reason}", file=sys.stderr)
     probs = []
     for start in range(0, len(cache), 256):
-        frames = cache.frames[start : start + 256]
+        frames = [resize_frame(f, tuple(spec.img_size)) for f in cache.frames[start : start + 256]]
         x = to_tensor_batch(frames, tuple(spec.img_size), spec.in_chans, card["mean"], card["std"])
         probs.append(_ensemble(models, x, device))
     prob = torch.cat(probs).numpy()

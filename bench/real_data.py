@@ -1,0 +1,899 @@
+"""The project's evidence on real data: POCUS classification, HC18 segmentation, a few-label curve.
+
+For each test fold k of the data's own ``fold`` column (patient-grouped, seed 42), every self-supervised
+method is pre-trained on the dev files whose patient is *not* in fold k (any class or probe; labels
+unused, except USCL's semi-supervised cross-entropy, which sees the labels of fold k's *training* groups
+only, never its validation or test groups), for the same wall-clock budget, and fold k alone is then
+evaluated (linear probe and full fine-tuning; Dice/IoU on HC18). Scratch baselines use the same
+architectures (ViT-T/16 for the MAEs, ResNet-18 for USCL).
+
+Budget: ``--pretrain-minutes`` per method per fold. Each method's throughput is measured once per data
+set (a short calibration run on fold 0's data) and the minutes become a step count, so the learning-rate
+schedule (5 % warm-up, cosine) ends with the budget and every fold trains the same number of steps;
+the measured wall time of every run is recorded next to it (a cap of 3x the budget stops a run that
+the shared machine slows down).
+
+Resumable: pre-training resumes from its run folder's checkpoint, an evaluation whose ``report.json``
+exists is read instead of re-run, and the results JSON is rewritten atomically after every step.
+
+    OMP_NUM_THREADS=2 python bench/real_data.py --pretrain-minutes 1 --finetune-epochs 3 --folds 0,1
+
+Outputs: ``bench/results/real_data.json``, ``docs/real_data_fewlabel.png`` and the section between the
+REAL_DATA markers of ``docs/benchmarks.md``. Run folders go to ``--work`` (default ``bench/work/``,
+ignored by git; never commit data or runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from benchlib import machine_info, write_doc_section
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+PLOT = ROOT / "docs" / "real_data_fewlabel.png"
+
+SSL_METHODS = ("mae", "deblur-mae", "ultramae", "uscl")
+ALL_METHODS = ("scratch", *SSL_METHODS)
+#: preset per method (CPU sizes); the MAEs share ViT-T/16, USCL is ResNet-18
+PRESETS = {
+    "mae": "cpu-vit-t112",
+    "deblur-mae": "cpu-vit-t112",
+    "ultramae": "ultramae-cpu",
+    "uscl": "uscl-cpu",
+}
+NAMES = {
+    "scratch-vit": "scratch (ViT-T)",
+    "scratch-r18": "scratch (ResNet-18)",
+    "mae": "MAE",
+    "deblur-mae": "Deblurring MAE",
+    "ultramae": "UltraMAE",
+    "uscl": "USCL (ResNet-18)",
+}
+CLS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+@dataclass
+class Options:
+    data: Path = ROOT.parent / "shared" / "data"
+    out: Path = ROOT / "bench" / "results" / "real_data.json"
+    work: Path = ROOT / "bench" / "work" / "real_data"
+    tasks: tuple[str, ...] = ("pocus", "hc18", "fewlabel")
+    methods: tuple[str, ...] = ALL_METHODS
+    folds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    hc18_folds: tuple[int, ...] | None = None  # None: the same as folds
+    pretrain_minutes: float = 1.0
+    finetune_epochs: int = 10
+    seg_epochs: int = 10
+    img_size: int = 112
+    modes: tuple[str, ...] = ("linear", "full")
+    fewlabel_fractions: tuple[float, ...] = (0.1, 0.25, 0.5)
+    fewlabel_modes: tuple[str, ...] = ("linear", "full")
+    seg_heads: tuple[str, ...] = ("mae", "upernet")
+    seed: int = 0
+    calib_steps: int = 12
+    #: pre-training batch size for every method (None: the presets', UltraMAE 16)
+    pretrain_batch: int | None = None
+    write_doc: bool = True
+    command: str = ""
+    progress: bool = False
+    log: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
+
+
+# ----------------------------------------------------------------------------------------------------
+# results file (rewritten atomically after every step)
+
+
+class Results:
+    def __init__(self, path: Path):
+        self.path = path
+        self.doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        self.doc.setdefault("steps", {})
+
+    def save(self) -> None:
+        from ultrassl.atomic import atomic_write_text
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(_jsonable(self.doc), indent=2) + "\n")
+
+    def step(self, name: str, seconds: float, **extra: Any) -> None:
+        """Wall time of one step (the first run's time is kept when a resumed run only reads it back)."""
+        old = self.doc["steps"].get(name)
+        if old is None or not extra.get("cached"):
+            self.doc["steps"][name] = {"seconds": round(seconds, 2), **extra}
+        self.save()
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return _jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------
+# data: manifests, folds, per-fold pre-training manifests
+
+
+@dataclass
+class Dataset:
+    name: str  # pocus | hc18
+    manifest: Path  # every dev file, indexed
+    folds_file: Path
+    fold_of: dict[str, int]  # group -> test fold
+    folds: list[Any]  # splits.Fold per fold number
+
+
+def _fold_column(csv_path: Path, prefix: str) -> tuple[dict[str, int], dict[str, str], dict[str, str]]:
+    """({group: fold}, {path below the data set folder: group}, {path: mask path}) from a data set's own
+    manifest."""
+    fold_of: dict[str, int] = {}
+    group_of: dict[str, str] = {}
+    mask_of: dict[str, str] = {}
+    with csv_path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            g, k = row["source_id"], int(row["fold"])
+            if fold_of.setdefault(g, k) != k:
+                raise SystemExit(f"{csv_path}: group {g} sits in folds {fold_of[g]} and {k}")
+            group_of[row["path"].removeprefix(prefix)] = g
+            if row.get("mask_path"):
+                mask_of[row["path"].removeprefix(prefix)] = row["mask_path"].removeprefix(prefix)
+    return fold_of, group_of, mask_of
+
+
+def prepare_pocus(opt: Options) -> Dataset:
+    from ultrassl import api
+    from ultrassl.data.manifest import read_manifest
+    from ultrassl.data.public import write_pocus_labels
+    from ultrassl.finetune.splits import folds_from_assignment, read_folds, write_folds
+
+    src = opt.data / "pocus"
+    work = opt.work / "pocus"
+    work.mkdir(parents=True, exist_ok=True)
+    labels, manifest = work / "labels.csv", work / "manifest.csv"
+    if not manifest.exists():
+        write_pocus_labels(src, labels)
+        api.index(src, manifest, labels_csv=labels)
+    fold_of, _, _ = _fold_column(src / "manifest.csv", "pocus/")
+    folds_file = work / "folds.json"
+    if not folds_file.exists():
+        rows = [r for r in read_manifest(manifest) if r.label]
+        folds = folds_from_assignment(
+            [r.group_id for r in rows], [r.label for r in rows], fold_of, seed=opt.seed
+        )
+        write_folds(folds_file, folds, meta={"source": "pocus/manifest.csv fold column", "seed": opt.seed})
+    return Dataset("pocus", manifest, folds_file, fold_of, read_folds(folds_file))
+
+
+def prepare_hc18(opt: Options) -> Dataset:
+    from ultrassl import api
+    from ultrassl.data.manifest import read_manifest, write_manifest
+    from ultrassl.finetune.splits import folds_from_assignment, read_folds, write_folds
+
+    src = opt.data / "hc18"
+    work = opt.work / "hc18"
+    work.mkdir(parents=True, exist_ok=True)
+    fold_of, group_of, mask_of = _fold_column(src / "manifest.csv", "hc18/")
+    labels, manifest = work / "labels.csv", work / "manifest.csv"
+    if not manifest.exists():
+        with labels.open("w", newline="") as f:  # group ids (subjects) only; no class labels
+            w = csv.writer(f)
+            w.writerow(["path", "label", "group_id"])
+            w.writerows([(p, "", g) for p, g in sorted(group_of.items())])
+        api.index(src, manifest, labels_csv=labels)
+        # HC18 keeps its masks in a sibling folder (hc18/masks/), which `index` does not look in
+        rows = []
+        for r in read_manifest(manifest):
+            rel = Path(r.path).resolve().relative_to(src.resolve()).as_posix()
+            if rel in group_of:  # the masks folder's PNGs are not images to segment
+                rows.append(_replace(r, mask_path=str(src / mask_of[rel])))
+        write_manifest(rows, manifest)
+    folds_file = work / "folds.json"
+    if not folds_file.exists():
+        rows = [r for r in read_manifest(manifest) if r.mask_path]
+        folds = folds_from_assignment([r.group_id for r in rows], [1] * len(rows), fold_of, seed=opt.seed)
+        write_folds(folds_file, folds, meta={"source": "hc18/manifest.csv fold column", "seed": opt.seed})
+    return Dataset("hc18", manifest, folds_file, fold_of, read_folds(folds_file))
+
+
+def pretrain_manifest(ds: Dataset, k: int, method: str, out: Path) -> Path:
+    """Every dev file whose group is not in test fold k, without masks; labels kept for USCL only, and
+    only for fold k's training groups (never validation or test)."""
+    from ultrassl.data.manifest import read_manifest, write_manifest
+
+    train_groups = set(ds.folds[k].train_groups)
+    rows = []
+    for r in read_manifest(ds.manifest):
+        if ds.fold_of.get(r.group_id, -1) == k:
+            continue
+        keep_label = method == "uscl" and r.group_id in train_groups
+        rows.append(_replace(r, label=r.label if keep_label else None, mask_path=None))
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(rows, out)
+    return out
+
+
+def _replace(row: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(row, **changes)
+
+
+# ----------------------------------------------------------------------------------------------------
+# confidence maps: solved once per clip for all folds (UltraMAE's start-up cost), cached on disk
+
+
+def install_confidence_cache(cache_dir: Path) -> None:
+    """Memoise UltraMAE's confidence maps by clip content, so five folds (and resumed runs) solve each clip
+    once. The maps are stored as uint8, the precision the clip cache keeps them at anyway."""
+    from ultrassl.data import clips
+
+    original = getattr(clips.confidence_fn, "__wrapped__", clips.confidence_fn)
+
+    def cached_confidence_fn(*args: Any, **kwargs: Any):
+        inner = original(*args, **kwargs)
+        tag = repr((args, sorted(kwargs.items()))).encode()
+
+        def compute(frames: np.ndarray) -> np.ndarray:
+            a = np.ascontiguousarray(frames)
+            key = hashlib.sha1(tag + f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
+            path = cache_dir / key[:2] / f"{key}.npz"
+            if path.exists():
+                try:
+                    return np.load(path)["u8"].astype(np.float32) / 255.0
+                except (OSError, ValueError, KeyError):
+                    pass
+            u8 = np.clip(np.rint(inner(a) * 255.0), 0, 255).astype(np.uint8)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez_compressed(tmp, u8=u8)
+            os.replace(tmp, path)
+            return u8.astype(np.float32) / 255.0
+
+        return compute
+
+    cached_confidence_fn.__wrapped__ = original  # type: ignore[attr-defined]
+    clips.confidence_fn = cached_confidence_fn
+
+
+# ----------------------------------------------------------------------------------------------------
+# pre-training
+
+
+def method_config(method: str, manifest: Path, opt: Options, max_steps: int, calib: bool = False):
+    from ultrassl.config import build_pretrain_config
+
+    s = opt.img_size
+    flags: dict[str, Any] = {
+        "encoder": {"img_size": [s, s]},
+        "data": {"manifest": str(manifest), "num_workers": 0},
+        "train": {
+            "max_steps": max_steps,
+            "seed": opt.seed,
+            "tensorboard": False,
+            "device": "cpu" if calib else "auto",
+            "log_every": 1 if calib else 10,
+            "checkpoint_every": 0 if calib else 50,
+            "time_limit": None if calib else 3 * opt.pretrain_minutes,
+        },
+    }
+    if method != "uscl":
+        # a short warm-up (5 %, as the presets' 5 of 100 epochs), then cosine to the end of the budget
+        flags["optim"] = {"warmup_steps": max(1, round(0.05 * max_steps))}
+    if method == "ultramae":
+        # batch 16: with 32 the few stills of a fold would not fill one image batch (images + videos)
+        flags["train"]["batch_size"] = 16
+    if opt.pretrain_batch:
+        flags["train"]["batch_size"] = opt.pretrain_batch
+    return build_pretrain_config(method=method, preset=PRESETS[method], flags=flags)
+
+
+def calibrate(ds: Dataset, method: str, opt: Options, res: Results) -> dict[str, Any]:
+    """Images (or clips) per second of this method on this machine: a short run on fold 0's data."""
+    from ultrassl import api
+
+    key = f"{ds.name}/{method}"
+    have = res.doc.setdefault("calibration", {}).get(key)
+    if have:
+        return have
+    k = min(opt.folds) if ds.name == "pocus" else min(opt.hc18_folds or opt.folds)
+    manifest = pretrain_manifest(ds, k, method, opt.work / ds.name / "manifests" / f"fold{k}_{method}.csv")
+    run = opt.work / ds.name / "calibration" / method
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    cfg = method_config(method, manifest, opt, opt.calib_steps, calib=True)
+    t0 = time.monotonic()
+    api.pretrain(cfg, run, progress=opt.progress)
+    seconds = time.monotonic() - t0
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    rates = [float(r["samples_per_s"]) for r in rows if r.get("samples_per_s") and int(r["step"]) >= 3]
+    rate = float(np.median(rates))
+    batch = cfg.train.batch_size * cfg.optim.accum_steps
+    steps = max(10, round(opt.pretrain_minutes * 60 * rate / batch))
+    have = {"samples_per_s": rate, "batch": batch, "steps": steps, "seconds_with_setup": round(seconds, 1)}
+    res.doc["calibration"][key] = have
+    res.save()
+    opt.log(f"calibrated {key}: {rate:.1f} samples/s, batch {batch} -> {steps} steps")
+    return have
+
+
+def pretrain_run(ds: Dataset, k: int, method: str, opt: Options, res: Results) -> Path:
+    """Pre-train ``method`` on fold k's training part (resumable); returns the run folder."""
+    from ultrassl import api
+
+    run = opt.work / ds.name / "runs" / f"fold{k}" / method
+    done = run / "bench_done.json"
+    name = f"pretrain/{ds.name}/fold{k}/{method}"
+    if done.exists():
+        res.doc.setdefault("pretrain", {})[name] = json.loads(done.read_text())
+        return run
+    steps = calibrate(ds, method, opt, res)["steps"]
+    manifest = pretrain_manifest(ds, k, method, opt.work / ds.name / "manifests" / f"fold{k}_{method}.csv")
+    cfg = method_config(method, manifest, opt, steps)
+    opt.log(f"{name}: {steps} steps ({opt.pretrain_minutes:g} min budget)")
+    t0 = time.monotonic()
+    result = api.pretrain(cfg, run, resume=True, progress=opt.progress)
+    seconds = time.monotonic() - t0
+    info = {
+        "steps": result.step,
+        "planned_steps": steps,
+        "train_seconds": round(result.seconds, 1),
+        "seconds_with_setup": round(seconds, 1),
+        "stopped_by": result.stopped_by,
+        "last_loss": result.last_loss,
+    }
+    from ultrassl.atomic import atomic_write_text
+
+    atomic_write_text(done, json.dumps(_jsonable(info), indent=2))
+    res.doc.setdefault("pretrain", {})[name] = info
+    res.step(name, seconds)
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------
+# evaluation (data decoded once per process and shared by every evaluation)
+
+_FRAMESETS: dict[Any, Any] = {}
+_SEGDATA: dict[Any, Any] = {}
+
+
+def scratch_spec(arch: str, opt: Options):
+    from ultrassl.models.vit import EncoderSpec
+
+    s = opt.img_size
+    if arch == "scratch-r18":
+        return EncoderSpec("resnet18", (s, s), 16, 1)
+    return EncoderSpec("vit_tiny_patch16_224", (s, s), 16, 1)
+
+
+def classify_eval(weights: str | Path, data: Path, out: Path, cfg: Any, spec: Any = None) -> dict[str, Any]:
+    """``finetune_classify`` with the labelled frames decoded (and resized) once for all evaluations."""
+    from ultrassl.data.manifest import read_manifest
+    from ultrassl.finetune.backbones import resolve_backbone
+    from ultrassl.finetune.classify import finetune_classify, load_frameset
+
+    report = out / "report.json"
+    if report.exists():
+        return json.loads(report.read_text())
+    backbone = resolve_backbone(weights, scratch_spec=spec)
+    size = tuple(cfg.img_size or backbone.spec.img_size)
+    key = (str(data), backbone.spec.in_chans, cfg.frame_fps, cfg.max_frames_per_video, cfg.scan_area, size)
+    if key not in _FRAMESETS:
+        _FRAMESETS[key] = load_frameset(
+            read_manifest(data), cfg, backbone.spec.in_chans, progress=False, size=size
+        )
+    finetune_classify(weights, data, out, cfg, scratch_spec=spec, progress=False, frameset=_FRAMESETS[key])
+    return json.loads(report.read_text())
+
+
+def segment_eval(weights: str | Path, data: Path, out: Path, cfg: Any, spec: Any = None) -> dict[str, Any]:
+    """``finetune_segment`` with the images and masks decoded and resized once for all evaluations."""
+    from ultrassl.data.manifest import read_manifest
+    from ultrassl.finetune.backbones import resolve_backbone
+    from ultrassl.finetune.segment import finetune_segment, load_segdata
+
+    report = out / "report.json"
+    if report.exists():
+        return json.loads(report.read_text())
+    backbone = resolve_backbone(weights, scratch_spec=spec)
+    s = backbone.spec
+    key = (str(data), tuple(s.img_size), s.in_chans, tuple(backbone.mean), tuple(backbone.std))
+    if key not in _SEGDATA:
+        _SEGDATA[key] = load_segdata(
+            read_manifest(data), tuple(s.img_size), s.in_chans, backbone.mean, backbone.std, progress=False
+        )
+    finetune_segment(weights, data, out, cfg, scratch_spec=spec, progress=False, segdata=_SEGDATA[key])
+    return json.loads(report.read_text())
+
+
+def fold_metrics(report: dict[str, Any], fraction: float = 1.0) -> dict[str, dict[str, float]]:
+    """``{level: {metric: value}}`` of a one-fold classification report at one label fraction."""
+    out: dict[str, dict[str, float]] = {}
+    for r in report["folds"]:
+        if math.isclose(float(r["label_fraction"]), fraction):
+            out[r["level"]] = {m: r["metrics"].get(m) for m in CLS_METRICS}
+    return out
+
+
+def pocus_eval_names(methods: Sequence[str]) -> list[str]:
+    names = []
+    for m in methods:
+        names += ["scratch-vit", "scratch-r18"] if m == "scratch" else [m]
+    return names
+
+
+def weights_for(name: str, ds: Dataset, k: int, opt: Options, res: Results) -> tuple[str | Path, Any]:
+    if name.startswith("scratch"):
+        return "scratch", scratch_spec(name, opt)
+    return pretrain_run(ds, k, name, opt, res), None
+
+
+def run_pocus(ds: Dataset, opt: Options, res: Results) -> None:
+    from ultrassl.finetune.classify import ClassifyConfig
+
+    table = res.doc.setdefault("pocus", {})
+    for k in opt.folds:
+        for name in pocus_eval_names(opt.methods):
+            weights, spec = weights_for(name, ds, k, opt, res)
+            for mode in opt.modes:
+                out = opt.work / "pocus" / "eval" / name / mode / f"fold{k}"
+                cfg = ClassifyConfig(
+                    mode=mode,
+                    folds_file=str(ds.folds_file),
+                    only_folds=(k,),
+                    seeds=(opt.seed,),
+                    epochs=opt.finetune_epochs,
+                )
+                t0 = time.monotonic()
+                cached = (out / "report.json").exists()
+                report = classify_eval(weights, ds.manifest, out, cfg, spec)
+                per = fold_metrics(report)
+                table.setdefault(name, {}).setdefault(mode, {})[str(k)] = per
+                res.step(f"eval/pocus/fold{k}/{name}/{mode}", time.monotonic() - t0, cached=cached)
+                finish(opt, res)  # the table grows with every evaluation
+                opt.log(
+                    f"pocus fold {k} {name:12s} {mode:7s} acc {per['frame']['accuracy']:.3f} "
+                    f"video acc {per['video']['accuracy']:.3f}"
+                )
+        finish(opt, res)
+
+
+def seg_eval_names(methods: Sequence[str], heads: Sequence[str]) -> list[tuple[str, str]]:
+    out = []
+    for m in methods:
+        if m == "scratch":
+            out += [("scratch-vit", h) for h in heads] + [("scratch-r18", "unet")]
+        elif m == "uscl":
+            out.append(("uscl", "unet"))
+        else:
+            out += [(m, h) for h in heads]
+    return out
+
+
+def run_hc18(ds: Dataset, opt: Options, res: Results) -> None:
+    from ultrassl.finetune.segment import SegmentConfig
+
+    table = res.doc.setdefault("hc18", {})
+    for k in opt.hc18_folds or opt.folds:
+        for name, head in seg_eval_names(opt.methods, opt.seg_heads):
+            weights, spec = weights_for(name, ds, k, opt, res)
+            out = opt.work / "hc18" / "eval" / f"{name}-{head}" / f"fold{k}"
+            cfg = SegmentConfig(
+                head=head,
+                folds_file=str(ds.folds_file),
+                only_folds=(k,),
+                seeds=(opt.seed,),
+                epochs=opt.seg_epochs,
+                batch_size=16,
+                n_overlays=2,
+            )
+            t0 = time.monotonic()
+            cached = (out / "report.json").exists()
+            report = segment_eval(weights, ds.manifest, out, cfg, spec)
+            m = report["folds"][0]["metrics"]
+            table.setdefault(f"{name}/{head}", {})[str(k)] = {"dice": m["dice"], "iou": m["iou"]}
+            res.step(f"eval/hc18/fold{k}/{name}/{head}", time.monotonic() - t0, cached=cached)
+            finish(opt, res)
+            opt.log(f"hc18 fold {k} {name:12s} {head:8s} dice {m['dice']:.3f} iou {m['iou']:.3f}")
+        finish(opt, res)
+
+
+def best_method(res: Results, opt: Options) -> str | None:
+    """The SSL method with the highest mean linear-probe accuracy on POCUS (full fine-tuning breaks ties)."""
+    table = res.doc.get("pocus", {})
+    scores = {}
+    for m in SSL_METHODS:
+        if m in table:
+            lin = _mean_over_folds(table[m].get("linear", {}), "frame", "accuracy")
+            ft = _mean_over_folds(table[m].get("full", {}), "frame", "accuracy")
+            scores[m] = (lin if lin is not None else -1, ft if ft is not None else -1)
+    return max(scores, key=scores.get) if scores else None
+
+
+def run_fewlabel(ds: Dataset, opt: Options, res: Results) -> None:
+    from ultrassl.finetune.classify import ClassifyConfig
+
+    best = best_method(res, opt)
+    if best is None:
+        opt.log("fewlabel: no SSL method evaluated on POCUS yet; skipped")
+        return
+    baseline = "scratch-r18" if best == "uscl" else "scratch-vit"
+    curve = res.doc.setdefault("fewlabel", {})
+    curve["best"], curve["baseline"] = best, baseline
+    fractions = tuple(f for f in opt.fewlabel_fractions if f < 1.0)
+    for k in opt.folds:
+        for name in (best, baseline):
+            weights, spec = weights_for(name, ds, k, opt, res)
+            for mode in opt.fewlabel_modes:
+                out = opt.work / "pocus" / "fewlabel" / name / mode / f"fold{k}"
+                cfg = ClassifyConfig(
+                    mode=mode,
+                    folds_file=str(ds.folds_file),
+                    only_folds=(k,),
+                    seeds=(opt.seed,),
+                    label_fractions=fractions,
+                    epochs=opt.finetune_epochs,
+                )
+                t0 = time.monotonic()
+                cached = (out / "report.json").exists()
+                report = classify_eval(weights, ds.manifest, out, cfg, spec)
+                node = curve.setdefault(name, {}).setdefault(mode, {})
+                for f in fractions:
+                    node.setdefault(f"{f:g}", {})[str(k)] = fold_metrics(report, f)
+                # 100 %: the main POCUS evaluation of the same fold (same folds, seed and recipe)
+                full = res.doc.get("pocus", {}).get(name, {}).get(mode, {}).get(str(k))
+                if full:
+                    node.setdefault("1", {})[str(k)] = full
+                res.step(f"eval/fewlabel/fold{k}/{name}/{mode}", time.monotonic() - t0, cached=cached)
+        finish(opt, res)
+
+
+# ----------------------------------------------------------------------------------------------------
+# aggregation, table, plot
+
+
+def _values(per_fold: dict[str, Any], level: str | None, metric: str) -> list[float]:
+    vals = []
+    for v in per_fold.values():
+        x = (v.get(level) or {}).get(metric) if level else v.get(metric)
+        if x is not None:
+            vals.append(float(x))
+    return vals
+
+
+def _mean_over_folds(per_fold: dict[str, Any], level: str | None, metric: str) -> float | None:
+    vals = _values(per_fold, level, metric)
+    return float(np.mean(vals)) if vals else None
+
+
+def _stat(per_fold: dict[str, Any], level: str | None, metric: str) -> dict[str, Any]:
+    vals = _values(per_fold, level, metric)
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    return {
+        "mean": float(np.mean(vals)),
+        "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+        "n": len(vals),
+    }
+
+
+def _pm(s: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
+    if s["mean"] is None:
+        return "-"
+    return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}"
+
+
+def summarize_results(res: Results) -> dict[str, Any]:
+    out: dict[str, Any] = {"pocus": {}, "hc18": {}, "fewlabel": {}}
+    for name, modes in res.doc.get("pocus", {}).items():
+        for mode, per_fold in modes.items():
+            out["pocus"].setdefault(name, {})[mode] = {
+                level: {m: _stat(per_fold, level, m) for m in CLS_METRICS} for level in ("frame", "video")
+            }
+    for key, per_fold in res.doc.get("hc18", {}).items():
+        out["hc18"][key] = {m: _stat(per_fold, None, m) for m in ("dice", "iou")}
+    fl = res.doc.get("fewlabel", {})
+    for name in (fl.get("best"), fl.get("baseline")):
+        for mode, by_fraction in (fl.get(name) or {}).items():
+            out["fewlabel"].setdefault(name, {})[mode] = {
+                f: _stat(per_fold, "frame", "accuracy") for f, per_fold in by_fraction.items()
+            }
+    return out
+
+
+def acceptance(summary: dict[str, Any]) -> dict[str, Any]:
+    """Best SSL method vs scratch of the same architecture: linear-probe and fine-tuning accuracy gaps."""
+    rows = {}
+    for m in SSL_METHODS:
+        base = "scratch-r18" if m == "uscl" else "scratch-vit"
+        p, b = summary["pocus"].get(m), summary["pocus"].get(base)
+        if not p or not b:
+            continue
+        gap = {}
+        for mode in ("linear", "full"):
+            if mode in p and mode in b:
+                a, c = p[mode]["frame"]["accuracy"]["mean"], b[mode]["frame"]["accuracy"]["mean"]
+                gap[mode] = None if a is None or c is None else round(100 * (a - c), 1)
+        rows[m] = gap
+    holds = any((g.get("linear") or -99) >= 10 and (g.get("full") or -99) > 0 for g in rows.values())
+    return {"gap_points_vs_scratch": rows, "holds": holds}
+
+
+def plot_fewlabel(summary: dict[str, Any], path: Path) -> Path | None:
+    fl = summary.get("fewlabel") or {}
+    if not fl:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    modes = sorted({mode for v in fl.values() for mode in v})
+    fig = Figure(figsize=(4.2 * len(modes), 3.4), dpi=110)
+    FigureCanvasAgg(fig)
+    for i, mode in enumerate(modes):
+        ax = fig.add_subplot(1, len(modes), i + 1)
+        for name, by_mode in fl.items():
+            pts = sorted((float(f), s) for f, s in by_mode.get(mode, {}).items() if s["mean"] is not None)
+            if not pts:
+                continue
+            x = [100 * f for f, _ in pts]
+            y = np.array([100 * s["mean"] for _, s in pts])
+            e = np.array([100 * s["std"] for _, s in pts])
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=NAMES.get(name, name))
+        ax.set_xscale("log")
+        ax.set_xticks([10, 25, 50, 100], labels=["10", "25", "50", "100"])
+        ax.set_xlabel("training patients with labels (%)")
+        ax.set_ylabel("frame accuracy (%)")
+        ax.set_title(f"POCUS few-label ({mode})", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def markdown(res: Results, summary: dict[str, Any]) -> str:
+    doc = res.doc
+    cfg = doc.get("config", {})
+    mach = doc.get("machine", {})
+    lines = [
+        "## Real data: POCUS classification, HC18 segmentation",
+        "",
+        f"Command: `{doc.get('command', '')}`",
+        "",
+        f"Machine: {mach.get('cpu')}, {mach.get('cores')} cores (shared with other jobs), "
+        f"{mach.get('gpu') or 'no GPU'}; torch {mach.get('torch')}, timm {mach.get('timm')}, "
+        f"Python {mach.get('python')}, git {mach.get('git')}. Total wall time "
+        f"{sum(s['seconds'] for s in doc.get('steps', {}).values()) / 60:.0f} min.",
+        "",
+        f"Budgets: pre-training {cfg.get('pretrain_minutes')} min per method per fold (calibrated to a step "
+        f"count per method, see `calibration` in the JSON), {cfg.get('img_size')} px, 1 channel; "
+        f"fine-tuning {cfg.get('finetune_epochs')} epochs (POCUS), {cfg.get('seg_epochs')} epochs (HC18); "
+        f"seed {cfg.get('seed')}; folds {cfg.get('folds')} of the data's own `fold` column "
+        f"(HC18 folds {cfg.get('hc18_folds') or cfg.get('folds')}). Pre-training for test fold k sees only "
+        "the dev files of the other folds (no labels, except USCL's cross-entropy on the training groups). "
+        "Raw numbers: `bench/results/real_data.json`.",
+        "",
+    ]
+    pocus = summary.get("pocus") or {}
+    if pocus:
+        lines += [
+            "### POCUS (convex; covid / pneumonia / regular; 3 Hz, ≤ 30 frames per video)",
+            "",
+            "Mean ± std over folds (%): frame-level accuracy, balanced accuracy, macro-F1, and video-level "
+            "accuracy (mean probability over a video's frames).",
+            "",
+            "| method | mode | accuracy | balanced acc. | macro-F1 | video accuracy | folds |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name in ("scratch-vit", "mae", "deblur-mae", "ultramae", "scratch-r18", "uscl"):
+            for mode in ("linear", "full"):
+                s = pocus.get(name, {}).get(mode)
+                if not s:
+                    continue
+                fr, vi = s["frame"], s["video"]
+                lines.append(
+                    f"| {NAMES[name]} | {mode} | {_pm(fr['accuracy'])} | {_pm(fr['balanced_accuracy'])} | "
+                    f"{_pm(fr['macro_f1'])} | {_pm(vi['accuracy'])} | {fr['accuracy']['n']} |"
+                )
+        acc = doc.get("acceptance") or {}
+        gaps = acc.get("gap_points_vs_scratch") or {}
+        if gaps:
+            parts = ", ".join(
+                f"{NAMES[m]} {g.get('linear', '-'):+} / {g.get('full', '-'):+}"
+                if isinstance(g.get("linear"), (int, float)) and isinstance(g.get("full"), (int, float))
+                else f"{NAMES[m]} {g}"
+                for m, g in gaps.items()
+            )
+            lines += [
+                "",
+                f"Accuracy gain over scratch of the same architecture, points (linear / full): {parts}. "
+                f"Acceptance (≥ 10 points linear and better fine-tuned): "
+                f"**{'holds' if acc.get('holds') else 'does not hold'}** at this budget.",
+            ]
+        lines.append("")
+    hc = summary.get("hc18") or {}
+    if hc:
+        lines += [
+            "### HC18 fetal head segmentation",
+            "",
+            "Dice and IoU per image at the mask's resolution, mean ± std over folds (%).",
+            "",
+            "| encoder | head | Dice | IoU | folds |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for key, s in hc.items():
+            name, head = key.split("/")
+            lines.append(
+                f"| {NAMES.get(name, name)} | {head} | {_pm(s['dice'])} | {_pm(s['iou'])} | {s['dice']['n']} |"
+            )
+        lines.append("")
+    fl = summary.get("fewlabel") or {}
+    if fl:
+        lines += [
+            "### Few-label curve (POCUS)",
+            "",
+            "Frame accuracy (%) with 10 / 25 / 50 / 100 % of the training patients' labels (sub-sampled per "
+            "class by patient, nested), best pre-trained method vs scratch of its architecture; "
+            "pre-training itself is unchanged.",
+            "",
+            "| method | mode | " + " | ".join(f"{100 * f:g} %" for f in (0.1, 0.25, 0.5, 1.0)) + " |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, by_mode in fl.items():
+            for mode, by_f in by_mode.items():
+                cells = [_pm(by_f[k]) if k in by_f else "-" for k in ("0.1", "0.25", "0.5", "1")]
+                lines.append(f"| {NAMES.get(name, name)} | {mode} | " + " | ".join(cells) + " |")
+        if PLOT.exists():
+            lines += ["", f"![few-label curve]({PLOT.name})"]
+        lines.append("")
+    steps = doc.get("steps", {})
+    if steps:
+        stages: dict[str, float] = {}
+        for name, s in steps.items():
+            stage = "/".join(name.split("/")[:2])
+            stages[stage] = stages.get(stage, 0.0) + s["seconds"]
+        lines += [
+            "Wall time per stage (min): "
+            + ", ".join(f"{k} {v / 60:.1f}" for k, v in sorted(stages.items()))
+            + ".",
+            "",
+        ]
+    return "\n".join(lines).rstrip()
+
+
+def finish(opt: Options, res: Results) -> None:
+    summary = summarize_results(res)
+    res.doc["summary"] = summary
+    res.doc["acceptance"] = acceptance(summary)
+    res.save()
+    if opt.write_doc:
+        plot_fewlabel(summary, PLOT)
+        write_doc_section("REAL_DATA", markdown(res, summary))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the command
+
+
+def run(opt: Options) -> Results:
+    res = Results(opt.out)
+    res.doc["machine"] = machine_info()
+    res.doc["command"] = opt.command
+    cfg = {k: v for k, v in asdict(opt).items() if k not in ("log", "command", "progress", "write_doc")}
+    res.doc["config"] = _jsonable(cfg)
+    res.doc["config"]["presets"] = PRESETS
+    res.save()
+    install_confidence_cache(opt.work / "confidence_cache")
+    if "pocus" in opt.tasks or "fewlabel" in opt.tasks:
+        t0 = time.monotonic()
+        pocus = prepare_pocus(opt)
+        res.step("prepare/pocus", time.monotonic() - t0, cached=True)
+        if "pocus" in opt.tasks:
+            run_pocus(pocus, opt, res)
+        if "fewlabel" in opt.tasks:
+            run_fewlabel(pocus, opt, res)
+    if "hc18" in opt.tasks:
+        t0 = time.monotonic()
+        hc18 = prepare_hc18(opt)
+        res.step("prepare/hc18", time.monotonic() - t0, cached=True)
+        run_hc18(hc18, opt, res)
+    finish(opt, res)
+    return res
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _strs(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = Options()
+    p.add_argument("--data", type=Path, default=d.data, help="folder holding pocus/ and hc18/")
+    p.add_argument("--out", type=Path, default=d.out, help="results JSON")
+    p.add_argument("--work", type=Path, default=d.work, help="run and evaluation folders (git-ignored)")
+    p.add_argument("--tasks", default=",".join(d.tasks), help="pocus,hc18,fewlabel")
+    p.add_argument("--methods", default=",".join(d.methods), help="scratch,mae,deblur-mae,ultramae,uscl")
+    p.add_argument("--folds", default="0,1,2,3,4", help="test folds to run (POCUS and HC18)")
+    p.add_argument("--hc18-folds", default=None, help="HC18 test folds (default: --folds)")
+    p.add_argument("--pretrain-minutes", type=float, default=d.pretrain_minutes)
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+    p.add_argument("--seg-epochs", type=int, default=d.seg_epochs)
+    p.add_argument("--img-size", type=int, default=d.img_size)
+    p.add_argument("--modes", default=",".join(d.modes), help="POCUS modes: linear,full,partial")
+    p.add_argument("--fewlabel-modes", default=",".join(d.fewlabel_modes))
+    p.add_argument("--seg-heads", default=",".join(d.seg_heads), help="ViT heads: mae,upernet")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--calib-steps", type=int, default=d.calib_steps)
+    p.add_argument("--pretrain-batch", type=int, default=None, help="override every preset's batch size")
+    p.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--doc-only", action="store_true", help="rewrite the docs section from --out and stop")
+    a = p.parse_args(argv)
+    if a.doc_only:
+        finish(Options(out=a.out), Results(a.out))
+        return
+    unknown = set(_strs(a.methods)) - set(ALL_METHODS)
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(ALL_METHODS)}")
+    opt = Options(
+        data=a.data,
+        out=a.out,
+        work=a.work,
+        tasks=_strs(a.tasks),
+        methods=_strs(a.methods),
+        folds=_ints(a.folds),
+        hc18_folds=_ints(a.hc18_folds) if a.hc18_folds else None,
+        pretrain_minutes=a.pretrain_minutes,
+        finetune_epochs=a.finetune_epochs,
+        seg_epochs=a.seg_epochs,
+        img_size=a.img_size,
+        modes=_strs(a.modes),
+        fewlabel_modes=_strs(a.fewlabel_modes),
+        seg_heads=_strs(a.seg_heads),
+        seed=a.seed,
+        calib_steps=a.calib_steps,
+        pretrain_batch=a.pretrain_batch,
+        write_doc=not a.no_doc,
+        command="python bench/real_data.py " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
+        progress=a.progress,
+    )
+    if not (opt.data / "pocus" / "manifest.csv").exists():
+        p.error(f"{opt.data}: no pocus/manifest.csv here (pass --data)")
+    t0 = time.monotonic()
+    res = run(opt)
+    print(f"done in {(time.monotonic() - t0) / 60:.1f} min: {opt.out}", flush=True)
+    print(json.dumps(res.doc.get("acceptance"), indent=2))
+
+
+if __name__ == "__main__":
+    main()

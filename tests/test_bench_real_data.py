@@ -1,0 +1,85 @@
+"""bench/real_data.py end to end on a sliver of the real data (../shared/data); skipped when it is absent."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from ultrassl.data.manifest import read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_real_data", ROOT / "bench" / "real_data.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "pocus" / "manifest.csv").exists(), reason="../shared/data is not here")
+def test_real_data_bench_two_folds_resumes(tmp_path):
+    bench = _bench()
+    # a POCUS subset (a few patients per fold) keeps decoding and training short
+    pocus = tmp_path / "data" / "pocus"
+    pocus.mkdir(parents=True)
+    with (DATA / "pocus" / "manifest.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, kept, count = reader.fieldnames, [], {}
+        for row in reader:
+            short = row["kind"] == "image" or int(row["n_frames"]) <= 80
+            if row["probe"] != "convex" or row["fold"] not in ("0", "1") or not short:
+                continue
+            key = (row["fold"], row["class"])
+            if row["class"] == "viral" or count.get(key, 0) >= 2:
+                continue
+            count[key] = count.get(key, 0) + 1
+            kept.append(row)
+            dst = tmp_path / "data" / row["path"]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(DATA / row["path"], dst)
+    with (pocus / "manifest.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+
+    opt = bench.Options(
+        data=tmp_path / "data",
+        out=tmp_path / "results.json",
+        work=tmp_path / "work",
+        tasks=("pocus",),
+        methods=("scratch", "mae"),
+        folds=(0, 1),
+        pretrain_minutes=0.02,
+        finetune_epochs=1,
+        img_size=32,
+        modes=("linear",),
+        calib_steps=3,
+        pretrain_batch=8,
+        write_doc=False,
+        log=lambda s: None,
+    )
+    res = bench.run(opt)
+    doc = json.loads(opt.out.read_text())
+    assert set(doc["pocus"]) == {"scratch-vit", "scratch-r18", "mae"}
+    assert set(doc["pocus"]["mae"]["linear"]) == {"0", "1"}
+    assert doc["summary"]["pocus"]["mae"]["linear"]["frame"]["accuracy"]["n"] == 2
+    assert "machine" in doc and doc["calibration"]["pocus/mae"]["steps"] >= 10
+    # per-fold pre-training never sees the test fold's patients
+    folds = json.loads((opt.work / "pocus" / "folds.json").read_text())["folds"]
+    seen = {r.group_id for r in read_manifest(opt.work / "pocus" / "manifests" / "fold0_mae.csv")}
+    assert seen and not seen & set(folds[0]["test_groups"])
+    # resumed: nothing is re-trained or re-evaluated
+    before = {p: p.stat().st_mtime_ns for p in (opt.work / "pocus").rglob("report.json")}
+    bench.run(opt)
+    after = {p: p.stat().st_mtime_ns for p in (opt.work / "pocus").rglob("report.json")}
+    assert before == after and res.doc["acceptance"] is not None
