@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
     c.add_argument("--no-class-weighting", action="store_true", help="plain (unweighted) cross-entropy")
     c.add_argument("--patience", type=int, default=8, help="early stopping on validation, in epochs")
+    c.add_argument("--aug-scale", type=float, nargs=2, default=(0.4, 1.0), help="crop area range")
+    c.add_argument("--aug-intensity", type=float, default=0.25, help="gain/offset jitter (normalised units)")
+    c.add_argument("--aug-gamma", type=float, default=0.4, help="gamma jitter exp(+-x); 0 turns it off")
     c.add_argument("--frame-fps", type=float, default=3.0, help="frames sampled per second of video")
     c.add_argument("--max-frames", type=int, default=30, help="at most this many frames per video")
     c.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"))
@@ -300,6 +303,9 @@ def _run(a: argparse.Namespace) -> int:
             cutmix=a.cutmix,
             class_weighting=not a.no_class_weighting,
             patience=a.patience,
+            aug_scale=tuple(a.aug_scale),
+            aug_intensity=a.aug_intensity,
+            aug_gamma=a.aug_gamma,
             frame_fps=a.frame_fps,
             max_frames_per_video=a.max_frames,
             img_size=tuple(a.img_size) if a.img_size else None,

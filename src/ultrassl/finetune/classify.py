@@ -93,10 +93,12 @@ class ClassifyConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     class_weighting: bool = True
-    # fine-tuning augmentation: crop area range, gain/offset range, gamma range (log; 0 = off)
-    aug_scale: tuple[float, float] = (0.7, 1.0)
-    aug_intensity: float = 0.1
-    aug_gamma: float = 0.0
+    # fine-tuning augmentation: crop area range, gain/offset range, gamma range (log; 0 = off). Measured
+    # on the synthetic lung clips (ResNet-18 from scratch, 3 folds): (0.7-1, 0.1, 0) gave 0.85 accuracy,
+    # these defaults 0.93: patients differ in depth, gain and probe, and few patients show little of it.
+    aug_scale: tuple[float, float] = (0.4, 1.0)
+    aug_intensity: float = 0.25
+    aug_gamma: float = 0.4
     patience: int = 8
     warmup_epochs: float = 2.0
     device: str = "auto"
