@@ -170,11 +170,20 @@ def trainable_tail(model: nn.Module, n_blocks: int) -> list[nn.Module]:
     return (blocks[len(blocks) - n_blocks :] if n_blocks else []) + tail
 
 
-def classification_model(backbone: Backbone, n_classes: int, drop_path: float = 0.0) -> nn.Module:
-    """A fresh copy of the backbone with a new linear head on pooled features (timm's own head)."""
-    model = create_encoder(backbone.spec, drop_path_rate=drop_path)
-    model.load_state_dict(backbone.encoder.state_dict())
+def classifier_architecture(spec: EncoderSpec, n_classes: int, drop_path: float = 0.0) -> nn.Module:
+    """An untrained timm classifier: the encoder of ``spec`` + a linear head on average-pooled features
+    (a ViT's patch tokens, no CLS token: :func:`pooled_features`)."""
+    model = create_encoder(spec, drop_path_rate=drop_path)
     if is_vit(model):
         model.global_pool = "avg"
     model.reset_classifier(n_classes, global_pool="avg")
+    return model
+
+
+def classification_model(backbone: Backbone, n_classes: int, drop_path: float = 0.0) -> nn.Module:
+    """A fresh copy of the backbone with a new linear head on pooled features (timm's own head)."""
+    model = classifier_architecture(backbone.spec, n_classes, drop_path)
+    missing, unexpected = model.load_state_dict(backbone.encoder.state_dict(), strict=False)
+    if unexpected or any(not k.startswith(("head.", "fc.")) for k in missing):
+        raise CheckpointError(backbone.source, f"encoder weights do not fit ({missing=}, {unexpected=})")
     return model

@@ -25,7 +25,7 @@ from torch import nn
 from ultrassl.atomic import atomic_write_text
 from ultrassl.checkpoint import atomic_save_safetensors, safe_load
 from ultrassl.errors import CheckpointError
-from ultrassl.models.vit import EncoderSpec, create_encoder
+from ultrassl.models.vit import EncoderSpec
 
 MODELS_DIR = "models"
 CARD = "model.json"
@@ -91,11 +91,9 @@ def load_fold_models(path: str | Path, build: Any) -> tuple[dict[str, Any], list
 
 def classifier_architecture(card: Mapping[str, Any]) -> nn.Module:
     """An empty timm classifier of the card's encoder with ``len(class_names)`` outputs."""
-    model = create_encoder(spec_of(card))
-    if hasattr(model, "global_pool") and not isinstance(model.global_pool, nn.Module):
-        model.global_pool = "avg"
-    model.reset_classifier(len(card["class_names"]), global_pool="avg")
-    return model
+    from ultrassl.finetune.backbones import classifier_architecture as build
+
+    return build(spec_of(card), len(card["class_names"]))
 
 
 def linear_probe_head(
