@@ -835,6 +835,31 @@ def infer_encoder_spec(
     return spec, inferred
 
 
+def _normalisation(
+    mean: list[float] | None,
+    std: list[float] | None,
+    hints: Mapping[str, Any],
+    channels: int,
+    fallback: tuple[list[float], list[float]] | None = None,
+) -> tuple[list[float], list[float]]:
+    """The mean/std a converted encoder expects: given values, else the checkpoint's own (one value is
+    repeated per channel), else ``fallback``, else ImageNet's (gray for 1 channel), else 0.5/0.5."""
+    if mean is not None and std is not None:
+        return list(mean), list(std)
+    hm, hs = hints.get("mean"), hints.get("std")
+    if isinstance(hm, list) and isinstance(hs, list) and len(hm) == len(hs) and len(hm) in (1, channels):
+        hm, hs = hm * (channels // len(hm)), hs * (channels // len(hs))
+    elif fallback is not None:
+        hm, hs = fallback
+    elif channels == 1:
+        hm, hs = IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD
+    elif channels == 3:
+        hm, hs = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        hm, hs = [0.5] * channels, [0.5] * channels
+    return list(mean or hm), list(std or hs)
+
+
 def convert_checkpoint(
     src: PathLike,
     out_dir: PathLike,
@@ -891,17 +916,7 @@ def convert_checkpoint(
     old_grid = tuple(inferred["source_grid"]) if inferred["source_grid"] else None
     keys = _load_checked(model, sd, old_grid=old_grid, strict_keys=True, path=path)
 
-    c = spec.in_chans
-    if mean is None or std is None:
-        hm, hs = hints.get("mean"), hints.get("std")
-        if isinstance(hm, list) and isinstance(hs, list) and len(hm) == len(hs) == c:
-            mean, std = mean or hm, std or hs
-        elif c == 1:
-            mean, std = mean or IMAGENET_GRAY_MEAN, std or IMAGENET_GRAY_STD
-        elif c == 3:
-            mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
-        else:
-            mean, std = mean or [0.5] * c, std or [0.5] * c
+    mean, std = _normalisation(mean, std, hints, spec.in_chans)
     method = hints.get("method") or {"mae": "mae", "ultrassl-train": "unknown"}.get(layout, "imported")
     out = export_encoder(
         model,
@@ -971,15 +986,8 @@ def _convert_resnet(
             f"the weights do not fit timm {name}: missing {list(result.missing_keys)[:10]}, "
             f"unexpected {unexpected[:10]}",
         )
-    if mean is None or std is None:
-        hm, hs = hints.get("mean"), hints.get("std")
-        if isinstance(hm, list) and isinstance(hs, list) and len(hm) == len(hs) and len(hm) in (1, c):
-            hm, hs = hm * (c // len(hm)), hs * (c // len(hs))
-        elif layout == "uscl":  # USCL's Normalize(0.5, 0.25) on every channel
-            hm, hs = [0.5] * c, [0.25] * c
-        else:
-            hm, hs = (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD) if c == 1 else (IMAGENET_MEAN, IMAGENET_STD)
-        mean, std = mean or hm, std or hs
+    # USCL normalises every channel with (0.5, 0.25)
+    mean, std = _normalisation(mean, std, hints, c, ([0.5] * c, [0.25] * c) if layout == "uscl" else None)
     method = hints.get("method") or ("uscl" if layout == "uscl" else "imported")
     out = export_encoder(
         model,
