@@ -18,6 +18,8 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 def _bench():
+    if str(ROOT / "bench") not in sys.path:  # the bench scripts import their shared bench/benchlib.py
+        sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("bench_real_data", ROOT / "bench" / "real_data.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
