@@ -45,9 +45,8 @@ from ultrassl.finetune.saved import linear_probe_head, save_fold_model, write_ca
 from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.finetune.splits import (
     Fold,
+    Protocol,
     group_indices,
-    plan_runs,
-    read_folds,
 )
 from ultrassl.metrics import classification_metrics, summarize
 from ultrassl.models.vit import EncoderSpec
@@ -64,17 +63,8 @@ class Phase(enum.Enum):
 
 
 @dataclass
-class ClassifyConfig:
+class ClassifyConfig(Protocol):
     mode: str = "linear"  # linear | partial | full
-    folds: int = 5
-    #: a folds.json (``{"folds": [{"train_groups", "val_groups", "test_groups"}, ...]}``) to use instead of
-    #: the seeded grouped k-fold, e.g. a data set's official split; checked for leakage
-    folds_file: str | None = None
-    #: run only these fold numbers (None: all)
-    only_folds: tuple[int, ...] | None = None
-    seeds: tuple[int, ...] = (0,)
-    label_fractions: tuple[float, ...] = (1.0,)
-    val_fraction: float = 0.2
     frame_fps: float | None = 3.0
     max_frames_per_video: int | None = 30
     scan_area: bool = True
@@ -291,17 +281,7 @@ class Classifier:
 
     def run(self, out_dir: Path | None = None) -> ClassifyOutput:
         cfg = self.cfg
-        folds, runs = plan_runs(
-            self.data.groups,
-            self.data.labels.tolist(),
-            n_folds=cfg.folds,
-            seeds=cfg.seeds,
-            label_fractions=cfg.label_fractions,
-            val_fraction=cfg.val_fraction,
-            out_dir=out_dir,
-            folds=read_folds(cfg.folds_file) if cfg.folds_file else None,
-            only_folds=cfg.only_folds,
-        )
+        folds, runs = cfg.plan(self.data.groups, self.data.labels.tolist(), out_dir)
         out = ClassifyOutput(folds=folds, class_names=self.data.class_names)
         saved: list[int] = []
         for run in runs:

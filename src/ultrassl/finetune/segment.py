@@ -38,9 +38,8 @@ from ultrassl.finetune.saved import save_fold_model, write_card
 from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.finetune.splits import (
     Fold,
+    Protocol,
     group_indices,
-    plan_runs,
-    read_folds,
 )
 from ultrassl.metrics import EMPTY_POLICIES, segmentation_metrics, summarize
 from ultrassl.models.seg_heads import HEADS, SegModel, build_seg_head
@@ -63,17 +62,8 @@ SUMMARY_KEYS = ("dice", "iou")
 
 
 @dataclass
-class SegmentConfig:
+class SegmentConfig(Protocol):
     head: str = "auto"  # auto (mae for ViTs, unet for ResNets) | mae | upernet | unet
-    folds: int = 5
-    #: a folds.json (``{"folds": [{"train_groups", "val_groups", "test_groups"}, ...]}``) to use instead of
-    #: the seeded grouped k-fold, e.g. a data set's official split; checked for leakage
-    folds_file: str | None = None
-    #: run only these fold numbers (None: all)
-    only_folds: tuple[int, ...] | None = None
-    seeds: tuple[int, ...] = (0,)
-    label_fractions: tuple[float, ...] = (1.0,)
-    val_fraction: float = 0.2
     epochs: int = 40
     batch_size: int = 8
     lr: float = 1e-3
@@ -320,17 +310,7 @@ class Segmenter:
     def run(self, out_dir: Path | None = None) -> SegmentOutput:
         cfg = self.cfg
         labels = self.data.has_foreground
-        folds, runs = plan_runs(
-            self.data.groups,
-            labels,
-            n_folds=cfg.folds,
-            seeds=cfg.seeds,
-            label_fractions=cfg.label_fractions,
-            val_fraction=cfg.val_fraction,
-            out_dir=out_dir,
-            folds=read_folds(cfg.folds_file) if cfg.folds_file else None,
-            only_folds=cfg.only_folds,
-        )
+        folds, runs = cfg.plan(self.data.groups, labels, out_dir)
         out = SegmentOutput(folds=folds)
         top_fraction = max(cfg.label_fractions)
         saved: list[int] = []

@@ -412,3 +412,35 @@ def group_indices(sample_groups: Sequence[str], wanted: Sequence[str]) -> np.nda
     """Indices of the samples (frames, images) whose group is in ``wanted``."""
     keep = set(wanted)
     return np.array([i for i, g in enumerate(sample_groups) if g in keep], dtype=int)
+
+
+@dataclass
+class Protocol:
+    """The evaluation protocol classification and segmentation share: which folds, seeds and label
+    fractions, and how much of each training part becomes validation."""
+
+    folds: int = 5
+    #: a folds.json (``{"folds": [{"train_groups", "val_groups", "test_groups"}, ...]}``) to use instead of
+    #: the seeded grouped k-fold, e.g. a data set's official split; checked for leakage
+    folds_file: str | None = None
+    #: run only these fold numbers (None: all)
+    only_folds: tuple[int, ...] | None = None
+    seeds: tuple[int, ...] = (0,)
+    label_fractions: tuple[float, ...] = (1.0,)
+    val_fraction: float = 0.2
+
+    def plan(
+        self, groups: Sequence[str], labels: Sequence[Any], out_dir: str | Path | None = None
+    ) -> tuple[list[Fold], list[Run]]:
+        """:func:`plan_runs` under this protocol (``folds_file`` replaces the seeded k-fold)."""
+        return plan_runs(
+            groups,
+            labels,
+            n_folds=self.folds,
+            seeds=self.seeds,
+            label_fractions=self.label_fractions,
+            val_fraction=self.val_fraction,
+            out_dir=out_dir,
+            folds=read_folds(self.folds_file) if self.folds_file else None,
+            only_folds=self.only_folds,
+        )
