@@ -686,7 +686,7 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
         "",
         f"Command: `{doc.get('command', '')}`",
         "",
-        f"Machine: {mach.get('cpu')}, {mach.get('cores')} cores (shared with other jobs), "
+        f"Machine: {mach.get('cpu')}, {mach.get('cores')} cores, "
         f"{mach.get('gpu') or 'no GPU'}; torch {mach.get('torch')}, timm {mach.get('timm')}, "
         f"Python {mach.get('python')}, git {mach.get('git')}. Total wall time "
         f"{sum(s['seconds'] for s in doc.get('steps', {}).values()) / 60:.0f} min.",
