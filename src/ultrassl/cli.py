@@ -80,10 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--data", type=Path, required=True, help="manifest CSV with labels and group ids")
     c.add_argument("--out", type=Path, required=True, help="evaluation folder")
     c.add_argument("--mode", choices=("linear", "partial", "full"), default="linear")
-    c.add_argument("--folds", type=int, default=5)
-    c.add_argument("--folds-file", type=Path, help="use these folds (folds.json format) instead of --folds")
-    c.add_argument("--seeds", type=int, nargs="+", default=[0])
-    c.add_argument("--label-fraction", type=float, nargs="+", default=[1.0])
+    _protocol_flags(c)
     c.add_argument("--train-blocks", type=int, default=1, help="--mode partial: trainable last blocks")
     c.add_argument("--epochs", type=int, default=30)
     c.add_argument("--batch-size", type=int, default=32)
@@ -117,10 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: the MAE-style decoder head for ViTs, a U-Net for ResNets",
     )
-    g.add_argument("--folds", type=int, default=5)
-    g.add_argument("--folds-file", type=Path, help="use these folds (folds.json format) instead of --folds")
-    g.add_argument("--seeds", type=int, nargs="+", default=[0])
-    g.add_argument("--label-fraction", type=float, nargs="+", default=[1.0])
+    _protocol_flags(g)
     g.add_argument("--epochs", type=int, default=40)
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--lr", type=float, default=1e-3)
@@ -162,6 +156,23 @@ def _scratch_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--patch-size", type=int, default=16, help="with --arch (ViTs)")
     p.add_argument("--in-chans", type=int, default=1, help="with --arch: input channels")
+
+
+def _protocol_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the evaluation protocol (``finetune.splits.Protocol``) shared by classify and segment."""
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--folds-file", type=Path, help="use these folds (folds.json format) instead of --folds")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--label-fraction", type=float, nargs="+", default=[1.0])
+
+
+def _protocol(a: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        folds=a.folds,
+        folds_file=str(a.folds_file) if a.folds_file else None,
+        seeds=tuple(a.seeds),
+        label_fractions=tuple(a.label_fraction),
+    )
 
 
 def _scratch_spec(a: argparse.Namespace) -> Any:
@@ -262,10 +273,7 @@ def _run(a: argparse.Namespace) -> int:
 
         scfg = SegmentConfig(
             head=a.head,
-            folds=a.folds,
-            folds_file=str(a.folds_file) if a.folds_file else None,
-            seeds=tuple(a.seeds),
-            label_fractions=tuple(a.label_fraction),
+            **_protocol(a),
             epochs=a.epochs,
             batch_size=a.batch_size,
             lr=a.lr,
@@ -287,10 +295,7 @@ def _run(a: argparse.Namespace) -> int:
 
         cfg = ClassifyConfig(
             mode=a.mode,
-            folds=a.folds,
-            folds_file=str(a.folds_file) if a.folds_file else None,
-            seeds=tuple(a.seeds),
-            label_fractions=tuple(a.label_fraction),
+            **_protocol(a),
             train_blocks=a.train_blocks,
             epochs=a.epochs,
             batch_size=a.batch_size,

@@ -154,3 +154,33 @@ def test_segmentation_models_are_saved_and_evaluate_writes_masks(manifest, tmp_p
     rows = _read_csv(Path(out["paths"]["predictions"]))
     mask = Path(out["paths"]["predictions"]).parent / rows[0]["pred_mask"]
     assert mask.exists()
+
+
+def test_cli_finetune_then_evaluate(manifest, tmp_path, capsys):
+    from ultrassl.cli import main
+
+    common = ["--weights", "scratch", "--arch", "tiny", "--img-size", "32", "32", "--patch-size", "8"]
+    assert (
+        main(
+            [
+                "finetune",
+                "classify",
+                *common,
+                "--data",
+                str(manifest),
+                "--out",
+                str(tmp_path / "e"),
+                "--folds",
+                "3",
+                "--label-fraction",
+                "0.5",
+                "1.0",
+                "--max-frames",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert "accuracy" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(tmp_path / "e"), "--data", str(manifest), "--device", "cpu"]) == 0
+    assert "per video" in capsys.readouterr().out

@@ -154,13 +154,7 @@ def _evaluate_classify(
         "skipped": [list(s) for s in cache.skipped],
         "metrics": metrics,
     }
-    paths["metrics"] = atomic_write_text(out / "metrics.json", json.dumps(_jsonable(result), indent=2) + "\n")
-    return {
-        "task": "classify",
-        "metrics": metrics,
-        "paths": {k: str(v) for k, v in paths.items()},
-        "n": len(frame_rows),
-    }
+    return _finish(out, result, paths, len(frame_rows))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -231,12 +225,17 @@ def _evaluate_segment(
         "skipped": [list(s) for s in skipped],
         "metrics": metrics,
     }
+    return _finish(out, result, paths, len(records))
+
+
+def _finish(out: Path, result: dict[str, Any], paths: dict[str, Path], n: int) -> dict[str, Any]:
+    """Write ``metrics.json`` (the whole ``result``) and return what the caller reports."""
     paths["metrics"] = atomic_write_text(out / "metrics.json", json.dumps(_jsonable(result), indent=2) + "\n")
     return {
-        "task": "segment",
-        "metrics": metrics,
+        "task": result["task"],
+        "metrics": result["metrics"],
         "paths": {k: str(v) for k, v in paths.items()},
-        "n": len(records),
+        "n": n,
     }
 
 
