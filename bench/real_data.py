@@ -48,6 +48,8 @@ PLOT = ROOT / "docs" / "real_data_fewlabel.png"
 
 SSL_METHODS = ("mae", "deblur-mae", "ultramae", "uscl")
 ALL_METHODS = ("scratch", *SSL_METHODS)
+#: one of the two random-init baselines alone ("scratch" runs both)
+SCRATCH_ONLY = ("scratch-vit", "scratch-r18")
 #: preset per method (CPU sizes); the MAEs share ViT-T/16, USCL is ResNet-18
 PRESETS = {
     "mae": "cpu-vit-t112",
@@ -488,6 +490,10 @@ def seg_eval_names(methods: Sequence[str], heads: Sequence[str]) -> list[tuple[s
     for m in methods:
         if m == "scratch":
             out += [("scratch-vit", h) for h in heads] + [("scratch-r18", "unet")]
+        elif m == "scratch-vit":
+            out += [("scratch-vit", h) for h in heads]
+        elif m == "scratch-r18":
+            out.append(("scratch-r18", "unet"))
         elif m == "uscl":
             out.append(("uscl", "unet"))
         else:
@@ -842,7 +848,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=d.out, help="results JSON")
     p.add_argument("--work", type=Path, default=d.work, help="run and evaluation folders (git-ignored)")
     p.add_argument("--tasks", default=",".join(d.tasks), help="pocus,hc18,fewlabel")
-    p.add_argument("--methods", default=",".join(d.methods), help="scratch,mae,deblur-mae,ultramae,uscl")
+    p.add_argument("--methods", default=",".join(d.methods), help="scratch (= scratch-vit + scratch-r18),mae,deblur-mae,ultramae,uscl")
     p.add_argument("--folds", default="0,1,2,3,4", help="test folds to run (POCUS and HC18)")
     p.add_argument("--hc18-folds", default=None, help="HC18 test folds (default: --folds)")
     p.add_argument("--pretrain-minutes", type=float, default=d.pretrain_minutes)
@@ -862,9 +868,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.doc_only:
         finish(Options(out=a.out), Results(a.out))
         return
-    unknown = set(_strs(a.methods)) - set(ALL_METHODS)
+    unknown = set(_strs(a.methods)) - set(ALL_METHODS) - set(SCRATCH_ONLY)
     if unknown:
-        p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(ALL_METHODS)}")
+        p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(ALL_METHODS + SCRATCH_ONLY)}")
     opt = Options(
         data=a.data,
         out=a.out,

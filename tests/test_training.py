@@ -186,3 +186,86 @@ def test_time_limit_stops_cleanly_with_a_checkpoint(tmp_path):
 def test_too_small_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(Exception, match="fewer than one global batch"):
         _trainer(tmp_path, data=ToyData(4)).fit()
+
+
+def test_fused_attention_switch_keeps_the_mae_outputs():
+    """SDPA (fused) and the explicit softmax path compute the same loss on a tiny MAE; the switch
+    reaches every attention block of encoder and decoder."""
+    from ultrassl.config import build_pretrain_config
+    from ultrassl.methods.mae import MAE
+    from ultrassl.training import set_fused_attention
+
+    cfg = build_pretrain_config("mae", "tiny")
+    torch.manual_seed(0)
+    net = MAE(cfg.encoder, cfg.mae).eval()
+    h, w = cfg.encoder.img_size
+    batch = {"input": torch.rand(2, cfg.encoder.in_chans, h, w), "mask_seed": torch.tensor([1, 2])}
+    batch["target"] = batch["input"]
+    with torch.no_grad():
+        assert set_fused_attention(net, True) > 0
+        fused = net(batch)["loss"]
+        n = set_fused_attention(net, False)
+        plain = net(batch)["loss"]
+    n_attention = sum(type(m).__name__ == "Attention" for m in net.modules())
+    assert n == n_attention >= 2 + cfg.mae.decoder_depth, n
+    assert torch.allclose(fused, plain, atol=1e-5), (fused, plain)
+
+
+def test_channels_last_auto_is_for_cnns_on_cuda_only():
+    from ultrassl.models.vit import EncoderSpec, create_encoder
+    from ultrassl.training import use_channels_last
+
+    cnn = create_encoder(EncoderSpec("resnet18", (32, 32), 16, 1))
+    vit = create_encoder(EncoderSpec("vit_tiny_patch16_224", (32, 32), 16, 1))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert use_channels_last("auto", cnn, cuda) and not use_channels_last("auto", vit, cuda)
+    assert not use_channels_last("auto", cnn, cpu)
+    assert use_channels_last("on", vit, cpu) and not use_channels_last("off", cnn, cuda)
+
+
+def test_channels_last_training_matches_contiguous(tmp_path):
+    """The same two steps of a small CNN in either memory format reach the same weights."""
+
+    class ConvMethod(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(
+                nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.AdaptiveAvgPool2d(1)
+            )
+
+        def forward(self, batch):
+            return {"loss": (self.net(batch["x"]).flatten(1).sum(1) - batch["y"]).pow(2).mean()}
+
+    class ImgData(ToyData):
+        def __getitem__(self, i):
+            item = super().__getitem__(i)
+            return {"x": item["x"].reshape(1, 2, 4).repeat(1, 4, 2), "y": item["y"]}
+
+    runs = {}
+    for fmt in ("on", "off"):
+        t = _trainer(
+            tmp_path / fmt,
+            model=ConvMethod(),
+            data=ImgData(),
+            precision="fp32",
+            max_steps=2,
+            channels_last=fmt,
+        )
+        t.fit()
+        assert t.channels_last == (fmt == "on")
+        runs[fmt] = _weights(t.ckpt_path)
+    for k in runs["off"]:
+        assert torch.allclose(runs["on"][k], runs["off"][k], atol=1e-6), k
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    """torch.compile changes speed, not results: same losses as eager, checkpoints keep plain key names."""
+    eager = _trainer(tmp_path / "eager", precision="fp32", max_steps=3).fit()
+    compiled_trainer = _trainer(tmp_path / "compiled", precision="fp32", max_steps=3, compile=True)
+    compiled = compiled_trainer.fit()
+    assert compiled.last_loss == pytest.approx(eager.last_loss, rel=1e-4)
+    keys = set(_weights(compiled.checkpoint))
+    assert keys == set(_weights(eager.checkpoint))
+    assert not any("_orig_mod" in k for k in keys)

@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--device", choices=("auto", "cpu", "cuda"))
     s.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    s.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the model (about a minute per shape)",
+    )
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     s.add_argument(
@@ -197,6 +203,7 @@ def _pretrain_flags(a: argparse.Namespace) -> dict[str, Any]:
         "seed": a.seed,
         "device": a.device,
         "precision": a.precision,
+        "compile": a.compile,
     }
     flags: dict[str, Any] = {"train": {k: v for k, v in train.items() if v is not None}}
     data = {"manifest": a.data, "num_workers": a.workers}

@@ -93,6 +93,15 @@ class TrainConfig:
     tensorboard: bool = True
     #: validate every this many steps when the method holds data out (None: once per epoch)
     val_every: int | None = None
+    #: torch.compile the model's training forward (costs about a minute per input shape at start-up;
+    #: measured in docs/benchmarks.md: pays off on GPUs, not on this 2-core CPU)
+    compile: bool = False
+    #: attention through F.scaled_dot_product_attention (fused kernels) in every timm attention block;
+    #: False = the explicit softmax(QK^T)V path (for comparison, or a backend without SDPA)
+    fused_attn: bool = True
+    #: channels-last memory format for CNN encoders (USCL's ResNet): faster convolutions on CUDA and
+    #: oneDNN CPUs; auto = on for CUDA only (measured in docs/benchmarks.md)
+    channels_last: str = "auto"
 
 
 @dataclass
@@ -307,6 +316,8 @@ def validate(cfg: PretrainConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     if cfg.train.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"train.precision must be auto|fp32|bf16|fp16, got {cfg.train.precision!r}")
+    if cfg.train.channels_last not in ("auto", "on", "off"):
+        raise ConfigError(f"train.channels_last must be auto|on|off, got {cfg.train.channels_last!r}")
     if cfg.train.device not in ("auto", "cpu", "cuda") and not cfg.train.device.startswith("cuda:"):
         raise ConfigError(f"train.device must be auto|cpu|cuda, got {cfg.train.device!r}")
     if not 0.0 <= cfg.mae.mask_ratio < 1.0:

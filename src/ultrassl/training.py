@@ -117,6 +117,29 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
+def set_fused_attention(model: nn.Module, enabled: bool) -> int:
+    """Switch every timm attention block of ``model`` to (or off) F.scaled_dot_product_attention.
+
+    timm decides at construction (``use_fused_attn()``, on by default); this flips the built blocks, so
+    a benchmark can compare both paths on one model. Returns the number of blocks switched.
+    """
+    n = 0
+    for module in model.modules():
+        if isinstance(getattr(module, "fused_attn", None), bool):
+            module.fused_attn = bool(enabled)
+            n += 1
+    return n
+
+
+def use_channels_last(setting: str, model: nn.Module, device: torch.device) -> bool:
+    """``train.channels_last``: on/off, or auto = on for a model with convolutions beyond a patch
+    embedding (a CNN encoder) on CUDA."""
+    if setting in ("on", "off"):
+        return setting == "on"
+    n_conv = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    return device.type == "cuda" and n_conv > 2
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX512-BF16 or AMX).
 
@@ -284,10 +307,17 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupCosine(self.warmup_steps, self.total_steps, min_factor, constant)
         )
+        set_fused_attention(self.model, cfg.fused_attn)
+        self.channels_last = use_channels_last(cfg.channels_last, self.model, self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        if cfg.compile:
+            # compile the (DDP-wrapped) forward; state_dict() and checkpoints still use self.model
+            self.ddp_model = torch.compile(self.ddp_model)
         self.sampler = ResumableSampler(self.dataset, world, self.dist.rank, cfg.seed)
         self.step = 0
         self.last_loss = float("nan")
@@ -356,7 +386,10 @@ class Trainer:
 
     def _to_device(self, batch: Any) -> Any:
         if isinstance(batch, torch.Tensor):
-            return batch.to(self.device, non_blocking=True)
+            batch = batch.to(self.device, non_blocking=True)
+            if self.channels_last and batch.ndim == 4 and batch.is_floating_point():
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            return batch
         if isinstance(batch, dict):
             return {k: self._to_device(v) for k, v in batch.items()}
         if isinstance(batch, (list, tuple)):
