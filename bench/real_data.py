@@ -848,7 +848,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=d.out, help="results JSON")
     p.add_argument("--work", type=Path, default=d.work, help="run and evaluation folders (git-ignored)")
     p.add_argument("--tasks", default=",".join(d.tasks), help="pocus,hc18,fewlabel")
-    p.add_argument("--methods", default=",".join(d.methods), help="scratch (= scratch-vit + scratch-r18),mae,deblur-mae,ultramae,uscl")
+    p.add_argument(
+        "--methods",
+        default=",".join(d.methods),
+        help="scratch (= scratch-vit + scratch-r18),mae,deblur-mae,ultramae,uscl",
+    )
     p.add_argument("--folds", default="0,1,2,3,4", help="test folds to run (POCUS and HC18)")
     p.add_argument("--hc18-folds", default=None, help="HC18 test folds (default: --folds)")
     p.add_argument("--pretrain-minutes", type=float, default=d.pretrain_minutes)
