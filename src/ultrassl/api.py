@@ -97,6 +97,8 @@ def build_pretrain_dataset(cfg: PretrainConfig, progress: bool = True) -> torch.
         max_frames_per_video=cfg.data.max_frames_per_video,
         scan_area=cfg.data.scan_area,
         progress=progress,
+        cache_dir=cfg.data.frame_cache,
+        workers=cfg.data.decode_workers,
     )
     for path, reason in cache.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -178,6 +180,8 @@ _RESUMABLE_CHANGES = {
     "train.tensorboard",
     "data.num_workers",
     "data.manifest",
+    "data.frame_cache",
+    "data.decode_workers",
 }
 
 

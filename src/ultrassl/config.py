@@ -48,6 +48,10 @@ class DataConfig:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.25,)
     num_workers: int = 0
+    #: folder of on-disk frame stores, reused by later runs on the same files (None: decode into RAM)
+    frame_cache: str | None = None
+    #: processes decoding the manifest at start-up (0: decode in the main process)
+    decode_workers: int = 0
 
 
 @dataclass
@@ -324,6 +328,8 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(f"mae.mask_ratio must be in [0, 1), got {cfg.mae.mask_ratio}")
     if cfg.mae.loss_on not in ("masked", "all"):
         raise ConfigError(f"mae.loss_on must be masked|all, got {cfg.mae.loss_on!r}")
+    if cfg.data.decode_workers < 0:
+        raise ConfigError(f"data.decode_workers must be >= 0, got {cfg.data.decode_workers}")
     if cfg.optim.accum_steps < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.batch_size and optim.accum_steps must be at least 1")
     n_mean, n_std = len(cfg.data.mean), len(cfg.data.std)

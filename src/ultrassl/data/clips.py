@@ -5,7 +5,8 @@ Why this shape:
 - **Decode once.** Each still (1-frame row) is one image item; each video (multi-frame row) gives up to
   ``max_clips_per_video`` clips of ``clip_frames`` frames at ``clip_fps``, evenly spread over the video
   (:func:`~ultrassl.data.sampling.clip_indices`: a short video pads with its last frame). A video is
-  decoded in one pass and its clips' frames are kept together in memory as uint8.
+  decoded in one pass and its clips' frames are kept together in memory as uint8, or in an on-disk
+  :mod:`~ultrassl.data.frame_store` (``data.frame_cache``) that later runs map instead of decoding.
 - **Confidence before cropping.** The confidence map (Karamalis' random walk from the transducer at the
   top row) depends on the whole depth of the image, so it is computed once per decoded frame on the
   full scan-area frame, stored as uint8 (1/255 steps of a [0, 1] map), and then cropped and flipped
@@ -21,8 +22,9 @@ Why this shape:
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,6 +35,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
+from ultrassl.data.datasets import DECODE_ERRORS, can_send_to_workers, decode_map, to_u8
+from ultrassl.data.frame_store import FrameStore, load_or_build, store_key, write_store
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.data.readers import read_frames
 from ultrassl.data.sampling import clip_indices, clip_step
@@ -82,6 +86,46 @@ def clip_starts(
     return sorted({int(np.floor(s + 0.5)) for s in np.linspace(0, last_start, n)})
 
 
+@dataclass(frozen=True)
+class ConfidenceMaps:
+    """Confidence maps from :func:`ultrassl.confidence.confidence_maps`, solved on frames shrunk to ``max_side``.
+
+    A module-level callable (not a closure) so it pickles into decoding worker processes; its
+    :attr:`store_key` names it in the key of an on-disk frame store.
+    """
+
+    alpha: float = 2.0
+    beta: float = 90.0
+    gamma: float = 0.05
+    max_side: int | None = 256
+    device: str = "cpu"
+
+    @property
+    def store_key(self) -> str:
+        return (
+            f"karamalis(alpha={float(self.alpha)!r},beta={float(self.beta)!r},gamma={float(self.gamma)!r},"
+            f"max_side={self.max_side!r},device={self.device!r})"
+        )
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        from ultrassl.confidence import confidence_maps
+
+        t, h, w = frames.shape
+        scale = 1.0 if not self.max_side else min(1.0, self.max_side / max(h, w))
+        small = frames
+        if scale < 1.0:
+            size = (max(2, round(h * scale)), max(2, round(w * scale)))
+            small = F.interpolate(torch.from_numpy(frames)[:, None], size=size, mode="area")[:, 0].numpy()
+        conf = np.asarray(
+            confidence_maps(small, self.alpha, self.beta, self.gamma, device=self.device), dtype=np.float32
+        )
+        if conf.shape != (t, h, w):
+            conf = F.interpolate(
+                torch.from_numpy(conf)[:, None], size=(h, w), mode="bilinear", align_corners=False
+            )[:, 0].numpy()
+        return np.clip(conf, 0.0, 1.0)
+
+
 def confidence_fn(
     alpha: float = 2.0,
     beta: float = 90.0,
@@ -95,28 +139,45 @@ def confidence_fn(
     resizing it back (bilinear) loses little. Rows run from the transducer (top) to depth (bottom); a
     fan (sector probe) is found once per clip and solved along its scan lines (``sector="auto"``).
     """
-
-    def compute(frames: np.ndarray) -> np.ndarray:
-        from ultrassl.confidence import confidence_maps
-
-        t, h, w = frames.shape
-        scale = 1.0 if not max_side else min(1.0, max_side / max(h, w))
-        small = frames
-        if scale < 1.0:
-            size = (max(2, round(h * scale)), max(2, round(w * scale)))
-            small = F.interpolate(torch.from_numpy(frames)[:, None], size=size, mode="area")[:, 0].numpy()
-        conf = np.asarray(confidence_maps(small, alpha, beta, gamma, device=device), dtype=np.float32)
-        if conf.shape != (t, h, w):
-            conf = F.interpolate(
-                torch.from_numpy(conf)[:, None], size=(h, w), mode="bilinear", align_corners=False
-            )[:, 0].numpy()
-        return np.clip(conf, 0.0, 1.0)
-
-    return compute
+    return ConfidenceMaps(alpha, beta, gamma, max_side, device)
 
 
-def _to_u8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+def _confidence_key(confidence: ConfidenceFn | None) -> str | None:
+    """How a confidence function is named in a frame store's key: its parameters, or its name.
+
+    A custom function is known by its module and name only: rename it (or delete the store) when
+    its output changes.
+    """
+    if confidence is None:
+        return None
+    key = getattr(confidence, "store_key", None)
+    if isinstance(key, str):
+        return key
+    name = getattr(confidence, "__qualname__", type(confidence).__qualname__)
+    return f"{getattr(confidence, '__module__', '?')}.{name}"
+
+
+def _decode_clip_row(job: tuple, confidence: ConfidenceFn | None) -> tuple:
+    """(uint8 frames, maps, None) of one file's ``unique`` frames, or (None, None, why it was skipped).
+
+    The maps are uint8 when ``confidence`` is given, float32 gray frames when the caller computes
+    them itself (``want_gray``: a function that cannot reach worker processes), else None.
+    """
+    path, unique, rgb, scan_area, want_gray = job
+    try:
+        frames = read_frames(path, unique, rgb=rgb)
+    except DECODE_ERRORS as exc:
+        return None, None, exc.reason if isinstance(exc, UnreadableFileError) else str(exc)
+    gray = frames.mean(axis=-1) if rgb else frames
+    if scan_area:
+        area = detect_scan_area(gray)
+        frames, gray = area.apply(frames), area.apply(gray)
+    gray = np.ascontiguousarray(gray, dtype=np.float32)
+    if confidence is not None:
+        maps = to_u8(confidence(gray))
+    else:
+        maps = gray if want_gray else None
+    return to_u8(frames), maps, None
 
 
 def load_clip_cache(
@@ -130,18 +191,30 @@ def load_clip_cache(
     scan_area: bool = True,
     confidence: ConfidenceFn | None = None,
     progress: bool = True,
+    cache_dir: str | Path | None = None,
+    workers: int = 0,
 ) -> ClipCache:
     """Decode stills into image items and videos into clips (see the module docstring).
 
     ``modality``: "both", "images" (videos are not decoded) or "videos" (stills are not decoded).
     ``confidence`` (None: no maps, for ``target: raw``) gets each decoded stack of frames once.
     Files that fail to decode are listed in ``cache.skipped`` (path, reason), never fatal.
+
+    ``cache_dir``: keep frames and maps in an on-disk store ``cache_dir/<key>/`` (see
+    :mod:`ultrassl.data.frame_store`) and return views of it; a later call with the same files and
+    parameters maps it without decoding. ``workers > 0`` decodes files in that many processes, with
+    the same items in the same order. Maps are computed in the workers too, except for a function on
+    a GPU, or one that cannot reach them (a closure where processes cannot fork): those run here.
     """
     if modality not in ("both", "images", "videos"):
         raise ConfigError(f"modality must be both|images|videos, got {modality!r}")
-    cache = ClipCache()
-    bar = tqdm(rows, desc="decode", disable=not progress or not sys.stderr.isatty(), unit="file")
-    for i, row in enumerate(bar):
+    in_parent = (
+        confidence is not None
+        and workers > 0
+        and (str(getattr(confidence, "device", "cpu")) != "cpu" or not can_send_to_workers(confidence))
+    )
+    plan = []  # (row, is_clip, frame indices of each item, job)
+    for i, row in enumerate(rows):
         is_clip = row.n_frames > 1
         if (is_clip and modality == "images") or (not is_clip and modality == "videos"):
             continue
@@ -150,33 +223,84 @@ def load_clip_cache(
             per_clip = [clip_indices(row.n_frames, row.fps, clip_frames, clip_fps, s) for s in starts]
         else:
             per_clip = [[0]]
-        unique = sorted({j for clip in per_clip for j in clip})
+        unique = sorted({int(j) for clip in per_clip for j in clip})
+        plan.append((i, is_clip, per_clip, (row.path, unique, rgb, scan_area, in_parent)))
+    jobs = [p[3] for p in plan]
+    skipped: list[tuple[str, str]] = []
+
+    def clip_items() -> Iterator[tuple[bool, ClipItem]]:
+        n = 0
+        decoded = decode_map(_decode_clip_row, jobs, workers, (None if in_parent else confidence,))
+        bar = tqdm(
+            total=len(jobs), desc="decode", disable=not progress or not sys.stderr.isatty(), unit="file"
+        )
         try:
-            frames = read_frames(row.path, unique, rgb=rgb)
-        except (UnreadableFileError, OSError, ValueError, IndexError) as exc:
-            reason = exc.reason if isinstance(exc, UnreadableFileError) else str(exc)
-            cache.skipped.append((str(row.path), reason))
-            continue
-        gray = frames.mean(axis=-1) if rgb else frames
-        if scan_area:
-            area = detect_scan_area(gray)
-            frames, gray = area.apply(frames), area.apply(gray)
-        conf = _to_u8(confidence(np.ascontiguousarray(gray, dtype=np.float32))) if confidence else None
-        frames_u8 = _to_u8(frames)
-        where = {j: k for k, j in enumerate(unique)}
-        for clip in per_clip:
-            pos = [where[j] for j in clip]
-            item = ClipItem(
-                np.ascontiguousarray(frames_u8[pos]),
-                None if conf is None else np.ascontiguousarray(conf[pos]),
-                i,
-                [int(j) for j in clip],
-            )
+            for (i, is_clip, per_clip, job), (frames_u8, maps, reason) in zip(plan, decoded):
+                bar.update(1)
+                if frames_u8 is None:
+                    skipped.append((str(job[0]), reason))
+                    continue
+                conf = to_u8(confidence(maps)) if in_parent else maps
+                where = {j: k for k, j in enumerate(job[1])}
+                for clip in per_clip:
+                    pos = [where[int(j)] for j in clip]
+                    n += 1
+                    yield (
+                        is_clip,
+                        ClipItem(
+                            np.ascontiguousarray(frames_u8[pos]),
+                            None if conf is None else np.ascontiguousarray(conf[pos]),
+                            i,
+                            [int(j) for j in clip],
+                        ),
+                    )
+        finally:
+            bar.close()
+        if not n:
+            detail = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
+            kinds = {"both": "images or videos", "images": "still images", "videos": "videos"}[modality]
+            raise UltrasslError(f"no usable {kinds} in the manifest ({len(rows)} rows). {detail}")
+
+    if cache_dir is None:
+        cache = ClipCache(skipped=skipped)
+        for is_clip, item in clip_items():
             (cache.clips if is_clip else cache.images).append(item)
-    if not len(cache):
-        detail = "; ".join(f"{p}: {r}" for p, r in cache.skipped[:5])
-        kinds = {"both": "images or videos", "images": "still images", "videos": "videos"}[modality]
-        raise UltrasslError(f"no usable {kinds} in the manifest ({len(rows)} rows). {detail}")
+        return cache
+
+    def arrays() -> Iterator[tuple[np.ndarray, dict]]:
+        for is_clip, item in clip_items():
+            meta = {"row_index": item.row_index, "clip": int(is_clip), "frame_indices": item.frame_indices}
+            yield item.frames, {**meta, "part": 0}
+            if item.confidence is not None:
+                yield item.confidence, {**meta, "part": 1}
+
+    params = {
+        "kind": "clips",
+        "rgb": bool(rgb),
+        "clip_frames": int(clip_frames),
+        "clip_fps": None if clip_fps is None else float(clip_fps),
+        "max_clips_per_video": int(max_clips_per_video),
+        "modality": modality,
+        "scan_area": bool(scan_area),
+        "confidence": _confidence_key(confidence),
+    }
+    folder = Path(cache_dir) / store_key(rows, params)
+    store, _ = load_or_build(folder, lambda f: write_store(f, arrays(), skipped=skipped, info=params))
+    return _clip_cache_of(store)
+
+
+def _clip_cache_of(store: FrameStore) -> ClipCache:
+    """The items of a clip store (frames, then the maps where there are any), as views."""
+    cache = ClipCache(skipped=list(store.skipped))
+    row, clip, part = store.column("row_index"), store.column("clip"), store.column("part")
+    indices = store.ragged("frame_indices")
+    n = len(store)
+    for k in range(n):
+        if part[k] != 0:
+            continue
+        conf = store[k + 1] if k + 1 < n and part[k + 1] == 1 else None
+        item = ClipItem(store[k], conf, int(row[k]), indices[k])
+        (cache.clips if clip[k] else cache.images).append(item)
     return cache
 
 
@@ -230,7 +354,8 @@ class UltraMAEClips(Dataset):
 
     def _frames(self, item: ClipItem) -> torch.Tensor:
         """uint8 frames -> float ``[T, C, H, W]`` in [0, 1] with ``in_chans`` channels."""
-        x = torch.from_numpy(item.frames).float().div_(255.0)
+        # a float copy first: frames mapped from a store are read-only, which torch.from_numpy warns about
+        x = torch.from_numpy(np.asarray(item.frames, dtype=np.float32)).div_(255.0)
         x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.unsqueeze(1)
         if x.shape[1] != self.in_chans:
             x = x.mean(1, keepdim=True) if self.in_chans == 1 else x.expand(-1, self.in_chans, -1, -1)
@@ -241,7 +366,7 @@ class UltraMAEClips(Dataset):
         item = self.items[index]
         x = self._frames(item)
         if self.target == "cwus":
-            conf = torch.from_numpy(item.confidence).float().div_(255.0).unsqueeze(1)
+            conf = torch.from_numpy(np.asarray(item.confidence, dtype=np.float32)).div_(255.0).unsqueeze(1)
             x = torch.cat([x, conf], dim=1)  # one crop and flip for frames and maps
         _, _, h, w = x.shape
         top, left, ch, cw = random_resized_crop_params(h, w, self.scale, self.ratio, rng)
@@ -317,6 +442,8 @@ def build_clip_dataset(
         scan_area=data.scan_area,
         confidence=conf,
         progress=progress,
+        cache_dir=data.frame_cache,
+        workers=data.decode_workers,
     )
     for path, reason in cache.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)

@@ -1,16 +1,24 @@
-"""torch Datasets over a manifest."""
+"""torch Datasets over a manifest, and the decoding of its frames (in RAM or into an on-disk store)."""
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
+import pickle
 import sys
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ultrassl.data.frame_store import FrameStore, load_or_build, store_key, write_store
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.data.readers import read_frames
 from ultrassl.data.sampling import sample_indices_at_fps
@@ -18,18 +26,128 @@ from ultrassl.data.scan_area import detect_scan_area
 from ultrassl.errors import UltrasslError, UnreadableFileError
 from ultrassl.rng import sample_seed
 
+#: the decoding errors that skip a file (listed in ``skipped``) instead of failing the run
+DECODE_ERRORS = (UnreadableFileError, OSError, ValueError, IndexError)
+
 
 @dataclass
 class FrameCache:
-    """Decoded frames as uint8 (gray [H,W] or RGB [H,W,3]) with the manifest row each came from."""
+    """Decoded frames as uint8 (gray [H,W] or RGB [H,W,3]) with the manifest row each came from.
 
-    frames: list[np.ndarray] = field(default_factory=list)
+    ``frames`` is a list (decoded into RAM) or a read-only sequence of views into an on-disk
+    :class:`~ultrassl.data.frame_store.FrameStore` (``load_frame_cache(cache_dir=...)``).
+    """
+
+    frames: Sequence[np.ndarray] = field(default_factory=list)
     row_index: list[int] = field(default_factory=list)
     frame_index: list[int] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.frames)
+
+
+class StoreFrames(Sequence[np.ndarray]):
+    """Frame ``i`` of a store of per-file stacks ``[T, H, W(, 3)]``, as a zero-copy view, on demand.
+
+    Two int32 arrays locate the frames (no Python object per frame), so millions of frames cost little
+    memory and forked DataLoader workers do not copy-on-write a huge list through reference counts.
+    """
+
+    def __init__(self, store: FrameStore):
+        self.store = store
+        #: frames per stored stack
+        self.counts = counts = np.asarray([a.shape[0] for a in store], np.int64)
+        self._item = np.repeat(np.arange(len(store), dtype=np.int32), counts)
+        self._pos = (np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)).astype(
+            np.int32
+        )
+
+    def __len__(self) -> int:
+        return len(self._item)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = int(index)
+        return self.store[int(self._item[i])][int(self._pos[i])]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
+
+
+# ------------------------------------------------------------------------------------ parallel decoding
+_WORKER_EXTRA: tuple = ()
+
+
+def _init_decode_worker(extra: tuple) -> None:
+    global _WORKER_EXTRA
+    torch.set_num_threads(1)  # processes scale; threads inside one decode or solve do not
+    _WORKER_EXTRA = extra
+
+
+def _call_in_worker(fn: Callable, job: Any) -> Any:
+    return fn(job, *_WORKER_EXTRA)
+
+
+def _fork_context() -> multiprocessing.context.BaseContext | None:
+    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+
+
+def can_send_to_workers(obj: Any) -> bool:
+    """Whether ``obj`` reaches decode workers: always with fork (not pickled), else only if picklable."""
+    if _fork_context() is not None:
+        return True
+    try:
+        pickle.dumps(obj)
+    except Exception:  # noqa: BLE001 - closures, lambdas, local classes
+        return False
+    return True
+
+
+def decode_map(fn: Callable, jobs: Sequence, workers: int = 0, extra: tuple = ()) -> Iterator:
+    """``fn(job, *extra)`` for every job, in the order of ``jobs``.
+
+    ``workers > 0``: in that many processes ("fork" where the OS has it: ``extra`` is inherited, not
+    pickled; elsewhere ``fn``, jobs and ``extra`` must pickle), one torch thread each, with at most
+    four jobs per worker in flight so finished results never pile up in memory. ``fn`` must be a
+    module-level function.
+    """
+    if workers <= 0:
+        for job in jobs:
+            yield fn(job, *extra)
+        return
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=_fork_context(), initializer=_init_decode_worker, initargs=(extra,)
+    )
+    try:
+        it = iter(jobs)
+        pending = deque(pool.submit(_call_in_worker, fn, job) for job in itertools.islice(it, 4 * workers))
+        while pending:
+            result = pending.popleft().result()
+            for job in itertools.islice(it, 1):
+                pending.append(pool.submit(_call_in_worker, fn, job))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def to_u8(x: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> uint8 (1/255 steps, rounded)."""
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def _decode_frames_row(job: tuple) -> tuple[np.ndarray | None, str | None]:
+    """(uint8 frames of one file, cropped to its scan area, None) or (None, why it was skipped)."""
+    path, indices, rgb, scan_area = job
+    try:
+        frames = read_frames(path, indices, rgb=rgb)
+    except DECODE_ERRORS as exc:
+        return None, exc.reason if isinstance(exc, UnreadableFileError) else str(exc)
+    if scan_area:
+        gray = frames.mean(axis=-1) if rgb else frames
+        frames = detect_scan_area(gray).apply(frames)
+    return to_u8(frames), None
 
 
 def load_frame_cache(
@@ -41,42 +159,80 @@ def load_frame_cache(
     scan_area: bool = True,
     spread: bool = True,
     progress: bool = True,
+    cache_dir: str | Path | None = None,
+    workers: int = 0,
 ) -> FrameCache:
     """Decode the sampled frames of every row once (contiguously per video) and crop to the scan area.
 
     ``spread``: at most ``max_frames_per_video`` frames spread over the whole video (pre-training),
     or the first ones at the target rate (POCUS' evaluation convention). Files that fail to decode are
     skipped and listed in ``cache.skipped`` (path, reason), never fatal.
+
+    ``cache_dir``: keep the frames in an on-disk store ``cache_dir/<key>/`` (see
+    :mod:`ultrassl.data.frame_store`) and return views of it: a later call with the same files and
+    parameters maps it without decoding. ``workers > 0`` decodes files in that many processes; the
+    frames and their order are the same as with ``workers=0``.
     """
-    cache = FrameCache()
-    bar = tqdm(rows, desc="decode", disable=not progress or not sys.stderr.isatty(), unit="file")
-    for i, row in enumerate(bar):
+    jobs = []
+    for row in rows:
         indices = sample_indices_at_fps(
             row.n_frames, row.fps, video_fps, max_frames=max_frames_per_video, spread=spread
         )
+        jobs.append((row.path, [int(j) for j in indices], rgb, scan_area))
+    skipped: list[tuple[str, str]] = []
+
+    def items() -> Iterator[tuple[np.ndarray, dict]]:
+        n = 0
+        bar = tqdm(
+            total=len(jobs), desc="decode", disable=not progress or not sys.stderr.isatty(), unit="file"
+        )
         try:
-            frames = read_frames(row.path, indices, rgb=rgb)
-        except (UnreadableFileError, OSError, ValueError, IndexError) as exc:
-            reason = exc.reason if isinstance(exc, UnreadableFileError) else str(exc)
-            cache.skipped.append((str(row.path), reason))
-            continue
-        if scan_area:
-            gray = frames.mean(axis=-1) if rgb else frames
-            frames = detect_scan_area(gray).apply(frames)
-        frames_u8 = np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
-        for j, idx in enumerate(indices):
-            cache.frames.append(np.ascontiguousarray(frames_u8[j]))
-            cache.row_index.append(i)
-            cache.frame_index.append(int(idx))
-    if not cache.frames:
-        detail = "; ".join(f"{p}: {r}" for p, r in cache.skipped[:5])
-        raise UltrasslError(f"no usable frames in the manifest ({len(rows)} rows). {detail}")
-    return cache
+            for i, (job, (frames, reason)) in enumerate(
+                zip(jobs, decode_map(_decode_frames_row, jobs, workers))
+            ):
+                bar.update(1)
+                if frames is None:
+                    skipped.append((str(job[0]), reason))
+                    continue
+                n += len(frames)
+                yield frames, {"row_index": i, "frame_index": job[1]}
+        finally:
+            bar.close()
+        if not n:
+            detail = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
+            raise UltrasslError(f"no usable frames in the manifest ({len(rows)} rows). {detail}")
+
+    if cache_dir is None:
+        cache = FrameCache(skipped=skipped)
+        for frames, meta in items():
+            for j, idx in enumerate(meta["frame_index"]):
+                cache.frames.append(np.ascontiguousarray(frames[j]))
+                cache.row_index.append(meta["row_index"])
+                cache.frame_index.append(int(idx))
+        return cache
+    params = {
+        "kind": "frames",
+        "rgb": bool(rgb),
+        "video_fps": None if video_fps is None else float(video_fps),
+        "max_frames_per_video": max_frames_per_video,
+        "scan_area": bool(scan_area),
+        "spread": bool(spread),
+    }
+    folder = Path(cache_dir) / store_key(rows, params)
+    store, _ = load_or_build(folder, lambda f: write_store(f, items(), skipped=skipped, info=params))
+    frames = StoreFrames(store)
+    return FrameCache(
+        frames=frames,
+        row_index=np.repeat(store.column("row_index"), frames.counts).tolist(),
+        frame_index=store.ragged_values("frame_index").tolist(),
+        skipped=list(store.skipped),
+    )
 
 
 def frame_tensor(frame: np.ndarray, in_chans: int) -> torch.Tensor:
     """A cached uint8 frame as float [C,H,W] in [0, 1] with ``in_chans`` channels."""
-    out = torch.from_numpy(frame).float().div_(255.0)
+    # a float copy first: store frames are read-only views, which torch.from_numpy warns about
+    out = torch.from_numpy(np.asarray(frame, dtype=np.float32)).div_(255.0)
     out = out.permute(2, 0, 1) if out.ndim == 3 else out.unsqueeze(0)
     if out.shape[0] != in_chans:
         out = out.mean(0, keepdim=True) if in_chans == 1 else out.expand(in_chans, -1, -1)
