@@ -211,7 +211,7 @@ def test_fused_attention_switch_keeps_the_mae_outputs():
     assert torch.allclose(fused, plain, atol=1e-5), (fused, plain)
 
 
-def test_channels_last_auto_is_for_cnns_on_cuda_only():
+def test_channels_last_auto_is_for_cnns_only():
     from ultrassl.models.vit import EncoderSpec, create_encoder
     from ultrassl.training import use_channels_last
 
@@ -219,7 +219,8 @@ def test_channels_last_auto_is_for_cnns_on_cuda_only():
     vit = create_encoder(EncoderSpec("vit_tiny_patch16_224", (32, 32), 16, 1))
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert use_channels_last("auto", cnn, cuda) and not use_channels_last("auto", vit, cuda)
-    assert not use_channels_last("auto", cnn, cpu)
+    assert use_channels_last("auto", cnn, cpu) and not use_channels_last("auto", vit, cpu)
+    assert not use_channels_last("auto", cnn, torch.device("mps"))
     assert use_channels_last("on", vit, cpu) and not use_channels_last("off", cnn, cuda)
 
 

@@ -104,7 +104,7 @@ class TrainConfig:
     #: False = the explicit softmax(QK^T)V path (for comparison, or a backend without SDPA)
     fused_attn: bool = True
     #: channels-last memory format for CNN encoders (USCL's ResNet): faster convolutions on CUDA and
-    #: oneDNN CPUs; auto = on for CUDA only (measured in docs/benchmarks.md)
+    #: oneDNN CPUs; auto = on for CNN encoders (measured on the CPU in docs/benchmarks.md)
     channels_last: str = "auto"
 
 
