@@ -53,36 +53,37 @@ def test_deblurring_mae_linear_probe_beats_scratch(lung, tmp_path):
 
 
 def test_full_finetuning_learns_the_lung_patterns_on_unseen_patients(tmp_path):
-    """ResNet-18 from scratch, full fine-tuning at 64 px, 3 folds of 30 patients (2 clips each, 6 frames
-    per clip). Measured: 0.928 ± 0.029 frame accuracy with 2 threads, >= 0.90 and 0.869 ± 0.148 in two
-    1-thread runs (0.85 with the weaker augmentation used before). One fold of 10 test patients swings
-    the mean, so the issue's 0.9 is not asserted yet; this checks the level every run reached."""
+    """ResNet-18 from scratch, full fine-tuning at 64 px, 3 folds of 45 patients (2 clips each, 6 frames
+    per clip). Measured over three synthetic data seeds: 0.985, 0.956 and 0.957 frame accuracy (every
+    fold >= 0.93; 6-16 min each with 2 threads on shared cores). With 30 patients the same recipe gave
+    0.92, 0.85 and 0.97: one fold of 10 test patients with ~8 validation patients swung the mean, hence
+    the larger set."""
     from ultrassl.data.synthetic import make_synthetic_dataset
 
     data = make_synthetic_dataset(
-        tmp_path / "data", n_patients=30, clips_per_patient=2, n_frames=16, n_lesion_images=0, seed=1
+        tmp_path / "data", n_patients=45, clips_per_patient=2, n_frames=16, n_lesion_images=0, seed=1
     )
     cfg = ClassifyConfig(
         mode="full", folds=3, epochs=25, patience=12, frame_fps=None, max_frames_per_video=6, device="cpu"
     )
     spec = EncoderSpec("resnet18", (64, 64), 16, 1)
     out = finetune_classify("scratch", data, tmp_path / "eval", cfg, scratch_spec=spec, progress=False)
-    assert out["summary"]["accuracy"]["mean"] >= 0.8, out["summary"]["accuracy"]
+    assert out["summary"]["accuracy"]["mean"] >= 0.9, out["summary"]["accuracy"]
 
 
 def test_segmentation_learns_the_lesions_on_unseen_patients(tmp_path):
-    """ResNet-18 + U-Net from scratch at 96 px on 60 synthetic lesion stills (30 patients), 3 folds.
+    """ResNet-18 + U-Net from scratch at 96 px on 90 synthetic lesion stills (45 patients), 3 folds.
 
-    Measured: Dice 0.826 ± 0.049 (0.80 / 0.79 / 0.88) with 2 threads, 0.764 ± 0.127 with 1 thread (same
-    seed; the thread count changes float summation order, and with ~8 validation images per fold the
-    selected epoch moves). The issue's 0.8 is therefore not asserted yet: this checks the level reached
-    in every run so far."""
+    Measured with 1 thread (as `make test` runs it) over three synthetic data seeds: Dice 0.850 ± 0.032
+    (seed 3, this test's; 0.846 with 2 threads), 0.881 ± 0.020 and 0.878 ± 0.021, every fold >= 0.82;
+    about 8.5 minutes each on shared cores. With 60 stills (~8 validation images per fold) the selected
+    epoch moved with the thread count and Dice ranged 0.76-0.83, hence the larger set."""
     from ultrassl.data.synthetic import make_synthetic_dataset
 
     data = make_synthetic_dataset(
-        tmp_path / "data", n_patients=1, clips_per_patient=0, n_lesion_images=60, seed=3
+        tmp_path / "data", n_patients=1, clips_per_patient=0, n_lesion_images=90, seed=3
     )
     cfg = SegmentConfig(folds=3, epochs=50, patience=25, batch_size=8, lr=1e-3, n_overlays=1, device="cpu")
     spec = EncoderSpec("resnet18", (96, 96), 16, 1)
     out = finetune_segment("scratch", data, tmp_path / "eval", cfg, scratch_spec=spec, progress=False)
-    assert out["summary"]["dice"]["mean"] >= 0.7, out["summary"]["dice"]
+    assert out["summary"]["dice"]["mean"] >= 0.8, out["summary"]["dice"]
