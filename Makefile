@@ -32,7 +32,7 @@ format: setup
 	$(BIN)/ruff format .
 
 bench: setup
-	$(BIN)/python bench/pretrain_throughput.py
+	$(BIN)/python bench/speed.py
 
 clean:
 	rm -rf demo .pytest_cache .ruff_cache

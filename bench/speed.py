@@ -1,0 +1,742 @@
+"""Speed, side by side in one run: every method's training step (fp32 / bf16, torch.compile, fused
+attention, channels-last), how step time scales (model size, image size, batch, clip length), the data
+pipeline against the model's appetite (decoding mp4 and DICOM with N workers, the memory-mapped frame
+store, the per-step loader), and 1 vs 2 processes under torchrun.
+
+Each model configuration runs in its own subprocess (so peak memory is its own) on the same synthetic
+data; all rows of one invocation share the machine and the moment. Writes ``bench/results/speed.json``
+and the SPEED_* sections of ``docs/benchmarks.md``.
+
+    python bench/speed.py                      # everything (about 25 minutes on 2 cores)
+    python bench/speed.py --parts step,scaling # some parts only (step, scaling, data, torchrun)
+    python bench/speed.py --quick              # a smoke run: few steps, few rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib import machine_info, write_doc_section
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / "work" / "speed"
+RESULTS = ROOT / "bench" / "results" / "speed.json"
+POCUS = ROOT.parent / "shared" / "data" / "pocus"
+PRESETS = {
+    "mae": "cpu-vit-t112",
+    "deblur-mae": "cpu-vit-t112",
+    "ultramae": "ultramae-cpu",
+    "uscl": "uscl-cpu",
+}
+ARCHS = {"vit-t": "vit_tiny_patch16_224", "vit-s": "vit_small_patch16_224", "vit-b": "vit_base_patch16_224"}
+PARTS = ("step", "scaling", "data", "torchrun")
+#: the data loaders measured, each against its model's fp32 step rate
+LOADERS = (
+    ("mae", None),
+    ("deblur-mae", None),
+    ("ultramae", "images"),
+    ("ultramae", "videos"),
+    ("uscl", None),
+)
+
+
+# ----------------------------------------------------------------------------------------------------
+# data shared by every row
+
+
+def synthetic_manifest(work: Path) -> Path:
+    """Synthetic clips and stills (written once): a batch of 32 of any method (USCL: 32 videos + stills)."""
+    from ultrassl.data.synthetic import make_synthetic_dataset
+
+    manifest = work / "synth" / "manifest.csv"
+    if not manifest.exists():
+        make_synthetic_dataset(
+            work / "synth",
+            n_patients=16,
+            clips_per_patient=2,
+            n_frames=96,
+            size=(128, 128),
+            n_lesion_images=40,
+        )
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------------
+# one model configuration (runs in a subprocess)
+
+
+def step_rate(
+    method: str,
+    manifest: str,
+    work: str,
+    *,
+    arch: str = "vit-t",
+    img_size: int = 112,
+    batch: int = 32,
+    precision: str = "fp32",
+    compile: bool = False,
+    fused_attn: bool = True,
+    channels_last: str = "off",
+    modality: str | None = None,
+    clip_frames: int | None = None,
+    steps: int = 6,
+    warmup: int = 2,
+    **_: Any,
+) -> dict[str, Any]:
+    """Samples/s of the training loop's own optimiser step (``Trainer._train_step``: forward, backward,
+    AdamW/Adam, autocast and grad-scaling as configured) on one real batch of the method's data set,
+    repeated; data loading is measured apart (``loader_rate``)."""
+    import itertools
+
+    import torch
+
+    from ultrassl.api import build_model, build_pretrain_dataset, resolve_data_classes
+    from ultrassl.config import build_pretrain_config
+    from ultrassl.training import Trainer
+
+    overrides = [f"encoder.img_size=[{img_size},{img_size}]"]
+    if method != "uscl":
+        overrides.append(f"encoder.arch={ARCHS[arch]}")
+    if modality:
+        overrides.append(f"ultramae.modality={modality}")
+    if clip_frames:
+        overrides.append(f"ultramae.clip_frames={clip_frames}")
+    flags = {
+        "data": {"manifest": manifest, "frame_cache": str(Path(work) / "frame_store")},
+        "train": {
+            "batch_size": batch,
+            "precision": precision,
+            "compile": compile,
+            "fused_attn": fused_attn,
+            "channels_last": channels_last,
+            "tensorboard": False,
+            "max_steps": 10**6,
+            "device": "auto",
+        },
+    }
+    cfg = build_pretrain_config(method, PRESETS[method], flags=flags, overrides=overrides)
+    resolve_data_classes(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    dataset = build_pretrain_dataset(cfg, progress=False)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(model, dataset, optim=cfg.optim, train=cfg.train, run_dir=run_dir, config={})
+        trainer._setup()
+        first = next(iter(trainer._loader(0, 0)))
+        batches = itertools.repeat(first)
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            trainer._train_step(batches)
+        warmup_s = time.perf_counter() - t0
+        cuda = trainer.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        n = 0
+        for _ in range(steps):
+            t = time.perf_counter()
+            n = trainer._train_step(batches)[2]
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+    per_step = statistics.median(times)
+    x = first.get("input", first.get("view1"))
+    frames = int(x.shape[2]) if x.ndim == 5 else 1  # [B, C, T, H, W] clips
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {
+        "samples_per_s": n / per_step,
+        "frames_per_s": n * frames / per_step,
+        "step_ms": per_step * 1000,
+        "warmup_s": warmup_s,
+        "frames_per_sample": frames,
+        "batch": n,
+        "peak_memory_mb": peak,
+        "peak_memory_kind": "cuda max allocated" if cuda else "process max RSS",
+        "device": str(trainer.device),
+    }
+
+
+def loader_rate(
+    method: str,
+    manifest: str,
+    work: str,
+    workers: int,
+    modality: str | None = None,
+    batches: int = 32,
+    **_: Any,
+) -> dict[str, Any]:
+    """Steady-state samples/s of the method's DataLoader (augmentation, blur, sample pairs, collation)
+    with N workers; the first batch of each epoch (worker start-up) is reported apart."""
+
+    import torch
+
+    from ultrassl.api import build_pretrain_dataset, resolve_data_classes
+    from ultrassl.config import build_pretrain_config
+    from ultrassl.training import Trainer, _batch_size
+
+    flags = {
+        "data": {
+            "manifest": manifest,
+            "num_workers": workers,
+            "frame_cache": str(Path(work) / "frame_store"),
+        },
+        # batch 8: the bench's small data set still gives several batches per epoch to time
+        "train": {"batch_size": 8, "tensorboard": False, "max_steps": 10**6, "device": "cpu"},
+    }
+    overrides = [f"ultramae.modality={modality}"] if modality else []
+    cfg = build_pretrain_config(method, PRESETS[method], flags=flags, overrides=overrides)
+    resolve_data_classes(cfg)
+    dataset = build_pretrain_dataset(cfg, progress=False)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(
+            torch.nn.Linear(1, 1),
+            dataset,
+            optim=cfg.optim,
+            train=cfg.train,
+            run_dir=run_dir,
+            config={},
+            num_workers=workers,
+        )
+        trainer._setup()
+        # steady state: the first batch of each epoch (worker start-up, first prefetch) is timed apart,
+        # as a long epoch of a real data set pays it once
+        n, seconds, starts = 0, 0.0, []
+        for epoch in range(100):
+            if n >= batches * 8:
+                break
+            t = time.perf_counter()
+            for i, batch in enumerate(trainer._loader(epoch, 0)):
+                now = time.perf_counter()
+                if i == 0:
+                    starts.append(now - t)
+                else:
+                    n, seconds = n + _batch_size(batch), seconds + (now - t)
+                t = time.perf_counter()
+    return {
+        "samples_per_s": n / seconds if seconds else None,
+        "workers": workers,
+        "epoch_start_s": statistics.median(starts),
+    }
+
+
+def run_one(kind: str, spec: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Run one measurement in a fresh subprocess with ``threads`` torch threads."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", json.dumps({"kind": kind, **spec})],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if out.returncode != 0:
+        tail = out.stderr.strip().splitlines()[-3:]
+        return {"error": " | ".join(tail)}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------------
+# the parts
+
+
+def step_rows(quick: bool) -> list[dict[str, Any]]:
+    """Each method at its CPU preset size, batch 32, with each speed option changed alone."""
+    rows = []
+    for method, modality in (("mae", None), ("ultramae", "images"), ("ultramae", "videos"), ("uscl", None)):
+        base = {"method": method, "modality": modality}
+        variants = [{"option": "fp32"}, {"option": "bf16 autocast", "precision": "bf16"}]
+        if not quick:
+            variants.append({"option": "torch.compile", "compile": True})
+        if method == "uscl":
+            variants.append({"option": "channels-last", "channels_last": "on"})
+        else:
+            variants.append({"option": "no fused attention", "fused_attn": False})
+        rows += [{**base, **v} for v in variants]
+    rows.append({"method": "deblur-mae", "option": "fp32"})
+    return rows
+
+
+def scaling_rows(quick: bool) -> list[dict[str, Any]]:
+    """MAE (ViT) step time against model size, image size and batch; UltraMAE against clip length."""
+    if quick:
+        return [{"method": "mae", "axis": "model", "arch": "vit-t"}]
+    rows = [{"method": "mae", "axis": "model", "arch": a} for a in ("vit-t", "vit-s", "vit-b")]
+    rows += [{"method": "mae", "axis": "image size", "img_size": s} for s in (64, 112, 160, 224)]
+    rows += [{"method": "mae", "axis": "batch", "batch": b} for b in (8, 16, 32, 64)]
+    rows += [
+        {"method": "ultramae", "axis": "clip length", "modality": "videos", "clip_frames": t, "batch": 8}
+        for t in (2, 4, 8, 16)
+    ]
+    return rows
+
+
+def label(row: dict[str, Any]) -> str:
+    name = {"mae": "MAE", "deblur-mae": "Deblurring MAE", "ultramae": "UltraMAE", "uscl": "USCL (ResNet-18)"}
+    out = name[row["method"]]
+    if row.get("modality"):
+        out += " " + ("images (T=1)" if row["modality"] == "images" else "clips")
+    return out
+
+
+def run_models(
+    rows: list[dict[str, Any]], manifest: Path, work: Path, steps: int, threads: int, rounds: int = 1
+) -> list[dict]:
+    """Each row ``rounds`` times, the rows interleaved (A B C, A B C, ...) so that a slow spell of the
+    machine hits every row alike; a row's figures are those of its median-speed round."""
+    runs: list[list[dict[str, Any]]] = [[] for _ in rows]
+    for r in range(rounds):
+        for i, row in enumerate(rows):
+            spec = {"manifest": str(manifest), "work": str(work), "steps": steps, **row}
+            res = run_one("step", spec, threads)
+            runs[i].append(res)
+            msg = (
+                res.get("error")
+                or f"{res['samples_per_s']:.1f} samples/s, peak {res['peak_memory_mb']:.0f} MB"
+            )
+            print(
+                f"  [{r + 1}/{rounds}] {label(row):28s} {row.get('option') or row.get('axis')}: {msg}",
+                flush=True,
+            )
+    done = []
+    for row, results in zip(rows, runs):
+        ok = sorted((x for x in results if "error" not in x), key=lambda x: x["samples_per_s"])
+        if not ok:
+            done.append({**row, **results[-1]})
+            continue
+        mid = ok[(len(ok) - 1) // 2]
+        done.append({**row, **mid, "rounds_samples_per_s": [round(x["samples_per_s"], 1) for x in ok]})
+    return done
+
+
+def decode_rates(work: Path, quick: bool) -> dict[str, Any]:
+    """Frames/s decoding real mp4s (POCUS when present) and the same frames as DICOM cines, serially and
+    with 2 worker processes, and reading them back from the memory-mapped frame store."""
+    import numpy as np
+
+    from ultrassl.data.datasets import load_frame_cache
+    from ultrassl.data.manifest import index_folder, read_manifest
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from media_helpers import write_dicom  # the test suite's minimal DICOM writer
+
+    src = POCUS / "videos" if (POCUS / "videos").exists() else None
+    videos = sorted(src.rglob("*.mp4"))[: 4 if quick else 12] if src else []
+    if not videos:  # no real data: the synthetic clips
+        videos = sorted((work / "synth").rglob("*.mp4"))[:12]
+    mp4_dir, dcm_dir = work / "decode" / "mp4", work / "decode" / "dicom"
+    mp4_dir.mkdir(parents=True, exist_ok=True)
+    dcm_dir.mkdir(parents=True, exist_ok=True)
+    for i, v in enumerate(videos):
+        link = mp4_dir / f"v{i:02d}.mp4"
+        if not link.exists():
+            link.symlink_to(v.resolve())
+    mp4_rows = read_manifest(index_folder(mp4_dir, work / "decode" / "mp4.csv").manifest_path)
+    limit = 60  # frames per video: contiguous decoding from the start, as pre-training samples them
+    for i, row in enumerate(mp4_rows):
+        dcm = dcm_dir / f"v{i:02d}.dcm"
+        if not dcm.exists():
+            frames = load_frame_cache(
+                [row], max_frames_per_video=limit, spread=False, scan_area=False, progress=False
+            )
+            write_dicom(dcm, np.stack(frames.frames), frame_time_ms=1000.0 / (row.fps or 30.0))
+    dcm_rows = read_manifest(index_folder(dcm_dir, work / "decode" / "dicom.csv").manifest_path)
+    out: dict[str, Any] = {"videos": len(mp4_rows), "source": "POCUS" if src else "synthetic"}
+    for name, rows in (("mp4", mp4_rows), ("dicom", dcm_rows)):
+        for workers in (0, 2):
+            t0 = time.perf_counter()
+            cache = load_frame_cache(
+                rows, max_frames_per_video=limit, spread=False, progress=False, workers=workers
+            )
+            sec = time.perf_counter() - t0
+            out[f"{name}/workers{workers}"] = {"frames": len(cache), "frames_per_s": len(cache) / sec}
+            print(f"  decode {name} workers={workers}: {len(cache) / sec:.0f} frames/s", flush=True)
+        h, w = cache.frames[0].shape[:2]
+        out[f"{name}/frame_hw"] = [int(h), int(w)]
+    store = work / "decode" / "store"
+    load_frame_cache(mp4_rows, max_frames_per_video=limit, spread=False, progress=False, cache_dir=store)
+    secs = []
+    for _ in range(3):  # median of 3 warm reads
+        t0 = time.perf_counter()
+        cache = load_frame_cache(
+            mp4_rows, max_frames_per_video=limit, spread=False, progress=False, cache_dir=store
+        )
+        total = sum(int(f.sum(dtype=np.uint64) > 0) for f in cache.frames)  # touch every frame's pages
+        secs.append(time.perf_counter() - t0)
+    sec = statistics.median(secs)
+    out["store/warm"] = {"frames": len(cache), "frames_per_s": len(cache) / sec, "touched": total}
+    print(f"  frame store (warm): {len(cache) / sec:.0f} frames/s", flush=True)
+    return out
+
+
+def torchrun_rates(manifest: Path, work: Path, steps: int) -> list[dict[str, Any]]:
+    """MAE ViT-T 112, global batch 64: one process with 2 threads vs 2 processes (gloo) with 1 thread."""
+    rows = []
+    for procs in (1, 2):
+        run = work / f"torchrun{procs}"
+        subprocess.run(["rm", "-rf", str(run)], check=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(2 // procs), "PYTHONWARNINGS": "ignore"}
+        launcher = (
+            [sys.executable, "-m", "ultrassl"]
+            if procs == 1
+            else [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={procs}",
+                "-m",
+                "ultrassl",
+            ]
+        )
+        cmd = [
+            *launcher,
+            "pretrain",
+            "--method",
+            "mae",
+            "--preset",
+            "cpu-vit-t112",
+            "--data",
+            str(manifest),
+            "--out",
+            str(run),
+            "--max-steps",
+            str(steps),
+            "--batch-size",
+            str(64 // procs),
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--set",
+            "train.log_every=2",
+            "--set",
+            "train.tensorboard=false",
+            "--set",
+            f"data.frame_cache={work / 'frame_store'}",
+        ]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            rows.append({"processes": procs, "error": " | ".join(proc.stderr.strip().splitlines()[-3:])})
+            continue
+        import csv
+
+        with open(run / "metrics.csv") as f:
+            rates = [float(r["samples_per_s"]) for r in csv.DictReader(f) if r.get("samples_per_s")]
+        rate = statistics.median(rates[2:] or rates)
+        rows.append({"processes": procs, "threads_each": 2 // procs, "samples_per_s": rate, "wall_s": wall})
+        print(f"  torchrun {procs} process(es): {rate:.1f} samples/s", flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# tables
+
+
+def _f(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def step_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| method | option | samples/s | frames/s | ms/step | vs fp32 | peak memory (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    base = fp32_rates({"step": rows})
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {label(r)} | {r['option']} | failed: {r['error'][:80]} | | | | |")
+            continue
+        ref = base.get(label(r))
+        ratio = f"{r['samples_per_s'] / ref:.2f}x" if ref else ""
+        lines.append(
+            f"| {label(r)} | {r['option']} | {_f(r['samples_per_s'])} | {_f(r['frames_per_s'])} | "
+            f"{_f(r['step_ms'], 0)} | {ratio} | {_f(r['peak_memory_mb'], 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def scaling_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| method | axis | value | samples/s | ms/step | peak memory (MB) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        value = {
+            "model": r.get("arch"),
+            "image size": f"{r.get('img_size')} px",
+            "batch": r.get("batch"),
+            "clip length": f"{r.get('clip_frames')} frames",
+        }[r["axis"]]
+        if "error" in r:
+            lines.append(f"| {label(r)} | {r['axis']} | {value} | failed: {r['error'][:80]} | | |")
+            continue
+        lines.append(
+            f"| {label(r)} | {r['axis']} | {value} | {_f(r['samples_per_s'])} | {_f(r['step_ms'], 0)} | "
+            f"{_f(r['peak_memory_mb'], 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", default=",".join(PARTS), help=",".join(PARTS))
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--steps", type=int, default=6, help="timed optimiser steps per row (after 2 warm-up)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved repeats of every model row")
+    p.add_argument("--work", type=Path, default=WORK)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--no-doc", action="store_true")
+    p.add_argument("--doc-only", action="store_true", help="rewrite the docs section from --out and stop")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement as JSON
+    a = p.parse_args()
+    if a.doc_only:
+        write_docs(json.loads(a.out.read_text()))
+        return
+    if a.one:
+        spec = json.loads(a.one)
+        fn = {"step": step_rate, "loader": loader_rate}[spec.pop("kind")]
+        print(json.dumps(fn(**spec)))
+        return
+    parts = [s for s in a.parts.split(",") if s]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        p.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    steps = 2 if a.quick else a.steps
+    rounds = 1 if a.quick else a.rounds
+    a.work.mkdir(parents=True, exist_ok=True)
+    manifest = synthetic_manifest(a.work)
+    doc = json.loads(a.out.read_text()) if a.out.exists() else {}
+    from ultrassl.training import cpu_has_native_bf16
+
+    doc["machine"] = machine_info(native_bf16=cpu_has_native_bf16())
+    t_start = time.monotonic()
+    if "step" in parts:
+        print("training step, per method and option:", flush=True)
+        doc["step"] = run_models(step_rows(a.quick), manifest, a.work, steps, a.threads, rounds)
+    if "scaling" in parts:
+        print("scaling:", flush=True)
+        doc["scaling"] = run_models(scaling_rows(a.quick), manifest, a.work, steps, a.threads, rounds)
+    if "data" in parts:
+        print("data:", flush=True)
+        loaders = []
+        for method, modality in LOADERS:
+            for workers in (0, 2):
+                spec = {
+                    "method": method,
+                    "modality": modality,
+                    "manifest": str(manifest),
+                    "work": str(a.work),
+                }
+                res = run_one("loader", {**spec, "workers": workers}, 1 if workers else a.threads)
+                loaders.append({"method": method, "modality": modality, **res})
+                print(
+                    f"  loader {label(loaders[-1])} workers={workers}: {_f(res.get('samples_per_s'))}",
+                    flush=True,
+                )
+        doc["loader"] = loaders
+        doc["decode"] = decode_rates(a.work, a.quick)
+    if "torchrun" in parts:
+        print("torchrun:", flush=True)
+        doc["torchrun"] = torchrun_rates(manifest, a.work, 10 if a.quick else 30)
+    command = " ".join(["python bench/speed.py", *sys.argv[1:]])
+    doc["commands"] = {**doc.get("commands", {}), **{part: command for part in parts}}
+    doc["wall_s"] = {**doc.get("wall_s", {}), ",".join(parts): round(time.monotonic() - t_start, 1)}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(doc, indent=2) + "\n")
+    if not a.no_doc:
+        write_docs(doc)
+    print(f"wrote {a.out}")
+
+
+def fp32_rates(doc: dict[str, Any]) -> dict[str, float]:
+    """Each model's fp32 step rate by row label (Deblurring MAE, the same network, falls back to MAE's)."""
+    rates = {
+        label(r): r["samples_per_s"]
+        for r in doc.get("step", [])
+        if r.get("option") == "fp32" and "samples_per_s" in r
+    }
+    if label({"method": "mae"}) in rates:
+        rates.setdefault(label({"method": "deblur-mae"}), rates[label({"method": "mae"})])
+    return rates
+
+
+def data_table(doc: dict[str, Any]) -> str:
+    """Loader samples/s against the model's fp32 step rate for the same method (the need: >= 3x)."""
+    model = fp32_rates(doc)
+    lines = [
+        "| method | loader workers | loader samples/s | epoch start s | model samples/s (fp32 step) "
+        "| loader / model |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in doc.get("loader", []):
+        m = model.get(label(r))
+        rate = r.get("samples_per_s")
+        ratio = f"{rate / m:.1f}x" if rate and m else "-"
+        lines.append(
+            f"| {label(r)} | {r.get('workers', '-')} | {_f(rate)} | {_f(r.get('epoch_start_s'), 2)} | "
+            f"{_f(m)} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def decode_table(doc: dict[str, Any]) -> str:
+    dec = doc.get("decode") or {}
+    lines = ["| source | how | frames/s |", "| --- | --- | --- |"]
+    for key in ("mp4/workers0", "mp4/workers2", "dicom/workers0", "dicom/workers2", "store/warm"):
+        if key in dec:
+            src, how = key.split("/")
+            how = {"workers0": "decode, 1 process", "workers2": "decode, 2 worker processes"}.get(
+                how, "memory-mapped frame store, warm"
+            )
+            lines.append(
+                f"| {src if src != 'store' else 'mp4 -> frame store'} | {how} | {_f(dec[key]['frames_per_s'], 0)} |"
+            )
+    return "\n".join(lines)
+
+
+def torchrun_table(doc: dict[str, Any]) -> str:
+    lines = [
+        "| processes | threads each | samples/s | wall s (incl. start-up) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in doc.get("torchrun", []):
+        if "error" in r:
+            lines.append(f"| {r['processes']} | failed: {r['error'][:80]} | | |")
+        else:
+            lines.append(
+                f"| {r['processes']} | {r['threads_each']} | {_f(r['samples_per_s'])} | {_f(r['wall_s'], 0)} |"
+            )
+    return "\n".join(lines)
+
+
+def findings(doc: dict[str, Any]) -> str:
+    """The measured answers in words (computed from the rows, so they follow the numbers)."""
+    out = []
+    steps = [r for r in doc.get("step", []) if "samples_per_s" in r]
+    base = fp32_rates(doc)
+    for option in ("bf16 autocast", "torch.compile", "no fused attention", "channels-last"):
+        ratios = [
+            f"{label(r)} {r['samples_per_s'] / base[label(r)]:.2f}x"
+            for r in steps
+            if r.get("option") == option and base.get(label(r))
+        ]
+        if ratios:
+            out.append(f"- {option} vs fp32: " + ", ".join(ratios) + ".")
+    model = base
+    loader = [
+        (label(r), r["workers"], r["samples_per_s"] / model[label(r)])
+        for r in doc.get("loader", [])
+        if r.get("samples_per_s") and model.get(label(r))
+    ]
+    if loader:
+        worst = min(loader, key=lambda x: x[2])
+        best_per = {}
+        for name, _, ratio in loader:
+            best_per[name] = max(best_per.get(name, 0.0), ratio)
+        out.append(
+            "- Per-step loading against the model (best worker count per method): "
+            + ", ".join(f"{n} {v:.1f}x" for n, v in best_per.items())
+            + f"; the slowest setting is {worst[0]} with {worst[1]} workers at {worst[2]:.1f}x "
+            + ("(every loader keeps >= 3x ahead)." if min(best_per.values()) >= 3 else "(below the 3x goal).")
+        )
+    dec = doc.get("decode") or {}
+    mp4 = max((dec.get(k, {}).get("frames_per_s", 0) for k in ("mp4/workers0", "mp4/workers2")), default=0)
+    frames_needed = max((r.get("frames_per_s", 0) for r in steps if r.get("option") == "fp32"), default=0)
+    if mp4 and frames_needed:
+        store = dec.get("store/warm", {}).get("frames_per_s", 0)
+        ratio = mp4 / frames_needed
+        out.append(
+            f"- Decoding the real mp4s (scan-area crop and resize included) runs at {mp4:.0f} frames/s, "
+            f"{ratio:.1f}x the fastest frame consumer ({frames_needed:.0f} frames/s). "
+            + (
+                "Decoding per step would be the limit here, which is why"
+                if ratio < 3
+                else "Decoding per step would keep up; still,"
+            )
+            + " every run decodes each sampled frame once at start-up and trains from memory, and with "
+            f"`data.frame_cache` once per data set: the warm store reads {store:.0f} frames/s, "
+            f"{store / mp4:.0f}x decoding."
+        )
+    tr = {r["processes"]: r for r in doc.get("torchrun", []) if "samples_per_s" in r}
+    if 1 in tr and 2 in tr:
+        out.append(
+            f"- torchrun, 2 processes x 1 thread vs 1 process x 2 threads: "
+            f"{tr[2]['samples_per_s'] / tr[1]['samples_per_s']:.2f}x."
+        )
+    return "\n".join(out)
+
+
+def write_docs(doc: dict[str, Any]) -> None:
+    info = doc["machine"]
+    machine = (
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['gpu'] or 'no GPU'}, native bf16: "
+        f"{'yes' if info.get('native_bf16') else 'no'}; torch {info['torch']}, timm {info['timm']}, "
+        f"Python {info['python']}, git {info['git']}."
+    )
+    commands = doc.get("commands") or {"all": doc.get("command", "")}
+    dec = doc.get("decode") or {}
+    parts = [
+        "## Speed: training step, scaling, data pipeline, processes\n",
+        "Commands (part: command): "
+        + ", ".join(f"{k}: `{v.strip()}`" for k, v in commands.items())
+        + f" (wall time per invocation, s: {doc.get('wall_s')}). {machine} "
+        "Model rows: one subprocess each, the training loop's own optimiser step (forward, backward, "
+        "optimiser, autocast) on one real batch of the method's synthetic data, median of the timed "
+        "steps after 2 warm-up steps (`torch.compile` compiles during the warm-up); 2 torch threads. "
+        "Every row runs in several rounds, the rows interleaved, and shows its median round (all rounds "
+        "in the JSON): the cores of this virtual machine are shared, and one round alone has been seen "
+        "40% off. Peak memory is the process's max RSS on a CPU (data set included), "
+        "`max_memory_allocated` on CUDA. `--precision auto` (the default) picks bf16 autocast on CUDA "
+        "and on CPUs with native bf16 (AVX512-BF16 or AMX, as this one"
+        + ("" if info.get("native_bf16") else " is not")
+        + "), else fp32.\n",
+        "### Training step per method and option (batch 32, CPU presets: 112 px, ViT-T/16 or ResNet-18; "
+        "UltraMAE clips are its preset's 8 frames)\n",
+        step_table(doc.get("step", [])),
+        "\n### Scaling (fp32; one axis changed at a time from ViT-T/16, 112 px, batch 32; UltraMAE clips "
+        "batch 8)\n",
+        scaling_table(doc.get("scaling", [])),
+        "\n### Data pipeline against the model\n",
+        "Per-step loading (augmentation, Deblurring MAE's blur, USCL's sample pairs, collation) from the "
+        "decoded frames, batches of 8, with N DataLoader workers (1 torch thread each), steady state (the first batch of "
+        "each epoch, when workers start, is timed apart), against the same method's fp32 step rate above:\n",
+        data_table(doc),
+        f"\nStart-up decoding of {dec.get('videos', '?')} {dec.get('source', '')} videos (first 60 frames "
+        f"each, contiguous; frames {dec.get('mp4/frame_hw')} px), the same frames as uncompressed DICOM "
+        "cines, and the memory-mapped uint8 frame store (`data.frame_cache`) that later runs read "
+        "instead of decoding:\n",
+        decode_table(doc),
+        "\n### 1 vs 2 processes (torchrun, gloo, CPU)\n",
+        "MAE ViT-T/16 at 112 px, global batch 64 (one process with 2 threads, or 2 processes with 1 "
+        "thread and batch 32 each), median samples/s over the logged windows of 30 steps:\n",
+        torchrun_table(doc),
+        "\n### What the numbers say (this machine)\n",
+        findings(doc),
+        "\nThe defaults follow these rows: `--precision auto` (bf16 autocast where the CPU or GPU computes "
+        "bf16 natively; emulated bf16 was 2-3.5x slower than fp32 on an AVX-512 Xeon without it), fused "
+        "attention on, `torch.compile` off (about a minute of compilation per input shape for no consistent "
+        "gain on this CPU, see above), channels-last on for CNN encoders. GPU rows are not in this table: no GPU was "
+        "available to this project's runs; the same script writes them on a CUDA machine.",
+    ]
+    write_doc_section("SPEED", "\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()
