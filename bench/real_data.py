@@ -66,6 +66,16 @@ NAMES = {
     "uscl": "USCL (ResNet-18)",
 }
 CLS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+#: options that define the budget: runs merged into one results file must share them
+BUDGET_KEYS = (
+    "pretrain_minutes",
+    "finetune_epochs",
+    "seg_epochs",
+    "img_size",
+    "seed",
+    "calib_steps",
+    "pretrain_batch",
+)
 
 
 @dataclass
@@ -461,8 +471,13 @@ def run_pocus(ds: Dataset, opt: Options, res: Results) -> None:
     table = res.doc.setdefault("pocus", {})
     for k in opt.folds:
         for name in pocus_eval_names(opt.methods):
+            recorded = table.get(name, {})
+            todo = [m for m in opt.modes if str(k) not in recorded.get(m, {})]
+            if not todo:  # every mode's result is in the results file (the work folder may be gone)
+                opt.log(f"pocus fold {k} {name}: recorded in {opt.out.name}, skipped")
+                continue
             weights, spec = weights_for(name, ds, k, opt, res)
-            for mode in opt.modes:
+            for mode in todo:
                 out = opt.work / "pocus" / "eval" / name / mode / f"fold{k}"
                 cfg = ClassifyConfig(
                     mode=mode,
@@ -611,6 +626,8 @@ def _stat(per_fold: dict[str, Any], level: str | None, metric: str) -> dict[str,
 def _pm(s: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
     if s["mean"] is None:
         return "-"
+    if s.get("n", 2) < 2:  # one fold: no spread to report
+        return f"{s['mean'] * scale:.{digits}f}"
     return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}"
 
 
@@ -632,22 +649,32 @@ def summarize_results(res: Results) -> dict[str, Any]:
     return out
 
 
-def acceptance(summary: dict[str, Any]) -> dict[str, Any]:
-    """Best SSL method vs scratch of the same architecture: linear-probe and fine-tuning accuracy gaps."""
-    rows = {}
+def _paired_gap(table: dict[str, Any], name: str, base: str, mode: str) -> tuple[float | None, int]:
+    """Mean accuracy difference (points) of ``name`` over ``base`` on the folds both have run."""
+    a, b = table.get(name, {}).get(mode, {}), table.get(base, {}).get(mode, {})
+    folds = sorted(set(a) & set(b))
+    if not folds:
+        return None, 0
+    diffs = [a[k]["frame"]["accuracy"] - b[k]["frame"]["accuracy"] for k in folds]
+    return round(100 * float(np.mean(diffs)), 1), len(folds)
+
+
+def acceptance(res: Results) -> dict[str, Any]:
+    """Each SSL method vs scratch of the same architecture: accuracy gaps (linear, partial, full),
+    paired over the folds both have run (so a method with more folds is never compared to fewer)."""
+    table = res.doc.get("pocus", {})
+    rows, folds = {}, {}
     for m in SSL_METHODS:
         base = "scratch-r18" if m == "uscl" else "scratch-vit"
-        p, b = summary["pocus"].get(m), summary["pocus"].get(base)
-        if not p or not b:
-            continue
         gap = {}
-        for mode in ("linear", "full"):
-            if mode in p and mode in b:
-                a, c = p[mode]["frame"]["accuracy"]["mean"], b[mode]["frame"]["accuracy"]["mean"]
-                gap[mode] = None if a is None or c is None else round(100 * (a - c), 1)
-        rows[m] = gap
+        for mode in ("linear", "partial", "full"):
+            g, n = _paired_gap(table, m, base, mode)
+            if n:
+                gap[mode], folds.setdefault(m, {})[mode] = g, n
+        if gap:
+            rows[m] = gap
     holds = any((g.get("linear") or -99) >= 10 and (g.get("full") or -99) > 0 for g in rows.values())
-    return {"gap_points_vs_scratch": rows, "holds": holds}
+    return {"gap_points_vs_scratch": rows, "paired_folds": folds, "holds": holds}
 
 
 def plot_fewlabel(summary: dict[str, Any], path: Path) -> Path | None:
@@ -690,18 +717,25 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
     lines = [
         "## Real data: POCUS classification, HC18 segmentation",
         "",
-        f"Command: `{doc.get('command', '')}`",
+        "Commands (their results merge into one file; the budget below is the same for all): "
+        + ", ".join(f"`{c}`" for c in doc.get("commands") or [doc.get("command", "")]),
         "",
-        f"Machine: {mach.get('cpu')}, {mach.get('cores')} cores, "
-        f"{mach.get('gpu') or 'no GPU'}; torch {mach.get('torch')}, timm {mach.get('timm')}, "
-        f"Python {mach.get('python')}, git {mach.get('git')}. Total wall time "
-        f"{sum(s['seconds'] for s in doc.get('steps', {}).values()) / 60:.0f} min.",
+        "Machines (in the order the commands ran): "
+        + "; ".join(
+            f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('gpu') or 'no GPU'}, torch {m.get('torch')}, "
+            f"timm {m.get('timm')}, Python {m.get('python')}, git {m.get('git')}"
+            + {True: ", bf16 autocast", False: ", fp32", None: ""}[m.get("native_bf16")]
+            for m in doc.get("machines") or [mach]
+        )
+        + " (`--precision auto`: bf16 autocast where the CPU computes bf16 natively). Step counts are fixed "
+        "by the calibration (on the first machine), so every fold trains the same number of steps "
+        f"whichever machine runs it. Total wall time {sum(s['seconds'] for s in doc.get('steps', {}).values()) / 60:.0f} min.",
         "",
         f"Budgets: pre-training {cfg.get('pretrain_minutes')} min per method per fold (calibrated to a step "
         f"count per method, see `calibration` in the JSON), {cfg.get('img_size')} px, 1 channel; "
         f"fine-tuning {cfg.get('finetune_epochs')} epochs (POCUS), {cfg.get('seg_epochs')} epochs (HC18); "
-        f"seed {cfg.get('seed')}; folds {cfg.get('folds')} of the data's own `fold` column "
-        f"(HC18 folds {cfg.get('hc18_folds') or cfg.get('folds')}). Pre-training for test fold k sees only "
+        f"seed {cfg.get('seed')}; test folds from the data's own `fold` column (each row says how many "
+        "it has run; a resumed or extended run adds folds). Pre-training for test fold k sees only "
         "the dev files of the other folds (no labels, except USCL's cross-entropy on the training groups). "
         "Raw numbers: `bench/results/real_data.json`.",
         "",
@@ -711,14 +745,14 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
         lines += [
             "### POCUS (convex; covid / pneumonia / regular; 3 Hz, ≤ 30 frames per video)",
             "",
-            "Mean ± std over folds (%): frame-level accuracy, balanced accuracy, macro-F1, and video-level "
+            "Mean ± std over folds (%; a single value where one fold has run): frame-level accuracy, balanced accuracy, macro-F1, and video-level "
             "accuracy (mean probability over a video's frames).",
             "",
             "| method | mode | accuracy | balanced acc. | macro-F1 | video accuracy | folds |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name in ("scratch-vit", "mae", "deblur-mae", "ultramae", "scratch-r18", "uscl"):
-            for mode in ("linear", "full"):
+            for mode in ("linear", "partial", "full"):
                 s = pocus.get(name, {}).get(mode)
                 if not s:
                     continue
@@ -730,17 +764,19 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
         acc = doc.get("acceptance") or {}
         gaps = acc.get("gap_points_vs_scratch") or {}
         if gaps:
-            parts = ", ".join(
-                f"{NAMES[m]} {g.get('linear', '-'):+} / {g.get('full', '-'):+}"
-                if isinstance(g.get("linear"), (int, float)) and isinstance(g.get("full"), (int, float))
-                else f"{NAMES[m]} {g}"
+            paired = acc.get("paired_folds") or {}
+            parts = "; ".join(
+                f"{NAMES[m]} "
+                + ", ".join(
+                    f"{mode} {v:+.1f} ({paired.get(m, {}).get(mode, '?')} folds)" for mode, v in g.items()
+                )
                 for m, g in gaps.items()
             )
             lines += [
                 "",
-                f"Accuracy gain over scratch of the same architecture, points (linear / full): {parts}. "
-                f"Acceptance (≥ 10 points linear and better fine-tuned): "
-                f"**{'holds' if acc.get('holds') else 'does not hold'}** at this budget.",
+                f"Accuracy gain over scratch of the same architecture, points, paired over the folds both ran: "
+                f"{parts}. Acceptance (≥ 10 points linear and better fine-tuned): "
+                f"**{'holds' if acc.get('holds') else 'does not hold (yet)'}**.",
             ]
         lines.append("")
     hc = summary.get("hc18") or {}
@@ -796,7 +832,7 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
 def finish(opt: Options, res: Results) -> None:
     summary = summarize_results(res)
     res.doc["summary"] = summary
-    res.doc["acceptance"] = acceptance(summary)
+    res.doc["acceptance"] = acceptance(res)
     res.save()
     if opt.write_doc:
         plot_fewlabel(summary, PLOT)
@@ -809,10 +845,33 @@ def finish(opt: Options, res: Results) -> None:
 
 def run(opt: Options) -> Results:
     res = Results(opt.out)
-    res.doc["machine"] = machine_info()
+    import torch
+
+    from ultrassl.distributed import select_device
+    from ultrassl.training import resolve_precision
+
+    # whether `--precision auto` trains in bf16 here: the loop's own rule, not a copy of it
+    bf16 = resolve_precision("auto", select_device("auto")) is torch.bfloat16
+    res.doc["machine"] = machine_info(native_bf16=bf16)
+    machines = res.doc.setdefault("machines", [])
+    same = ("cpu", "cores", "gpu", "torch", "timm", "python", "native_bf16")
+    if not machines or any(machines[-1].get(k) != res.doc["machine"].get(k) for k in same):
+        machines.append(res.doc["machine"])
+    cfg = _jsonable(
+        {k: v for k, v in asdict(opt).items() if k not in ("log", "command", "progress", "write_doc")}
+    )
+    old = res.doc.get("config") or {}
+    changed = [k for k in BUDGET_KEYS if k in old and old[k] != cfg[k]]
+    if changed:
+        detail = ", ".join(f"{k} {old[k]} -> {cfg[k]}" for k in changed)
+        raise SystemExit(
+            f"{opt.out} holds results at another budget ({detail}); pass the same budget or a new --out"
+        )
+    commands = res.doc.setdefault("commands", [res.doc["command"]] if res.doc.get("command") else [])
     res.doc["command"] = opt.command
-    cfg = {k: v for k, v in asdict(opt).items() if k not in ("log", "command", "progress", "write_doc")}
-    res.doc["config"] = _jsonable(cfg)
+    if opt.command not in commands:
+        commands.append(opt.command)
+    res.doc["config"] = cfg
     res.doc["config"]["presets"] = PRESETS
     res.save()
     install_confidence_cache(opt.work / "confidence_cache")
