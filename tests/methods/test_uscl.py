@@ -197,7 +197,7 @@ def test_uscl_linear_probe_beats_scratch_on_unseen_patients(tmp_path):
         flags={
             "data": {"manifest": str(pretrain_manifest)},
             "encoder": {"img_size": [48, 48]},
-            "train": {"batch_size": 8, "max_steps": 40, "precision": "fp32", "tensorboard": False},
+            "train": {"batch_size": 8, "max_steps": 120, "precision": "fp32", "tensorboard": False},
             "uscl": {"label_fraction": 0.5},
             "optim": {"lr": 1e-3},  # a short run: a higher lr than the paper's 3e-4 for 300 epochs
         },
@@ -225,7 +225,9 @@ def test_uscl_linear_probe_beats_scratch_on_unseen_patients(tmp_path):
         return clf.fit(feats[~test], labels[~test]).score(feats[test], labels[test])
 
     uscl_acc, scratch_acc = probe(model.encoder), probe(scratch)
-    # measured: 0.72 vs 0.625 (96 frames of 6 unseen patients, 3 classes)
+    # 96 frames of 6 unseen patients, 3 classes; scratch 0.625. Measured with 120 steps over training seeds
+    # 0/1/2: 0.75 / 0.75 / 0.72 (0.73 with channels_last off). 40 steps gave 0.60-0.69, so the margin
+    # flipped with the conv memory layout; 80 steps gave 0.68-0.74.
     assert uscl_acc > scratch_acc + 0.05, (uscl_acc, scratch_acc)
 
 
