@@ -728,8 +728,8 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
             for m in doc.get("machines") or [mach]
         )
         + " (`--precision auto`: bf16 autocast where the CPU computes bf16 natively). Step counts are fixed "
-        "by the calibration (on the first machine), so every fold trains the same number of steps "
-        f"whichever machine runs it. Total wall time {sum(s['seconds'] for s in doc.get('steps', {}).values()) / 60:.0f} min.",
+        "by the calibration (one per data set and method, on the machine that first ran it), so every "
+        f"fold trains the same number of steps whichever machine runs it. Total wall time {sum(s['seconds'] for s in doc.get('steps', {}).values()) / 60:.0f} min.",
         "",
         f"Budgets: pre-training {cfg.get('pretrain_minutes')} min per method per fold (calibrated to a step "
         f"count per method, see `calibration` in the JSON), {cfg.get('img_size')} px, 1 channel; "
