@@ -659,6 +659,27 @@ def _paired_gap(table: dict[str, Any], name: str, base: str, mode: str) -> tuple
     return round(100 * float(np.mean(diffs)), 1), len(folds)
 
 
+def _seg_rows_in_order(table: dict[str, Any]) -> list[str]:
+    """HC18 rows ``encoder/head`` grouped by architecture (ViTs, then ResNet-18s), scratch first."""
+    order = ("scratch-vit", "mae", "deblur-mae", "ultramae", "scratch-r18", "uscl")
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(table, key=lambda key: (rank.get(key.split("/")[0], len(order)), key))
+
+
+def _paired_dice_gap(table: dict[str, Any], key: str) -> tuple[float | None, int]:
+    """Mean Dice difference (points) of ``encoder/head`` over scratch with the same architecture and
+    head, on the folds both have run; (None, 0) for the scratch rows themselves."""
+    name, head = key.split("/")
+    if name in SCRATCH_ONLY:
+        return None, 0
+    base = f"{'scratch-r18' if name == 'uscl' else 'scratch-vit'}/{head}"
+    a, b = table.get(key, {}), table.get(base, {})
+    folds = sorted(set(a) & set(b))
+    if not folds:
+        return None, 0
+    return round(100 * float(np.mean([a[k]["dice"] - b[k]["dice"] for k in folds])), 1), len(folds)
+
+
 def acceptance(res: Results) -> dict[str, Any]:
     """Each SSL method vs scratch of the same architecture: accuracy gaps (linear, partial, full),
     paired over the folds both have run (so a method with more folds is never compared to fewer)."""
@@ -784,15 +805,19 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
         lines += [
             "### HC18 fetal head segmentation",
             "",
-            "Dice and IoU per image at the mask's resolution, mean ± std over folds (%).",
+            "Dice and IoU per image at the mask's resolution, mean ± std over folds (%); the Dice gain over "
+            "scratch of the same encoder architecture and head is paired over the folds both ran (points).",
             "",
-            "| encoder | head | Dice | IoU | folds |",
-            "| --- | --- | --- | --- | --- |",
+            "| encoder | head | Dice | IoU | Dice gain vs scratch | folds |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
-        for key, s in hc.items():
-            name, head = key.split("/")
+        for key in _seg_rows_in_order(hc):
+            s, (name, head) = hc[key], key.split("/")
+            gain, n = _paired_dice_gap(doc.get("hc18", {}), key)
+            cell = f"{gain:+.1f} ({n} fold{'s' if n > 1 else ''})" if n else "-"
             lines.append(
-                f"| {NAMES.get(name, name)} | {head} | {_pm(s['dice'])} | {_pm(s['iou'])} | {s['dice']['n']} |"
+                f"| {NAMES.get(name, name)} | {head} | {_pm(s['dice'])} | {_pm(s['iou'])} | {cell} | "
+                f"{s['dice']['n']} |"
             )
         lines.append("")
     fl = summary.get("fewlabel") or {}

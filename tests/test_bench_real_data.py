@@ -85,3 +85,29 @@ def test_real_data_bench_two_folds_resumes(tmp_path):
     bench.run(opt)
     after = {p: p.stat().st_mtime_ns for p in (opt.work / "pocus").rglob("report.json")}
     assert before == after and res.doc["acceptance"] is not None
+
+
+def test_hc18_table_orders_rows_and_pairs_dice_gains_by_fold(tmp_path):
+    bench = _bench()
+    res = bench.Results(tmp_path / "results.json")
+    res.doc["hc18"] = {  # inserted out of order, as resumed runs add them
+        "uscl/unet": {"0": {"dice": 0.90, "iou": 0.8}, "1": {"dice": 0.80, "iou": 0.7}},
+        "mae/upernet": {"0": {"dice": 0.95, "iou": 0.9}, "1": {"dice": 0.85, "iou": 0.8}},
+        "scratch-r18/unet": {"0": {"dice": 0.88, "iou": 0.8}},
+        "scratch-vit/upernet": {"0": {"dice": 0.90, "iou": 0.8}, "1": {"dice": 0.70, "iou": 0.6}},
+    }
+    text = bench.markdown(res, bench.summarize_results(res))
+    rows = [
+        line
+        for line in text.splitlines()
+        if line.startswith("| ") and line.split(" | ")[1] in ("upernet", "unet")
+    ]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| scratch (ViT-T)",
+        "| MAE",
+        "| scratch (ResNet-18)",
+        "| USCL (ResNet-18)",
+    ]
+    # MAE vs scratch ViT on folds 0 and 1: (+5 + 15) / 2; USCL vs scratch ResNet on fold 0 only: +2
+    assert "| +10.0 (2 folds) |" in rows[1] and "| +2.0 (1 fold) |" in rows[3]
+    assert "| - |" in rows[0] and "| 90.0 ± 7.1 |" in rows[1]
