@@ -23,7 +23,8 @@ import scipy
 import torch
 from benchlib import machine_info, write_doc_section
 
-from ultrassl.confidence import _plan, confidence_map, confidence_maps
+from ultrassl import confidence
+from ultrassl.confidence import _plan, confidence_map, confidence_maps, laplacian_weights
 from ultrassl.confidence_cache import ConfidenceCache
 from ultrassl.data.synthetic import synth_frame
 
@@ -53,8 +54,23 @@ def measure(size: int, repeats: int, batch: int) -> dict:
     _plan(size - 2, size)  # one-off symbolic analysis for this shape (cached per process)
     analysis_s = time.perf_counter() - t
     ours = confidence_map(frames[0], sector="off")
-    monai_s = _time(lambda: monai(frames[0][None]), max(1, repeats if size <= 256 else 1))
-    ours_s = _time(lambda: confidence_map(frames[0], sector="off"), repeats)
+    # MONAI, ours, and our solver with and without border grouping (every front carrying its whole ring,
+    # as before that change) are timed in alternation, so that a busy neighbour slows them alike
+    weights = torch.from_numpy(laplacian_weights(frames[0])[None])
+    confidence._solve_batch(weights, 0)  # its plan, outside the timing
+    calls = {
+        "monai": lambda: monai(frames[0][None]),
+        "ours": lambda: confidence_map(frames[0], sector="off"),
+        "solve": lambda: confidence._solve_batch(weights),
+        "solve_ungrouped": lambda: confidence._solve_batch(weights, 0),
+    }
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for r in range(repeats):
+        for name, fn in calls.items():
+            if name == "monai" and size > 256 and r >= 2:
+                continue  # ~10 s a call at 512 px
+            times[name].append(_time(fn, 1))
+    monai_s, ours_s, grouped_s, ungrouped_s = (statistics.median(times[k]) for k in calls)
     clip_s = _time(lambda: confidence_maps(frames, sector="off", batch=batch), max(1, repeats // 2)) / batch
     with ThreadPoolExecutor(2) as pool:  # two frames at once (torch releases the GIL): throughput
         two_s = _time(lambda: list(pool.map(lambda f: confidence_map(f, sector="off"), frames)), 1) / batch
@@ -68,6 +84,9 @@ def measure(size: int, repeats: int, batch: int) -> dict:
         "ours_ms": 1e3 * ours_s,
         "ours_clip_ms_per_frame": 1e3 * clip_s,
         "speedup": monai_s / ours_s,
+        "solve_ms": 1e3 * grouped_s,
+        "solve_ungrouped_ms": 1e3 * ungrouped_s,
+        "border_grouping_speedup": ungrouped_s / grouped_s,
         "speedup_clip": monai_s / clip_s,
         "ours_2_threads_ms_per_frame": 1e3 * two_s,
         "analysis_ms_once_per_shape": 1e3 * analysis_s,
@@ -85,13 +104,15 @@ def table(rows: list[dict], info: dict) -> str:
         f"torch {info['torch']}, MONAI {info['monai']}, scipy {info['scipy']}, numpy {info['numpy']}. "
         "Synthetic linear-probe lesion frames; median of repeats; `bench/confidence_speed.py`.",
         "",
-        "| px | MONAI ms/frame | ours ms/frame | speed-up | ours, clip ms/frame | speed-up (clip) "
-        "| 2 threads ms/frame | per-shape analysis ms (once) | max abs diff | frames/s, warm cache |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| px | MONAI ms/frame | ours ms/frame | speed-up | solve ms: ours / without border grouping | its gain "
+        "| ours, clip ms/frame | speed-up (clip) | 2 threads ms/frame | per-shape analysis ms (once) "
+        "| max abs diff | frames/s, warm cache |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['px']} | {r['monai_ms']:.0f} | {r['ours_ms']:.0f} | {r['speedup']:.1f}x | "
+            f"{r['solve_ms']:.0f} / {r['solve_ungrouped_ms']:.0f} | {r['border_grouping_speedup']:.2f}x | "
             f"{r['ours_clip_ms_per_frame']:.0f} | {r['speedup_clip']:.1f}x | {r['ours_2_threads_ms_per_frame']:.0f} | "
             f"{r['analysis_ms_once_per_shape']:.0f} | {r['max_abs_diff']:.1e} | {r['cache_warm_frames_per_s']:.0f} |"
         )
@@ -99,20 +120,21 @@ def table(rows: list[dict], info: dict) -> str:
         "",
         "MONAI solves with scipy's direct `spsolve` (SuperLU, COLAMD): ~85% of its time, the rest is its",
         "graph construction. Ours (`src/ultrassl/confidence.py`): weights ~5 ms, then a nested-dissection",
-        "multifrontal Cholesky on equal boxes (each level one batched torch call), factorised in float32",
-        "with float64 iterative refinement (one step is typical), per-shape index plan cached per process.",
-        "At 256 px on this machine, for comparison: scipy `splu` with our ND ordering 320 ms, with RCM 9.7 s;",
-        "cholespy (CHOLMOD, reference BLAS, no symbolic reuse) 670 ms; qdldl numeric refactor 370 ms;",
-        "MKL PARDISO (pypardiso, analysis once) 115 ms factor + 38 ms solve, but needs the ~800 MB `mkl`",
-        "wheel; CG with a column preconditioner 400+ iterations, pyamg-preconditioned CG 140-190. The 20x",
-        "target is not reached on CPU: even PARDISO would be ~10x. The 2 cores were shared with other jobs",
-        "(load average 3-7) during the run: compare ratios within a row, not absolute times across runs.",
-        "Later, on an AMD EPYC at 256 px in one run (1 thread, cores shared with a benchmark): MONAI 395 ms,",
-        "ours 98 ms (4.0x), CHOLMOD supernodal through cvxopt with the symbolic analysis done once and our ND",
-        "ordering 25 ms factor + 6 ms solve (~13x; 128 px 14x, 512 px 17x). cvxopt and CHOLMOD's supernodal",
-        "module are GPL, so it is not a dependency. About half of our factorisation's 815 MFLOP (at 256 px)",
-        "are Schur updates onto box rings that lie on the grid's outer frame (absent nodes): per-box ring",
-        "sizes would cut it to ~400 MFLOP, an estimated 1.5x, still short of 20x.",
+        "multifrontal Cholesky on equal boxes (each tree level a few batched torch calls), factorised in",
+        "float32 with float64 iterative refinement (one step is typical), per-shape index plan cached per",
+        "process. Near the root the boxes are grouped by the grid sides they touch and their fronts leave",
+        "out the ring nodes on the grid's absent border, which carried about half of the factorisation's",
+        "flops (815 MFLOP at 256 px before); *without border grouping* is the solver (factorisation,",
+        "substitution, refinement) before that change, timed alternately with ours in the same run. Alternatives measured earlier at 256 px, each in one run",
+        "against the solver of that time: on an Intel Xeon (2 shared cores) scipy `splu` with our ND",
+        "ordering 320 ms (ours 289 ms), with RCM 9.7 s; cholespy (CHOLMOD, reference BLAS, no symbolic",
+        "reuse) 670 ms; qdldl numeric refactor 370 ms; MKL PARDISO (pypardiso, analysis once) 115 ms",
+        "factor + 38 ms solve, but it needs the ~800 MB `mkl` wheel; CG with a column preconditioner 400+",
+        "iterations, pyamg-preconditioned CG 140-190. On an AMD EPYC (1 thread): MONAI 395 ms, ours 98 ms,",
+        "CHOLMOD supernodal through cvxopt with the symbolic analysis done once and our ND ordering 25 ms",
+        "factor + 6 ms solve (~13x MONAI; 128 px 14x, 512 px 17x); cvxopt and CHOLMOD's supernodal module",
+        "are GPL, so it is not a dependency. The 20x target is not reached on CPU. The cores were shared",
+        "with other jobs during the runs: compare ratios within a row, not absolute times across runs.",
     ]
     return "\n".join(lines)
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from ultrassl import confidence
 from ultrassl.cli import main
-from ultrassl.confidence import confidence_map, confidence_maps, fit_sector
+from ultrassl.confidence import confidence_map, confidence_maps, fit_sector, laplacian_weights
 from ultrassl.confidence_cache import ConfidenceCache, cache_key, precompute
 from ultrassl.data.scan_area import detect_scan_area
 from ultrassl.data.synthetic import synth_clip, synth_frame
@@ -29,6 +31,19 @@ def test_agrees_with_monai(size, cls, probe):
     ref = _monai(image)
     assert ours.shape == image.shape and ours.dtype == np.float32
     assert np.abs(ours - ref).max() <= 1e-3
+
+
+@pytest.mark.parametrize("size", [(6, 5), (40, 33), (71, 64)])
+def test_border_grouping_of_boxes_does_not_change_the_map(size):
+    """Boxes near the root drop their absent border nodes (grouped by the grid sides they touch); every
+    split between grouped and plain tree levels must give the same map as the plain solver."""
+    image = np.random.default_rng(size[0]).random(size)
+    weights = torch.from_numpy(laplacian_weights(image)[None])
+    # 0: no level grouped (every front carries its whole ring); 10**6: every level grouped
+    plain, *others = (confidence._solve_batch(weights, n)[0].numpy() for n in (0, 2, 64, 10**6))
+    assert np.abs(plain - confidence_map(image, sector="off")).max() <= 1e-6
+    for other in others:
+        assert np.abs(other - plain).max() <= 1e-6
 
 
 def test_agrees_with_monai_non_default_params_and_uint8():
