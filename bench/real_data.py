@@ -50,6 +50,8 @@ SSL_METHODS = ("mae", "deblur-mae", "ultramae", "uscl")
 ALL_METHODS = ("scratch", *SSL_METHODS)
 #: one of the two random-init baselines alone ("scratch" runs both)
 SCRATCH_ONLY = ("scratch-vit", "scratch-r18")
+#: the order of rows in every table: each architecture's scratch baseline, then its SSL methods
+ROW_ORDER = ("scratch-vit", "mae", "deblur-mae", "ultramae", "scratch-r18", "uscl")
 #: preset per method (CPU sizes); the MAEs share ViT-T/16, USCL is ResNet-18
 PRESETS = {
     "mae": "cpu-vit-t112",
@@ -563,7 +565,7 @@ def run_fewlabel(ds: Dataset, opt: Options, res: Results) -> None:
     if best is None:
         opt.log("fewlabel: no SSL method evaluated on POCUS yet; skipped")
         return
-    baseline = "scratch-r18" if best == "uscl" else "scratch-vit"
+    baseline = _scratch_of(best)
     curve = res.doc.setdefault("fewlabel", {})
     curve["best"], curve["baseline"] = best, baseline
     fractions = tuple(f for f in opt.fewlabel_fractions if f < 1.0)
@@ -649,21 +651,31 @@ def summarize_results(res: Results) -> dict[str, Any]:
     return out
 
 
-def _paired_gap(table: dict[str, Any], name: str, base: str, mode: str) -> tuple[float | None, int]:
-    """Mean accuracy difference (points) of ``name`` over ``base`` on the folds both have run."""
-    a, b = table.get(name, {}).get(mode, {}), table.get(base, {}).get(mode, {})
+def _scratch_of(method: str) -> str:
+    """The random-init baseline with the method's architecture (USCL is a ResNet-18, the MAEs ViT-T)."""
+    return "scratch-r18" if method == "uscl" else "scratch-vit"
+
+
+def _paired_diff(
+    a: dict[str, Any], b: dict[str, Any], value: Callable[[dict[str, Any]], float]
+) -> tuple[float | None, int]:
+    """Mean difference (points) of ``value`` between two per-fold tables, over the folds both have run."""
     folds = sorted(set(a) & set(b))
     if not folds:
         return None, 0
-    diffs = [a[k]["frame"]["accuracy"] - b[k]["frame"]["accuracy"] for k in folds]
-    return round(100 * float(np.mean(diffs)), 1), len(folds)
+    return round(100 * float(np.mean([value(a[k]) - value(b[k]) for k in folds])), 1), len(folds)
+
+
+def _paired_gap(table: dict[str, Any], name: str, base: str, mode: str) -> tuple[float | None, int]:
+    """Mean accuracy difference (points) of ``name`` over ``base`` on the folds both have run."""
+    a, b = table.get(name, {}).get(mode, {}), table.get(base, {}).get(mode, {})
+    return _paired_diff(a, b, lambda fold: fold["frame"]["accuracy"])
 
 
 def _seg_rows_in_order(table: dict[str, Any]) -> list[str]:
-    """HC18 rows ``encoder/head`` grouped by architecture (ViTs, then ResNet-18s), scratch first."""
-    order = ("scratch-vit", "mae", "deblur-mae", "ultramae", "scratch-r18", "uscl")
-    rank = {name: i for i, name in enumerate(order)}
-    return sorted(table, key=lambda key: (rank.get(key.split("/")[0], len(order)), key))
+    """HC18 rows ``encoder/head`` in ``ROW_ORDER`` (grouped by architecture, scratch first)."""
+    rank = {name: i for i, name in enumerate(ROW_ORDER)}
+    return sorted(table, key=lambda key: (rank.get(key.split("/")[0], len(ROW_ORDER)), key))
 
 
 def _paired_dice_gap(table: dict[str, Any], key: str) -> tuple[float | None, int]:
@@ -672,12 +684,9 @@ def _paired_dice_gap(table: dict[str, Any], key: str) -> tuple[float | None, int
     name, head = key.split("/")
     if name in SCRATCH_ONLY:
         return None, 0
-    base = f"{'scratch-r18' if name == 'uscl' else 'scratch-vit'}/{head}"
-    a, b = table.get(key, {}), table.get(base, {})
-    folds = sorted(set(a) & set(b))
-    if not folds:
-        return None, 0
-    return round(100 * float(np.mean([a[k]["dice"] - b[k]["dice"] for k in folds])), 1), len(folds)
+    return _paired_diff(
+        table.get(key, {}), table.get(f"{_scratch_of(name)}/{head}", {}), lambda fold: fold["dice"]
+    )
 
 
 def acceptance(res: Results) -> dict[str, Any]:
@@ -686,7 +695,7 @@ def acceptance(res: Results) -> dict[str, Any]:
     table = res.doc.get("pocus", {})
     rows, folds = {}, {}
     for m in SSL_METHODS:
-        base = "scratch-r18" if m == "uscl" else "scratch-vit"
+        base = _scratch_of(m)
         gap = {}
         for mode in ("linear", "partial", "full"):
             g, n = _paired_gap(table, m, base, mode)
@@ -772,7 +781,7 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
             "| method | mode | accuracy | balanced acc. | macro-F1 | video accuracy | folds |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for name in ("scratch-vit", "mae", "deblur-mae", "ultramae", "scratch-r18", "uscl"):
+        for name in ROW_ORDER:
             for mode in ("linear", "partial", "full"):
                 s = pocus.get(name, {}).get(mode)
                 if not s:
