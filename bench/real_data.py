@@ -4,8 +4,9 @@ For each test fold k of the data's own ``fold`` column (patient-grouped, seed 42
 method is pre-trained on the dev files whose patient is *not* in fold k (any class or probe; labels
 unused, except USCL's semi-supervised cross-entropy, which sees the labels of fold k's *training* groups
 only, never its validation or test groups), for the same wall-clock budget, and fold k alone is then
-evaluated (linear probe and full fine-tuning; Dice/IoU on HC18). Scratch baselines use the same
-architectures (ViT-T/16 for the MAEs, ResNet-18 for USCL).
+evaluated (linear probe, and full fine-tuning for the ViTs or the last block for ResNet-18 as in
+USCL's protocol; Dice/IoU on HC18). Scratch baselines use the same architectures (ViT-T/16 for the
+MAEs, ResNet-18 for USCL).
 
 Budget: ``--pretrain-minutes`` per method per fold. Each method's throughput is measured once per data
 set (a short calibration run on fold 0's data) and the minutes become a step count, so the learning-rate
@@ -52,6 +53,9 @@ ALL_METHODS = ("scratch", *SSL_METHODS)
 SCRATCH_ONLY = ("scratch-vit", "scratch-r18")
 #: the order of rows in every table: each architecture's scratch baseline, then its SSL methods
 ROW_ORDER = ("scratch-vit", "mae", "deblur-mae", "ultramae", "scratch-r18", "uscl")
+#: POCUS evaluation modes per architecture unless ``--modes`` names them: the ViTs are probed and fully
+#: fine-tuned (the MAE papers' protocols), ResNet-18 probed and fine-tuned from its last block (USCL's)
+MODES_BY_ARCH = {"scratch-vit": ("linear", "full"), "scratch-r18": ("linear", "partial")}
 #: preset per method (CPU sizes); the MAEs share ViT-T/16, USCL is ResNet-18
 PRESETS = {
     "mae": "cpu-vit-t112",
@@ -89,11 +93,11 @@ class Options:
     methods: tuple[str, ...] = ALL_METHODS
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)
     hc18_folds: tuple[int, ...] | None = None  # None: the same as folds
-    pretrain_minutes: float = 1.0
+    pretrain_minutes: float = 4.0
     finetune_epochs: int = 10
     seg_epochs: int = 10
     img_size: int = 112
-    modes: tuple[str, ...] = ("linear", "full")
+    modes: tuple[str, ...] | None = None  # None: MODES_BY_ARCH
     fewlabel_fractions: tuple[float, ...] = (0.1, 0.25, 0.5)
     fewlabel_modes: tuple[str, ...] = ("linear", "full")
     seg_heads: tuple[str, ...] = ("mae", "upernet")
@@ -461,6 +465,11 @@ def pocus_eval_names(methods: Sequence[str]) -> list[str]:
     return names
 
 
+def pocus_modes(name: str, opt: Options) -> tuple[str, ...]:
+    """The POCUS evaluation modes of one encoder: ``--modes`` if given, else its architecture's."""
+    return opt.modes or MODES_BY_ARCH[_scratch_of(name)]
+
+
 def weights_for(name: str, ds: Dataset, k: int, opt: Options, res: Results) -> tuple[str | Path, Any]:
     if name.startswith("scratch"):
         return "scratch", scratch_spec(name, opt)
@@ -474,7 +483,7 @@ def run_pocus(ds: Dataset, opt: Options, res: Results) -> None:
     for k in opt.folds:
         for name in pocus_eval_names(opt.methods):
             recorded = table.get(name, {})
-            todo = [m for m in opt.modes if str(k) not in recorded.get(m, {})]
+            todo = [m for m in pocus_modes(name, opt) if str(k) not in recorded.get(m, {})]
             if not todo:  # every mode's result is in the results file (the work folder may be gone)
                 opt.log(f"pocus fold {k} {name}: recorded in {opt.out.name}, skipped")
                 continue
@@ -652,8 +661,9 @@ def summarize_results(res: Results) -> dict[str, Any]:
 
 
 def _scratch_of(method: str) -> str:
-    """The random-init baseline with the method's architecture (USCL is a ResNet-18, the MAEs ViT-T)."""
-    return "scratch-r18" if method == "uscl" else "scratch-vit"
+    """The random-init baseline with the method's architecture (USCL is a ResNet-18, the MAEs ViT-T);
+    a baseline is its own."""
+    return "scratch-r18" if method in ("uscl", "scratch-r18") else "scratch-vit"
 
 
 def _paired_diff(
@@ -952,7 +962,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
     p.add_argument("--seg-epochs", type=int, default=d.seg_epochs)
     p.add_argument("--img-size", type=int, default=d.img_size)
-    p.add_argument("--modes", default=",".join(d.modes), help="POCUS modes: linear,full,partial")
+    p.add_argument(
+        "--modes",
+        default=None,
+        help="POCUS modes for every encoder: linear,full,partial (default: linear,full for ViTs, "
+        "linear,partial for ResNet-18)",
+    )
     p.add_argument("--fewlabel-modes", default=",".join(d.fewlabel_modes))
     p.add_argument("--seg-heads", default=",".join(d.seg_heads), help="ViT heads: mae,upernet")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -980,7 +995,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         finetune_epochs=a.finetune_epochs,
         seg_epochs=a.seg_epochs,
         img_size=a.img_size,
-        modes=_strs(a.modes),
+        modes=_strs(a.modes) if a.modes else None,
         fewlabel_modes=_strs(a.fewlabel_modes),
         seg_heads=_strs(a.seg_heads),
         seed=a.seed,

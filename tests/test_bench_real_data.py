@@ -111,3 +111,15 @@ def test_hc18_table_orders_rows_and_pairs_dice_gains_by_fold(tmp_path):
     # MAE vs scratch ViT on folds 0 and 1: (+5 + 15) / 2; USCL vs scratch ResNet on fold 0 only: +2
     assert "| +10.0 (2 folds) |" in rows[1] and "| +2.0 (1 fold) |" in rows[3]
     assert "| - |" in rows[0] and "| 90.0 ± 7.1 |" in rows[1]
+
+
+def test_pocus_modes_follow_each_architecture_unless_named():
+    bench = _bench()
+    default = bench.Options()
+    # the ViTs: linear probe + full fine-tuning; ResNet-18: linear probe + last block (USCL's protocol)
+    assert bench.pocus_modes("scratch-vit", default) == ("linear", "full")
+    assert bench.pocus_modes("deblur-mae", default) == ("linear", "full")
+    assert bench.pocus_modes("scratch-r18", default) == ("linear", "partial")
+    assert bench.pocus_modes("uscl", default) == ("linear", "partial")
+    named = bench.Options(modes=("linear",))
+    assert {bench.pocus_modes(n, named) for n in bench.ROW_ORDER} == {("linear",)}
