@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -102,7 +104,7 @@ def table(rows: list[dict], info: dict) -> str:
         "",
         f"{info['cpu']}, {info['cores']} cores (shared), {info['torch_threads']} torch thread; "
         f"torch {info['torch']}, MONAI {info['monai']}, scipy {info['scipy']}, numpy {info['numpy']}. "
-        "Synthetic linear-probe lesion frames; median of repeats; `bench/confidence_speed.py`.",
+        f"Synthetic linear-probe lesion frames; median of repeats; `{info.get('command', 'bench/confidence_speed.py')}`.",
         "",
         "| px | MONAI ms/frame | ours ms/frame | speed-up | solve ms: ours / without border grouping | its gain "
         "| ours, clip ms/frame | speed-up (clip) | 2 threads ms/frame | per-shape analysis ms (once) "
@@ -155,6 +157,7 @@ def main() -> None:
     import monai
 
     info = machine_info(monai=monai.__version__, numpy=np.__version__, scipy=scipy.__version__)
+    info["command"] = "python bench/confidence_speed.py " + shlex.join(sys.argv[1:])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
     section = table(rows, info)
