@@ -99,7 +99,7 @@ class Options:
     img_size: int = 112
     modes: tuple[str, ...] | None = None  # None: MODES_BY_ARCH
     fewlabel_fractions: tuple[float, ...] = (0.1, 0.25, 0.5)
-    fewlabel_modes: tuple[str, ...] = ("linear", "full")
+    fewlabel_modes: tuple[str, ...] | None = None  # None: the POCUS modes of each encoder
     seg_heads: tuple[str, ...] = ("mae", "upernet")
     seed: int = 0
     calib_steps: int = 12
@@ -581,7 +581,7 @@ def run_fewlabel(ds: Dataset, opt: Options, res: Results) -> None:
     for k in opt.folds:
         for name in (best, baseline):
             weights, spec = weights_for(name, ds, k, opt, res)
-            for mode in opt.fewlabel_modes:
+            for mode in opt.fewlabel_modes or pocus_modes(name, opt):
                 out = opt.work / "pocus" / "fewlabel" / name / mode / f"fold{k}"
                 cfg = ClassifyConfig(
                     mode=mode,
@@ -968,7 +968,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="POCUS modes for every encoder: linear,full,partial (default: linear,full for ViTs, "
         "linear,partial for ResNet-18)",
     )
-    p.add_argument("--fewlabel-modes", default=",".join(d.fewlabel_modes))
+    p.add_argument("--fewlabel-modes", default=None, help="default: each encoder's POCUS modes")
     p.add_argument("--seg-heads", default=",".join(d.seg_heads), help="ViT heads: mae,upernet")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--calib-steps", type=int, default=d.calib_steps)
@@ -996,7 +996,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seg_epochs=a.seg_epochs,
         img_size=a.img_size,
         modes=_strs(a.modes) if a.modes else None,
-        fewlabel_modes=_strs(a.fewlabel_modes),
+        fewlabel_modes=_strs(a.fewlabel_modes) if a.fewlabel_modes else None,
         seg_heads=_strs(a.seg_heads),
         seed=a.seed,
         calib_steps=a.calib_steps,
