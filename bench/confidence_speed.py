@@ -104,7 +104,7 @@ def table(rows: list[dict], info: dict) -> str:
         "",
         f"{info['cpu']}, {info['cores']} cores (shared), {info['torch_threads']} torch thread; "
         f"torch {info['torch']}, MONAI {info['monai']}, scipy {info['scipy']}, numpy {info['numpy']}. "
-        f"Synthetic linear-probe lesion frames; median of repeats; `{info.get('command', 'bench/confidence_speed.py')}`.",
+        f"Synthetic linear-probe lesion frames; median of repeats; `{info['command']}`.",
         "",
         "| px | MONAI ms/frame | ours ms/frame | speed-up | solve ms: ours / without border grouping | its gain "
         "| ours, clip ms/frame | speed-up (clip) | 2 threads ms/frame | per-shape analysis ms (once) "
