@@ -16,9 +16,9 @@ the grid sides they touch, so their fronts leave out ring nodes on the absent bo
 the solve 1.4-1.5x faster at 256-512 px). The per-shape plan takes ~50 ms at 256 px and is cached. The
 factorisation runs in float32, which halves the memory traffic that bounds it; float64 iterative
 refinement (usually one step) brings the map back to MONAI's to ~3e-8. bench/confidence_speed.py, on
-this project's shared 2-core CPUs: 5-7x MONAI at 128-512 px (3-8x before the border grouping, on an
-older Xeon); MKL PARDISO would be ~10x at 256 px but needs an ~800 MB wheel; CHOLMOD ~13x but is GPL;
-the 20x target is not reached.
+one idle core of this project's CPU: 3.2x / 4.7x / 5.4x MONAI at 128 / 256 / 512 px (MONAI slows more
+than ours when the cores are shared: 4.8x / 7.2x / 5.1x then); MKL PARDISO would be ~10x at 256 px
+but needs an ~800 MB wheel; CHOLMOD ~13x but is GPL; the 20x target is not reached.
 Batching the frames of a clip into one factorisation does not pay on CPU (bigger working set), so
 ``batch`` defaults to 1; on CUDA larger batches fill the device.
 
