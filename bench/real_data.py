@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -42,6 +40,8 @@ from typing import Any
 
 import numpy as np
 from benchlib import machine_info, write_doc_section
+
+from ultrassl.jsonable import jsonable
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -125,7 +125,7 @@ class Results:
         from ultrassl.atomic import atomic_write_text
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps(_jsonable(self.doc), indent=2) + "\n")
+        atomic_write_text(self.path, json.dumps(jsonable(self.doc), indent=2) + "\n")
 
     def step(self, name: str, seconds: float, **extra: Any) -> None:
         """Wall time of one step (the first run's time is kept when a resumed run only reads it back)."""
@@ -135,25 +135,6 @@ class Results:
         self.save()
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return _jsonable(obj.item())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-# ----------------------------------------------------------------------------------------------------
-# data: manifests, folds, per-fold pre-training manifests
-
-
-@dataclass
 class Dataset:
     name: str  # pocus | hc18
     manifest: Path  # every dev file, indexed
@@ -260,48 +241,11 @@ def _replace(row: Any, **changes: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------------
-# confidence maps: solved once per clip for all folds (UltraMAE's start-up cost), cached on disk
-
-
-def install_confidence_cache(cache_dir: Path) -> None:
-    """Memoise UltraMAE's confidence maps by clip content, so five folds (and resumed runs) solve each clip
-    once. The maps are stored as uint8, the precision the clip cache keeps them at anyway."""
-    from ultrassl.data import clips
-
-    original = getattr(clips.confidence_fn, "__wrapped__", clips.confidence_fn)
-
-    def cached_confidence_fn(*args: Any, **kwargs: Any):
-        inner = original(*args, **kwargs)
-        tag = repr((args, sorted(kwargs.items()))).encode()
-
-        def compute(frames: np.ndarray) -> np.ndarray:
-            a = np.ascontiguousarray(frames)
-            key = hashlib.sha1(tag + f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
-            path = cache_dir / key[:2] / f"{key}.npz"
-            if path.exists():
-                try:
-                    return np.load(path)["u8"].astype(np.float32) / 255.0
-                except (OSError, ValueError, KeyError):
-                    pass
-            u8 = np.clip(np.rint(inner(a) * 255.0), 0, 255).astype(np.uint8)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez_compressed(tmp, u8=u8)
-            os.replace(tmp, path)
-            return u8.astype(np.float32) / 255.0
-
-        return compute
-
-    cached_confidence_fn.__wrapped__ = original  # type: ignore[attr-defined]
-    clips.confidence_fn = cached_confidence_fn
-
-
-# ----------------------------------------------------------------------------------------------------
 # pre-training
 
 
 def method_config(method: str, manifest: Path, opt: Options, max_steps: int, calib: bool = False):
-    from ultrassl.config import build_pretrain_config
+    from ultrassl.methods import build_pretrain_config
 
     s = opt.img_size
     flags: dict[str, Any] = {
@@ -323,6 +267,8 @@ def method_config(method: str, manifest: Path, opt: Options, max_steps: int, cal
     if method == "ultramae":
         # batch 16: with 32 the few stills of a fold would not fill one image batch (images + videos)
         flags["train"]["batch_size"] = 16
+        # confidence maps solved once per clip for all folds (UltraMAE's start-up cost), cached on disk
+        flags["ultramae"] = {"confidence_cache": str(opt.work / "confidence_cache")}
     if opt.pretrain_batch:
         flags["train"]["batch_size"] = opt.pretrain_batch
     return build_pretrain_config(method=method, preset=PRESETS[method], flags=flags)
@@ -387,7 +333,7 @@ def pretrain_run(ds: Dataset, k: int, method: str, opt: Options, res: Results) -
     }
     from ultrassl.atomic import atomic_write_text
 
-    atomic_write_text(done, json.dumps(_jsonable(info), indent=2))
+    atomic_write_text(done, json.dumps(jsonable(info), indent=2))
     res.doc.setdefault("pretrain", {})[name] = info
     res.step(name, seconds)
     return run
@@ -901,7 +847,7 @@ def run(opt: Options) -> Results:
     same = ("cpu", "cores", "gpu", "torch", "timm", "python", "native_bf16")
     if not machines or any(machines[-1].get(k) != res.doc["machine"].get(k) for k in same):
         machines.append(res.doc["machine"])
-    cfg = _jsonable(
+    cfg = jsonable(
         {k: v for k, v in asdict(opt).items() if k not in ("log", "command", "progress", "write_doc")}
     )
     old = res.doc.get("config") or {}
@@ -918,7 +864,6 @@ def run(opt: Options) -> Results:
     res.doc["config"] = cfg
     res.doc["config"]["presets"] = PRESETS
     res.save()
-    install_confidence_cache(opt.work / "confidence_cache")
     if "pocus" in opt.tasks or "fewlabel" in opt.tasks:
         t0 = time.monotonic()
         pocus = prepare_pocus(opt)

@@ -101,8 +101,8 @@ def step_rate(
 
     import torch
 
-    from ultrassl.api import build_model, build_pretrain_dataset, resolve_data_classes
-    from ultrassl.config import build_pretrain_config
+    from ultrassl.api import build_model, build_pretrain_data, prepare_config
+    from ultrassl.methods import build_pretrain_config
     from ultrassl.training import Trainer
 
     overrides = [f"encoder.img_size=[{img_size},{img_size}]"]
@@ -126,10 +126,10 @@ def step_rate(
         },
     }
     cfg = build_pretrain_config(method, PRESETS[method], flags=flags, overrides=overrides)
-    resolve_data_classes(cfg)
+    prepare_config(cfg)
     torch.manual_seed(0)
     model = build_model(cfg)
-    dataset = build_pretrain_dataset(cfg, progress=False)
+    dataset = build_pretrain_data(cfg, progress=False).train
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(model, dataset, optim=cfg.optim, train=cfg.train, run_dir=run_dir, config={})
         trainer._setup()
@@ -186,8 +186,8 @@ def loader_rate(
 
     import torch
 
-    from ultrassl.api import build_pretrain_dataset, resolve_data_classes
-    from ultrassl.config import build_pretrain_config
+    from ultrassl.api import build_pretrain_data, prepare_config
+    from ultrassl.methods import build_pretrain_config
     from ultrassl.training import Trainer, _batch_size
 
     flags = {
@@ -201,8 +201,8 @@ def loader_rate(
     }
     overrides = [f"ultramae.modality={modality}"] if modality else []
     cfg = build_pretrain_config(method, PRESETS[method], flags=flags, overrides=overrides)
-    resolve_data_classes(cfg)
-    dataset = build_pretrain_dataset(cfg, progress=False)
+    prepare_config(cfg)
+    dataset = build_pretrain_data(cfg, progress=False).train
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(
             torch.nn.Linear(1, 1),

@@ -1,16 +1,11 @@
+import re
+
 import pytest
 import yaml
 
-from ultrassl.config import (
-    PretrainConfig,
-    build_pretrain_config,
-    from_dict,
-    load_preset,
-    parse_set,
-    preset_names,
-    to_dict,
-)
+from ultrassl.config import load_preset, parse_set, preset_names, to_dict
 from ultrassl.errors import ConfigError
+from ultrassl.methods import build_pretrain_config, config_from_dict
 
 
 def test_parse_set_nests_and_parses_yaml_values():
@@ -76,7 +71,7 @@ def test_every_preset_resolves_and_round_trips():
         cfg = build_pretrain_config(preset=name)
         plain = to_dict(cfg)
         # plain values only: survives YAML and rebuilds the same dataclass
-        again = from_dict(PretrainConfig, yaml.safe_load(yaml.safe_dump(plain)))
+        again = config_from_dict(yaml.safe_load(yaml.safe_dump(plain)))
         assert to_dict(again) == plain
 
 
@@ -100,3 +95,38 @@ def test_preset_from_yaml_file(tmp_path):
     with pytest.raises(ConfigError, match="batch_sise"):
         build_pretrain_config(preset=str(path))
     assert load_preset("tiny")["encoder"]["patch_size"] == 8
+
+
+@pytest.mark.parametrize(
+    "method, override, message",
+    [
+        # validation runs on the final values, after --set: MAE with nothing masked has no loss to learn
+        ("mae", "mae.mask_ratio=0", "mae.mask_ratio 0 with loss_on='masked'"),
+        ("mae", "mae.decoder_heads=3", "mae.decoder_dim 32 is not divisible"),
+        ("mae", "blur.kind=wobble", "blur.kind 'wobble' is not a blur"),
+        ("mae", "optim.name=sgd", "optim.name must be adamw|adam"),
+        ("mae", "data.decode_workers=-1", "data.decode_workers must be >= 0"),
+        ("uscl", "uscl.temperature=0", "uscl.temperature must be > 0"),
+        ("ultramae", "ultramae.mask_ratio_video=1.0", "ultramae.mask_ratio_video must be in"),
+    ],
+)
+def test_every_value_is_checked_after_the_last_override(method, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_pretrain_config(method=method, preset="tiny" if method == "mae" else None, overrides=[override])
+
+
+def test_a_section_the_method_does_not_read_is_an_error():
+    with pytest.raises(ConfigError, match="section 'mae' is not read by method 'uscl'"):
+        build_pretrain_config(method="uscl", preset="tiny")  # tiny sets mae: sizes
+    with pytest.raises(ConfigError, match="section 'uscl' is not read by method 'mae'"):
+        build_pretrain_config(method="mae", overrides=["uscl.temperature=0.1"])
+    cfg = build_pretrain_config(method="uscl")
+    assert not hasattr(cfg, "mae") and not hasattr(cfg, "blur") and cfg.uscl.temperature == 0.5
+
+
+def test_a_config_saved_before_the_registry_still_loads():
+    new = to_dict(build_pretrain_config(method="deblur-mae", preset="tiny"))
+    legacy = {**new, "ultramae": {"tubelet": 2}, "uscl": {"temperature": 0.5}}
+    assert to_dict(config_from_dict(legacy)) == new
+    with pytest.raises(ConfigError, match="unknown config key 'nonsense'"):
+        config_from_dict({**new, "nonsense": 1})

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from ultrassl import api
-from ultrassl.config import build_pretrain_config
 from ultrassl.finetune.classify import ClassifyConfig, finetune_classify
 from ultrassl.finetune.segment import SegmentConfig, finetune_segment
+from ultrassl.methods import build_pretrain_config
 from ultrassl.models.vit import EncoderSpec
 
 pytestmark = pytest.mark.slow

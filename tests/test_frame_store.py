@@ -15,7 +15,8 @@ import pytest
 
 import ultrassl.data.clips as clips_mod
 import ultrassl.data.datasets as datasets_mod
-from ultrassl.data.clips import confidence_fn, load_clip_cache
+from ultrassl.confidence import confidence_fn
+from ultrassl.data.clips import load_clip_cache
 from ultrassl.data.datasets import load_frame_cache
 from ultrassl.data.frame_store import DATA_FILE, INDEX_FILE, FrameStore, open_store, store_key, write_store
 from ultrassl.data.manifest import read_manifest
@@ -231,14 +232,14 @@ def test_a_confidence_closure_works_in_workers_or_in_the_parent(rows, monkeypatc
 
 def test_config_passes_the_store_through(data: Path, tmp_path: Path) -> None:
     from ultrassl import api
-    from ultrassl.config import build_pretrain_config
     from ultrassl.errors import ConfigError
+    from ultrassl.methods import build_pretrain_config
 
     with pytest.raises(ConfigError, match="decode_workers"):
         build_pretrain_config(method="mae", preset="tiny", flags={"data": {"decode_workers": -1}})
     flags = {"data": {"manifest": str(data), "frame_cache": str(tmp_path / "fc"), "decode_workers": 0}}
     cfg = build_pretrain_config(method="mae", preset="tiny", flags=flags)
-    dataset = api.build_pretrain_dataset(cfg, progress=False)
+    dataset = api.build_pretrain_data(cfg, progress=False).train
     assert isinstance(dataset.cache.frames.store, FrameStore) and len(stores(tmp_path / "fc")) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # read-only views must not make torch warn

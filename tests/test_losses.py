@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ultrassl.losses import NTXentLoss, nt_xent
+from ultrassl.losses import nt_xent
 
 
 def _direct_nt_xent(z1: torch.Tensor, z2: torch.Tensor, t: float) -> torch.Tensor:
@@ -30,7 +30,6 @@ def test_nt_xent_equals_the_direct_computation(t):
     z1, z2 = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
     got = nt_xent(z1, z2, t)
     assert float(got) == pytest.approx(float(_direct_nt_xent(z1, z2, t)), rel=1e-5)
-    assert float(NTXentLoss(t)(z1, z2)) == pytest.approx(float(got))
     # the positive is the same index in the other view: swapping the rows of one view changes the loss
     assert float(nt_xent(z1, z2.flip(0), t)) != pytest.approx(float(got), rel=1e-3)
 

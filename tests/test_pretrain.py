@@ -17,7 +17,7 @@ from media_helpers import make_mixed_folder
 from ultrassl import api
 from ultrassl.checkpoint import safe_load
 from ultrassl.cli import main
-from ultrassl.config import build_pretrain_config
+from ultrassl.methods import build_pretrain_config
 
 TINY = ["--preset", "tiny", "--set", "train.log_every=1"]
 
@@ -227,14 +227,17 @@ def test_a_file_broken_after_indexing_is_skipped_and_listed(synth_manifest, tmp_
 
 
 def test_resume_accepts_a_run_saved_before_new_options_existed_but_not_a_changed_setting(tmp_path):
-    from ultrassl.api import _check_resume_config
-    from ultrassl.config import PretrainConfig, to_dict
+    from ultrassl.config import to_dict
     from ultrassl.errors import ConfigError
+    from ultrassl.runs import check_resume_config
 
-    new = to_dict(PretrainConfig())
-    old = {k: v for k, v in new.items() if k not in ("uscl", "ultramae")}  # an older run's config
-    _check_resume_config(old, new, tmp_path / "last.pt")
-    changed = to_dict(PretrainConfig())
+    new = to_dict(build_pretrain_config("mae"))
+    old = {k: v for k, v in new.items() if k != "blur"}  # an older run's config
+    # configs written before the method registry carried every method's section
+    legacy = {**new, "ultramae": {"tubelet": 2}, "uscl": {"temperature": 0.5}}
+    check_resume_config(old, new, tmp_path / "last.pt")
+    check_resume_config(legacy, new, tmp_path / "last.pt")
+    changed = to_dict(build_pretrain_config("mae"))
     changed["optim"]["base_lr"] = 1.0
     with pytest.raises(ConfigError, match="optim.base_lr"):
-        _check_resume_config(old, changed, tmp_path / "last.pt")
+        check_resume_config(old, changed, tmp_path / "last.pt")

@@ -191,7 +191,7 @@ def test_too_small_dataset_is_a_clear_error(tmp_path):
 def test_fused_attention_switch_keeps_the_mae_outputs():
     """SDPA (fused) and the explicit softmax path compute the same loss on a tiny MAE; the switch
     reaches every attention block of encoder and decoder."""
-    from ultrassl.config import build_pretrain_config
+    from ultrassl.methods import build_pretrain_config
     from ultrassl.methods.mae import MAE
     from ultrassl.training import set_fused_attention
 

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import csv
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from crash import CrashAfter
 
-from ultrassl import api
+from ultrassl import api, confidence
 from ultrassl.checkpoint import safe_load
-from ultrassl.config import build_pretrain_config
-from ultrassl.data.manifest import read_manifest
+from ultrassl.methods import build_pretrain_config
 from ultrassl.training import Trainer
 
 torch.set_num_threads(1)
@@ -47,10 +45,12 @@ def _fake_confidence_maps(
     return np.clip(ramp * (0.8 + 0.2 * frames), 0.0, 1.0).astype(np.float32)
 
 
+_REAL_CONFIDENCE_MAPS = confidence.confidence_maps
+
+
 @pytest.fixture(autouse=True)
 def fake_confidence(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.SimpleNamespace(confidence_maps=_fake_confidence_maps)
-    monkeypatch.setitem(sys.modules, "ultrassl.confidence", fake)
+    monkeypatch.setattr(confidence, "confidence_maps", _fake_confidence_maps)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def _losses(run: Path) -> list[float]:
 
 def test_mixed_batches_train_and_loss_falls_over_50_steps(manifest: Path, tmp_path: Path) -> None:
     cfg = _cfg(manifest, max_steps=50)
-    dataset = api.build_pretrain_dataset(cfg, progress=False)
+    dataset = api.build_pretrain_data(cfg, progress=False).train
     assert dataset.n_images == 6 and len(dataset) == 14
     kinds = {len(b) and (b[0] < dataset.n_images) for b in dataset.batches(0, 4)}
     assert kinds == {True, False}  # each epoch holds image batches and clip batches
@@ -106,34 +106,15 @@ def test_mixed_batches_train_and_loss_falls_over_50_steps(manifest: Path, tmp_pa
 @pytest.mark.parametrize(("modality", "target"), [("images", "cwus"), ("videos", "raw")])
 def test_ablation_switches_run(manifest: Path, tmp_path: Path, modality: str, target: str) -> None:
     cfg = _cfg(manifest, f"ultramae.modality={modality}", f"ultramae.target={target}", max_steps=2)
-    dataset = api.build_pretrain_dataset(cfg, progress=False)
+    dataset = api.build_pretrain_data(cfg, progress=False).train
     assert dataset.n_images == (6 if modality == "images" else 0)
     assert len(dataset) == (6 if modality == "images" else 8)
     assert api.pretrain(cfg, tmp_path / "run", progress=False).step == 2
 
 
-class CrashingData:
-    """Wraps the data set and raises when item number ``fail_at`` is loaded (a crash mid-epoch)."""
-
-    def __init__(self, dataset, fail_at: int):
-        self.dataset, self.fail_at, self.loaded = dataset, fail_at, 0
-
-    def __getattr__(self, name):
-        return getattr(self.dataset, name)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        self.loaded += 1
-        if self.loaded > self.fail_at:
-            raise RuntimeError("simulated crash")
-        return self.dataset[i]
-
-
 def test_crash_mid_epoch_then_resume_is_bit_identical(manifest: Path, tmp_path: Path) -> None:
     cfg = _cfg(manifest, "train.checkpoint_every=4", max_steps=9)
-    dataset = api.build_pretrain_dataset(cfg, progress=False)
+    dataset = api.build_pretrain_data(cfg, progress=False).train
 
     def trainer(run: str, data, resume: bool = False) -> Trainer:
         torch.manual_seed(0)
@@ -145,7 +126,7 @@ def test_crash_mid_epoch_then_resume_is_bit_identical(manifest: Path, tmp_path: 
     ref = trainer("ref", dataset).fit()
     # 3 batches an epoch: the checkpoint at step 4 lies one batch into epoch 1; crash in step 6
     with pytest.raises(RuntimeError, match="simulated crash"):
-        trainer("run", CrashingData(dataset, fail_at=5 * 4)).fit()
+        trainer("run", CrashAfter(dataset, 5 * 4)).fit()
     assert safe_load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4
     resumed = trainer("run", dataset, resume=True).fit()
     assert resumed.step == ref.step == 9
@@ -155,12 +136,9 @@ def test_crash_mid_epoch_then_resume_is_bit_identical(manifest: Path, tmp_path: 
 
 
 def test_real_confidence_maps_feed_the_target(manifest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "ultrassl.confidence")
-    pytest.importorskip("ultrassl.confidence")
-    from ultrassl.data.clips import build_clip_dataset
-
+    monkeypatch.setattr(confidence, "confidence_maps", _REAL_CONFIDENCE_MAPS)
     cfg = _cfg(manifest, "ultramae.modality=images")
-    ds = build_clip_dataset(read_manifest(manifest), cfg.data, cfg.encoder, cfg.ultramae, progress=False)
+    ds = api.build_pretrain_data(cfg, progress=False).train
     conf = ds.cache.images[0].confidence.astype(np.float32) / 255
     assert conf.shape == ds.cache.images[0].frames.shape
     assert conf[0, :3].mean() > conf[0, -3:].mean()  # confidence falls with depth

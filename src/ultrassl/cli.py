@@ -3,17 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
+import re
 import sys
 import time
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from ultrassl import api
+from ultrassl.config import check, load_preset, merge, parse_set, preset_names, to_dict
+from ultrassl.data.skipped import report_skipped
+from ultrassl.demo import run_demo
 from ultrassl.errors import ConfigError, UltrasslError
+from ultrassl.finetune.classify import ClassifyConfig, finetune_classify
+from ultrassl.finetune.evaluate import evaluate
+from ultrassl.finetune.segment import SegmentConfig, finetune_segment
+from ultrassl.methods import load_plugin
+from ultrassl.models.vit import EncoderSpec
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ultrassl", description=__doc__)
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a module (dotted name or .py file) that registers its own methods; repeatable",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write the built-in synthetic ultrasound data set")
@@ -29,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--group-pattern", help="regex on the file name giving the patient/group id")
 
     s = sub.add_parser("pretrain", help="self-supervised pre-training")
-    s.add_argument("--method", choices=("mae", "deblur-mae", "ultramae", "uscl"))
+    s.add_argument(
+        "--method", help="a registered method (see `ultrassl methods`; default: the preset's, else mae)"
+    )
     s.add_argument("--preset", help="preset name (see `ultrassl presets`) or a YAML file")
     s.add_argument("--data", help="manifest CSV")
     s.add_argument("--out", type=Path, required=True, help="run folder")
@@ -85,27 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     _scratch_flags(c)
     c.add_argument("--data", type=Path, required=True, help="manifest CSV with labels and group ids")
     c.add_argument("--out", type=Path, required=True, help="evaluation folder")
-    c.add_argument("--mode", choices=("linear", "partial", "full"), default="linear")
-    _protocol_flags(c)
-    c.add_argument("--train-blocks", type=int, default=1, help="--mode partial: trainable last blocks")
-    c.add_argument("--epochs", type=int, default=30)
-    c.add_argument("--batch-size", type=int, default=32)
-    c.add_argument("--lr", type=float, default=1e-3)
-    c.add_argument("--weight-decay", type=float, default=0.05)
-    c.add_argument("--layer-decay", type=float, default=0.65, help="--mode full: layer-wise lr decay")
-    c.add_argument("--drop-path", type=float, default=0.1, help="--mode full: stochastic depth rate")
-    c.add_argument("--label-smoothing", type=float, default=0.1)
-    c.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
-    c.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
-    c.add_argument("--no-class-weighting", action="store_true", help="plain (unweighted) cross-entropy")
-    c.add_argument("--patience", type=int, default=8, help="early stopping on validation, in epochs")
-    c.add_argument("--aug-scale", type=float, nargs=2, default=(0.4, 1.0), help="crop area range")
-    c.add_argument("--aug-intensity", type=float, default=0.25, help="gain/offset jitter (normalised units)")
-    c.add_argument("--aug-gamma", type=float, default=0.4, help="gamma jitter exp(+-x); 0 turns it off")
-    c.add_argument("--frame-fps", type=float, default=3.0, help="frames sampled per second of video")
-    c.add_argument("--max-frames", type=int, default=30, help="at most this many frames per video")
-    c.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"))
-    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _task_flags(c, ClassifyConfig, "classify")
 
     g = task.add_parser("segment", help="segmentation fine-tuning (images with masks)")
     g.add_argument(
@@ -114,20 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     _scratch_flags(g)
     g.add_argument("--data", type=Path, required=True, help="manifest CSV with mask_path")
     g.add_argument("--out", type=Path, required=True, help="evaluation folder")
-    g.add_argument(
-        "--head",
-        choices=("auto", "mae", "upernet", "unet"),
-        default="auto",
-        help="auto: the MAE-style decoder head for ViTs, a U-Net for ResNets",
-    )
-    _protocol_flags(g)
-    g.add_argument("--epochs", type=int, default=40)
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--freeze-encoder", action="store_true")
-    g.add_argument("--empty-policy", choices=("one", "nan", "zero"), default="one")
-    g.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"))
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _task_flags(g, SegmentConfig, "segment")
 
     s = sub.add_parser("confidence", help="ultrasound confidence maps (.npy per frame + PNG previews)")
     s.add_argument("data", type=Path, help="an image/video/DICOM file, a folder, or a manifest CSV")
@@ -147,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
     sub.add_parser("presets", help="list the built-in presets")
+    sub.add_parser("methods", help="list the registered pre-training methods")
 
     s = sub.add_parser("demo", help="the whole story on built-in synthetic data")
     s.add_argument("--out", type=Path, default=Path("demo"))
@@ -164,32 +157,94 @@ def _scratch_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-chans", type=int, default=1, help="with --arch: input channels")
 
 
-def _protocol_flags(p: argparse.ArgumentParser) -> None:
-    """Flags of the evaluation protocol (``finetune.splits.Protocol``) shared by classify and segment."""
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--folds-file", type=Path, help="use these folds (folds.json format) instead of --folds")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--label-fraction", type=float, nargs="+", default=[1.0])
+#: older flag names kept working beside the ones made from the field names
+_FLAG_ALIASES = {"label_fractions": ["--label-fraction"], "max_frames_per_video": ["--max-frames"]}
+_PREFIX = "cfg__"
 
 
-def _protocol(a: argparse.Namespace) -> dict[str, Any]:
-    return dict(
-        folds=a.folds,
-        folds_file=str(a.folds_file) if a.folds_file else None,
-        seeds=tuple(a.seeds),
-        label_fractions=tuple(a.label_fraction),
-    )
+def _field_docs(cls: type) -> dict[str, str]:
+    """Each field's comment in its dataclass's source (``#: text`` above it, or ``# text`` after it),
+    so the dataclass stays the one place an option is described."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        above: list[str] = []
+        for line in lines:
+            text = line.strip()
+            if text.startswith("#:"):
+                above.append(text[2:].strip())
+                continue
+            match = re.match(r"(\w+)\s*:[^=]*=(.*)$", text)
+            if match and match.group(1) in names:
+                after = match.group(2).split("  # ", 1)[1].strip() if "  # " in match.group(2) else ""
+                docs[match.group(1)] = " ".join(above) or after
+            above = []
+    return docs
+
+
+def _yaml_value(text: str) -> Any:
+    """A flag's value as YAML (numbers, null, lists), as ``--set`` reads values."""
+    return parse_set([f"v={text}"])["v"]
+
+
+def _task_flags(p: argparse.ArgumentParser, cls: type, task: str) -> None:
+    """One flag per field of the task's config dataclass, plus --preset, --set and --print-config."""
+    p.add_argument("--preset", help=f"a {task} preset ({', '.join(preset_names('finetune'))}) or a YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    group = p.add_argument_group(f"{task} options (fields of {cls.__name__}; also --set NAME=VALUE)")
+    hints, docs = typing.get_type_hints(cls), _field_docs(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        options = [t for t in typing.get_args(tp) if t is not type(None)] if _is_optional(tp) else [tp]
+        base = options[0] if len(options) == 1 else Any
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kw: dict[str, Any] = {
+            "dest": _PREFIX + f.name,
+            "default": argparse.SUPPRESS,
+            "metavar": "VALUE",
+            "help": f"{docs.get(f.name, '')} (default: {default})".strip(),
+        }
+        if base is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+            del kw["metavar"]
+        elif typing.get_origin(base) is tuple:
+            args = typing.get_args(base)
+            kw["nargs"] = "+" if len(args) == 2 and args[1] is Ellipsis else len(args)
+            kw["type"] = _yaml_value
+        else:
+            kw["type"] = str if base is str else _yaml_value
+        group.add_argument("--" + f.name.replace("_", "-"), *_FLAG_ALIASES.get(f.name, []), **kw)
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _task_config(a: argparse.Namespace, cls: type) -> Any:
+    """defaults <- --preset <- flags <- --set, then one check of the final values."""
+    cfg = cls()
+    if a.preset:
+        merge(cfg, load_preset(a.preset, "finetune"), "")
+    merge(cfg, {k.removeprefix(_PREFIX): v for k, v in vars(a).items() if k.startswith(_PREFIX)})
+    merge(cfg, parse_set(a.set))
+    return check(cfg)
 
 
 def _scratch_spec(a: argparse.Namespace) -> Any:
     """The EncoderSpec of ``--weights scratch --arch NAME`` (at --img-size, default 224), or None."""
-    from ultrassl.models.vit import EncoderSpec
-
     if not a.arch:
         return None
     if str(a.weights) != "scratch":
         raise ConfigError("--arch only applies to --weights scratch (pre-trained weights bring their own)")
-    size = tuple(a.img_size) if a.img_size else (224, 224)
+    img_size = getattr(a, _PREFIX + "img_size", None)
+    size = tuple(img_size) if img_size else (224, 224)
     return EncoderSpec(arch=a.arch, img_size=size, patch_size=a.patch_size, in_chans=a.in_chans)
 
 
@@ -218,6 +273,8 @@ def _pretrain_flags(a: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        for plugin in args.plugin:
+            load_plugin(plugin)
         return _run(args)
     except UltrasslError as exc:
         print(f"ultrassl {args.command}: error: {exc}", file=sys.stderr)
@@ -225,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(a: argparse.Namespace) -> int:
-    from ultrassl import api, config
 
     if a.command == "synth":
         manifest = api.synth(a.out_dir, seed=a.seed, n_patients=a.patients, size=tuple(a.size))
@@ -242,21 +298,17 @@ def _run(a: argparse.Namespace) -> int:
             cache_dir=a.cache,
             previews=not a.no_previews,
         )
-        for path, reason in res.skipped:
-            print(f"skipped {path}: {reason}", file=sys.stderr)
+        report_skipped(res.skipped)
         print(f"wrote {res.written} confidence maps to {a.out} ({res.cached} from the cache)")
     elif a.command == "index":
         summary = api.index(a.data_dir, a.out, labels_csv=a.labels, group_pattern=a.group_pattern)
-        for path, reason in summary.skipped:
-            print(f"skipped {path}: {reason}", file=sys.stderr)
+        report_skipped(summary.skipped)
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary.by_kind.items()))
         print(f"indexed {summary.n_indexed} files ({kinds}); skipped {summary.n_skipped}; wrote {a.out}")
     elif a.command == "pretrain":
-        cfg = config.build_pretrain_config(a.method, a.preset, _pretrain_flags(a), a.set)
+        cfg = api.build_pretrain_config(a.method, a.preset, _pretrain_flags(a), a.set)
         if a.print_config:
-            import yaml
-
-            print(yaml.safe_dump(config.to_dict(cfg), sort_keys=False))
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             return 0
         result = api.pretrain(cfg, a.out, resume=a.resume)
         print(
@@ -275,66 +327,28 @@ def _run(a: argparse.Namespace) -> int:
             kwargs["img_size"] = tuple(a.img_size)
         report = api.convert(a.checkpoint, a.out, **kwargs)
         print(json.dumps(report, indent=2, default=str))
-    elif a.command == "finetune" and a.task == "segment":
-        from ultrassl.finetune.segment import SegmentConfig, finetune_segment
-
-        scfg = SegmentConfig(
-            head=a.head,
-            **_protocol(a),
-            epochs=a.epochs,
-            batch_size=a.batch_size,
-            lr=a.lr,
-            freeze_encoder=a.freeze_encoder,
-            empty_policy=a.empty_policy,
-            img_size=tuple(a.img_size) if a.img_size else None,
-            device=a.device,
-        )
-        out = finetune_segment(
-            a.weights, a.data, a.out, scfg, scratch_like=a.like, scratch_spec=_scratch_spec(a)
-        )
-        dice, iou = out["summary"]["dice"], out["summary"]["iou"]
-        print(
-            f"Dice {dice['mean']:.3f} ± {dice['std']:.3f}, IoU {iou['mean']:.3f} ± {iou['std']:.3f} "
-            f"({a.folds} folds, {out['n_images']} images); report {out['paths'].get('report_md', a.out)}"
-        )
     elif a.command == "finetune":
-        from ultrassl.finetune.classify import ClassifyConfig, finetune_classify
-
-        cfg = ClassifyConfig(
-            mode=a.mode,
-            **_protocol(a),
-            train_blocks=a.train_blocks,
-            epochs=a.epochs,
-            batch_size=a.batch_size,
-            lr=a.lr,
-            weight_decay=a.weight_decay,
-            layer_decay=a.layer_decay,
-            drop_path=a.drop_path,
-            label_smoothing=a.label_smoothing,
-            mixup=a.mixup,
-            cutmix=a.cutmix,
-            class_weighting=not a.no_class_weighting,
-            patience=a.patience,
-            aug_scale=tuple(a.aug_scale),
-            aug_intensity=a.aug_intensity,
-            aug_gamma=a.aug_gamma,
-            frame_fps=a.frame_fps,
-            max_frames_per_video=a.max_frames,
-            img_size=tuple(a.img_size) if a.img_size else None,
-            device=a.device,
-        )
-        out = finetune_classify(
-            a.weights, a.data, a.out, cfg, scratch_like=a.like, scratch_spec=_scratch_spec(a)
-        )
-        head = out["summary"]
-        print(
-            f"accuracy {head['accuracy']['mean']:.3f} ± {head['accuracy']['std']:.3f}, balanced accuracy "
-            f"{head['balanced_accuracy']['mean']:.3f}, macro-F1 {head['macro_f1']['mean']:.3f} "
-            f"({a.folds} folds, {out['n_frames']} frames); report {out['paths']['report_md']}"
-        )
+        task_cls = SegmentConfig if a.task == "segment" else ClassifyConfig
+        tcfg = _task_config(a, task_cls)
+        if a.print_config:
+            print(yaml.safe_dump(to_dict(tcfg), sort_keys=False))
+            return 0
+        run = finetune_segment if a.task == "segment" else finetune_classify
+        out = run(a.weights, a.data, a.out, tcfg, scratch_like=a.like, scratch_spec=_scratch_spec(a))
+        m = out["summary"]
+        if a.task == "segment":
+            print(
+                f"Dice {m['dice']['mean']:.3f} ± {m['dice']['std']:.3f}, IoU {m['iou']['mean']:.3f} ± "
+                f"{m['iou']['std']:.3f} ({tcfg.folds} folds, {out['n_images']} images); "
+                f"report {out['paths'].get('report_md', a.out)}"
+            )
+        else:
+            print(
+                f"accuracy {m['accuracy']['mean']:.3f} ± {m['accuracy']['std']:.3f}, balanced accuracy "
+                f"{m['balanced_accuracy']['mean']:.3f}, macro-F1 {m['macro_f1']['mean']:.3f} "
+                f"({tcfg.folds} folds, {out['n_frames']} frames); report {out['paths']['report_md']}"
+            )
     elif a.command == "evaluate":
-        from ultrassl.finetune.evaluate import evaluate
-
         out = evaluate(a.model, a.data, a.out, device=a.device)
         m = out["metrics"]
         if out["task"] == "classify" and m:
@@ -346,10 +360,13 @@ def _run(a: argparse.Namespace) -> int:
             print(f"Dice {m['dice']:.3f}, IoU {m['iou']:.3f} ({out['n']} images)")
         print("\n".join(f"  {k:<20} {v}" for k, v in out["paths"].items()))
     elif a.command == "presets":
-        print("\n".join(config.preset_names()))
+        print("\n".join(preset_names()))
+    elif a.command == "methods":
+        for name in api.method_names():
+            print(f"{name:<12} {api.get_method(name).summary}")
     elif a.command == "demo":
         t0 = time.monotonic()
-        r = api.demo(a.out, max_steps=a.max_steps, folds=a.folds)
+        r = run_demo(a.out, max_steps=a.max_steps, folds=a.folds)
         print(Path(r.report).read_text())
         print(f"demo finished in {time.monotonic() - t0:.0f} s; report: {r.report}")
     return 0

@@ -31,13 +31,19 @@ is the arc nearest the apex that the mask reaches, a few pixels above the true t
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from ultrassl.data.scan_area import detect_scan_area
+from ultrassl.distributed import select_device
 from ultrassl.errors import ConfigError
 
 __all__ = ["confidence_map", "confidence_maps", "laplacian_weights", "SectorGeometry", "fit_sector"]
@@ -476,8 +482,6 @@ def _sector_of(frames: np.ndarray, sector: str) -> tuple[SectorGeometry, np.ndar
         return None
     if sector not in ("auto", "on"):
         raise ConfigError(f"confidence map: sector must be 'auto', 'on' or 'off', got {sector!r}")
-    from ultrassl.data.scan_area import detect_scan_area  # scipy/PIL only when sectors are asked for
-
     area = detect_scan_area(np.clip(frames, 0.0, 1.0))
     geo = fit_sector(area.mask) if area.shape == "sector" or sector == "on" else None
     if geo is None:
@@ -490,12 +494,6 @@ def _sector_of(frames: np.ndarray, sector: str) -> tuple[SectorGeometry, np.ndar
 
 
 # ---------------------------------------------------------------------------------------- public
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _solve_stack(
     images: np.ndarray, alpha: float, beta: float, gamma: float, device: torch.device, batch: int
 ) -> np.ndarray:
@@ -532,7 +530,7 @@ def confidence_maps(
     if batch < 1:
         raise ConfigError(f"confidence_maps: batch must be >= 1, got {batch}")
     stack = np.stack([_check_image(f, f"frame {i}") for i, f in enumerate(stack)]) if len(stack) else stack
-    dev = _device(device)
+    dev = device if isinstance(device, torch.device) else select_device(device or "auto")
     if len(stack) == 0:
         return np.zeros(stack.shape, np.float32)
     fan = _sector_of(stack, sector)
@@ -568,3 +566,83 @@ def confidence_map(
     """
     a = _check_image(image)
     return confidence_maps(a[None], alpha, beta, gamma, sector=sector, device=device)[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# a picklable confidence function for data sets
+
+
+@dataclass(frozen=True)
+class ConfidenceMaps:
+    """Confidence maps from :func:`ultrassl.confidence.confidence_maps`, solved on frames shrunk to ``max_side``.
+
+    A module-level callable (not a closure) so it pickles into decoding worker processes; its
+    :attr:`store_key` names it in the key of an on-disk frame store. With ``cache_dir``, each clip's
+    maps are kept there as uint8 (the precision data sets store them at), keyed by the clip's content
+    and these parameters, so k folds or re-runs over the same clips solve each clip once.
+    """
+
+    alpha: float = 2.0
+    beta: float = 90.0
+    gamma: float = 0.05
+    max_side: int | None = 256
+    device: str = "cpu"
+    cache_dir: str | None = None
+
+    @property
+    def store_key(self) -> str:
+        return (
+            f"karamalis(alpha={float(self.alpha)!r},beta={float(self.beta)!r},gamma={float(self.gamma)!r},"
+            f"max_side={self.max_side!r},device={self.device!r})"
+        )
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        if self.cache_dir is None:
+            return self._solve(frames)
+        a = np.ascontiguousarray(frames)
+        key = hashlib.sha1(f"{self.store_key}|{a.dtype.str}|{a.shape}|".encode() + a.tobytes()).hexdigest()
+        path = Path(self.cache_dir) / key[:2] / f"{key}.npz"
+        if path.exists():
+            try:
+                return np.load(path)["u8"].astype(np.float32) / 255.0
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged entry is solved again and rewritten
+        u8 = np.clip(np.rint(self._solve(a) * 255.0), 0, 255).astype(np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{key}.{os.getpid()}.tmp.npz")
+        np.savez_compressed(tmp, u8=u8)
+        os.replace(tmp, path)
+        return u8.astype(np.float32) / 255.0
+
+    def _solve(self, frames: np.ndarray) -> np.ndarray:
+        t, h, w = frames.shape
+        scale = 1.0 if not self.max_side else min(1.0, self.max_side / max(h, w))
+        small = frames
+        if scale < 1.0:
+            size = (max(2, round(h * scale)), max(2, round(w * scale)))
+            small = F.interpolate(torch.from_numpy(frames)[:, None], size=size, mode="area")[:, 0].numpy()
+        conf = np.asarray(
+            confidence_maps(small, self.alpha, self.beta, self.gamma, device=self.device), dtype=np.float32
+        )
+        if conf.shape != (t, h, w):
+            conf = F.interpolate(
+                torch.from_numpy(conf)[:, None], size=(h, w), mode="bilinear", align_corners=False
+            )[:, 0].numpy()
+        return np.clip(conf, 0.0, 1.0)
+
+
+def confidence_fn(
+    alpha: float = 2.0,
+    beta: float = 90.0,
+    gamma: float = 0.05,
+    max_side: int | None = 256,
+    device: str = "cpu",
+    cache_dir: str | None = None,
+) -> ConfidenceMaps:
+    """Confidence maps from :func:`ultrassl.confidence.confidence_maps`, solved on frames shrunk to ``max_side``.
+
+    The shrink (area average) keeps the random-walk solve cheap on large frames; the map is smooth, so
+    resizing it back (bilinear) loses little. Rows run from the transducer (top) to depth (bottom); a
+    fan (sector probe) is found once per clip and solved along its scan lines (``sector="auto"``).
+    """
+    return ConfidenceMaps(alpha, beta, gamma, max_side, device, cache_dir)

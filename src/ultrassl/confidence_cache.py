@@ -23,6 +23,8 @@ from tqdm.auto import tqdm
 
 from ultrassl.atomic import atomic_write, atomic_write_bytes
 from ultrassl.confidence import confidence_maps
+from ultrassl.data.manifest import read_manifest
+from ultrassl.data.readers import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_frames
 from ultrassl.errors import ConfigError, UnreadableFileError
 
 __all__ = ["ConfidenceCache", "PrecomputeSummary", "cache_key", "media_files", "precompute"]
@@ -112,9 +114,6 @@ def preview_png(frame: np.ndarray, conf: np.ndarray) -> bytes:
 # ------------------------------------------------------------------------------------- precompute
 def media_files(data: str | Path) -> list[Path]:
     """DATA as files: one media file, a folder (searched recursively) or a manifest CSV."""
-    from ultrassl.data.manifest import read_manifest
-    from ultrassl.data.readers import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-
     data = Path(data)
     if not data.exists():
         raise UnreadableFileError(data, "no such file or folder")
@@ -150,8 +149,6 @@ def _unique_stems(files: Sequence[Path]) -> list[str]:
 def _one_file(args: tuple) -> tuple[int, int, str | None]:
     """Worker: read one file, map its frames (through the cache), write .npy + .png per frame."""
     path, stem, out, cache_dir, alpha, beta, gamma, sector, previews = args
-    from ultrassl.data.readers import read_frames
-
     try:
         frames = read_frames(path)
     except (UnreadableFileError, OSError, ValueError, IndexError) as exc:

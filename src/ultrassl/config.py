@@ -3,7 +3,12 @@
 A run's config is built in layers: dataclass defaults <- method defaults <- a YAML preset
 (``--preset NAME`` or a path) <- command-line flags <- ``--set a.b=value`` overrides. Every layer is
 checked against the dataclasses: an unknown key or a value of the wrong type is a :class:`ConfigError`.
-The resolved config is saved as plain values (YAML in the run folder, a dict inside checkpoints).
+Values are checked once, on the final config: :func:`check` walks the tree and calls each section's
+``check()`` (so no later layer can slip a bad value past a ``__post_init__``). The resolved config is
+saved as plain values (YAML in the run folder, a dict inside checkpoints).
+
+This module knows no method: :class:`PretrainConfig` holds the sections every method reads, and a
+method's own sections are added by the registry (:func:`ultrassl.methods.registry.config_class`).
 """
 
 from __future__ import annotations
@@ -20,13 +25,7 @@ from typing import Any, Union
 import yaml
 
 from ultrassl.errors import ConfigError
-from ultrassl.methods.mae import MAEConfig
-from ultrassl.methods.ultramae import UltraMAEConfig
-from ultrassl.methods.uscl import USCLConfig, validate_uscl
 from ultrassl.models.vit import EncoderSpec
-from ultrassl.transforms.blur import BlurConfig
-
-METHODS = ("mae", "deblur-mae", "ultramae", "uscl")
 
 
 @dataclass
@@ -53,6 +52,12 @@ class DataConfig:
     #: processes decoding the manifest at start-up (0: decode in the main process)
     decode_workers: int = 0
 
+    def check(self) -> None:
+        if self.decode_workers < 0:
+            raise ConfigError(f"decode_workers must be >= 0, got {self.decode_workers}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+
 
 @dataclass
 class OptimConfig:
@@ -77,6 +82,14 @@ class OptimConfig:
     constant_epochs: float = 0.0
     #: weight decay on biases and norm weights too (USCL decays every parameter)
     decay_all: bool = False
+
+    def check(self) -> None:
+        if self.name not in ("adamw", "adam"):
+            raise ConfigError(f"name must be adamw|adam, got {self.name!r}")
+        if self.constant_epochs < 0:
+            raise ConfigError(f"constant_epochs must be >= 0, got {self.constant_epochs}")
+        if self.accum_steps < 1:
+            raise ConfigError(f"accum_steps must be at least 1, got {self.accum_steps}")
 
 
 @dataclass
@@ -107,49 +120,39 @@ class TrainConfig:
     #: oneDNN CPUs; auto = on for CNN encoders (measured on the CPU in docs/benchmarks.md)
     channels_last: str = "auto"
 
+    def check(self) -> None:
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise ConfigError(f"channels_last must be auto|on|off, got {self.channels_last!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be auto|cpu|cuda, got {self.device!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.val_every is not None and self.val_every < 1:
+            raise ConfigError(f"val_every must be >= 1 step or null, got {self.val_every}")
+
 
 @dataclass
 class PretrainConfig:
+    """The sections every method reads. A method's own sections (``mae``, ``blur``, ``uscl``, ...) are
+    fields of its subclass, made by :func:`ultrassl.methods.registry.config_class`."""
+
     method: str = "mae"
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
-    mae: MAEConfig = field(default_factory=MAEConfig)
-    ultramae: UltraMAEConfig = field(default_factory=UltraMAEConfig)
-    uscl: USCLConfig = field(default_factory=USCLConfig)
-    blur: BlurConfig = field(default_factory=lambda: BlurConfig(kind="none"))
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     #: a run folder, export folder or foreign checkpoint to start from (continued pre-training)
     init_from: str | None = None
 
-
-#: Defaults that define a method, applied before presets and flags.
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mae": {"blur": {"kind": "none"}, "mae": {"loss_on": "masked", "norm_pix_loss": True}},
-    # DeblurringMIM's code: Gaussian sigma 1.1 on the input, MSE over all patches, no per-patch norm.
-    "deblur-mae": {
-        "blur": {"kind": "gaussian", "sigma": 1.1},
-        "mae": {"loss_on": "all", "norm_pix_loss": False},
-    },
-    # UltraMAE's own switches live in `ultramae:` (its dataclass defaults are the paper's recipe)
-    "ultramae": {"blur": {"kind": "none"}},
-    # USCL's code: ResNet-18, Adam lr 3e-4 wd 1e-4 on every parameter, 10 constant epochs then cosine,
-    # RandomResizedCrop(0.8-1, 0.8-1.25) + flip, normalise 0.5/0.25, batch 32, 300 epochs.
-    "uscl": {
-        "encoder": {"arch": "resnet18", "img_size": [224, 224], "in_chans": 1},
-        "data": {"crop_scale": [0.8, 1.0], "crop_ratio": [0.8, 1.25], "mean": [0.5], "std": [0.25]},
-        "optim": {
-            "name": "adam",
-            "lr": 3.0e-4,
-            "weight_decay": 1.0e-4,
-            "betas": [0.9, 0.999],
-            "warmup_epochs": 0.0,
-            "constant_epochs": 10.0,
-            "decay_all": True,
-        },
-        "train": {"batch_size": 32, "epochs": 300},
-    },
-}
+    def check(self) -> None:
+        """Checks across sections (each section checks its own fields)."""
+        if self.encoder.in_chans not in (1, 3):
+            raise ConfigError(f"encoder.in_chans must be 1 or 3, got {self.encoder.in_chans}")
+        n_mean, n_std = len(self.data.mean), len(self.data.std)
+        if n_mean not in (1, self.encoder.in_chans) or n_std not in (1, self.encoder.in_chans):
+            raise ConfigError(f"data.mean/std need 1 or {self.encoder.in_chans} values")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -269,21 +272,30 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def preset_names() -> list[str]:
+def _preset_folder(kind: str) -> Any:
+    """Built-in presets: ``configs/*.yaml`` for pre-training, ``configs/finetune/*.yaml`` for fine-tuning."""
+    if kind not in ("pretrain", "finetune"):
+        raise ConfigError(f"preset kind must be pretrain|finetune, got {kind!r}")
     folder = resources.files("ultrassl") / "configs"
+    return folder if kind == "pretrain" else folder / "finetune"
+
+
+def preset_names(kind: str = "pretrain") -> list[str]:
+    folder = _preset_folder(kind)
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_preset(name_or_path: str) -> dict[str, Any]:
-    """A preset by name (``src/ultrassl/configs/NAME.yaml``) or a YAML file path."""
+def load_preset(name_or_path: str, kind: str = "pretrain") -> dict[str, Any]:
+    """A preset by name (``src/ultrassl/configs/[finetune/]NAME.yaml``) or a YAML file path."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.exists():
         text = path.read_text()
         source = str(path)
     else:
-        res = resources.files("ultrassl") / "configs" / f"{name_or_path}.yaml"
+        res = _preset_folder(kind) / f"{name_or_path}.yaml"
         if not res.is_file():
-            raise ConfigError(f"unknown preset {name_or_path!r}; known presets: {', '.join(preset_names())}")
+            known = ", ".join(preset_names(kind))
+            raise ConfigError(f"unknown preset {name_or_path!r}; known {kind} presets: {known}")
         text = res.read_text()
         source = f"preset {name_or_path}"
     try:
@@ -295,55 +307,26 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     return values
 
 
-def build_pretrain_config(
-    method: str | None = None,
-    preset: str | None = None,
-    flags: dict[str, Any] | None = None,
-    overrides: list[str] | None = None,
-) -> PretrainConfig:
-    """Resolve the layered config for ``ultrassl pretrain``."""
-    preset_values = load_preset(preset) if preset else {}
-    method = method or preset_values.get("method") or "mae"
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    cfg = PretrainConfig(method=method)
-    merge(cfg, METHOD_DEFAULTS[method])
-    merge(cfg, {k: v for k, v in preset_values.items() if k != "method"}, "")
-    merge(cfg, flags or {})
-    merge(cfg, parse_set(overrides))
-    cfg.method = method
-    validate(cfg)
+def check(cfg: Any, where: str = "") -> Any:
+    """Check a resolved config: every dataclass section's ``check()``, children before parents.
+
+    This is the one validation path: the loaders call it after the last layer is merged, so a value
+    set by a preset, a flag or ``--set`` is checked the same way. A section's message starts with its
+    field name; it is prefixed here with the section's path (``mae.mask_ratio must be ...``).
+    """
+    if not dataclasses.is_dataclass(cfg):
+        return cfg
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check(value, f"{where}.{f.name}" if where else f.name)
+    own = getattr(type(cfg), "check", None)
+    if callable(own):
+        try:
+            own(cfg)
+        except ConfigError as exc:
+            message = str(exc)
+            if where and not message.startswith(f"{where}."):
+                message = f"{where}.{message}"
+            raise ConfigError(message) from None
     return cfg
-
-
-def validate(cfg: PretrainConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
-    if cfg.train.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"train.precision must be auto|fp32|bf16|fp16, got {cfg.train.precision!r}")
-    if cfg.train.channels_last not in ("auto", "on", "off"):
-        raise ConfigError(f"train.channels_last must be auto|on|off, got {cfg.train.channels_last!r}")
-    if cfg.train.device not in ("auto", "cpu", "cuda") and not cfg.train.device.startswith("cuda:"):
-        raise ConfigError(f"train.device must be auto|cpu|cuda, got {cfg.train.device!r}")
-    if not 0.0 <= cfg.mae.mask_ratio < 1.0:
-        raise ConfigError(f"mae.mask_ratio must be in [0, 1), got {cfg.mae.mask_ratio}")
-    if cfg.mae.loss_on not in ("masked", "all"):
-        raise ConfigError(f"mae.loss_on must be masked|all, got {cfg.mae.loss_on!r}")
-    if cfg.data.decode_workers < 0:
-        raise ConfigError(f"data.decode_workers must be >= 0, got {cfg.data.decode_workers}")
-    if cfg.optim.accum_steps < 1 or cfg.train.batch_size < 1:
-        raise ConfigError("train.batch_size and optim.accum_steps must be at least 1")
-    n_mean, n_std = len(cfg.data.mean), len(cfg.data.std)
-    if n_mean not in (1, cfg.encoder.in_chans) or n_std not in (1, cfg.encoder.in_chans):
-        raise ConfigError(f"data.mean/std need 1 or {cfg.encoder.in_chans} values")
-    if cfg.method == "ultramae":
-        cfg.ultramae.check()
-    if cfg.method == "uscl":
-        validate_uscl(cfg.uscl)
-    if cfg.optim.name not in ("adamw", "adam"):
-        raise ConfigError(f"optim.name must be adamw|adam, got {cfg.optim.name!r}")
-    if cfg.optim.constant_epochs < 0:
-        raise ConfigError(f"optim.constant_epochs must be >= 0, got {cfg.optim.constant_epochs}")
-    if cfg.train.val_every is not None and cfg.train.val_every < 1:
-        raise ConfigError(f"train.val_every must be >= 1 step or null, got {cfg.train.val_every}")
-    if cfg.encoder.in_chans not in (1, 3):
-        raise ConfigError(f"encoder.in_chans must be 1 or 3, got {cfg.encoder.in_chans}")

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ultrassl import api
 from ultrassl.atomic import atomic_write_text
 from ultrassl.data.manifest import read_manifest, write_manifest
+from ultrassl.finetune.classify import ClassifyConfig, finetune_classify
+from ultrassl.finetune.segment import SegmentConfig, finetune_segment
 from ultrassl.training import TrainResult
 
 LUNG_CLASSES = ("a_lines", "b_lines", "consolidation")
@@ -70,11 +73,6 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
 ) -> DemoResult:
-    from ultrassl import api
-    from ultrassl.config import build_pretrain_config
-    from ultrassl.finetune.classify import ClassifyConfig, finetune_classify
-    from ultrassl.finetune.segment import SegmentConfig, finetune_segment
-
     out = Path(out_dir)
     seconds: dict[str, float] = {}
     data_dir = out / "data"
@@ -90,7 +88,7 @@ def run_demo(
         )
     cls_manifest, seg_manifest = _split_manifests(manifest, out)
 
-    cfg = build_pretrain_config(
+    cfg = api.build_pretrain_config(
         method="deblur-mae",
         preset="tiny",
         flags={"data": {"manifest": str(manifest)}, "train": {"max_steps": max_steps, "seed": seed}},

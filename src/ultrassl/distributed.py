@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ultrassl.errors import ConfigError
+
 
 @dataclass
 class DistInfo:
@@ -30,8 +32,6 @@ def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            from ultrassl.errors import ConfigError
-
             raise ConfigError("--device cuda was asked for but no CUDA device is available")
         return torch.device("cuda", local_rank)
     return torch.device(name)
@@ -51,11 +51,6 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank), device
-
-
-def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ultrassl.distributed import gather_with_grad
 
@@ -44,17 +43,3 @@ def nt_xent(
         float("-inf"),
     )
     return F.cross_entropy(logits, pos_idx)
-
-
-class NTXentLoss(nn.Module):
-    """:func:`nt_xent` as a module (cosine similarity, ``temperature`` 0.5 as USCL/SimCLR)."""
-
-    def __init__(self, temperature: float = 0.5, gather: bool = True):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = temperature
-        self.gather = gather
-
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        return nt_xent(z1, z2, self.temperature, self.gather)

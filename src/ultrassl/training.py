@@ -1,6 +1,8 @@
 """The one training loop every method runs through.
 
-A method is any ``nn.Module`` whose ``forward(batch: dict) -> dict`` returns at least ``{"loss": scalar}``.
+A method is any ``nn.Module`` whose ``forward(batch: dict) -> dict`` returns at least ``{"loss": scalar}``
+(:class:`~ultrassl.methods.base.PretrainMethod` spells out the rest of the contract; a method's
+``after_step`` hook runs after every optimiser step).
 The loop owns what is common: AdamW without weight decay on biases/norms, lr = base_lr x global
 batch / 256, per-step warm-up then half-cycle cosine, gradient accumulation, clipping, autocast (bf16 on
 CPU/GPU, fp16 with a scaler on CUDA), a NaN guard, progress, CSV/TensorBoard metrics, atomic
@@ -33,7 +35,9 @@ from tqdm.auto import tqdm
 from ultrassl import distributed
 from ultrassl.checkpoint import atomic_save, safe_load
 from ultrassl.config import OptimConfig, TrainConfig
+from ultrassl.data.epochs import EpochDataset
 from ultrassl.errors import ConfigError, UltrasslError
+from ultrassl.methods.base import PretrainMethod
 from ultrassl.rng import capture_rng, restore_rng, seed_everything
 
 
@@ -232,10 +236,10 @@ class MetricsLog:
 class Trainer:
     """Runs ``model`` over ``dataset``; rank-0 I/O into ``run_dir``.
 
-    A dataset with ``set_epoch(epoch)`` is told the epoch before each epoch's loader starts, so it can
-    draw each sample's augmentation from :func:`sample_seed` (run seed, epoch, index) alone. A dataset
-    with ``batches(epoch, batch_size, rank, world_size) -> list[list[int]]`` cuts its own batches (this
-    process's share, the same count every epoch), e.g. UltraMAE's image-only and clip-only batches.
+    An :class:`~ultrassl.data.epochs.EpochDataset` is told the epoch before each epoch's loader starts,
+    so it can draw each sample's augmentation from :func:`sample_seed` (run seed, epoch, index) alone,
+    and may cut its own batches (this process's share, the same count every epoch), e.g. UltraMAE's
+    image-only and clip-only batches. Any other map-style data set is sampled by the loop.
     """
 
     def __init__(
@@ -278,9 +282,9 @@ class Trainer:
         cfg, ocfg = self.cfg, self.optim_cfg
         world = self.dist.world_size
         self.global_batch = cfg.batch_size * ocfg.accum_steps * world
-        if hasattr(self.dataset, "batches"):  # the data set cuts its own batches (e.g. one modality each)
-            per_rank_batches = len(self.dataset.batches(0, cfg.batch_size, self.dist.rank, world))
-            self.steps_per_epoch = per_rank_batches // ocfg.accum_steps
+        own_batches = self._own_batches(0)
+        if own_batches is not None:  # the data set cuts its own batches (e.g. one modality each)
+            self.steps_per_epoch = len(own_batches) // ocfg.accum_steps
         else:
             per_rank = len(self.dataset) // world
             self.steps_per_epoch = per_rank // (cfg.batch_size * ocfg.accum_steps)
@@ -324,14 +328,19 @@ class Trainer:
         self.step = 0
         self.last_loss = float("nan")
 
+    def _own_batches(self, epoch: int) -> list[list[int]] | None:
+        """The data set's own batches for this process, or None when the loop's sampler cuts them."""
+        if not isinstance(self.dataset, EpochDataset):
+            return None
+        return self.dataset.batches(epoch, self.cfg.batch_size, self.dist.rank, self.dist.world_size)
+
     def _loader(self, epoch: int, start_sample: int) -> DataLoader:
         self.sampler.set_epoch(epoch)
         self.sampler.set_start(start_sample)
-        if hasattr(self.dataset, "set_epoch"):
+        if isinstance(self.dataset, EpochDataset):
             self.dataset.set_epoch(epoch)
-        if hasattr(self.dataset, "batches"):
-            world, rank = self.dist.world_size, self.dist.rank
-            batches = self.dataset.batches(epoch, self.cfg.batch_size, rank, world)
+        batches = self._own_batches(epoch)
+        if batches is not None:
             return DataLoader(
                 self.dataset,
                 batch_sampler=batches[start_sample // self.cfg.batch_size :],
@@ -437,6 +446,8 @@ class Trainer:
                 for _ in range(spe - self.step % spe):
                     loss_value, grad_norm, n = self._train_step(batches)
                     self.step += 1
+                    if isinstance(self.model, PretrainMethod):
+                        self.model.after_step(self.step)
                     window_n += n * self.dist.world_size
                     self.last_loss = loss_value
                     bar.update(1)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ultrassl.data.clips import UltraMAEClips, clip_starts, confidence_fn, load_clip_cache
+from ultrassl.confidence import confidence_fn
+from ultrassl.data.clips import ClipDataset, clip_starts, load_clip_cache
 from ultrassl.data.manifest import read_manifest
 from ultrassl.data.sampling import clip_indices
 from ultrassl.data.synthetic import make_synthetic_dataset
@@ -71,7 +70,7 @@ def test_modality_switches_decode_only_what_is_needed(manifest: Path) -> None:
 
 
 def test_item_shapes_and_cwus_target(cache) -> None:
-    ds = UltraMAEClips(
+    ds = ClipDataset(
         cache, (32, 32), 1, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=False, mean=(0.0,), std=(1.0,)
     )
     img, clip = ds[0], ds[len(cache.images)]
@@ -83,7 +82,7 @@ def test_item_shapes_and_cwus_target(cache) -> None:
     top = ramp[..., :4, :][bright[..., :4, :]]
     bottom = ramp[..., -4:, :][bright[..., -4:, :]]
     assert top.numel() and bottom.numel() and top.mean() > 0.85 and bottom.mean() < 0.15
-    raw = UltraMAEClips(cache, (32, 32), 1, target="raw")
+    raw = ClipDataset(cache, (32, 32), 1, target="raw")
     torch.testing.assert_close(raw[3]["target"], raw[3]["input"])
 
 
@@ -97,7 +96,7 @@ def test_one_crop_and_flip_for_all_frames_and_maps(cache) -> None:
         item.frame_indices,
     )
     one = type(cache)(images=[], clips=[frozen])
-    ds = UltraMAEClips(one, (32, 32), 1)
+    ds = ClipDataset(one, (32, 32), 1)
     for epoch in range(3):
         ds.set_epoch(epoch)
         out = ds[0]
@@ -109,7 +108,7 @@ def test_one_crop_and_flip_for_all_frames_and_maps(cache) -> None:
 
 @pytest.mark.parametrize("mix", ["proportional", "alternate"])
 def test_batches_hold_one_modality_and_shard(cache, mix: str) -> None:
-    ds = UltraMAEClips(cache, (32, 32), 1, mix=mix, seed=3)
+    ds = ClipDataset(cache, (32, 32), 1, mix=mix, seed=3)
     n_img = len(cache.images)
     full = ds.batches(0, 2)
     assert len(full) == 3 + 4 and all(len(b) == 2 for b in full)
@@ -127,7 +126,7 @@ def test_batches_hold_one_modality_and_shard(cache, mix: str) -> None:
 def test_target_cwus_needs_maps(cache) -> None:
     no_maps = type(cache)(images=[type(it)(it.frames, None, 0, [0]) for it in cache.images])
     with pytest.raises(ConfigError, match="confidence maps"):
-        UltraMAEClips(no_maps, (32, 32), 1)
+        ClipDataset(no_maps, (32, 32), 1)
 
 
 def test_confidence_fn_shrinks_and_restores(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,7 +137,7 @@ def test_confidence_fn_shrinks_and_restores(monkeypatch: pytest.MonkeyPatch) -> 
         ramp = np.linspace(1.0, 0.0, frames.shape[1], dtype=np.float32)[None, :, None]
         return np.broadcast_to(ramp, frames.shape).copy()
 
-    monkeypatch.setitem(sys.modules, "ultrassl.confidence", types.SimpleNamespace(confidence_maps=fake_maps))
+    monkeypatch.setattr("ultrassl.confidence.confidence_maps", fake_maps)
     maps = confidence_fn(max_side=16)(np.random.default_rng(0).random((2, 64, 32), dtype=np.float32))
     assert seen == [(2, 16, 8)] and maps.shape == (2, 64, 32)
     assert maps[0, 0].mean() > 0.9 and maps[0, -1].mean() < 0.1 and maps.min() >= 0 and maps.max() <= 1

@@ -15,12 +15,10 @@ from PIL import Image
 from ultrassl.finetune.report import (
     FoldResult,
     build_summary,
-    format_comparison_table,
     format_mean_std,
     fraction_key,
     headline_setting,
     write_classification_report,
-    write_comparison_table,
 )
 
 CLASSES = ["normal", "lesion"]
@@ -257,15 +255,3 @@ def test_markdown_content(tmp_path):
 def test_bad_confusion_matrix_shape(tmp_path):
     with pytest.raises(ValueError, match="confusion matrix"):
         write(tmp_path, class_names=["a", "b", "c"])
-
-
-def test_comparison_table(tmp_path):
-    pretrained = json.loads(write(tmp_path / "p")["report_json"].read_text(encoding="utf-8"))
-    scratch = {"summary": {"accuracy": {"mean": 0.61, "std": 0.05, "n": 3}}}
-    reports = {"pretrained (linear)": pretrained, "scratch (linear)": scratch}
-    path = write_comparison_table(tmp_path / "cmp" / "comparison.md", reports)
-    text = path.read_text(encoding="utf-8")
-    assert text == format_comparison_table(reports)
-    assert "| method | accuracy | balanced accuracy | macro-F1 |" in text
-    assert "| pretrained (linear) | 0.800 ± 0.100 | 0.750 ± 0.020 | 0.720 ± 0.035 |" in text
-    assert "| scratch (linear) | 0.610 ± 0.050 | — | — |" in text

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ultrassl.config import build_pretrain_config
 from ultrassl.errors import ConfigError
+from ultrassl.methods import build_pretrain_config
 from ultrassl.methods.ultramae import UltraMAE, UltraMAEConfig
 from ultrassl.models.masking import patchify_tubelets
 from ultrassl.models.vit import EncoderSpec

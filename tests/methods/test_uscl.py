@@ -179,10 +179,10 @@ def test_uscl_linear_probe_beats_scratch_on_unseen_patients(tmp_path):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from ultrassl.config import build_pretrain_config
     from ultrassl.data.datasets import frame_tensor, load_frame_cache
     from ultrassl.data.manifest import read_manifest, write_manifest
     from ultrassl.data.synthetic import make_synthetic_dataset
+    from ultrassl.methods import build_pretrain_config
 
     manifest = make_synthetic_dataset(
         tmp_path / "data", n_patients=24, clips_per_patient=2, n_frames=8, size=(64, 64), n_lesion_images=0

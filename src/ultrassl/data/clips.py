@@ -14,7 +14,7 @@ Why this shape:
 - **Same augmentation for a whole clip.** One random resized crop and flip per item, drawn from
   ``sample_seed(run seed, epoch, index)``, applied to every frame and its map.
 - **One modality per batch.** Images (1 time step) and clips (``clip_frames / tubelet`` time steps)
-  have different token counts, so :meth:`UltraMAEClips.batches` cuts each modality into full batches and
+  have different token counts, so :meth:`ClipDataset.batches` cuts each modality into full batches and
   orders them proportionally (shuffled together) or alternately; :class:`~ultrassl.training.Trainer`
   uses that list (sharded over processes) instead of its sampler, so resume skips whole batches.
 """
@@ -25,17 +25,15 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from ultrassl.data.datasets import DECODE_ERRORS, can_send_to_workers, decode_map, to_u8
+from ultrassl.data.epochs import EpochDataset
 from ultrassl.data.frame_store import FrameStore, load_or_build, store_key, write_store
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.data.readers import read_frames
@@ -44,11 +42,6 @@ from ultrassl.data.scan_area import detect_scan_area
 from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
 from ultrassl.rng import sample_seed
 from ultrassl.transforms.pairs import random_resized_crop_params
-
-if TYPE_CHECKING:
-    from ultrassl.config import DataConfig
-    from ultrassl.methods.ultramae import UltraMAEConfig
-    from ultrassl.models.vit import EncoderSpec
 
 #: frames [T, H, W] float in [0, 1] -> confidence maps [T, H, W] in [0, 1]
 ConfidenceFn = Callable[[np.ndarray], np.ndarray]
@@ -84,62 +77,6 @@ def clip_starts(
     fits = last_start // (span + 1) + 1 if n_frames - 1 >= span else 1
     n = max(1, min(int(max_clips), fits))
     return sorted({int(np.floor(s + 0.5)) for s in np.linspace(0, last_start, n)})
-
-
-@dataclass(frozen=True)
-class ConfidenceMaps:
-    """Confidence maps from :func:`ultrassl.confidence.confidence_maps`, solved on frames shrunk to ``max_side``.
-
-    A module-level callable (not a closure) so it pickles into decoding worker processes; its
-    :attr:`store_key` names it in the key of an on-disk frame store.
-    """
-
-    alpha: float = 2.0
-    beta: float = 90.0
-    gamma: float = 0.05
-    max_side: int | None = 256
-    device: str = "cpu"
-
-    @property
-    def store_key(self) -> str:
-        return (
-            f"karamalis(alpha={float(self.alpha)!r},beta={float(self.beta)!r},gamma={float(self.gamma)!r},"
-            f"max_side={self.max_side!r},device={self.device!r})"
-        )
-
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        from ultrassl.confidence import confidence_maps
-
-        t, h, w = frames.shape
-        scale = 1.0 if not self.max_side else min(1.0, self.max_side / max(h, w))
-        small = frames
-        if scale < 1.0:
-            size = (max(2, round(h * scale)), max(2, round(w * scale)))
-            small = F.interpolate(torch.from_numpy(frames)[:, None], size=size, mode="area")[:, 0].numpy()
-        conf = np.asarray(
-            confidence_maps(small, self.alpha, self.beta, self.gamma, device=self.device), dtype=np.float32
-        )
-        if conf.shape != (t, h, w):
-            conf = F.interpolate(
-                torch.from_numpy(conf)[:, None], size=(h, w), mode="bilinear", align_corners=False
-            )[:, 0].numpy()
-        return np.clip(conf, 0.0, 1.0)
-
-
-def confidence_fn(
-    alpha: float = 2.0,
-    beta: float = 90.0,
-    gamma: float = 0.05,
-    max_side: int | None = 256,
-    device: str = "cpu",
-) -> ConfidenceFn:
-    """Confidence maps from :func:`ultrassl.confidence.confidence_maps`, solved on frames shrunk to ``max_side``.
-
-    The shrink (area average) keeps the random-walk solve cheap on large frames; the map is smooth, so
-    resizing it back (bilinear) loses little. Rows run from the transducer (top) to depth (bottom); a
-    fan (sector probe) is found once per clip and solved along its scan lines (``sector="auto"``).
-    """
-    return ConfidenceMaps(alpha, beta, gamma, max_side, device)
 
 
 def _confidence_key(confidence: ConfidenceFn | None) -> str | None:
@@ -304,7 +241,7 @@ def _clip_cache_of(store: FrameStore) -> ClipCache:
     return cache
 
 
-class UltraMAEClips(Dataset):
+class ClipDataset(EpochDataset):
     """Items ``{"input", "target": [C, T, H, W] normalised, "mask_seed"}``; images first, then clips.
 
     ``target`` is the crop of frame x confidence map (``target="cwus"``) or of the frame (``"raw"``).
@@ -412,51 +349,3 @@ class UltraMAEClips(Dataset):
             merged = [b for _, _, b in sorted(keyed, key=lambda e: (e[0], e[1]))]
         usable = len(merged) // world_size * world_size
         return merged[rank:usable:world_size]
-
-
-def build_clip_dataset(
-    rows: Sequence[ManifestRow],
-    data: DataConfig,
-    encoder: EncoderSpec,
-    cfg: UltraMAEConfig,
-    seed: int = 0,
-    progress: bool = True,
-) -> UltraMAEClips:
-    """The UltraMAE data set of a pre-training config (``data``, ``encoder``, ``ultramae`` sections)."""
-    conf = None
-    if cfg.target == "cwus":
-        conf = confidence_fn(
-            cfg.confidence_alpha,
-            cfg.confidence_beta,
-            cfg.confidence_gamma,
-            cfg.confidence_max_side,
-            cfg.confidence_device,
-        )
-    cache = load_clip_cache(
-        rows,
-        rgb=encoder.in_chans == 3,
-        clip_frames=cfg.clip_frames,
-        clip_fps=cfg.clip_fps,
-        max_clips_per_video=cfg.max_clips_per_video,
-        modality=cfg.modality,
-        scan_area=data.scan_area,
-        confidence=conf,
-        progress=progress,
-        cache_dir=data.frame_cache,
-        workers=data.decode_workers,
-    )
-    for path, reason in cache.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    return UltraMAEClips(
-        cache,
-        tuple(encoder.img_size),
-        encoder.in_chans,
-        target=cfg.target,
-        scale=data.crop_scale,
-        ratio=data.crop_ratio,
-        hflip=data.hflip,
-        mean=data.mean,
-        std=data.std,
-        mix=cfg.mix,
-        seed=seed,
-    )

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ultrassl.data.epochs import EpochDataset
 from ultrassl.data.frame_store import FrameStore, load_or_build, store_key, write_store
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.data.readers import read_frames
@@ -239,7 +239,7 @@ def frame_tensor(frame: np.ndarray, in_chans: int) -> torch.Tensor:
     return out.contiguous()
 
 
-class PretrainFrames(Dataset):
+class PretrainFrames(EpochDataset):
     """Frames (of stills, videos and DICOM cines alike) as pre-training samples.
 
     Each sample's randomness comes from ``sample_seed(seed, epoch, index)``, so a run is reproducible
@@ -252,9 +252,6 @@ class PretrainFrames(Dataset):
         self.in_chans = in_chans
         self.seed = seed
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.cache)

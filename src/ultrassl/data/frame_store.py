@@ -28,15 +28,13 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 import numpy as np
 
 from ultrassl import __version__
 from ultrassl.atomic import atomic_write
-
-if TYPE_CHECKING:
-    from ultrassl.data.manifest import ManifestRow
+from ultrassl.data.manifest import ManifestRow
 
 __all__ = ["FORMAT_VERSION", "FrameStore", "load_or_build", "open_store", "store_key", "write_store"]
 

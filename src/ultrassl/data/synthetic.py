@@ -27,6 +27,7 @@ from PIL import Image
 from scipy.ndimage import binary_dilation, convolve1d, gaussian_filter1d, map_coordinates
 from scipy.signal import hilbert
 
+from ultrassl.data.manifest import ManifestRow, write_manifest
 from ultrassl.errors import ConfigError
 
 __all__ = [
@@ -551,8 +552,6 @@ def make_synthetic_dataset(
     lung clips use a convex sector and lesions a linear probe.
     Returns the manifest path.
     """
-    from ultrassl.data.manifest import ManifestRow, write_manifest
-
     size = (int(size[0]), int(size[1]))
     _check(None, size, None)
     if size[0] % 2 or size[1] % 2:

@@ -11,22 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from ultrassl.data.datasets import FrameCache, frame_tensor, load_frame_cache
+from ultrassl.data.datasets import FrameCache, frame_tensor
+from ultrassl.data.epochs import EpochDataset
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.errors import ConfigError
 from ultrassl.rng import sample_seed
-from ultrassl.transforms.uscl import USCLAugment, USCLPairs
-
-if TYPE_CHECKING:
-    from ultrassl.config import DataConfig
-    from ultrassl.methods.uscl import USCLConfig
-    from ultrassl.models.vit import EncoderSpec
+from ultrassl.transforms.uscl import USCLPairs
 
 #: label index of an unlabelled item (USCL's code uses 9999)
 UNLABELLED = -1
@@ -93,7 +87,7 @@ def keep_labels(items: Sequence[VideoItem], fraction: float, seed: int) -> set[i
     return {labelled[i] for i in rng.permutation(len(labelled))[:n_keep].tolist()}
 
 
-class VideoItems(Dataset):
+class VideoItems(EpochDataset):
     """USCL samples: ``view1``, ``view2`` (the positive pair), ``lam``, ``label`` (-1: none), ``frames``.
 
     ``frames`` holds the cache indices the pair was made from (-1 padded to 3), for inspection and tests.
@@ -126,9 +120,6 @@ class VideoItems(Dataset):
                 f"labels {sorted(unknown)} are not in the run's classes {list(classes)} (uscl.classes)"
             )
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return len(self.items)
 
@@ -146,62 +137,3 @@ class VideoItems(Dataset):
         sample["label"] = torch.tensor(self.label_of(index), dtype=torch.int64)
         sample["frames"] = torch.tensor(chosen + [-1] * (3 - len(chosen)), dtype=torch.int64)
         return sample
-
-
-def build_video_items(
-    rows: Sequence[ManifestRow],
-    data: DataConfig,
-    encoder: EncoderSpec,
-    cfg: USCLConfig,
-    seed: int,
-    progress: bool = True,
-) -> tuple[VideoItems, VideoItems | None]:
-    """(training items, held-out validation items or None) for USCL from a manifest.
-
-    The validation videos give the reference's validation pair: two augmented frames, unmixed, with the
-    same randomness at every evaluation. The label fraction applies to the training videos.
-    """
-    cache = load_frame_cache(
-        rows,
-        rgb=encoder.in_chans == 3,
-        video_fps=data.video_fps,
-        max_frames_per_video=data.max_frames_per_video,
-        scan_area=data.scan_area,
-        progress=progress,
-        cache_dir=data.frame_cache,
-        workers=data.decode_workers,
-    )
-    items = group_items(cache, rows, cfg.group_by)
-    classes = cfg.classes or classes_of(rows)
-    augment = USCLAugment(
-        size=tuple(encoder.img_size),
-        scale=tuple(data.crop_scale),
-        ratio=tuple(data.crop_ratio),
-        hflip=data.hflip,
-        jitter=tuple(cfg.jitter),
-        mean=tuple(data.mean),
-        std=tuple(data.std),
-    )
-    beta = (cfg.beta_a, cfg.beta_b)
-    train_idx, val_idx = split_items(len(items), cfg.val_fraction, seed)
-    train_items = [items[i] for i in train_idx]
-    train = VideoItems(
-        cache,
-        train_items,
-        USCLPairs(augment, beta, cfg.frame_window, mix=True),
-        encoder.in_chans,
-        classes,
-        labelled=keep_labels(train_items, cfg.label_fraction, seed),
-        seed=seed,
-    )
-    if not val_idx:
-        return train, None
-    val = VideoItems(
-        cache,
-        [items[i] for i in val_idx],
-        USCLPairs(augment, beta, cfg.frame_window, mix=False),
-        encoder.in_chans,
-        classes,
-        seed=seed,
-    )
-    return train, val

@@ -19,6 +19,7 @@ from torch import nn
 from ultrassl import checkpoint as ckpt
 from ultrassl.errors import CheckpointError, ConfigError
 from ultrassl.models.vit import EncoderSpec, create_encoder, is_vit
+from ultrassl.runs import load_run
 
 
 @dataclass
@@ -66,8 +67,6 @@ def load_backbone(
         )
     path = Path(weights)
     if (path / "checkpoints" / "last.pt").exists():
-        from ultrassl.api import load_run
-
         cfg, model, _ = load_run(path)
         encoder, spec = model.exportable_encoder()
         return Backbone(

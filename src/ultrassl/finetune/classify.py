@@ -12,9 +12,7 @@ Protocol (leakage-free by construction):
 from __future__ import annotations
 
 import enum
-import json
 import math
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,8 +28,11 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from ultrassl.config import check
 from ultrassl.data.datasets import FrameCache, load_frame_cache
 from ultrassl.data.manifest import ManifestRow, read_manifest
+from ultrassl.data.skipped import report_skipped
+from ultrassl.distributed import select_device
 from ultrassl.errors import ConfigError, UltrasslError
 from ultrassl.finetune.backbones import (
     Backbone,
@@ -41,6 +42,7 @@ from ultrassl.finetune.backbones import (
     trainable_tail,
     with_image_size,
 )
+from ultrassl.finetune.report import FoldResult, build_summary, write_classification_report
 from ultrassl.finetune.saved import linear_probe_head, save_fold_model, write_card
 from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.finetune.splits import (
@@ -48,6 +50,7 @@ from ultrassl.finetune.splits import (
     Protocol,
     group_indices,
 )
+from ultrassl.jsonable import jsonable
 from ultrassl.metrics import classification_metrics, summarize
 from ultrassl.models.vit import EncoderSpec
 from ultrassl.training import WarmupCosine
@@ -64,34 +67,64 @@ class Phase(enum.Enum):
 
 @dataclass
 class ClassifyConfig(Protocol):
-    mode: str = "linear"  # linear | partial | full
+    mode: str = "linear"  # linear (probe) | partial (last blocks) | full (layer-wise lr decay)
+    #: frames sampled per second of video (None: every frame)
     frame_fps: float | None = 3.0
+    #: at most this many frames per video (None: no limit)
     max_frames_per_video: int | None = 30
+    #: crop to the detected fan/rectangle (as pre-training does)
     scan_area: bool = True
     img_size: tuple[int, int] | None = None  # None: the encoder's own size
-    # linear probe: inverse L2 strengths tried on validation
+    #: linear probe: inverse L2 strengths tried on validation
     linear_c: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
-    # fine-tuning (partial/full)
+    #: --mode partial: trainable last blocks
     train_blocks: int = 1
     epochs: int = 30
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
+    #: --mode full: layer-wise lr decay
     layer_decay: float = 0.65
+    #: --mode full: stochastic depth rate
     drop_path: float = 0.1
     label_smoothing: float = 0.1
+    #: mixup alpha (0: off)
     mixup: float = 0.0
+    #: cutmix alpha (0: off)
     cutmix: float = 0.0
+    #: class-weighted cross-entropy (off: plain)
     class_weighting: bool = True
     # fine-tuning augmentation: crop area range, gain/offset range, gamma range (log; 0 = off). Measured
     # on the synthetic lung clips (ResNet-18 from scratch, 3 folds): (0.7-1, 0.1, 0) gave 0.85 accuracy,
     # these defaults 0.93: patients differ in depth, gain and probe, and few patients show little of it.
+    #: crop area range of the fine-tuning augmentation
     aug_scale: tuple[float, float] = (0.4, 1.0)
+    #: gain/offset jitter (normalised units)
     aug_intensity: float = 0.25
+    #: gamma jitter exp(+-x); 0 turns it off
     aug_gamma: float = 0.4
+    #: early stopping on validation, in epochs
     patience: int = 8
     warmup_epochs: float = 2.0
+    #: auto | cpu | cuda
     device: str = "auto"
+
+    def check(self) -> None:
+        """Fail before any data is read, naming the bad option."""
+        super().check()
+        if self.mode not in ("linear", "partial", "full"):
+            raise ConfigError(f"mode must be linear|partial|full, got {self.mode!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.train_blocks < 1:
+            raise ConfigError("epochs, batch_size and train_blocks must be >= 1")
+        if self.frame_fps is not None and self.frame_fps <= 0:
+            raise ConfigError(f"frame_fps must be > 0 or null, got {self.frame_fps}")
+        if not self.linear_c or any(c <= 0 for c in self.linear_c):
+            raise ConfigError(f"linear_c must be positive values, got {list(self.linear_c)}")
+        lo, hi = self.aug_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ConfigError(f"aug_scale must satisfy 0 < low <= high <= 1; got {self.aug_scale}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be auto|cpu|cuda, got {self.device!r}")
 
 
 @dataclass
@@ -136,8 +169,7 @@ def load_frameset(
         spread=False,
         progress=progress,
     )
-    for path, reason in cache.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+    report_skipped(cache.skipped)
     if size is not None:
         cache.frames = [resize_frame(f, size) for f in cache.frames]
     class_names = sorted({r.label for r in rows})
@@ -243,14 +275,12 @@ class Classifier:
     """Runs one classification evaluation (all folds x seeds x label fractions)."""
 
     def __init__(self, backbone: Backbone, data: FrameSet, cfg: ClassifyConfig):
-        if cfg.mode not in ("linear", "partial", "full"):
-            raise ConfigError(f"mode must be linear|partial|full, got {cfg.mode!r}")
-        self.cfg = cfg
+        self.cfg = check(cfg)
         self.backbone = with_image_size(backbone, cfg.img_size) if cfg.img_size else backbone
         self.data = data
         self.size = tuple(self.backbone.spec.img_size)
         self.in_chans = self.backbone.spec.in_chans
-        self.device = _device(cfg.device)
+        self.device = select_device(cfg.device)
         self._features: dict[int, np.ndarray] = {}
         #: the fold being evaluated (for access-recording data sets in tests)
         self.current_fold: int | None = None
@@ -503,12 +533,6 @@ class Classifier:
         return torch.cat(out).numpy()
 
 
-def _device(name: str) -> torch.device:
-    from ultrassl.distributed import select_device
-
-    return select_device(name)
-
-
 # ----------------------------------------------------------------------------------------------------
 # the command
 
@@ -528,8 +552,6 @@ def finetune_classify(
 
     ``frameset`` (from :func:`load_frameset` on ``data`` with this config) skips decoding, for callers
     that evaluate many encoders on the same data."""
-    from ultrassl.finetune.report import FoldResult, build_summary, write_classification_report
-
     cfg = cfg or ClassifyConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -545,8 +567,8 @@ def finetune_classify(
     config = {
         "weights": str(weights),
         "data": str(data),
-        **_plain(asdict(cfg)),
-        "encoder": _plain(asdict(backbone.spec)),
+        **jsonable(asdict(cfg)),
+        "encoder": jsonable(asdict(backbone.spec)),
     }
     paths = write_classification_report(
         out,
@@ -558,7 +580,3 @@ def finetune_classify(
         title=f"Classification ({cfg.mode}) of {weights}",
     )
     return {"summary": summary, "paths": paths, "n_frames": len(frameset.labels)}
-
-
-def _plain(d: Any) -> Any:
-    return json.loads(json.dumps(d, default=list))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,13 @@ from ultrassl.atomic import atomic_write_bytes, atomic_write_text
 from ultrassl.data.datasets import load_frame_cache
 from ultrassl.data.manifest import ManifestRow, read_manifest
 from ultrassl.data.readers import read_frames
+from ultrassl.data.skipped import report_skipped
+from ultrassl.distributed import select_device
 from ultrassl.errors import UltrasslError, UnreadableFileError
 from ultrassl.finetune.classify import resize_frame, to_tensor_batch
 from ultrassl.finetune.saved import classifier_architecture, load_fold_models, read_card, spec_of
+from ultrassl.finetune.segment import read_mask
+from ultrassl.jsonable import jsonable
 from ultrassl.metrics import classification_metrics, segmentation_metrics
 from ultrassl.models.seg_heads import SegModel, build_seg_head
 from ultrassl.models.vit import create_encoder
@@ -44,8 +47,6 @@ def evaluate(
     """Predict every row of the manifest ``data`` with the saved model ``model``; write predictions
     (and metrics when labels/masks are present) to ``out_dir`` (default ``MODEL/evaluate_<manifest>``).
     Returns {"task", "metrics", "paths", "n"}."""
-    from ultrassl.distributed import select_device
-
     folder, card = read_card(model)
     out = Path(out_dir) if out_dir else folder.parent / f"evaluate_{Path(data).stem}"
     out.mkdir(parents=True, exist_ok=True)
@@ -88,8 +89,7 @@ def _evaluate_classify(
         spread=False,
         progress=progress,
     )
-    for path, reason in cache.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+    report_skipped(cache.skipped)
     probs = []
     for start in range(0, len(cache), 256):
         frames = [resize_frame(f, tuple(spec.img_size)) for f in cache.frames[start : start + 256]]
@@ -169,8 +169,6 @@ def _seg_architecture(card: dict[str, Any]) -> torch.nn.Module:
 def _evaluate_segment(
     folder: Path, rows: list[ManifestRow], out: Path, device: torch.device, progress: bool
 ) -> dict[str, Any]:
-    from ultrassl.finetune.segment import read_mask
-
     card, models = load_fold_models(folder, _seg_architecture)
     models = [m.to(device) for m in models]
     spec = spec_of(card)
@@ -211,8 +209,7 @@ def _evaluate_segment(
             preds.append(pred)
             targets.append(mask)
         records.append(rec)
-    for path, reason in skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+    report_skipped(skipped)
     if not records:
         raise UltrasslError(f"none of the {len(rows)} rows could be segmented (see the reasons above)")
     metrics = segmentation_metrics(preds, targets) if preds else {}
@@ -230,7 +227,7 @@ def _evaluate_segment(
 
 def _finish(out: Path, result: dict[str, Any], paths: dict[str, Path], n: int) -> dict[str, Any]:
     """Write ``metrics.json`` (the whole ``result``) and return what the caller reports."""
-    paths["metrics"] = atomic_write_text(out / "metrics.json", json.dumps(_jsonable(result), indent=2) + "\n")
+    paths["metrics"] = atomic_write_text(out / "metrics.json", json.dumps(jsonable(result), indent=2) + "\n")
     return {
         "task": result["task"],
         "metrics": result["metrics"],
@@ -248,17 +245,3 @@ def _write_csv(path: Path, records: list[dict[str, Any]]) -> Path:
     writer.writeheader()
     writer.writerows(records)
     return atomic_write_text(path, buf.getvalue())
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not np.isfinite(obj) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    return obj

@@ -29,17 +29,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from ultrassl.atomic import atomic_write_bytes, atomic_write_text
+from ultrassl.jsonable import jsonable
 
 __all__ = [
     "LEVELS",
     "FoldResult",
     "build_summary",
-    "format_comparison_table",
     "format_mean_std",
     "fraction_key",
     "headline_setting",
     "write_classification_report",
-    "write_comparison_table",
 ]
 
 LEVELS = ("frame", "video")
@@ -93,7 +92,7 @@ class FoldResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (metrics included)."""
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,25 +253,6 @@ def _mean_std(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "std": std, "n": n}
 
 
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON values: Paths and odd objects as strings, numpy via ``tolist``, NaN/inf as null."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays, torch tensors
-        return _jsonable(obj.tolist())
-    return str(obj)
-
-
 def _flatten_config(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     """Dotted ``key: value`` pairs of scalars and short scalar lists, for the Markdown config section."""
     out: list[tuple[str, str]] = []
@@ -311,7 +291,7 @@ def _summed_confusion(group: Sequence[FoldResult], n_classes: int) -> list[list[
         cm = r.metrics.get("confusion_matrix")
         if cm is None:
             continue
-        cm = _jsonable(cm)
+        cm = jsonable(cm)
         if len(cm) != n_classes or any(len(row) != n_classes for row in cm):
             raise ValueError(
                 f"fold {r.fold} (seed {r.seed}, {r.level}, fraction {r.label_fraction}): confusion matrix "
@@ -666,7 +646,7 @@ def write_classification_report(
         "files": {k: p.name for k, p in paths.items()},
     }
     paths["report_json"] = atomic_write_text(
-        out / REPORT_JSON, json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n"
+        out / REPORT_JSON, json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n"
     )
     md = _markdown(
         title=title,
@@ -682,25 +662,3 @@ def write_classification_report(
     )
     paths["report_md"] = atomic_write_text(out / REPORT_MD, md)
     return paths
-
-
-def format_comparison_table(
-    reports: Mapping[str, Mapping[str, Any]],
-    metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "macro_f1"),
-) -> str:
-    """Markdown table: one row per report (e.g. "pretrained (linear)"), headline mean ± std per metric."""
-    header = ["method"] + [_metric_label(m) for m in metrics]
-    rows = []
-    for name, report in reports.items():
-        summary = report.get("summary") or {}
-        rows.append([name] + [format_mean_std(summary.get(m)) for m in metrics])
-    return "\n".join(_md_table(header, rows)) + "\n"
-
-
-def write_comparison_table(
-    out_path: str | os.PathLike[str],
-    reports: dict[str, dict[str, Any]],
-    metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "macro_f1"),
-) -> Path:
-    """Write :func:`format_comparison_table` (report.json dicts compared side by side) atomically."""
-    return atomic_write_text(Path(out_path), format_comparison_table(reports, metrics))

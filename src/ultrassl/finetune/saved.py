@@ -25,6 +25,8 @@ from torch import nn
 from ultrassl.atomic import atomic_write_text
 from ultrassl.checkpoint import atomic_save_safetensors, safe_load
 from ultrassl.errors import CheckpointError
+from ultrassl.finetune.backbones import classifier_architecture as _build_classifier
+from ultrassl.jsonable import jsonable
 from ultrassl.models.vit import EncoderSpec
 
 MODELS_DIR = "models"
@@ -54,7 +56,7 @@ def save_fold_model(out_dir: str | Path, fold: int, model: nn.Module) -> Path:
 
 def write_card(out_dir: str | Path, task: str, spec: EncoderSpec, folds: list[int], **info: Any) -> Path:
     card = {"format": FORMAT, "task": task, "encoder": asdict(spec), "folds": sorted(folds), **info}
-    return atomic_write_text(Path(out_dir) / MODELS_DIR / CARD, json.dumps(_plain(card), indent=2) + "\n")
+    return atomic_write_text(Path(out_dir) / MODELS_DIR / CARD, json.dumps(jsonable(card), indent=2) + "\n")
 
 
 def read_card(path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -91,9 +93,7 @@ def load_fold_models(path: str | Path, build: Any) -> tuple[dict[str, Any], list
 
 def classifier_architecture(card: Mapping[str, Any]) -> nn.Module:
     """An empty timm classifier of the card's encoder with ``len(class_names)`` outputs."""
-    from ultrassl.finetune.backbones import classifier_architecture as build
-
-    return build(spec_of(card), len(card["class_names"]))
+    return _build_classifier(spec_of(card), len(card["class_names"]))
 
 
 def linear_probe_head(
@@ -117,7 +117,3 @@ def linear_probe_head(
     with torch.no_grad():
         head.weight.copy_(weight.to(head.weight.dtype))
         head.bias.copy_(bias.to(head.bias.dtype))
-
-
-def _plain(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))

@@ -29,11 +29,15 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ultrassl.checkpoint import atomic_write_text
+from ultrassl.config import check
 from ultrassl.data.manifest import ManifestRow, read_manifest
 from ultrassl.data.readers import read_frames
+from ultrassl.data.skipped import report_skipped
+from ultrassl.distributed import select_device
 from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
 from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
 from ultrassl.finetune.classify import Phase
+from ultrassl.finetune.report import format_mean_std
 from ultrassl.finetune.saved import save_fold_model, write_card
 from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.finetune.splits import (
@@ -41,6 +45,7 @@ from ultrassl.finetune.splits import (
     Protocol,
     group_indices,
 )
+from ultrassl.jsonable import jsonable
 from ultrassl.metrics import EMPTY_POLICIES, segmentation_metrics, summarize
 from ultrassl.models.seg_heads import HEADS, SegModel, build_seg_head
 from ultrassl.models.vit import EncoderSpec, create_encoder, is_vit
@@ -94,14 +99,15 @@ class SegmentConfig(Protocol):
 
     def check(self) -> None:
         """Fail before any data is read, naming the bad option."""
+        super().check()
         if self.head not in (*HEADS, "auto"):
-            raise ConfigError(f"segmentation head must be auto or one of {HEADS}; got {self.head!r}")
+            raise ConfigError(f"head must be auto or one of {HEADS} (segmentation heads); got {self.head!r}")
         if self.empty_policy not in EMPTY_POLICIES:
             raise ConfigError(f"empty_policy must be one of {EMPTY_POLICIES}; got {self.empty_policy!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be >= 1")
-        if not self.seeds or not self.label_fractions:
-            raise ConfigError("seeds and label_fractions must not be empty")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be auto|cpu|cuda, got {self.device!r}")
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise ConfigError(f"crop_scale must satisfy 0 < low <= high <= 1; got {self.crop_scale}")
@@ -212,8 +218,7 @@ def load_segdata(
         groups.append(r.group_id)
         kept.append(r)
     if progress or not kept:
-        for path, reason in skipped:
-            print(f"skipped {path}: {reason}", file=sys.stderr)
+        report_skipped(skipped)
     if not kept:
         raise UltrasslError(f"none of the {len(rows)} rows with a mask could be used (see the reasons above)")
     x = torch.stack(images)
@@ -300,7 +305,7 @@ class Segmenter:
             raise ConfigError(
                 f"data was loaded at {tuple(data.masks.shape[-2:])}, the encoder takes {self.size}"
             )
-        self.device = _device(cfg.device)
+        self.device = select_device(cfg.device)
         #: the fold being evaluated (for access-recording data sets in tests)
         self.current_fold: int | None = None
 
@@ -480,12 +485,6 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def _device(name: str) -> torch.device:
-    from ultrassl.distributed import select_device
-
-    return select_device(name)
-
-
 # ----------------------------------------------------------------------------------------------------
 # outputs
 
@@ -528,21 +527,6 @@ def save_overlay(
     return path
 
 
-def _jsonable(obj: Any) -> Any:
-    """Strict JSON values: tuples as lists, NaN/inf as null, Paths as strings."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (np.floating, np.integer)):
-        return _jsonable(obj.item())
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    return str(obj)
-
-
 def build_seg_summary(results: Sequence[SegRunResult]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(headline summary at the largest label fraction over folds x seeds, the same per label fraction)."""
     fractions = sorted({r.label_fraction for r in results})
@@ -556,8 +540,6 @@ def build_seg_summary(results: Sequence[SegRunResult]) -> tuple[dict[str, Any], 
 def _markdown(
     title: str, summary: dict, by_fraction: dict, results: Sequence[SegRunResult], cfg: SegmentConfig
 ) -> str:
-    from ultrassl.finetune.report import format_mean_std
-
     lines = [f"# {title}", ""]
     lines += [
         f"Grouped {cfg.folds}-fold cross-validation, head `{cfg.head}`, empty-mask policy `{cfg.empty_policy}` "
@@ -609,8 +591,7 @@ def finetune_segment(
     """Fine-tune ``weights`` + a segmentation head on the masked images of ``data``; writes folds.json,
     report.json, report.md and overlays/ into ``out_dir``. Returns {"summary", "paths", "n_images"}.
     ``segdata`` (from :func:`load_segdata` at the encoder's size and normalisation) skips decoding."""
-    cfg = cfg or SegmentConfig()
-    cfg.check()
+    cfg = check(cfg or SegmentConfig())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     backbone = resolve_backbone(weights, scratch_spec=scratch_spec, scratch_like=scratch_like)
@@ -644,7 +625,7 @@ def finetune_segment(
     paths = {
         "folds": out / "folds.json",
         "report_json": atomic_write_text(
-            out / "report.json", json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n"
+            out / "report.json", json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n"
         ),
         "report_md": atomic_write_text(
             out / "report.md",

@@ -429,6 +429,17 @@ class Protocol:
     label_fractions: tuple[float, ...] = (1.0,)
     val_fraction: float = 0.2
 
+    def check(self) -> None:
+        """The protocol's own values (a task's ``check`` calls this first)."""
+        if self.folds_file is None and self.folds < 2:
+            raise ConfigError(f"folds must be >= 2 (or a folds_file), got {self.folds}")
+        if not self.seeds or not self.label_fractions:
+            raise ConfigError("seeds and label_fractions must not be empty")
+        if any(not 0.0 < f <= 1.0 for f in self.label_fractions):
+            raise ConfigError(f"label_fractions must be in (0, 1], got {list(self.label_fractions)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
     def plan(
         self, groups: Sequence[str], labels: Sequence[Any], out_dir: str | Path | None = None
     ) -> tuple[list[Fold], list[Run]]:

@@ -6,17 +6,26 @@ reconstruct the pixels, MSE on the masked patches with per-patch normalised targ
 Deblurring MAE (Kang et al. 2023, openmedlab/DeblurringMIM): the encoder sees a *blurred* image
 (``batch["input"]``), the target is the sharp one (``batch["target"]``). Its code computes the loss
 over **all** patches with ``norm_pix_loss`` off; :meth:`MAEConfig.deblurring` gives that preset.
+
+Registers two methods that share this module: ``mae`` and ``deblur-mae`` (the same model; the blur on
+the input and the loss options are method defaults).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ultrassl import checkpoint as ckpt
+from ultrassl.config import PretrainConfig
 from ultrassl.errors import ConfigError
+from ultrassl.methods.base import PretrainMethod
+from ultrassl.methods.frames import build_frames
+from ultrassl.methods.registry import MethodSpec, PretrainData, register_method
 from ultrassl.models.decoders import MAEDecoder, init_mae_weights_
 from ultrassl.models.masked_vit import MaskedViTEncoder
 from ultrassl.models.masking import (
@@ -27,6 +36,7 @@ from ultrassl.models.masking import (
     unpatchify,
 )
 from ultrassl.models.vit import EncoderSpec, create_encoder
+from ultrassl.transforms.blur import Blur, BlurConfig
 
 _NORM_PIX_EPS = 1e-6  # as facebookresearch/mae
 
@@ -44,6 +54,9 @@ class MAEConfig:
     loss_on: str = "masked"
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
         if self.loss_on not in ("masked", "all"):
             raise ConfigError(f"loss_on must be 'masked' or 'all', got {self.loss_on!r}")
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -61,7 +74,7 @@ class MAEConfig:
         return replace(cls(loss_on="all", norm_pix_loss=False), **overrides)
 
 
-class MAE(nn.Module):
+class MAE(PretrainMethod):
     """Masked auto-encoder over a timm ViT; ``forward(batch)`` returns the loss and what it was made of."""
 
     def __init__(self, encoder_spec: EncoderSpec, cfg: MAEConfig | None = None, drop_path_rate: float = 0.0):
@@ -79,6 +92,10 @@ class MAE(nn.Module):
             num_heads=self.cfg.decoder_heads,
         )
         init_mae_weights_(self.encoder, self.decoder)
+        # a model trained on every patch (Deblurring MAE's loss) predicts the sharp frame everywhere:
+        # show that prediction; a masked-loss MAE is shown as MAE's demo does (visible patches pasted back)
+        shown = "prediction" if self.cfg.loss_on == "all" else "reconstruction"
+        self.preview_columns = ("input", "masked_input", shown, "target")
 
     def exportable_encoder(self) -> tuple[nn.Module, EncoderSpec]:
         """The encoder as a plain timm model and the spec that rebuilds it (every method has this)."""
@@ -165,3 +182,74 @@ class MAE(nn.Module):
             "prediction": unpatchify(pred, p, c, grid),
             "target": target.float(),
         }
+
+    def load_pretrained(self, source: Path) -> dict[str, Any]:
+        """The encoder from an export folder or a MAE/DeblurringMIM/timm file (adapted to this model's
+        channels and grid); a file that also holds MAE's decoder (``*_full.pth``,
+        ``mae_visualize_*.pth``) gives the decoder too when its shapes match, so pre-training continues
+        rather than restarting the decoder."""
+        source = Path(source)
+        if (source / "model.safetensors").exists():
+            source = source / "model.safetensors"
+        report = ckpt.load_encoder_weights(self.encoder.vit, source)
+        report["decoder"] = self._load_mae_decoder(source)
+        return report
+
+    def _load_mae_decoder(self, source: Path) -> str:
+        """MAE's decoder keys (``decoder_*``, ``mask_token``) are ours under ``decoder.``; load if they fit."""
+        if source.suffix == ".safetensors":
+            return "none in checkpoint"
+        raw = ckpt.safe_load(source)
+        sd = raw.get("model", raw) if isinstance(raw, dict) else {}
+        decoder_sd = {
+            k.removeprefix("module."): v
+            for k, v in sd.items()
+            if k.removeprefix("module.").startswith("decoder_") or k.removeprefix("module.") == "mask_token"
+        }
+        if not decoder_sd:
+            return "none in checkpoint"
+        own = self.decoder.state_dict()
+        if set(decoder_sd) != set(own) or any(decoder_sd[k].shape != own[k].shape for k in own):
+            return "not loaded: its shape differs from this model's decoder (trained from scratch)"
+        self.decoder.load_state_dict(decoder_sd)
+        return "loaded"
+
+
+# ----------------------------------------------------------------------------------------------------
+# registration
+
+
+def build_model(cfg: PretrainConfig) -> MAE:
+    return MAE(cfg.encoder, cfg.mae)
+
+
+def build_data(cfg: PretrainConfig, progress: bool = True) -> PretrainData:
+    return build_frames(cfg, progress, Blur(cfg.blur) if cfg.blur.kind != "none" else None)
+
+
+_SECTIONS = {"mae": MAEConfig, "blur": BlurConfig}
+
+register_method(
+    MethodSpec(
+        name="mae",
+        summary="MAE (He et al. 2022): mask 75% of the patches, reconstruct normalised pixels",
+        sections=_SECTIONS,
+        build_model=build_model,
+        build_data=build_data,
+        defaults={"blur": {"kind": "none"}, "mae": {"loss_on": "masked", "norm_pix_loss": True}},
+    )
+)
+register_method(
+    MethodSpec(
+        name="deblur-mae",
+        summary="Deblurring MAE (Kang et al. 2023): blurred encoder input, sharp target, loss on all patches",
+        sections=_SECTIONS,
+        build_model=build_model,
+        build_data=build_data,
+        # DeblurringMIM's code: Gaussian sigma 1.1 on the input, MSE over all patches, no per-patch norm.
+        defaults={
+            "blur": {"kind": "gaussian", "sigma": 1.1},
+            "mae": {"loss_on": "all", "norm_pix_loss": False},
+        },
+    )
+)

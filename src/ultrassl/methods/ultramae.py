@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ultrassl.confidence import confidence_fn
+from ultrassl.config import PretrainConfig
+from ultrassl.data.clips import ClipDataset, load_clip_cache
+from ultrassl.data.manifest import read_manifest
 from ultrassl.errors import ConfigError
+from ultrassl.methods.base import PretrainMethod
+from ultrassl.methods.registry import MethodSpec, PretrainData, register_method
 from ultrassl.models.decoders import SpatioTemporalDecoder, init_linear_and_norm
 from ultrassl.models.masking import (
     mask_from_indices,
@@ -64,6 +70,11 @@ class UltraMAEConfig:
     confidence_gamma: float = 0.05
     #: where the maps are solved at start-up: "cpu", "cuda" or "auto" (batched dense Cholesky on a GPU)
     confidence_device: str = "cpu"
+    #: folder that keeps each clip's maps by content, shared by runs and folds (None: solve every run)
+    confidence_cache: str | None = None
+
+    def __post_init__(self) -> None:
+        self.check()
 
     def check(self) -> None:
         """Cross-field checks (the config loader calls this after every layer is merged)."""
@@ -95,8 +106,10 @@ class UltraMAEConfig:
             )
 
 
-class UltraMAE(nn.Module):
+class UltraMAE(PretrainMethod):
     """``forward(batch)`` with ``batch["input"]``/``["target"]`` clips ``[B, C, T, H, W]`` (T = 1: images)."""
+
+    preview_columns = ("input", "masked_input", "reconstruction", "target")
 
     def __init__(
         self, encoder_spec: EncoderSpec, cfg: UltraMAEConfig | None = None, drop_path_rate: float = 0.0
@@ -242,3 +255,67 @@ class UltraMAE(nn.Module):
             "prediction": frame0(pred),
             "target": target[:, :, 0].float(),
         }
+
+
+# ----------------------------------------------------------------------------------------------------
+# registration
+
+
+def build_model(cfg: PretrainConfig) -> UltraMAE:
+    return UltraMAE(cfg.encoder, cfg.ultramae)
+
+
+def build_data(cfg: PretrainConfig, progress: bool = True) -> PretrainData:
+    """Images and clips of the manifest, each with its confidence map (for the CWUS target), decoded
+    once and served in one-modality batches (:class:`~ultrassl.data.clips.ClipDataset`)."""
+    if not cfg.data.manifest:
+        raise ConfigError("no data: pass --data MANIFEST (make one with `ultrassl index DATA_DIR`)")
+    u, data, encoder = cfg.ultramae, cfg.data, cfg.encoder
+    conf = None
+    if u.target == "cwus":
+        conf = confidence_fn(
+            u.confidence_alpha,
+            u.confidence_beta,
+            u.confidence_gamma,
+            u.confidence_max_side,
+            u.confidence_device,
+            u.confidence_cache,
+        )
+    cache = load_clip_cache(
+        read_manifest(data.manifest),
+        rgb=encoder.in_chans == 3,
+        clip_frames=u.clip_frames,
+        clip_fps=u.clip_fps,
+        max_clips_per_video=u.max_clips_per_video,
+        modality=u.modality,
+        scan_area=data.scan_area,
+        confidence=conf,
+        progress=progress,
+        cache_dir=data.frame_cache,
+        workers=data.decode_workers,
+    )
+    clips = ClipDataset(
+        cache,
+        tuple(encoder.img_size),
+        encoder.in_chans,
+        target=u.target,
+        scale=data.crop_scale,
+        ratio=data.crop_ratio,
+        hflip=data.hflip,
+        mean=data.mean,
+        std=data.std,
+        mix=u.mix,
+        seed=cfg.train.seed,
+    )
+    return PretrainData(clips, None, list(cache.skipped))
+
+
+register_method(
+    MethodSpec(
+        name="ultramae",
+        summary="UltraMAE (Rahman & Patel 2024): one ViT for images and clips, confidence-weighted target",
+        sections={"ultramae": UltraMAEConfig},
+        build_model=build_model,
+        build_data=build_data,
+    )
+)

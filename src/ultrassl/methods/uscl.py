@@ -4,20 +4,30 @@ A ResNet trunk (timm, torchvision's keys) -> projection Linear(512, 512)-ReLU-Li
 NT-Xent between the two views of each video made by :class:`~ultrassl.transforms.uscl.USCLPairs`, plus
 ``ce_weight`` x cross-entropy of a classifier on the projection for the videos that have a label (each
 view, as the reference's ``lossi + lossj``). Videos without a label (``label == -1``) only contrast.
+Its unit of data is the video (:mod:`ultrassl.data.video_items`); 20% of the videos are held out and
+the lowest validation NT-Xent keeps ``best.pt`` (the reference's ``best_model.pth``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ultrassl.config import DataConfig, PretrainConfig
+from ultrassl.data.datasets import load_frame_cache
+from ultrassl.data.manifest import ManifestRow, read_manifest
+from ultrassl.data.video_items import VideoItems, classes_of, group_items, keep_labels, split_items
 from ultrassl.distributed import all_reduce_sum, is_distributed
 from ultrassl.errors import ConfigError
 from ultrassl.losses import nt_xent
+from ultrassl.methods.base import PretrainMethod
+from ultrassl.methods.registry import MethodSpec, PretrainData, register_method
 from ultrassl.models.vit import EncoderSpec, create_encoder, is_cnn_arch
+from ultrassl.transforms.uscl import USCLAugment, USCLPairs
 
 
 @dataclass
@@ -47,27 +57,28 @@ class USCLConfig:
     gather: bool = True
 
     def __post_init__(self) -> None:
-        validate_uscl(self)
+        self.check()
+
+    def check(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"uscl.temperature must be > 0, got {self.temperature}")
+        if self.ce_weight < 0:
+            raise ConfigError(f"uscl.ce_weight must be >= 0, got {self.ce_weight}")
+        if self.beta_a <= 0 or self.beta_b <= 0:
+            raise ConfigError(f"uscl.beta_a/beta_b must be > 0, got {self.beta_a}, {self.beta_b}")
+        if self.frame_window is not None and self.frame_window < 1:
+            raise ConfigError(f"uscl.frame_window must be >= 1 frame or null, got {self.frame_window}")
+        if not 0.0 <= self.label_fraction <= 1.0:
+            raise ConfigError(f"uscl.label_fraction must be in [0, 1], got {self.label_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"uscl.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.group_by not in ("video", "group"):
+            raise ConfigError(f"uscl.group_by must be video|group, got {self.group_by!r}")
+        if self.proj_dim < 1:
+            raise ConfigError(f"uscl.proj_dim must be >= 1, got {self.proj_dim}")
 
 
-def validate_uscl(cfg: USCLConfig) -> None:
-    if cfg.temperature <= 0:
-        raise ConfigError(f"uscl.temperature must be > 0, got {cfg.temperature}")
-    if cfg.ce_weight < 0:
-        raise ConfigError(f"uscl.ce_weight must be >= 0, got {cfg.ce_weight}")
-    if cfg.beta_a <= 0 or cfg.beta_b <= 0:
-        raise ConfigError(f"uscl.beta_a/beta_b must be > 0, got {cfg.beta_a}, {cfg.beta_b}")
-    if cfg.frame_window is not None and cfg.frame_window < 1:
-        raise ConfigError(f"uscl.frame_window must be >= 1 frame or null, got {cfg.frame_window}")
-    if not 0.0 <= cfg.label_fraction <= 1.0:
-        raise ConfigError(f"uscl.label_fraction must be in [0, 1], got {cfg.label_fraction}")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise ConfigError(f"uscl.val_fraction must be in [0, 1), got {cfg.val_fraction}")
-    if cfg.group_by not in ("video", "group"):
-        raise ConfigError(f"uscl.group_by must be video|group, got {cfg.group_by!r}")
-
-
-class USCL(nn.Module):
+class USCL(PretrainMethod):
     """``forward(batch)`` with ``view1``/``view2`` ``[B, C, H, W]`` and ``label`` ``[B]`` (-1: unlabelled)."""
 
     def __init__(self, encoder_spec: EncoderSpec, cfg: USCLConfig | None = None):
@@ -134,3 +145,112 @@ class USCL(nn.Module):
         n_global = all_reduce_sum(n_labelled)
         world = torch.distributed.get_world_size() if is_distributed() else 1
         return total * world / n_global.clamp_min(1.0), n_labelled.detach()
+
+
+# ----------------------------------------------------------------------------------------------------
+# registration: data and config
+
+
+def build_video_items(
+    rows: Sequence[ManifestRow],
+    data: DataConfig,
+    encoder: EncoderSpec,
+    cfg: USCLConfig,
+    seed: int,
+    progress: bool = True,
+) -> PretrainData:
+    """(training items, held-out validation items or None, skipped files) for USCL from a manifest.
+
+    The validation videos give the reference's validation pair: two augmented frames, unmixed, with the
+    same randomness at every evaluation. The label fraction applies to the training videos.
+    """
+    cache = load_frame_cache(
+        rows,
+        rgb=encoder.in_chans == 3,
+        video_fps=data.video_fps,
+        max_frames_per_video=data.max_frames_per_video,
+        scan_area=data.scan_area,
+        progress=progress,
+        cache_dir=data.frame_cache,
+        workers=data.decode_workers,
+    )
+    items = group_items(cache, rows, cfg.group_by)
+    classes = cfg.classes or classes_of(rows)
+    augment = USCLAugment(
+        size=tuple(encoder.img_size),
+        scale=tuple(data.crop_scale),
+        ratio=tuple(data.crop_ratio),
+        hflip=data.hflip,
+        jitter=tuple(cfg.jitter),
+        mean=tuple(data.mean),
+        std=tuple(data.std),
+    )
+    beta = (cfg.beta_a, cfg.beta_b)
+    train_idx, val_idx = split_items(len(items), cfg.val_fraction, seed)
+    train_items = [items[i] for i in train_idx]
+    train = VideoItems(
+        cache,
+        train_items,
+        USCLPairs(augment, beta, cfg.frame_window, mix=True),
+        encoder.in_chans,
+        classes,
+        labelled=keep_labels(train_items, cfg.label_fraction, seed),
+        seed=seed,
+    )
+    if not val_idx:
+        return PretrainData(train, None, list(cache.skipped))
+    val = VideoItems(
+        cache,
+        [items[i] for i in val_idx],
+        USCLPairs(augment, beta, cfg.frame_window, mix=False),
+        encoder.in_chans,
+        classes,
+        seed=seed,
+    )
+    return PretrainData(train, val, list(cache.skipped))
+
+
+def build_data(cfg: PretrainConfig, progress: bool = True) -> PretrainData:
+    if not cfg.data.manifest:
+        raise ConfigError("no data: pass --data MANIFEST (make one with `ultrassl index DATA_DIR`)")
+    rows = read_manifest(cfg.data.manifest)
+    return build_video_items(rows, cfg.data, cfg.encoder, cfg.uscl, cfg.train.seed, progress)
+
+
+def build_model(cfg: PretrainConfig) -> USCL:
+    return USCL(cfg.encoder, cfg.uscl)
+
+
+def prepare(cfg: PretrainConfig) -> None:
+    """The classifier's size comes from the manifest's labels: store the class names in the config."""
+    if not cfg.uscl.classes and cfg.data.manifest:
+        cfg.uscl.classes = classes_of(read_manifest(cfg.data.manifest))
+
+
+register_method(
+    MethodSpec(
+        name="uscl",
+        summary="USCL (Chen et al. 2021): contrast mixed frame pairs of a video + CE on labelled videos",
+        sections={"uscl": USCLConfig},
+        build_model=build_model,
+        build_data=build_data,
+        prepare=prepare,
+        val_key="nt_xent",
+        # USCL's code: ResNet-18, Adam lr 3e-4 wd 1e-4 on every parameter, 10 constant epochs then
+        # cosine, RandomResizedCrop(0.8-1, 0.8-1.25) + flip, normalise 0.5/0.25, batch 32, 300 epochs.
+        defaults={
+            "encoder": {"arch": "resnet18", "img_size": [224, 224], "in_chans": 1},
+            "data": {"crop_scale": [0.8, 1.0], "crop_ratio": [0.8, 1.25], "mean": [0.5], "std": [0.25]},
+            "optim": {
+                "name": "adam",
+                "lr": 3.0e-4,
+                "weight_decay": 1.0e-4,
+                "betas": [0.9, 0.999],
+                "warmup_epochs": 0.0,
+                "constant_epochs": 10.0,
+                "decay_all": True,
+            },
+            "train": {"batch_size": 32, "epochs": 300},
+        },
+    )
+)

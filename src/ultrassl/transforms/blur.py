@@ -190,8 +190,11 @@ class BlurConfig:
     srad_iters: int = 10
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
         if self.kind not in BLUR_KINDS:
-            raise ConfigError(f"unknown blur kind {self.kind!r}; choose one of {', '.join(BLUR_KINDS)}")
+            raise ConfigError(f"kind {self.kind!r} is not a blur; choose one of {', '.join(BLUR_KINDS)}")
         if self.sigma_range is not None:
             lo, hi = self.sigma_range
             if not 0 < lo <= hi:

@@ -1,0 +1,30 @@
+"""A data set wrapper that crashes part-way into a run, for resume tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ultrassl.data.epochs import EpochDataset
+
+
+class CrashAfter(EpochDataset):
+    """Wraps a data set and raises when item number ``n + 1`` is loaded (a crash mid-epoch)."""
+
+    def __init__(self, data: Any, n: int):
+        self.data, self.n, self.loaded = data, n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.data, EpochDataset):
+            self.data.set_epoch(epoch)
+
+    def batches(self, *args: Any, **kwargs: Any) -> list[list[int]] | None:
+        return self.data.batches(*args, **kwargs) if isinstance(self.data, EpochDataset) else None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> Any:
+        self.loaded += 1
+        if self.loaded > self.n:
+            raise RuntimeError("simulated crash")
+        return self.data[i]

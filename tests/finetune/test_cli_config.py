@@ -1,0 +1,111 @@
+"""Fine-tuning configs through the command line: a flag for every field, presets, --set, one check."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from ultrassl.cli import _parser, _task_config, main
+from ultrassl.config import to_dict
+from ultrassl.errors import ConfigError
+from ultrassl.finetune.classify import ClassifyConfig
+from ultrassl.finetune.segment import SegmentConfig
+
+#: command-line values for fields whose default (None) a flag cannot spell
+FOR_NONE = {
+    "img_size": (["32", "48"], (32, 48)),
+    "folds_file": (["folds.json"], "folds.json"),
+    "only_folds": (["0", "2"], (0, 2)),
+    "foreground_ids": (["1"], (1,)),
+    "upernet_indices": (["0", "1"], (0, 1)),
+    "fg_weight": (["2.5"], 2.5),
+}
+
+
+def _argv(value) -> list[str]:
+    if isinstance(value, tuple):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def _resolve(task: str, *extra: str):
+    a = _parser().parse_args(
+        ["finetune", task, "--weights", "scratch", "--data", "m.csv", "--out", "o", *extra]
+    )
+    return _task_config(a, SegmentConfig if task == "segment" else ClassifyConfig)
+
+
+@pytest.mark.parametrize("task, cls", [("classify", ClassifyConfig), ("segment", SegmentConfig)])
+def test_every_field_has_a_flag(task, cls):
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(cls(), f.name)
+        if isinstance(default, bool):
+            argv, want = [f"--no-{flag[2:]}" if default else flag], not default
+        elif default is None:
+            argv, want = [flag, *FOR_NONE[f.name][0]], FOR_NONE[f.name][1]
+        else:
+            argv, want = [flag, *_argv(default)], default
+        if f.name == "folds_file":
+            argv += ["--folds", "2"]
+        assert getattr(_resolve(task, *argv), f.name) == want, f.name
+
+
+def test_flags_presets_and_set_layer_in_order(tmp_path):
+    cfg = _resolve("classify", "--mode", "full", "--label-fraction", "0.5", "1.0", "--max-frames", "4")
+    assert (cfg.mode, cfg.label_fractions, cfg.max_frames_per_video) == ("full", (0.5, 1.0), 4)
+    assert _resolve("classify", "--no-class-weighting").class_weighting is False  # the older flag
+    cfg = _resolve("segment", "--preset", "hc18-segment", "--epochs", "3", "--set", "batch_size=2")
+    assert (cfg.epochs, cfg.batch_size, cfg.n_overlays) == (3, 2, 2)  # flag and --set beat the preset
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("epochs: 7\nlinear_c: [0.5, 5]\n")
+    assert _resolve("classify", "--preset", str(mine)).linear_c == (0.5, 5.0)
+
+
+@pytest.mark.parametrize(
+    "task, extra, message",
+    [
+        ("classify", ["--set", "mode=probe"], "mode must be linear|partial|full"),
+        ("classify", ["--set", "aug_scale=[0.5, 2.0]"], "aug_scale must satisfy"),
+        ("classify", ["--set", "epochs=0"], "epochs, batch_size and train_blocks"),
+        ("classify", ["--set", "label_fractions=[0]"], "label_fractions must be in (0, 1]"),
+        ("classify", ["--set", "nonsense=1"], "unknown config key 'nonsense'"),
+        ("segment", ["--head", "fcn"], "head must be auto or one of"),
+        ("segment", ["--set", "crop_scale=[0, 1]"], "crop_scale must satisfy"),
+        ("segment", ["--preset", "no-such"], "unknown preset 'no-such'"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(task, extra, message):
+    with pytest.raises(
+        ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("|", r"\|")
+    ):
+        _resolve(task, *extra)
+
+
+def test_print_config_and_a_one_line_error(capsys):
+    base = ["finetune", "classify", "--weights", "scratch", "--data", "m.csv", "--out", "o"]
+    assert main([*base, "--preset", "pocus-classify", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["epochs"] == 10 and printed == to_dict(_resolve("classify", "--preset", "pocus-classify"))
+    assert main([*base, "--set", "mode=probe"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "mode must be linear|partial|full" in err
+
+
+def test_pretrain_refuses_a_bad_override_in_one_line(capsys, tmp_path):
+    argv = [
+        "pretrain",
+        "--method",
+        "mae",
+        "--preset",
+        "tiny",
+        "--out",
+        str(tmp_path / "r"),
+        "--data",
+        "m.csv",
+    ]
+    assert main([*argv, "--set", "mae.mask_ratio=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "mae.mask_ratio 0" in err and not (tmp_path / "r").exists()
