@@ -135,6 +135,11 @@ class Results:
         self.save()
 
 
+# ----------------------------------------------------------------------------------------------------
+# data: manifests, folds, per-fold pre-training manifests
+
+
+@dataclass
 class Dataset:
     name: str  # pocus | hc18
     manifest: Path  # every dev file, indexed
