@@ -103,16 +103,8 @@ def resolve_backbone(
 
 def _from_export(model_dir: Path, source: str, fingerprint: str) -> Backbone:
     encoder, config = ckpt.load_exported(model_dir)
-    args = dict(config["model_args"])
     cfg = config.get("pretrained_cfg", {})
-    img_size = args.pop("img_size", None) or list(cfg.get("input_size", [0, 224, 224]))[1:]
-    spec = EncoderSpec(
-        arch=config["architecture"],
-        img_size=(img_size, img_size) if isinstance(img_size, int) else tuple(img_size),
-        patch_size=args.pop("patch_size", 16),  # CNNs have none
-        in_chans=args.pop("in_chans", 3),
-        model_args={k: v for k, v in args.items() if k != "num_classes"},
-    )
+    spec = ckpt.spec_from_config(config)
     return Backbone(
         encoder, spec, tuple(cfg.get("mean", (0.5,))), tuple(cfg.get("std", (0.25,))), source, fingerprint
     )
