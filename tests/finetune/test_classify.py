@@ -12,7 +12,7 @@ import pytest
 from ultrassl.data.manifest import read_manifest
 from ultrassl.finetune.backbones import load_backbone
 from ultrassl.finetune.classify import Classifier, ClassifyConfig, Phase, finetune_classify, load_frameset
-from ultrassl.finetune.splits import read_folds
+from ultrassl.finetune.splits import group_indices, read_folds
 from ultrassl.models.vit import EncoderSpec
 
 SPEC = EncoderSpec("tiny", (32, 32), 8, 1, dict(embed_dim=32, depth=2, num_heads=2))
@@ -44,7 +44,7 @@ def test_test_fold_is_read_only_after_model_selection(manifest, mode):
     clf, data, out, log = _recorded_run(manifest, cfg)
     assert log, "the data set recorded no access"
     for k, fold in enumerate(out.folds):
-        test = set(clf._indices(fold.test_groups).tolist())
+        test = set(group_indices(data.groups, fold.test_groups).tolist())
         events = [(phase, idx) for f, phase, idx in log if f == k]
         # before this fold's test phase, none of its test frames is read
         for phase, idx in events:

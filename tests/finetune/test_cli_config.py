@@ -21,6 +21,7 @@ FOR_NONE = {
     "foreground_ids": (["1"], (1,)),
     "upernet_indices": (["0", "1"], (0, 1)),
     "fg_weight": (["2.5"], 2.5),
+    "clip_grad": (["1.5"], 1.5),
 }
 
 

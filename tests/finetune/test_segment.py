@@ -16,7 +16,6 @@ from ultrassl.finetune.classify import Phase
 from ultrassl.finetune.segment import (
     SegmentConfig,
     Segmenter,
-    augment_pair,
     dice_ce_loss,
     finetune_segment,
     load_segdata,
@@ -25,6 +24,7 @@ from ultrassl.finetune.segment import (
 from ultrassl.finetune.splits import read_folds
 from ultrassl.models.seg_heads import SegModel, build_seg_head, evenly_spaced_blocks
 from ultrassl.models.vit import EncoderSpec, create_encoder
+from ultrassl.transforms.finetune import augment_pair
 
 SPEC = EncoderSpec("tiny", (32, 48), 8, 1, dict(embed_dim=32, depth=2, num_heads=2))
 SMALL_HEADS = {"mae": dict(decoder_dim=32, depth=1, num_heads=2), "upernet": dict(channels=16)}

@@ -12,7 +12,6 @@ Protocol (leakage-free by construction):
 from __future__ import annotations
 
 import enum
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,18 +41,17 @@ from ultrassl.finetune.backbones import (
     trainable_tail,
     with_image_size,
 )
+from ultrassl.finetune.fit import FitSettings, fit
 from ultrassl.finetune.report import FoldResult, build_summary, write_classification_report
 from ultrassl.finetune.saved import linear_probe_head, save_fold_model, write_card
-from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.finetune.splits import (
     Fold,
     Protocol,
-    group_indices,
 )
 from ultrassl.jsonable import jsonable
 from ultrassl.metrics import classification_metrics, summarize
 from ultrassl.models.vit import EncoderSpec
-from ultrassl.training import WarmupCosine
+from ultrassl.transforms.finetune import augment
 
 
 class Phase(enum.Enum):
@@ -106,6 +104,10 @@ class ClassifyConfig(Protocol):
     #: early stopping on validation, in epochs
     patience: int = 8
     warmup_epochs: float = 2.0
+    #: max gradient norm (None: no clipping)
+    clip_grad: float | None = None
+    #: fp32 | bf16 | fp16 (CUDA, with a gradient scaler) | auto, as pre-training's train.precision
+    precision: str = "fp32"
     #: auto | cpu | cuda
     device: str = "auto"
 
@@ -125,6 +127,8 @@ class ClassifyConfig(Protocol):
             raise ConfigError(f"aug_scale must satisfy 0 < low <= high <= 1; got {self.aug_scale}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto|cpu|cuda, got {self.device!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
 
 
 @dataclass
@@ -213,38 +217,6 @@ def to_tensor_batch(
     return (x - m) / s
 
 
-def augment(
-    x: torch.Tensor,
-    gen: torch.Generator,
-    scale: tuple[float, float] = (0.7, 1.0),
-    intensity: float = 0.1,
-    gamma: float = 0.0,
-) -> torch.Tensor:
-    """Grayscale-safe augmentation for fine-tuning: a crop of ``scale`` of the area resized back, flip,
-    gain and offset of +-``intensity`` (in normalised units) and, with ``gamma`` > 0, a gamma of
-    exp(+-``gamma``) on the [0, 1]-range image (brightness curves vary between scanners and presets)."""
-    b, _, h, w = x.shape
-    out = torch.empty_like(x)
-    lo, hi = scale
-    for i in range(b):
-        area = lo + (hi - lo) * torch.rand(1, generator=gen).item()
-        ch, cw = max(1, int(h * math.sqrt(area))), max(1, int(w * math.sqrt(area)))
-        top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
-        left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
-        img = TF.resized_crop(x[i], top, left, ch, cw, [h, w], antialias=True)
-        if torch.rand(1, generator=gen).item() < 0.5:
-            img = TF.horizontal_flip(img)
-        if gamma > 0:
-            g = math.exp(gamma * (2 * torch.rand(1, generator=gen).item() - 1))
-            lo_v, hi_v = img.amin(), img.amax()
-            span = (hi_v - lo_v).clamp_min(1e-6)
-            img = ((img - lo_v) / span).pow(g) * span + lo_v
-        gain = 1.0 + 2 * intensity * (torch.rand(1, generator=gen).item() - 0.5)
-        bias = 2 * intensity * (torch.rand(1, generator=gen).item() - 0.5)
-        out[i] = img * gain + bias
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------
 # the engine
 
@@ -287,9 +259,6 @@ class Classifier:
 
     # -- data helpers --------------------------------------------------------------------------------
 
-    def _indices(self, groups: Sequence[str]) -> np.ndarray:
-        return group_indices(self.data.groups, groups)
-
     def _tensor(self, index: np.ndarray, phase: Phase) -> torch.Tensor:
         frames = self.data.frames(index, phase)
         return to_tensor_batch(frames, self.size, self.in_chans, self.backbone.mean, self.backbone.std)
@@ -311,20 +280,16 @@ class Classifier:
 
     def run(self, out_dir: Path | None = None) -> ClassifyOutput:
         cfg = self.cfg
-        folds, runs = cfg.plan(self.data.groups, self.data.labels.tolist(), out_dir)
+        folds, runs = cfg.indexed_runs(self.data.groups, self.data.labels.tolist(), out_dir)
         out = ClassifyOutput(folds=folds, class_names=self.data.class_names)
         saved: list[int] = []
-        for run in runs:
+        for planned in runs:
+            run, tr, va, te = planned.run, planned.train, planned.val, planned.test
             self.current_fold = run.fold
-            tr, va, te = (self._indices(g) for g in (run.train_groups, run.val_groups, run.test_groups))
             model, predict_test, best_epoch, val_score = self._fit_select(tr, va, run.seed)
             prob = predict_test(te)  # the one and only look at this fold's test frames
             self._record(out, run.fold, run.seed, run.label_fraction, tr, va, te, prob, best_epoch, val_score)
-            if (
-                out_dir is not None
-                and run.seed == cfg.seeds[0]
-                and run.label_fraction == max(cfg.label_fractions)
-            ):
+            if out_dir is not None and planned.keep:
                 save_fold_model(out_dir, run.fold, model)
                 saved.append(run.fold)
         if out_dir is not None and saved:
@@ -463,10 +428,6 @@ class Classifier:
             if cfg.mode == "full"
             else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         )
-        steps_per_epoch = max(1, math.ceil(len(tr) / cfg.batch_size))
-        total = cfg.epochs * steps_per_epoch
-        schedule = WarmupCosine(max(1, round(cfg.warmup_epochs * steps_per_epoch)), total)
-        base_lrs = [g["lr"] for g in optimizer.param_groups]
         n_classes = len(self.data.class_names)
         ytr = self.data.labels[tr]
         weight = None
@@ -486,42 +447,36 @@ class Classifier:
                 num_classes=n_classes,
             )
         xva_cache = self._tensor(va, Phase.VALIDATE)
-        stopper = EarlyStopping(cfg.patience)
-        step = 0
-        for epoch in range(cfg.epochs):
-            model.train()
-            order = tr[torch.randperm(len(tr), generator=gen).numpy()]
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                x = augment(
-                    self._tensor(idx, Phase.TRAIN), gen, cfg.aug_scale, cfg.aug_intensity, cfg.aug_gamma
-                ).to(self.device)
-                y = torch.as_tensor(self.data.labels[idx], device=self.device)
-                for g, base in zip(optimizer.param_groups, base_lrs):
-                    g["lr"] = base * schedule(step)
-                if mixup is not None and len(idx) % 2 == 0:
-                    x, soft = mixup(x, y)
-                    loss = torch.sum(-soft * F.log_softmax(model(x), dim=-1), dim=-1).mean()
-                else:
-                    loss = F.cross_entropy(model(x), y, weight=weight, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
+
+        def loss_fn(model: nn.Module, idx: np.ndarray) -> torch.Tensor:
+            x = augment(
+                self._tensor(idx, Phase.TRAIN), gen, cfg.aug_scale, cfg.aug_intensity, cfg.aug_gamma
+            ).to(self.device)
+            y = torch.as_tensor(self.data.labels[idx], device=self.device)
+            if mixup is not None and len(idx) % 2 == 0:
+                x, soft = mixup(x, y)
+                return torch.sum(-soft * F.log_softmax(model(x).float(), dim=-1), dim=-1).mean()
+            return F.cross_entropy(model(x).float(), y, weight=weight, label_smoothing=cfg.label_smoothing)
+
+        def validate(model: nn.Module) -> tuple[float, float]:
             prob_va = self._predict(model, xva_cache)
             yva = self.data.labels[va]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 score = balanced_accuracy_score(yva, prob_va.argmax(1))
             val_loss = float(-np.log(np.clip(prob_va[np.arange(len(va)), yva], 1e-12, None)).mean())
-            if stopper.update(score, epoch, model, tie_break=-val_loss):
-                break
-        stopper.restore(model)
+            return score, -val_loss
+
+        settings = FitSettings(
+            cfg.epochs, cfg.batch_size, cfg.patience, cfg.warmup_epochs, cfg.clip_grad, cfg.precision
+        )
+        what = f"classification fine-tuning, fold {self.current_fold}"
+        done = fit(model, optimizer, tr, loss_fn, validate, settings, gen, self.device, what=what)
 
         def predict(te: np.ndarray) -> np.ndarray:
             return self._predict(model, self._tensor(te, Phase.TEST))
 
-        return model.eval(), predict, int(stopper.best_epoch), float(stopper.best_score)
+        return model.eval(), predict, done.epoch, done.score
 
     @torch.no_grad()
     def _predict(self, model: nn.Module, x: torch.Tensor) -> np.ndarray:

@@ -37,19 +37,18 @@ from ultrassl.distributed import select_device
 from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
 from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
 from ultrassl.finetune.classify import Phase
+from ultrassl.finetune.fit import FitSettings, fit
 from ultrassl.finetune.report import format_mean_std
 from ultrassl.finetune.saved import save_fold_model, write_card
-from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.finetune.splits import (
     Fold,
     Protocol,
-    group_indices,
 )
 from ultrassl.jsonable import jsonable
 from ultrassl.metrics import EMPTY_POLICIES, segmentation_metrics, summarize
 from ultrassl.models.seg_heads import HEADS, SegModel, build_seg_head
 from ultrassl.models.vit import EncoderSpec, create_encoder, is_vit
-from ultrassl.training import WarmupCosine
+from ultrassl.transforms.finetune import augment_pair
 
 __all__ = [
     "SegData",
@@ -80,6 +79,8 @@ class SegmentConfig(Protocol):
     #: one synthetic-lesion fold stopped at epoch 16 with test Dice 0.60; at 25 it reached 0.79)
     patience: int = 20
     device: str = "auto"
+    #: fp32 | bf16 | fp16 (CUDA, with a gradient scaler) | auto, as pre-training's train.precision
+    precision: str = "fp32"
     foreground_ids: tuple[int, ...] | None = None  # None: mask > 0 is foreground
     encoder_lr_scale: float = 1.0  # encoder lr = lr * this (pre-trained encoders often like < 1)
     warmup_epochs: float = 2.0
@@ -108,6 +109,8 @@ class SegmentConfig(Protocol):
             raise ConfigError("epochs and batch_size must be >= 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto|cpu|cuda, got {self.device!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise ConfigError(f"crop_scale must satisfy 0 < low <= high <= 1; got {self.crop_scale}")
@@ -227,29 +230,6 @@ def load_segdata(
     return SegData((x - m_) / s_, torch.stack(masks), full, np.stack(display), groups, kept)
 
 
-def augment_pair(
-    x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, scale: tuple[float, float] = (0.8, 1.0)
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same random resized crop (area ``scale``, aspect kept) and horizontal flip for image and mask;
-    the image is resampled bilinearly, the mask by nearest neighbour so it stays binary."""
-    b, _, h, w = x.shape
-    xs, ys = torch.empty_like(x), torch.empty_like(y)
-    lo, hi = scale
-    for i in range(b):
-        area = lo + (hi - lo) * torch.rand(1, generator=gen).item()
-        ch, cw = max(1, round(h * math.sqrt(area))), max(1, round(w * math.sqrt(area)))
-        top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
-        left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
-        img = TF.resized_crop(x[i], top, left, ch, cw, [h, w], antialias=True)
-        msk = TF.resized_crop(
-            y[i][None].to(torch.uint8), top, left, ch, cw, [h, w], interpolation=InterpolationMode.NEAREST
-        )[0].bool()
-        if torch.rand(1, generator=gen).item() < 0.5:
-            img, msk = img.flip(-1), msk.flip(-1)
-        xs[i], ys[i] = img, msk
-    return xs, ys
-
-
 def dice_ce_loss(
     logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, fg_weight: float = 1.0
 ) -> torch.Tensor:
@@ -309,20 +289,16 @@ class Segmenter:
         #: the fold being evaluated (for access-recording data sets in tests)
         self.current_fold: int | None = None
 
-    def _indices(self, groups: Sequence[str]) -> np.ndarray:
-        return group_indices(self.data.groups, groups)
-
     def run(self, out_dir: Path | None = None) -> SegmentOutput:
         cfg = self.cfg
         labels = self.data.has_foreground
-        folds, runs = cfg.plan(self.data.groups, labels, out_dir)
+        folds, runs = cfg.indexed_runs(self.data.groups, labels, out_dir)
         out = SegmentOutput(folds=folds)
-        top_fraction = max(cfg.label_fractions)
         saved: list[int] = []
-        for run in runs:
+        for planned in runs:
+            run, tr, va, te = planned.run, planned.train, planned.val, planned.test
             self.current_fold = k = run.fold
             seed, fraction = run.seed, run.label_fraction
-            tr, va, te = (self._indices(g) for g in (run.train_groups, run.val_groups, run.test_groups))
             model, best_epoch, val_dice = self._fit(tr, va, seed)
             logits = self._predict(model, self.data.batch(te, Phase.TEST)[0])  # the one look at test
             preds = [self._full_res_pred(lg, self.data.full_masks[i]) for lg, i in zip(logits, te)]
@@ -342,7 +318,7 @@ class Segmenter:
                     [self.data.rows[i].path for i in te],
                 )
             )
-            if out_dir is not None and seed == cfg.seeds[0] and fraction == top_fraction:
+            if out_dir is not None and planned.keep:
                 out.overlays += self._overlays(out_dir, k, te, logits)
                 save_fold_model(out_dir, k, model)
                 saved.append(k)
@@ -402,42 +378,30 @@ class Segmenter:
         optimizer = torch.optim.AdamW(
             model.param_groups(cfg.lr, cfg.weight_decay, cfg.encoder_lr_scale), lr=cfg.lr
         )
-        steps_per_epoch = max(1, math.ceil(len(tr) / cfg.batch_size))
-        schedule = WarmupCosine(
-            max(1, round(cfg.warmup_epochs * steps_per_epoch)), cfg.epochs * steps_per_epoch
-        )
-        base_lrs = [g["lr"] for g in optimizer.param_groups]
         xva, yva = self.data.batch(va, Phase.VALIDATE)
         fg_weight = self.foreground_weight(tr)
-        stopper = EarlyStopping(cfg.patience)
-        step = 0
-        for epoch in range(cfg.epochs):
-            model.train()
-            if cfg.freeze_encoder:
-                model.encoder.eval()
-            order = tr[torch.randperm(len(tr), generator=gen).numpy()]
-            for start in range(0, len(order), cfg.batch_size):
-                x, y = self.data.batch(order[start : start + cfg.batch_size], Phase.TRAIN)
-                x, y = augment_pair(x, y, gen, cfg.crop_scale)
-                for g, base in zip(optimizer.param_groups, base_lrs):
-                    g["lr"] = base * schedule(step)
-                loss = dice_ce_loss(model(x.to(self.device)), y.to(self.device), fg_weight=fg_weight)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_grad:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                optimizer.step()
-                step += 1
+
+        def loss_fn(model: nn.Module, idx: np.ndarray) -> torch.Tensor:
+            x, y = self.data.batch(idx, Phase.TRAIN)
+            x, y = augment_pair(x, y, gen, cfg.crop_scale)
+            return dice_ce_loss(model(x.to(self.device)), y.to(self.device), fg_weight=fg_weight)
+
+        def validate(model: nn.Module) -> tuple[float, float] | None:
             if not len(va):
-                continue
+                return None
             pred = self._predict(model, xva).argmax(1).numpy()
             score = segmentation_metrics(pred, yva.numpy(), empty=cfg.empty_policy)["dice"]
-            score = -math.inf if score is None else score
-            if stopper.update(score, epoch, model):
-                break
-        if not stopper.restore(model):  # no validation images (or never a defined score): the last epoch
-            return model, epoch, None
-        return model, stopper.best_epoch, float(stopper.best_score)
+            return (-math.inf if score is None else score), 0.0
+
+        settings = FitSettings(
+            cfg.epochs, cfg.batch_size, cfg.patience, cfg.warmup_epochs, cfg.clip_grad, cfg.precision
+        )
+        on_train = (lambda m: m.encoder.eval()) if cfg.freeze_encoder else None
+        what = f"segmentation fine-tuning, fold {self.current_fold}"
+        done = fit(
+            model, optimizer, tr, loss_fn, validate, settings, gen, self.device, on_train=on_train, what=what
+        )
+        return model, done.epoch, done.score
 
     def foreground_weight(self, tr: np.ndarray) -> float:
         """``cfg.fg_weight``, or for ``None`` sqrt(background / foreground pixels) of the training masks,

@@ -415,6 +415,18 @@ def group_indices(sample_groups: Sequence[str], wanted: Sequence[str]) -> np.nda
 
 
 @dataclass
+class IndexedRun:
+    """A planned :class:`Run` with the sample indices of each side; ``keep`` marks the run whose model
+    is kept for ``ultrassl evaluate`` (the first seed at the largest label fraction)."""
+
+    run: Run
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    keep: bool
+
+
+@dataclass
 class Protocol:
     """The evaluation protocol classification and segmentation share: which folds, seeds and label
     fractions, and how much of each training part becomes validation."""
@@ -455,3 +467,20 @@ class Protocol:
             folds=read_folds(self.folds_file) if self.folds_file else None,
             only_folds=self.only_folds,
         )
+
+    def indexed_runs(
+        self, groups: Sequence[str], labels: Sequence[Any], out_dir: str | Path | None = None
+    ) -> tuple[list[Fold], list[IndexedRun]]:
+        """:meth:`plan`, each run with the indices of its train/val/test samples (the one fold loop
+        both tasks iterate: fit on train, select on val, look at test once)."""
+        folds, runs = self.plan(groups, labels, out_dir)
+        top = max(self.label_fractions)
+        out = [
+            IndexedRun(
+                r,
+                *(group_indices(groups, g) for g in (r.train_groups, r.val_groups, r.test_groups)),
+                keep=r.seed == self.seeds[0] and r.label_fraction == top,
+            )
+            for r in runs
+        ]
+        return folds, out

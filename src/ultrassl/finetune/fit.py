@@ -1,0 +1,112 @@
+"""The one supervised fit loop classification and segmentation fine-tuning share.
+
+Per epoch: a seeded permutation of the training items, batches of ``batch_size``, the warm-up + cosine
+schedule of the pre-training loop (:class:`~ultrassl.training.WarmupCosine`) applied per parameter
+group, autocast in the chosen precision (fp16 with a gradient scaler on CUDA), gradient clipping, a NaN
+guard, then validation and early stopping that keeps the best epoch's weights. The tasks supply only
+what differs: how a batch is made, the loss, and the validation score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ultrassl.errors import UltrasslError
+from ultrassl.finetune.selection import EarlyStopping
+from ultrassl.training import WarmupCosine, resolve_precision
+
+#: (model, batch indices) -> scalar loss (called under autocast)
+LossFn = Callable[[nn.Module, np.ndarray], torch.Tensor]
+#: model -> (score, tie-break) on the validation items, or None when there are none
+ValidateFn = Callable[[nn.Module], "tuple[float, float] | None"]
+
+
+class FineTuneDivergedError(UltrasslError):
+    """The fine-tuning loss became NaN/inf."""
+
+
+@dataclass
+class FitResult:
+    #: the epoch whose weights the model holds (the best on validation, else the last)
+    epoch: int
+    #: its validation score (None without validation)
+    score: float | None
+
+
+@dataclass
+class FitSettings:
+    epochs: int
+    batch_size: int
+    patience: int
+    warmup_epochs: float
+    clip_grad: float | None = None
+    #: fp32 | bf16 | fp16 | auto (as the pre-training loop's ``train.precision``)
+    precision: str = "fp32"
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_items: np.ndarray,
+    loss_fn: LossFn,
+    validate: ValidateFn,
+    settings: FitSettings,
+    generator: torch.Generator,
+    device: torch.device,
+    *,
+    on_train: Callable[[nn.Module], None] | None = None,
+    what: str = "fine-tuning",
+) -> FitResult:
+    """Train ``model`` on ``train_items``; returns the epoch it ends at (restored to the best one).
+
+    ``on_train`` runs after ``model.train()`` each epoch (e.g. to keep a frozen encoder in eval mode).
+    """
+    s = settings
+    steps_per_epoch = max(1, math.ceil(len(train_items) / s.batch_size))
+    schedule = WarmupCosine(max(1, round(s.warmup_epochs * steps_per_epoch)), s.epochs * steps_per_epoch)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    dtype = resolve_precision(s.precision, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    stopper = EarlyStopping(s.patience)
+    step, epoch = 0, 0
+    for epoch in range(s.epochs):
+        model.train()
+        if on_train is not None:
+            on_train(model)
+        order = train_items[torch.randperm(len(train_items), generator=generator).numpy()]
+        for start in range(0, len(order), s.batch_size):
+            for g, base in zip(optimizer.param_groups, base_lrs):
+                g["lr"] = base * schedule(step)
+            autocast = (
+                torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+            )
+            with autocast:
+                loss = loss_fn(model, order[start : start + s.batch_size])
+            if not torch.isfinite(loss.detach()):
+                raise FineTuneDivergedError(
+                    f"{what}: the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
+                    "lower the lr, set clip_grad, or use precision fp32"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss.float()).backward()
+            if s.clip_grad:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), s.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+        scored = validate(model)
+        if scored is None:
+            continue
+        if stopper.update(scored[0], epoch, model, tie_break=scored[1]):
+            break
+    if not stopper.restore(model):  # no validation (or never a defined score): the last epoch
+        return FitResult(epoch, None)
+    return FitResult(int(stopper.best_epoch), float(stopper.best_score))

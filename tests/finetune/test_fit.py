@@ -1,0 +1,105 @@
+"""The shared supervised fit loop: early stopping keeps the best epoch, the NaN guard, autocast."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ultrassl.finetune.fit import FineTuneDivergedError, FitSettings, fit
+
+X = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+Y = (X[:, 0] > 0).long()
+
+
+def _setup(lr: float = 0.1):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    return model, torch.optim.AdamW(model.parameters(), lr=lr)
+
+
+def _loss(model: nn.Module, idx: np.ndarray) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(X[idx]).float(), Y[idx])
+
+
+def test_early_stopping_restores_the_best_epoch():
+    model, opt = _setup()
+    scores = iter([0.2, 0.9, 0.5, 0.4, 0.3, 0.1])
+    kept: dict[int, torch.Tensor] = {}
+
+    def validate(m: nn.Module):
+        kept[len(kept)] = m.weight.detach().clone()
+        return next(scores), 0.0
+
+    settings = FitSettings(epochs=6, batch_size=8, patience=3, warmup_epochs=1)
+    done = fit(
+        model,
+        opt,
+        np.arange(32),
+        _loss,
+        validate,
+        settings,
+        torch.Generator().manual_seed(0),
+        torch.device("cpu"),
+    )
+    assert (done.epoch, done.score) == (1, 0.9)
+    assert len(kept) == 5  # stopped after 3 worse epochs
+    assert torch.equal(model.weight, kept[1])  # the best epoch's weights, not the last
+
+
+def test_without_validation_the_last_epoch_is_kept():
+    model, opt = _setup()
+    settings = FitSettings(epochs=3, batch_size=8, patience=1, warmup_epochs=0)
+    done = fit(
+        model, opt, np.arange(32), _loss, lambda m: None, settings, torch.Generator(), torch.device("cpu")
+    )
+    assert (done.epoch, done.score) == (2, None)
+
+
+def test_a_nan_loss_stops_with_a_clear_error():
+    model, opt = _setup()
+
+    def bad(model: nn.Module, idx: np.ndarray) -> torch.Tensor:
+        return model(X[idx]).sum() * float("nan")
+
+    settings = FitSettings(epochs=2, batch_size=8, patience=1, warmup_epochs=0)
+    with pytest.raises(FineTuneDivergedError, match="loss became nan at epoch 1, step 1"):
+        fit(
+            model,
+            opt,
+            np.arange(32),
+            bad,
+            lambda m: None,
+            settings,
+            torch.Generator(),
+            torch.device("cpu"),
+            what="fold 0",
+        )
+
+
+def test_bf16_autocast_and_clipping_train_in_float32_weights():
+    model, opt = _setup(lr=0.05)
+    before = _loss(model, np.arange(32)).item()
+    seen = []
+
+    def loss(m: nn.Module, idx: np.ndarray) -> torch.Tensor:
+        out = m(X[idx])
+        seen.append(out.dtype)
+        return nn.functional.cross_entropy(out.float(), Y[idx])
+
+    settings = FitSettings(
+        epochs=20, batch_size=8, patience=5, warmup_epochs=1, clip_grad=1.0, precision="bf16"
+    )
+    fit(
+        model,
+        opt,
+        np.arange(32),
+        loss,
+        lambda m: None,
+        settings,
+        torch.Generator().manual_seed(0),
+        torch.device("cpu"),
+    )
+    assert set(seen) == {torch.bfloat16} and model.weight.dtype == torch.float32
+    assert _loss(model, np.arange(32)).item() < before
