@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny import tiny_vit_spec
 
 from ultrassl import api
 from ultrassl.data.manifest import read_manifest
 from ultrassl.data.public import write_pocus_labels
 from ultrassl.finetune.classify import ClassifyConfig, finetune_classify
-from ultrassl.models.vit import EncoderSpec
 
 POCUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pocus"
 
@@ -27,7 +27,7 @@ def test_pocus_five_fold_linear_probe_smoke(tmp_path):
     assert summary.by_kind.get("video", 0) >= 90
     rows = [r for r in read_manifest(manifest) if r.label]
     assert len(rows) == 110 and len({r.group_id for r in rows}) == 70
-    spec = EncoderSpec("tiny", (64, 64), 8, 1, dict(embed_dim=32, depth=2, num_heads=2))
+    spec = tiny_vit_spec((64, 64))
     cfg = ClassifyConfig(mode="linear", folds=5)
     out = finetune_classify("scratch", manifest, tmp_path / "eval", cfg, scratch_spec=spec, progress=False)
     report = json.loads((tmp_path / "eval" / "report.json").read_text())

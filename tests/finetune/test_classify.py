@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import tiny_vit_spec
 
 from ultrassl.data.manifest import read_manifest
 from ultrassl.finetune.backbones import load_backbone
 from ultrassl.finetune.classify import Classifier, ClassifyConfig, Phase, finetune_classify, load_frameset
 from ultrassl.finetune.splits import group_indices, read_folds
-from ultrassl.models.vit import EncoderSpec
 
-SPEC = EncoderSpec("tiny", (32, 32), 8, 1, dict(embed_dim=32, depth=2, num_heads=2))
+SPEC = tiny_vit_spec((32, 32))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+from tiny import tiny_vit_spec
 from torch import nn
 
 from ultrassl.errors import CheckpointError, UltrasslError
@@ -18,9 +19,8 @@ from ultrassl.finetune.classify import ClassifyConfig, finetune_classify
 from ultrassl.finetune.evaluate import evaluate
 from ultrassl.finetune.saved import linear_probe_head, read_card
 from ultrassl.finetune.segment import SegmentConfig, finetune_segment
-from ultrassl.models.vit import EncoderSpec
 
-SPEC = EncoderSpec("tiny", (32, 32), 8, 1, dict(embed_dim=32, depth=2, num_heads=2))
+SPEC = tiny_vit_spec((32, 32))
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])

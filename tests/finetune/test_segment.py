@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import tiny_vit_spec
 
 from ultrassl.data.manifest import read_manifest
 from ultrassl.finetune.backbones import load_backbone
@@ -26,7 +27,7 @@ from ultrassl.models.seg_heads import SegModel, build_seg_head, evenly_spaced_bl
 from ultrassl.models.vit import EncoderSpec, create_encoder
 from ultrassl.transforms.finetune import augment_pair
 
-SPEC = EncoderSpec("tiny", (32, 48), 8, 1, dict(embed_dim=32, depth=2, num_heads=2))
+SPEC = tiny_vit_spec()
 SMALL_HEADS = {"mae": dict(decoder_dim=32, depth=1, num_heads=2), "upernet": dict(channels=16)}
 
 
@@ -88,7 +89,7 @@ def test_finetune_segment_smoke_writes_folds_report_overlays(manifest: Path, tmp
     cfg = SegmentConfig(
         folds=3, epochs=2, batch_size=4, decoder_dim=32, decoder_depth=1, decoder_heads=2, device="cpu"
     )
-    spec = EncoderSpec("tiny", (32, 32), 8, 1, dict(embed_dim=32, depth=2, num_heads=2))
+    spec = tiny_vit_spec((32, 32))
     out = finetune_segment("scratch", manifest, tmp_path / "eval", cfg, scratch_spec=spec, progress=False)
     assert out["n_images"] == 12
     folds = read_folds(tmp_path / "eval" / "folds.json")  # re-checks leakage

@@ -14,6 +14,7 @@ import pytest
 import timm
 import torch
 from crash import CrashAfter
+from tiny import TINY_VIT_OVERRIDES
 from torch.utils.data import DataLoader
 
 import ultrassl.api as api
@@ -36,12 +37,6 @@ TINY_SECTIONS = {
         "ultramae.max_clips_per_video=1",
     ],
 }
-TINY_VIT = [
-    "encoder.arch=tiny",
-    "encoder.img_size=[32, 48]",
-    "encoder.patch_size=8",
-    "encoder.model_args={embed_dim: 32, depth: 2, num_heads: 2}",
-]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +51,7 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cfg(method: str, manifest: Path, **train):
     probe = build_pretrain_config(method)
-    overrides = [] if probe.encoder.arch.startswith("resnet") else list(TINY_VIT)
+    overrides = [] if probe.encoder.arch.startswith("resnet") else list(TINY_VIT_OVERRIDES)
     if probe.encoder.arch.startswith("resnet"):
         overrides.append("encoder.img_size=[32, 32]")
     for section in vars(probe):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_vit_spec
 
 from ultrassl.errors import ConfigError
 from ultrassl.methods.mae import MAE, MAEConfig
@@ -18,7 +19,7 @@ from ultrassl.transforms.blur import gaussian_blur
 from ultrassl.visualize import save_reconstruction_grid
 
 torch.set_num_threads(1)
-SPEC = EncoderSpec("tiny", (32, 48), 8, 1, dict(embed_dim=32, depth=2, num_heads=2))
+SPEC = tiny_vit_spec()
 
 
 def tiny_cfg(**kw: object) -> MAEConfig:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_vit_spec
 
 from ultrassl.errors import ConfigError
 from ultrassl.methods import build_pretrain_config
 from ultrassl.methods.ultramae import UltraMAE, UltraMAEConfig
 from ultrassl.models.masking import patchify_tubelets
-from ultrassl.models.vit import EncoderSpec
 
 torch.set_num_threads(1)
-SPEC = EncoderSpec("tiny", (32, 48), 8, 1, dict(embed_dim=32, depth=2, num_heads=2))
+SPEC = tiny_vit_spec()
 GRID = 24
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import tiny_vit_spec
 
 from ultrassl.errors import ConfigError
 from ultrassl.models.masked_vit import MaskedViTEncoder
@@ -12,7 +13,7 @@ from ultrassl.models.pos_embed import get_2d_sincos_pos_embed
 from ultrassl.models.vit import EncoderSpec, create_encoder
 
 torch.set_num_threads(1)
-SPEC = EncoderSpec("tiny", (32, 48), 8, 1, dict(embed_dim=32, depth=2, num_heads=2))
+SPEC = tiny_vit_spec()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_vit_spec
 
 from ultrassl.errors import ConfigError
 from ultrassl.models.masking import (
@@ -16,7 +17,7 @@ from ultrassl.models.masking import (
     unpatchify,
 )
 from ultrassl.models.pos_embed import fix_pos_embed_, get_1d_sincos_pos_embed, get_2d_sincos_pos_embed
-from ultrassl.models.vit import EncoderSpec, create_encoder
+from ultrassl.models.vit import create_encoder
 
 torch.set_num_threads(1)
 
@@ -125,7 +126,7 @@ def test_1d_pos_embed() -> None:
 
 
 def test_fix_pos_embed_on_timm_vit() -> None:
-    spec = EncoderSpec("tiny", (32, 48), 8, 1, dict(embed_dim=32, depth=2, num_heads=2))
+    spec = tiny_vit_spec()
     vit = fix_pos_embed_(create_encoder(spec))
     assert not vit.pos_embed.requires_grad
     torch.testing.assert_close(vit.pos_embed.data, get_2d_sincos_pos_embed(32, (4, 6), cls_token=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import tiny_vit_spec
 
 from ultrassl import checkpoint as ckpt
 from ultrassl.errors import ConfigError
@@ -18,10 +19,9 @@ from ultrassl.models.masking import (
 from ultrassl.models.pos_embed import get_2d_sincos_pos_embed, get_3d_sincos_pos_embed
 from ultrassl.models.seg_heads import SegModel, build_seg_head
 from ultrassl.models.st_vit import SpatioTemporalViT
-from ultrassl.models.vit import EncoderSpec
 
 torch.set_num_threads(1)
-SPEC = EncoderSpec("tiny", (32, 48), 8, 1, dict(embed_dim=32, depth=2, num_heads=2))
+SPEC = tiny_vit_spec()
 GRID = 4 * 6
 
 

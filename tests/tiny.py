@@ -1,0 +1,21 @@
+"""The test-size models every test shares: a 2-block ViT of width 32 with 8-px patches on a
+non-square, 1-channel input (STYLE.md: tiny, non-square, grayscale)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ultrassl.models.vit import EncoderSpec
+
+TINY_VIT_ARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+#: the same model as config overrides (``--set`` items)
+TINY_VIT_OVERRIDES = [
+    "encoder.arch=tiny",
+    "encoder.img_size=[32, 48]",
+    "encoder.patch_size=8",
+    "encoder.model_args={embed_dim: 32, depth: 2, num_heads: 2}",
+]
+
+
+def tiny_vit_spec(img_size: tuple[int, int] = (32, 48), in_chans: int = 1, **model_args: Any) -> EncoderSpec:
+    return EncoderSpec("tiny", tuple(img_size), 8, in_chans, {**TINY_VIT_ARGS, **model_args})
