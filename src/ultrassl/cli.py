@@ -281,92 +281,144 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _run(a: argparse.Namespace) -> int:
-
-    if a.command == "synth":
-        manifest = api.synth(a.out_dir, seed=a.seed, n_patients=a.patients, size=tuple(a.size))
-        print(f"wrote synthetic data set to {a.out_dir} (manifest {manifest})")
-    elif a.command == "confidence":
-        res = api.confidence(
-            a.data,
-            a.out,
-            alpha=a.alpha,
-            beta=a.beta,
-            gamma=a.gamma,
-            sector=a.sector,
-            workers=a.workers,
-            cache_dir=a.cache,
-            previews=not a.no_previews,
-        )
-        report_skipped(res.skipped)
-        print(f"wrote {res.written} confidence maps to {a.out} ({res.cached} from the cache)")
-    elif a.command == "index":
-        summary = api.index(a.data_dir, a.out, labels_csv=a.labels, group_pattern=a.group_pattern)
-        report_skipped(summary.skipped)
-        kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary.by_kind.items()))
-        print(f"indexed {summary.n_indexed} files ({kinds}); skipped {summary.n_skipped}; wrote {a.out}")
-    elif a.command == "pretrain":
-        cfg = api.build_pretrain_config(a.method, a.preset, _pretrain_flags(a), a.set)
-        if a.print_config:
-            print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-            return 0
-        result = api.pretrain(cfg, a.out, resume=a.resume)
-        print(
-            f"{cfg.method}: {result.step} steps ({result.stopped_by}) in {result.seconds:.0f} s, "
-            f"last loss {result.last_loss:.4f}; checkpoint {result.checkpoint}"
-        )
-    elif a.command == "reconstruct":
-        print(f"wrote {api.reconstruct(a.run, a.data, a.out, n=a.n, seed=a.seed)}")
-    elif a.command == "export":
-        print(f"wrote {api.export(a.run, a.out, checkpoint=a.checkpoint)}")
-    elif a.command == "convert":
-        kwargs: dict[str, Any] = {}
-        if a.in_chans:
-            kwargs["in_chans"] = a.in_chans
-        if a.img_size:
-            kwargs["img_size"] = tuple(a.img_size)
-        report = api.convert(a.checkpoint, a.out, **kwargs)
-        print(json.dumps(report, indent=2, default=str))
-    elif a.command == "finetune":
-        task_cls = SegmentConfig if a.task == "segment" else ClassifyConfig
-        tcfg = _task_config(a, task_cls)
-        if a.print_config:
-            print(yaml.safe_dump(to_dict(tcfg), sort_keys=False))
-            return 0
-        run = finetune_segment if a.task == "segment" else finetune_classify
-        out = run(a.weights, a.data, a.out, tcfg, scratch_like=a.like, scratch_spec=_scratch_spec(a))
-        m = out["summary"]
-        if a.task == "segment":
-            print(
-                f"Dice {m['dice']['mean']:.3f} ± {m['dice']['std']:.3f}, IoU {m['iou']['mean']:.3f} ± "
-                f"{m['iou']['std']:.3f} ({tcfg.folds} folds, {out['n_images']} images); "
-                f"report {out['paths'].get('report_md', a.out)}"
-            )
-        else:
-            print(
-                f"accuracy {m['accuracy']['mean']:.3f} ± {m['accuracy']['std']:.3f}, balanced accuracy "
-                f"{m['balanced_accuracy']['mean']:.3f}, macro-F1 {m['macro_f1']['mean']:.3f} "
-                f"({tcfg.folds} folds, {out['n_frames']} frames); report {out['paths']['report_md']}"
-            )
-    elif a.command == "evaluate":
-        out = evaluate(a.model, a.data, a.out, device=a.device)
-        m = out["metrics"]
-        if out["task"] == "classify" and m:
-            print(
-                f"accuracy {m['frame']['accuracy']:.3f} per frame, {m['video']['accuracy']:.3f} per video "
-                f"({out['n']} frames)"
-            )
-        elif out["task"] == "segment" and m:
-            print(f"Dice {m['dice']:.3f}, IoU {m['iou']:.3f} ({out['n']} images)")
-        print("\n".join(f"  {k:<20} {v}" for k, v in out["paths"].items()))
-    elif a.command == "presets":
-        print("\n".join(preset_names()))
-    elif a.command == "methods":
-        for name in api.method_names():
-            print(f"{name:<12} {api.get_method(name).summary}")
-    elif a.command == "demo":
-        t0 = time.monotonic()
-        r = run_demo(a.out, max_steps=a.max_steps, folds=a.folds)
-        print(Path(r.report).read_text())
-        print(f"demo finished in {time.monotonic() - t0:.0f} s; report: {r.report}")
+def _synth(a: argparse.Namespace) -> int:
+    manifest = api.synth(a.out_dir, seed=a.seed, n_patients=a.patients, size=tuple(a.size))
+    print(f"wrote synthetic data set to {a.out_dir} (manifest {manifest})")
     return 0
+
+
+def _confidence(a: argparse.Namespace) -> int:
+    res = api.confidence(
+        a.data,
+        a.out,
+        alpha=a.alpha,
+        beta=a.beta,
+        gamma=a.gamma,
+        sector=a.sector,
+        workers=a.workers,
+        cache_dir=a.cache,
+        previews=not a.no_previews,
+    )
+    report_skipped(res.skipped)
+    print(f"wrote {res.written} confidence maps to {a.out} ({res.cached} from the cache)")
+    return 0
+
+
+def _index(a: argparse.Namespace) -> int:
+    summary = api.index(a.data_dir, a.out, labels_csv=a.labels, group_pattern=a.group_pattern)
+    report_skipped(summary.skipped)
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary.by_kind.items()))
+    print(f"indexed {summary.n_indexed} files ({kinds}); skipped {summary.n_skipped}; wrote {a.out}")
+    return 0
+
+
+def _pretrain(a: argparse.Namespace) -> int:
+    cfg = api.build_pretrain_config(a.method, a.preset, _pretrain_flags(a), a.set)
+    if a.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return 0
+    result = api.pretrain(cfg, a.out, resume=a.resume)
+    print(
+        f"{cfg.method}: {result.step} steps ({result.stopped_by}) in {result.seconds:.0f} s, "
+        f"last loss {result.last_loss:.4f}; checkpoint {result.checkpoint}"
+    )
+    return 0
+
+
+def _reconstruct(a: argparse.Namespace) -> int:
+    print(f"wrote {api.reconstruct(a.run, a.data, a.out, n=a.n, seed=a.seed)}")
+    return 0
+
+
+def _export(a: argparse.Namespace) -> int:
+    print(f"wrote {api.export(a.run, a.out, checkpoint=a.checkpoint)}")
+    return 0
+
+
+def _convert(a: argparse.Namespace) -> int:
+    kwargs: dict[str, Any] = {}
+    if a.in_chans:
+        kwargs["in_chans"] = a.in_chans
+    if a.img_size:
+        kwargs["img_size"] = tuple(a.img_size)
+    report = api.convert(a.checkpoint, a.out, **kwargs)
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def _finetune(a: argparse.Namespace) -> int:
+    task_cls = SegmentConfig if a.task == "segment" else ClassifyConfig
+    tcfg = _task_config(a, task_cls)
+    if a.print_config:
+        print(yaml.safe_dump(to_dict(tcfg), sort_keys=False))
+        return 0
+    run = finetune_segment if a.task == "segment" else finetune_classify
+    out = run(a.weights, a.data, a.out, tcfg, scratch_like=a.like, scratch_spec=_scratch_spec(a))
+    m = out["summary"]
+    if a.task == "segment":
+        print(
+            f"Dice {m['dice']['mean']:.3f} ± {m['dice']['std']:.3f}, IoU {m['iou']['mean']:.3f} ± "
+            f"{m['iou']['std']:.3f} ({tcfg.folds} folds, {out['n_images']} images); "
+            f"report {out['paths'].get('report_md', a.out)}"
+        )
+    else:
+        print(
+            f"accuracy {m['accuracy']['mean']:.3f} ± {m['accuracy']['std']:.3f}, balanced accuracy "
+            f"{m['balanced_accuracy']['mean']:.3f}, macro-F1 {m['macro_f1']['mean']:.3f} "
+            f"({tcfg.folds} folds, {out['n_frames']} frames); report {out['paths']['report_md']}"
+        )
+    return 0
+
+
+def _evaluate(a: argparse.Namespace) -> int:
+    out = evaluate(a.model, a.data, a.out, device=a.device)
+    m = out["metrics"]
+    if out["task"] == "classify" and m:
+        print(
+            f"accuracy {m['frame']['accuracy']:.3f} per frame, {m['video']['accuracy']:.3f} per video "
+            f"({out['n']} frames)"
+        )
+    elif out["task"] == "segment" and m:
+        print(f"Dice {m['dice']:.3f}, IoU {m['iou']:.3f} ({out['n']} images)")
+    print("\n".join(f"  {k:<20} {v}" for k, v in out["paths"].items()))
+    return 0
+
+
+def _presets(a: argparse.Namespace) -> int:
+    print("\n".join(preset_names()))
+    return 0
+
+
+def _methods(a: argparse.Namespace) -> int:
+    for name in api.method_names():
+        print(f"{name:<12} {api.get_method(name).summary}")
+    return 0
+
+
+def _demo(a: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    r = run_demo(a.out, max_steps=a.max_steps, folds=a.folds)
+    print(Path(r.report).read_text())
+    print(f"demo finished in {time.monotonic() - t0:.0f} s; report: {r.report}")
+    return 0
+
+
+#: subcommand -> its handler (each parses nothing: the config and api calls do the work)
+_COMMANDS = {
+    "synth": _synth,
+    "confidence": _confidence,
+    "index": _index,
+    "pretrain": _pretrain,
+    "reconstruct": _reconstruct,
+    "export": _export,
+    "convert": _convert,
+    "finetune": _finetune,
+    "evaluate": _evaluate,
+    "presets": _presets,
+    "methods": _methods,
+    "demo": _demo,
+}
+
+
+def _run(a: argparse.Namespace) -> int:
+    return _COMMANDS[a.command](a)

@@ -454,17 +454,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_value:.4f}")
                     if log is not None and (self.step % self.cfg.log_every == 0 or self.step == 1):
                         now = time.monotonic()
-                        log.write(
-                            {
-                                "step": self.step,
-                                "epoch": self.step / spe,
-                                "loss": loss_value,
-                                "lr": self.optimizer.param_groups[0]["lr"],
-                                "grad_norm": grad_norm,
-                                "samples_per_s": window_n / max(now - window_t, 1e-9),
-                                "elapsed_s": now - t_start,
-                            }
-                        )
+                        rate = window_n / max(now - window_t, 1e-9)
+                        log.write(self._log_row(loss_value, grad_norm, rate, now - t_start))
                         window_t, window_n = now, 0
                     if self._validation_due(spe):
                         self._validate_and_keep_best(log, epoch)
@@ -497,6 +488,18 @@ class Trainer:
             checkpoint=self.ckpt_path,
             seconds=time.monotonic() - t_start,
         )
+
+    def _log_row(self, loss: float, grad_norm: float | None, rate: float, elapsed: float) -> dict[str, Any]:
+        """One metrics.csv row for the step just taken."""
+        return {
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "loss": loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": grad_norm,
+            "samples_per_s": rate,
+            "elapsed_s": elapsed,
+        }
 
     # -- validation ----------------------------------------------------------------------------------
 
