@@ -130,3 +130,22 @@ def test_a_config_saved_before_the_registry_still_loads():
     assert to_dict(config_from_dict(legacy)) == new
     with pytest.raises(ConfigError, match="unknown config key 'nonsense'"):
         config_from_dict({**new, "nonsense": 1})
+
+
+def test_a_bare_method_config_starts_from_the_method_defaults():
+    from ultrassl.methods import config_class
+
+    assert config_class("mae")().blur.kind == "none" and config_class("deblur-mae")().blur.sigma == 1.1
+    assert config_class("uscl")().encoder.arch == "resnet18"
+    assert to_dict(config_class("deblur-mae")()) == to_dict(build_pretrain_config("deblur-mae"))
+
+
+def test_a_broken_plugin_is_a_one_line_error(tmp_path):
+    from ultrassl.methods import load_plugin
+
+    bad = tmp_path / "broken_plugin.py"
+    bad.write_text("import no_such_module_anywhere\n")
+    with pytest.raises(ConfigError, match="broken_plugin.py: importing it failed \\(ModuleNotFoundError"):
+        load_plugin(str(bad))
+    with pytest.raises(ConfigError, match="no such file"):
+        load_plugin(str(tmp_path / "missing.py"))

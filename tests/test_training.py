@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from ultrassl.checkpoint import safe_load
 from ultrassl.config import OptimConfig, TrainConfig
+from ultrassl.data.epochs import EpochDataset
+from ultrassl.errors import ConfigError
 from ultrassl.rng import capture_rng, restore_rng, sample_seed
 from ultrassl.training import (
     ResumableSampler,
@@ -22,7 +23,7 @@ from ultrassl.training import (
 )
 
 
-class ToyData(Dataset):
+class ToyData(EpochDataset):
     """y = x @ w + noise drawn from the per-sample seed (so augmentation-like randomness is exercised)."""
 
     def __init__(self, n=64, fail_at=None):
@@ -32,9 +33,6 @@ class ToyData(Dataset):
         self.epoch = 0
         self.fail_at = fail_at
         self.calls = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
 
     def __len__(self):
         return len(self.x)
@@ -270,3 +268,22 @@ def test_compiled_training_matches_eager(tmp_path):
     keys = set(_weights(compiled.checkpoint))
     assert keys == set(_weights(eager.checkpoint))
     assert not any("_orig_mod" in k for k in keys)
+
+
+def test_a_data_set_with_epoch_hooks_must_say_so(tmp_path):
+    class LooksLikeIt(torch.utils.data.Dataset):
+        def set_epoch(self, epoch):  # would never be called: the loop refuses instead of ignoring it
+            pass
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return {"x": torch.zeros(8), "y": torch.zeros(())}
+
+    trainer = Trainer(
+        ToyMethod(), LooksLikeIt(), optim=OptimConfig(), train=TrainConfig(max_steps=1, batch_size=4),
+        run_dir=tmp_path, config={},
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="LooksLikeIt defines set_epoch but is not an ultrassl"):
+        trainer.fit()

@@ -21,6 +21,7 @@ from ultrassl.errors import ConfigError, UltrasslError
 from ultrassl.methods import (
     MethodSpec,
     PretrainData,
+    as_method_config,
     build_pretrain_config,
     get_method,
     method_names,
@@ -96,6 +97,7 @@ def pretrain(
     cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> TrainResult:
     """Pre-train ``cfg.method`` on ``cfg.data.manifest`` into the run folder ``out_dir``."""
+    cfg = as_method_config(cfg)
     run_dir = Path(out_dir)
     spec = get_method(cfg.method)
     config = to_dict(prepare_config(cfg))

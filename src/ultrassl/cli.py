@@ -183,7 +183,7 @@ def _field_docs(cls: type) -> dict[str, str]:
             match = re.match(r"(\w+)\s*:[^=]*=(.*)$", text)
             if match and match.group(1) in names:
                 after = match.group(2).split("  # ", 1)[1].strip() if "  # " in match.group(2) else ""
-                docs[match.group(1)] = " ".join(above) or after
+                docs[match.group(1)] = (" ".join(above) or after).replace("``", "")
             above = []
     return docs
 
@@ -218,8 +218,8 @@ def _task_flags(p: argparse.ArgumentParser, cls: type, task: str) -> None:
             args = typing.get_args(base)
             kw["nargs"] = "+" if len(args) == 2 and args[1] is Ellipsis else len(args)
             kw["type"] = _yaml_value
-        else:
-            kw["type"] = str if base is str else _yaml_value
+        else:  # a plain string stays as typed; an optional one reads "null" as None, as --set does
+            kw["type"] = str if base is str and not _is_optional(tp) else _yaml_value
         group.add_argument("--" + f.name.replace("_", "-"), *_FLAG_ALIASES.get(f.name, []), **kw)
 
 
@@ -237,13 +237,12 @@ def _task_config(a: argparse.Namespace, cls: type) -> Any:
     return check(cfg)
 
 
-def _scratch_spec(a: argparse.Namespace) -> Any:
+def _scratch_spec(a: argparse.Namespace, img_size: tuple[int, int] | None = None) -> Any:
     """The EncoderSpec of ``--weights scratch --arch NAME`` (at --img-size, default 224), or None."""
     if not a.arch:
         return None
     if str(a.weights) != "scratch":
         raise ConfigError("--arch only applies to --weights scratch (pre-trained weights bring their own)")
-    img_size = getattr(a, _PREFIX + "img_size", None)
     size = tuple(img_size) if img_size else (224, 224)
     return EncoderSpec(arch=a.arch, img_size=size, patch_size=a.patch_size, in_chans=a.in_chans)
 
@@ -353,7 +352,9 @@ def _finetune(a: argparse.Namespace) -> int:
         print(yaml.safe_dump(to_dict(tcfg), sort_keys=False))
         return 0
     run = finetune_segment if a.task == "segment" else finetune_classify
-    out = run(a.weights, a.data, a.out, tcfg, scratch_like=a.like, scratch_spec=_scratch_spec(a))
+    out = run(
+        a.weights, a.data, a.out, tcfg, scratch_like=a.like, scratch_spec=_scratch_spec(a, tcfg.img_size)
+    )
     m = out["summary"]
     if a.task == "segment":
         print(
@@ -386,6 +387,7 @@ def _evaluate(a: argparse.Namespace) -> int:
 
 def _presets(a: argparse.Namespace) -> int:
     print("\n".join(preset_names()))
+    print("\n".join(f"{name:<20} (finetune --preset)" for name in preset_names("finetune")))
     return 0
 
 

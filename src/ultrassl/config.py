@@ -247,10 +247,6 @@ def merge(cfg: Any, values: dict[str, Any], where: str = "") -> Any:
     return cfg
 
 
-def from_dict(cls: type, values: dict[str, Any]) -> Any:
-    return merge(cls(), values)
-
-
 def parse_set(items: list[str] | None) -> dict[str, Any]:
     """``["a.b=1", "c=[2, 3]"]`` -> ``{"a": {"b": 1}, "c": [2, 3]}`` (values parsed as YAML)."""
     out: dict[str, Any] = {}

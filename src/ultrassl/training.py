@@ -279,6 +279,7 @@ class Trainer:
     # -- set-up --------------------------------------------------------------------------------------
 
     def _setup(self) -> None:
+        self._check_dataset()
         cfg, ocfg = self.cfg, self.optim_cfg
         world = self.dist.world_size
         self.global_batch = cfg.batch_size * ocfg.accum_steps * world
@@ -327,6 +328,19 @@ class Trainer:
         self.sampler = ResumableSampler(self.dataset, world, self.dist.rank, cfg.seed)
         self.step = 0
         self.last_loss = float("nan")
+
+    def _check_dataset(self) -> None:
+        """A data set written for the loop's epochs must say so by subclassing EpochDataset; one that
+        only looks like it would silently replay epoch 0's randomness every epoch."""
+        for ds in (self.dataset, self.val_dataset):
+            if ds is None or isinstance(ds, EpochDataset):
+                continue
+            hooks = [h for h in ("set_epoch", "batches") if callable(getattr(type(ds), h, None))]
+            if hooks:
+                raise ConfigError(
+                    f"{type(ds).__name__} defines {' and '.join(hooks)} but is not an "
+                    "ultrassl.data.epochs.EpochDataset: subclass it so the loop calls them"
+                )
 
     def _own_batches(self, epoch: int) -> list[list[int]] | None:
         """The data set's own batches for this process, or None when the loop's sampler cuts them."""

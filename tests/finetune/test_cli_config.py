@@ -58,6 +58,7 @@ def test_flags_presets_and_set_layer_in_order(tmp_path):
     cfg = _resolve("classify", "--mode", "full", "--label-fraction", "0.5", "1.0", "--max-frames", "4")
     assert (cfg.mode, cfg.label_fractions, cfg.max_frames_per_video) == ("full", (0.5, 1.0), 4)
     assert _resolve("classify", "--no-class-weighting").class_weighting is False  # the older flag
+    assert _resolve("classify", "--folds-file", "null").folds_file is None  # as --set reads it
     cfg = _resolve("segment", "--preset", "hc18-segment", "--epochs", "3", "--set", "batch_size=2")
     assert (cfg.epochs, cfg.batch_size, cfg.n_overlays) == (3, 2, 2)  # flag and --set beat the preset
     mine = tmp_path / "mine.yaml"

@@ -129,6 +129,8 @@ class ClassifyConfig(Protocol):
             raise ConfigError(f"device must be auto|cpu|cuda, got {self.device!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ConfigError("precision fp16 needs CUDA (a gradient scaler); use bf16 or fp32 on the CPU")
 
 
 @dataclass
@@ -507,7 +509,7 @@ def finetune_classify(
 
     ``frameset`` (from :func:`load_frameset` on ``data`` with this config) skips decoding, for callers
     that evaluate many encoders on the same data."""
-    cfg = cfg or ClassifyConfig()
+    cfg = check(cfg or ClassifyConfig())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     backbone = resolve_backbone(weights, scratch_spec=scratch_spec, scratch_like=scratch_like)

@@ -111,6 +111,8 @@ class SegmentConfig(Protocol):
             raise ConfigError(f"device must be auto|cpu|cuda, got {self.device!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ConfigError("precision fp16 needs CUDA (a gradient scaler); use bf16 or fp32 on the CPU")
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise ConfigError(f"crop_scale must satisfy 0 < low <= high <= 1; got {self.crop_scale}")

@@ -6,6 +6,7 @@ from ultrassl.methods.base import PretrainMethod
 from ultrassl.methods.registry import (
     MethodSpec,
     PretrainData,
+    as_method_config,
     build_pretrain_config,
     config_class,
     config_from_dict,
@@ -19,6 +20,7 @@ __all__ = [
     "MethodSpec",
     "PretrainData",
     "PretrainMethod",
+    "as_method_config",
     "build_pretrain_config",
     "config_class",
     "config_from_dict",
