@@ -41,7 +41,7 @@ from ultrassl.finetune.backbones import (
     trainable_tail,
     with_image_size,
 )
-from ultrassl.finetune.fit import FitSettings, fit
+from ultrassl.finetune.fit import FitSettings, check_device_and_precision, fit
 from ultrassl.finetune.report import FoldResult, build_summary, write_classification_report
 from ultrassl.finetune.saved import linear_probe_head, save_fold_model, write_card
 from ultrassl.finetune.splits import (
@@ -125,12 +125,7 @@ class ClassifyConfig(Protocol):
         lo, hi = self.aug_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise ConfigError(f"aug_scale must satisfy 0 < low <= high <= 1; got {self.aug_scale}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device must be auto|cpu|cuda, got {self.device!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
-        if self.precision == "fp16" and self.device == "cpu":
-            raise ConfigError("precision fp16 needs CUDA (a gradient scaler); use bf16 or fp32 on the CPU")
+        check_device_and_precision(self.device, self.precision)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ultrassl.errors import UltrasslError
+from ultrassl.errors import ConfigError, UltrasslError
 from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.training import WarmupCosine, resolve_precision
 
@@ -49,6 +49,16 @@ class FitSettings:
     clip_grad: float | None = None
     #: fp32 | bf16 | fp16 | auto (as the pre-training loop's ``train.precision``)
     precision: str = "fp32"
+
+
+def check_device_and_precision(device: str, precision: str) -> None:
+    """The ``device`` and ``precision`` options every fine-tuning config has."""
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"device must be auto|cpu|cuda, got {device!r}")
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision must be auto|fp32|bf16|fp16, got {precision!r}")
+    if precision == "fp16" and device == "cpu":
+        raise ConfigError("precision fp16 needs CUDA (a gradient scaler); use bf16 or fp32 on the CPU")
 
 
 def fit(

@@ -37,7 +37,7 @@ from ultrassl.distributed import select_device
 from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
 from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
 from ultrassl.finetune.classify import Phase
-from ultrassl.finetune.fit import FitSettings, fit
+from ultrassl.finetune.fit import FitSettings, check_device_and_precision, fit
 from ultrassl.finetune.report import format_mean_std
 from ultrassl.finetune.saved import save_fold_model, write_card
 from ultrassl.finetune.splits import (
@@ -107,12 +107,7 @@ class SegmentConfig(Protocol):
             raise ConfigError(f"empty_policy must be one of {EMPTY_POLICIES}; got {self.empty_policy!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be >= 1")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device must be auto|cpu|cuda, got {self.device!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
-        if self.precision == "fp16" and self.device == "cpu":
-            raise ConfigError("precision fp16 needs CUDA (a gradient scaler); use bf16 or fp32 on the CPU")
+        check_device_and_precision(self.device, self.precision)
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise ConfigError(f"crop_scale must satisfy 0 < low <= high <= 1; got {self.crop_scale}")
