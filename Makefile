@@ -18,10 +18,10 @@ demo: setup
 	$(BIN)/ultrassl demo --out demo
 
 test: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15 tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=15 tests
 
 test-fast: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow" tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not slow" tests
 
 lint: setup
 	$(BIN)/ruff check .
