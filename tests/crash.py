@@ -1,10 +1,15 @@
-"""A data set wrapper that crashes part-way into a run, for resume tests."""
+"""A data set wrapper that crashes part-way into a run, and the trainer the resume tests build."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import torch
+
+from ultrassl import api
 from ultrassl.data.epochs import EpochDataset
+from ultrassl.training import Trainer
 
 
 class CrashAfter(EpochDataset):
@@ -28,3 +33,10 @@ class CrashAfter(EpochDataset):
         if self.loaded > self.n:
             raise RuntimeError("simulated crash")
         return self.data[i]
+
+
+def seeded_trainer(cfg: Any, run_dir: Path, data: Any, resume: bool = False) -> Trainer:
+    """The method's model (seed 0) in the loop over ``data``: the same run every time it is built."""
+    torch.manual_seed(0)
+    model = api.build_model(cfg)
+    return Trainer(model, data, optim=cfg.optim, train=cfg.train, run_dir=run_dir, config={}, resume=resume)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from crash import CrashAfter
+from crash import CrashAfter, seeded_trainer
 
 from ultrassl import api, confidence
 from ultrassl.checkpoint import safe_load
@@ -117,11 +117,7 @@ def test_crash_mid_epoch_then_resume_is_bit_identical(manifest: Path, tmp_path: 
     dataset = api.build_pretrain_data(cfg, progress=False).train
 
     def trainer(run: str, data, resume: bool = False) -> Trainer:
-        torch.manual_seed(0)
-        model = api.build_model(cfg)
-        return Trainer(
-            model, data, optim=cfg.optim, train=cfg.train, run_dir=tmp_path / run, config={}, resume=resume
-        )
+        return seeded_trainer(cfg, tmp_path / run, data, resume)
 
     ref = trainer("ref", dataset).fit()
     # 3 batches an epoch: the checkpoint at step 4 lies one batch into epoch 1; crash in step 6

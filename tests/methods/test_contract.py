@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from crash import CrashAfter
+from crash import CrashAfter, seeded_trainer
 from tiny import TINY_VIT_OVERRIDES
 from torch.utils.data import DataLoader
 
@@ -103,11 +103,7 @@ def test_two_steps_resume_bit_exactly(method: str, manifest: Path, tmp_path: Pat
     data = api.build_pretrain_data(cfg, progress=False).train
 
     def trainer(run: str, dataset, resume: bool = False) -> Trainer:
-        torch.manual_seed(0)
-        model = api.build_model(cfg)
-        return Trainer(
-            model, dataset, optim=cfg.optim, train=cfg.train, run_dir=tmp_path / run, config={}, resume=resume
-        )
+        return seeded_trainer(cfg, tmp_path / run, dataset, resume)
 
     ref = trainer("ref", data).fit()
     with pytest.raises(RuntimeError, match="simulated crash"):
