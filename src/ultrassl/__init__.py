@@ -1,3 +1,7 @@
 """ultrassl: self-supervised pre-training and fine-tuning for ultrasound images and videos."""
 
 __version__ = "0.1.0"
+
+# timm's registry learns ConvMAE's ConvViT (``convvit_*_patch16``) here, so an export of it loads with
+# ``timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...))`` after ``import ultrassl``.
+from ultrassl.models import convvit as _convvit  # noqa: E402, F401

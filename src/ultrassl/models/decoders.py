@@ -45,16 +45,19 @@ class MAEDecoder(nn.Module):
         depth: int = 8,
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
+        cls_token: bool = True,
     ):
         super().__init__()
         self.grid_hw = (int(grid_hw[0]), int(grid_hw[1]))
+        #: MAE's encoders put a class token first; ConvMAE's have none (nor a slot in its positions)
+        self.cls_token = bool(cls_token)
         self.patch_size = int(patch_size)
         self.in_chans = int(in_chans)
         self.num_patches = self.grid_hw[0] * self.grid_hw[1]
         self.decoder_embed = nn.Linear(embed_dim, decoder_dim, bias=True)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.decoder_pos_embed = nn.Parameter(
-            get_2d_sincos_pos_embed(decoder_dim, self.grid_hw, cls_token=True), requires_grad=False
+            get_2d_sincos_pos_embed(decoder_dim, self.grid_hw, cls_token=self.cls_token), requires_grad=False
         )
         self.decoder_blocks, self.decoder_norm = decoder_blocks(decoder_dim, depth, num_heads, mlp_ratio)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_size**2 * self.in_chans, bias=True)
@@ -62,12 +65,14 @@ class MAEDecoder(nn.Module):
     def forward(
         self, tokens: torch.Tensor, idx_keep: torch.Tensor | None, num_patches: int | None = None
     ) -> torch.Tensor:
-        """``tokens [B, 1 + K, D]`` (cls first), ``idx_keep [B, K]`` -> ``pred [B, N, p * p * C]``."""
+        """``tokens [B, 1 + K, D]`` (cls first; ``[B, K, D]`` without), ``idx_keep [B, K]`` ->
+        ``pred [B, N, p * p * C]``."""
         n = self.num_patches if num_patches is None else int(num_patches)
         if n != self.num_patches:
             raise ValueError(f"decoder was built for {self.num_patches} patches, got num_patches={n}")
         x = self.decoder_embed(tokens)
-        cls, vis = x[:, :1, :], x[:, 1:, :]
+        npre = int(self.cls_token)
+        cls, vis = x[:, :npre, :], x[:, npre:, :]
         if idx_keep is None:
             if vis.shape[1] != n:
                 raise ValueError(f"got {vis.shape[1]} tokens without idx_keep; expected all {n}")
@@ -80,7 +85,7 @@ class MAEDecoder(nn.Module):
         for blk in self.decoder_blocks:
             x = blk(x)
         x = self.decoder_norm(x)
-        return self.decoder_pred(x)[:, 1:, :]
+        return self.decoder_pred(x)[:, npre:, :]
 
 
 class SpatioTemporalDecoder(nn.Module):

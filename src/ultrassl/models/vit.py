@@ -1,5 +1,5 @@
-"""Encoders are plain timm models (VisionTransformers, or ResNets for USCL), so exported weights load
-straight into ``timm.create_model``."""
+"""Encoders are plain timm models (VisionTransformers, ConvMAE's ConvViT, or ResNets for USCL), so
+exported weights load straight into ``timm.create_model``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ultrassl.errors import ConfigError
+from ultrassl.models.convvit import ConvViT
 
 #: ViT sizes we know, by timm architecture name. Any other timm ViT name works too.
 VIT_ARCHS = {
@@ -53,7 +54,9 @@ def is_cnn_arch(arch: str) -> bool:
 
 
 def is_vit(model: nn.Module) -> bool:
-    return isinstance(model, VisionTransformer)
+    """A transformer encoder whose ``forward_features`` gives tokens (timm ViTs and ConvViTs): pooled by
+    the mean of its patch tokens, fine-tuned by its last ``blocks``, its position embedding resampled."""
+    return isinstance(model, VisionTransformer | ConvViT)
 
 
 def create_encoder(spec: EncoderSpec, drop_path_rate: float = 0.0) -> nn.Module:
@@ -79,6 +82,6 @@ def create_encoder(spec: EncoderSpec, drop_path_rate: float = 0.0) -> nn.Module:
         )
     except RuntimeError as exc:  # timm raises RuntimeError for unknown names
         raise ConfigError(f"unknown encoder architecture {spec.arch!r}: {exc}") from exc
-    if not isinstance(model, VisionTransformer):
-        raise ConfigError(f"{arch!r} is not a timm VisionTransformer")
+    if not is_vit(model):
+        raise ConfigError(f"{arch!r} is not a timm VisionTransformer or a ConvViT")
     return model
