@@ -19,3 +19,21 @@ TINY_VIT_OVERRIDES = [
 
 def tiny_vit_spec(img_size: tuple[int, int] = (32, 48), in_chans: int = 1, **model_args: Any) -> EncoderSpec:
     return EncoderSpec("tiny", tuple(img_size), 8, in_chans, {**TINY_VIT_ARGS, **model_args})
+
+
+TINY_CONVVIT_ARGS = {"embed_dim": [8, 16, 32], "depth": [1, 1, 2], "num_heads": 2}
+#: a test-size ConvViT (ConvMAE's encoder) on the same non-square, 1-channel input (token stride 16)
+TINY_CONVVIT_OVERRIDES = [
+    "encoder.arch=convvit_tiny_patch16",
+    "encoder.img_size=[32, 48]",
+    "encoder.patch_size=16",
+    "encoder.model_args={embed_dim: [8, 16, 32], depth: [1, 1, 2], num_heads: 2}",
+]
+
+
+def tiny_convvit_spec(
+    img_size: tuple[int, int] = (32, 48), in_chans: int = 1, **model_args: Any
+) -> EncoderSpec:
+    return EncoderSpec(
+        "convvit_tiny_patch16", tuple(img_size), 16, in_chans, {**TINY_CONVVIT_ARGS, **model_args}
+    )

@@ -14,7 +14,7 @@ import pytest
 import timm
 import torch
 from crash import CrashAfter, seeded_trainer
-from tiny import TINY_VIT_OVERRIDES
+from tiny import TINY_CONVVIT_OVERRIDES, TINY_VIT_OVERRIDES
 from torch.utils.data import DataLoader
 
 import ultrassl.api as api
@@ -51,9 +51,12 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cfg(method: str, manifest: Path, **train):
     probe = build_pretrain_config(method)
-    overrides = [] if probe.encoder.arch.startswith("resnet") else list(TINY_VIT_OVERRIDES)
     if probe.encoder.arch.startswith("resnet"):
-        overrides.append("encoder.img_size=[32, 32]")
+        overrides = ["encoder.img_size=[32, 32]"]
+    elif probe.encoder.arch.startswith("convvit"):
+        overrides = list(TINY_CONVVIT_OVERRIDES)
+    else:
+        overrides = list(TINY_VIT_OVERRIDES)
     for section in vars(probe):
         overrides += TINY_SECTIONS.get(section, [])
     flags = {
@@ -77,7 +80,9 @@ def method(request: pytest.FixtureRequest) -> str:
 
 
 def test_registry_holds_the_builtins_and_the_toy():
-    assert {"mae", "deblur-mae", "ultramae", "uscl", "toy-patch-mean"} <= set(method_names())
+    assert {"mae", "deblur-mae", "convmae", "deblur-convmae", "ultramae", "uscl", "toy-patch-mean"} <= set(
+        method_names()
+    )
 
 
 def test_loss_is_finite_gradients_reach_the_encoder_and_seeds_repeat(method: str, manifest: Path):

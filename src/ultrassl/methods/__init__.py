@@ -1,7 +1,7 @@
 """Pre-training methods. Importing this package registers the built-in ones (one module each); a
 user's module registers its own the same way (:func:`~ultrassl.methods.registry.register_method`)."""
 
-from ultrassl.methods import mae, ultramae, uscl  # noqa: F401  (each registers itself)
+from ultrassl.methods import convmae, mae, ultramae, uscl  # noqa: F401  (each registers itself)
 from ultrassl.methods.base import PretrainMethod
 from ultrassl.methods.registry import (
     MethodSpec,
