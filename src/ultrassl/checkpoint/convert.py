@@ -1,5 +1,5 @@
-"""Converting foreign checkpoints (MAE, DeblurringMIM, timm, USCL, torchvision ResNet) into export
-folders, with a key-by-key report."""
+"""Converting foreign checkpoints (MAE, DeblurringMIM, ConvMAE, timm, USCL, torchvision ResNet) into
+export folders, with a key-by-key report."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ultrassl.atomic import atomic_write_text
+from ultrassl.checkpoint.convvit import infer_convvit_spec, is_convvit_keys, method_of
 from ultrassl.checkpoint.export import export_encoder
 from ultrassl.checkpoint.hints import as_size2, checkpoint_hints, grid_from_hints
 from ultrassl.checkpoint.io import PathLike
@@ -218,16 +219,30 @@ def convert_checkpoint(
             mean=mean,
             std=std,
         )
-    spec, inferred = infer_encoder_spec(
-        sd,
-        in_chans=in_chans,
-        img_size=img_size,
-        patch_size=patch_size,
-        arch=arch,
-        model_args=model_args,
-        hints=hints,
-        path=path,
-    )
+    convvit = is_convvit_keys(set(sd))
+    if convvit and patch_size not in (None, 16):
+        raise ConfigError(
+            f"{path}: a ConvViT's token stride is 16 (stages 4, 2, 2); patch_size {patch_size} cannot be"
+        )
+    if convvit:  # ConvMAE / DeblurringMIM's hybrid encoder (or an ultrassl ConvMAE run or export)
+        spec, inferred = infer_convvit_spec(
+            sd, in_chans=in_chans, img_size=img_size, model_args=model_args, hints=hints, path=path
+        )
+        if arch is not None or (hints.get("arch") and hints["arch"] != spec.arch):
+            spec.arch = arch or hints["arch"]
+        if layout == "convmae":
+            hints["method"] = method_of(hints.get("source_model"))
+    else:
+        spec, inferred = infer_encoder_spec(
+            sd,
+            in_chans=in_chans,
+            img_size=img_size,
+            patch_size=patch_size,
+            arch=arch,
+            model_args=model_args,
+            hints=hints,
+            path=path,
+        )
     try:
         model = create_encoder(spec)
     except (ConfigError, TypeError, ValueError) as exc:

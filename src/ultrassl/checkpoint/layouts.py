@@ -13,6 +13,7 @@ from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from timm.models import adapt_input_conv
 from timm.models.vision_transformer import VisionTransformer
 
+from ultrassl.checkpoint.convvit import is_convvit_keys
 from ultrassl.checkpoint.io import CONFIG_FILE, MODEL_FILE, PathLike
 from ultrassl.checkpoint.resnet import (
     is_resnet_keys,
@@ -25,6 +26,8 @@ KNOWN_LAYOUTS = {
     "ultrassl-train": "our training checkpoint {'model': {encoder.vit.*, decoder.*}, 'config': ...}",
     "mae": "facebookresearch/mae: cls_token, pos_embed, patch_embed.proj.weight, blocks.N.*, [decoder_*]",
     "timm-vit": "a timm VisionTransformer state dict (same encoder keys, maybe head.*, fc_norm.*)",
+    "convmae": "Alpha-VL/ConvMAE, DeblurringMIM: patch_embed1-4.*, blocks1-3.N.*, pos_embed, "
+    "[stage1/2_output_decode.*, decoder_*]",
     "uscl": "USCL's best_model.pth: features.0-7.* (a torchvision ResNet trunk) + l1/l2/fc or linear/fc",
     "timm-resnet": "a torchvision/timm ResNet state dict: conv1.weight, bn1.*, layer1-4.*, maybe fc.*",
 }
@@ -87,6 +90,8 @@ def detect_layout(sd: Mapping[str, Any], path: PathLike = "<state dict>") -> str
         if is_mae_file or "mask_token" in enc_keys or any(k.startswith("decoder_") for k in enc_keys):
             return "mae"
         return "timm-vit"
+    if is_convvit_keys(enc_keys):
+        return "convmae"
     if is_resnet_keys(enc_keys):
         return "timm-resnet"
     sample = sorted(tensors)[:8] if tensors else sorted(map(str, sd))[:8] if isinstance(sd, Mapping) else []
@@ -111,7 +116,20 @@ def _num_prefix_tokens(model: VisionTransformer) -> int:
 
 
 def _is_decoder_key(key: str) -> bool:
-    return key.startswith(("decoder_", "decoder.")) or key == "mask_token"
+    """Pre-training parts that are not the encoder: MAE's decoder, ConvMAE's fusion convs too."""
+    return key.startswith(("decoder_", "decoder.", "stage1_output_decode", "stage2_output_decode")) or (
+        key == "mask_token"
+    )
+
+
+#: the first convolution of each encoder family that takes input channels (ViT, ConvViT)
+_PATCH_KERNELS = ("patch_embed.proj.weight", "patch_embed1.proj.weight")
+
+
+def _grid_of(model: VisionTransformer) -> tuple[int, int]:
+    """The model's token grid: a timm ViT keeps it on its patch embedding, a ConvViT on itself."""
+    grid = model.patch_embed.grid_size if hasattr(model, "patch_embed") else model.grid_size
+    return int(grid[0]), int(grid[1])
 
 
 def adapt_encoder_state_dict(
@@ -147,7 +165,7 @@ def adapt_encoder_state_dict(
                 report["unexpected"].append(key)
             continue
         want = target[key].shape
-        if key == "patch_embed.proj.weight" and value.shape != want:
+        if key in _PATCH_KERNELS and value.shape != want:
             value = _adapt_patch_kernel(value, want, path)
             report["adapted"].append(f"{key}: {list(sd[key].shape)} -> {list(want)}")
         elif key == "pos_embed" and (value.shape != want or old_grid is not None):
@@ -168,9 +186,7 @@ def adapt_encoder_state_dict(
 
 def _adapt_patch_kernel(w: torch.Tensor, want: torch.Size, path: PathLike) -> torch.Tensor:
     if w.ndim != 4:
-        raise CheckpointError(
-            path, f"patch_embed.proj.weight has shape {list(w.shape)}; expected a conv kernel"
-        )
+        raise CheckpointError(path, f"the patch kernel has shape {list(w.shape)}; expected a conv kernel")
     if tuple(w.shape[-2:]) != tuple(want[-2:]):
         w = resample_patch_embed(w, list(want[-2:]), interpolation="bicubic", antialias=True)
     if w.shape[1] != want[1]:
@@ -193,7 +209,7 @@ def _adapt_pos_embed(
                 "(the checkpoint's image size divided by its patch size)",
             )
         old_grid = (side, side)
-    new_grid = tuple(model.patch_embed.grid_size)
+    new_grid = _grid_of(model)
     if tuple(old_grid) == new_grid:
         return pos
     return resample_abs_pos_embed(

@@ -46,6 +46,7 @@ from ultrassl.finetune.splits import (
 )
 from ultrassl.jsonable import jsonable
 from ultrassl.metrics import EMPTY_POLICIES, segmentation_metrics, summarize
+from ultrassl.models.convvit import ConvViT
 from ultrassl.models.seg_heads import HEADS, SegModel, build_seg_head
 from ultrassl.models.vit import EncoderSpec, create_encoder, is_vit
 from ultrassl.transforms.finetune import augment_pair
@@ -67,7 +68,7 @@ SUMMARY_KEYS = ("dice", "iou")
 
 @dataclass
 class SegmentConfig(Protocol):
-    head: str = "auto"  # auto (mae for ViTs, unet for ResNets) | mae | upernet | unet
+    head: str = "auto"  # auto (mae for ViTs, upernet for ConvViTs, unet for ResNets) | mae | upernet | unet
     epochs: int = 40
     batch_size: int = 8
     lr: float = 1e-3
@@ -346,7 +347,10 @@ class Segmenter:
     def head_name(self) -> str:
         if self.cfg.head != "auto":
             return self.cfg.head
-        return "mae" if is_vit(self.backbone.encoder) else "unet"
+        encoder = self.backbone.encoder
+        if isinstance(encoder, ConvViT):
+            return "upernet"  # its three stages are a pyramid (DeblurringMIM's UPerNet recipe)
+        return "mae" if is_vit(encoder) else "unet"
 
     def head_args(self) -> dict[str, Any]:
         cfg = self.cfg

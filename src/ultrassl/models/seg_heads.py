@@ -1,14 +1,18 @@
 """Segmentation heads on a plain timm encoder: per-pixel logits ``[B, n_classes, H, W]`` at the input size.
 
-Two heads for ViTs, because papers compare both, and a U-Net for ResNets (USCL's encoder):
+Two heads for ViTs, because papers compare both, and a U-Net for ResNets (USCL's encoder); ConvMAE's
+hybrid ConvViT takes all three:
 
 - :class:`MAEStyleSegHead` is UltraMAE's downstream head: the MAE decoder architecture (same parameter
   names as :class:`~ultrassl.models.decoders.MAEDecoder`, so a pre-trained decoder's blocks can be
   loaded into it) run on all tokens, whose last layer predicts ``p * p * n_classes`` logits per patch.
 - :class:`UPerNetHead` is the BEiT / mae_segmentation recipe: four evenly spaced blocks re-sampled into
-  a 4-level pyramid, FPN top-down fusion with a PPM on the coarsest level, one 1x1 classifier.
+  a 4-level pyramid, FPN top-down fusion with a PPM on the coarsest level, one 1x1 classifier. On a
+  ConvViT the pyramid is its own three stages (strides 4/8/16) plus a 1/32 level by max-pooling the
+  last, as DeblurringMIM's segmentation backbone.
 - :class:`UNetHead` is segmentation_models_pytorch's U-Net decoder and segmentation head on the five
-  stages of a timm/torchvision ResNet (stem, layer1..layer4), the usual CNN recipe.
+  stages of a timm/torchvision ResNet (stem, layer1..layer4), the usual CNN recipe; on a ConvViT, on
+  its three stages and the pooled 1/32 level (no stride-2 skip: smp's empty-skip convention).
 
 A head reads what it needs from the encoder with ``head.encode(encoder, x)`` and maps that to logits
 with ``head(features, out_size)``; :class:`SegModel` wires the two so the encoder stays a plain timm
@@ -25,6 +29,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ultrassl.errors import ConfigError
+from ultrassl.models.convvit import TOKEN_STRIDE, ConvViT
 from ultrassl.models.decoders import decoder_blocks, init_linear_and_norm
 from ultrassl.models.pos_embed import get_2d_sincos_pos_embed
 
@@ -39,7 +44,9 @@ __all__ = [
 ]
 
 
-def _grid_and_patch(encoder: VisionTransformer) -> tuple[tuple[int, int], int]:
+def _grid_and_patch(encoder: VisionTransformer | ConvViT) -> tuple[tuple[int, int], int]:
+    if isinstance(encoder, ConvViT):
+        return encoder.grid_size, TOKEN_STRIDE
     grid = tuple(int(g) for g in encoder.patch_embed.grid_size)
     patch = encoder.patch_embed.patch_size
     patch = patch if isinstance(patch, int) else tuple(patch)
@@ -133,38 +140,55 @@ class UPerNetHead(nn.Module):
 
     def __init__(
         self,
-        encoder: VisionTransformer,
+        encoder: VisionTransformer | ConvViT,
         n_classes: int = 2,
         channels: int = 64,
         indices: Sequence[int] | None = None,
         pool_scales: Sequence[int] = (1, 2, 3, 6),
     ):
         super().__init__()
-        depth = len(encoder.blocks)
-        self.indices = list(indices) if indices is not None else evenly_spaced_blocks(depth)
-        if len(self.indices) != 4 or not all(0 <= int(i) < depth for i in self.indices):
-            raise ConfigError(f"UPerNet needs 4 block indices in [0, {depth - 1}]; got {self.indices}")
+        #: a ConvViT brings its own pyramid (stages at strides 4/8/16); a ViT's single grid is re-sampled
+        self.stages = isinstance(encoder, ConvViT)
         self.n_classes = int(n_classes)
-        d = encoder.embed_dim
-        self.fpn1 = nn.Sequential(
-            nn.ConvTranspose2d(d, d, 2, stride=2), _norm(d), nn.GELU(), nn.ConvTranspose2d(d, d, 2, stride=2)
-        )
-        self.fpn2 = nn.ConvTranspose2d(d, d, 2, stride=2)
-        self.fpn3 = nn.Identity()
+        if self.stages:
+            if indices is not None:
+                raise ConfigError(
+                    "upernet_indices choose ViT blocks; a ConvViT's pyramid is its three stages"
+                )
+            self.indices = [0, 1, 2, 2]
+            chs = [*encoder.stage_dims, encoder.stage_dims[2]]
+            self.fpn1, self.fpn2, self.fpn3 = nn.Identity(), nn.Identity(), nn.Identity()
+        else:
+            depth = len(encoder.blocks)
+            self.indices = list(indices) if indices is not None else evenly_spaced_blocks(depth)
+            if len(self.indices) != 4 or not all(0 <= int(i) < depth for i in self.indices):
+                raise ConfigError(f"UPerNet needs 4 block indices in [0, {depth - 1}]; got {self.indices}")
+            d = encoder.embed_dim
+            chs = [d] * 4
+            self.fpn1 = nn.Sequential(
+                nn.ConvTranspose2d(d, d, 2, stride=2),
+                _norm(d),
+                nn.GELU(),
+                nn.ConvTranspose2d(d, d, 2, stride=2),
+            )
+            self.fpn2 = nn.ConvTranspose2d(d, d, 2, stride=2)
+            self.fpn3 = nn.Identity()
         self.fpn4 = nn.MaxPool2d(2, ceil_mode=True)
         self.pool_scales = tuple(int(s) for s in pool_scales)
         self.ppm = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), _conv_norm_act(d, channels, 1)) for s in self.pool_scales
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), _conv_norm_act(chs[3], channels, 1))
+            for s in self.pool_scales
         )
-        self.ppm_bottleneck = _conv_norm_act(d + len(self.pool_scales) * channels, channels, 3)
-        self.lateral = nn.ModuleList(_conv_norm_act(d, channels, 1) for _ in range(3))
+        self.ppm_bottleneck = _conv_norm_act(chs[3] + len(self.pool_scales) * channels, channels, 3)
+        self.lateral = nn.ModuleList(_conv_norm_act(chs[i], channels, 1) for i in range(3))
         self.fpn_convs = nn.ModuleList(_conv_norm_act(channels, channels, 3) for _ in range(3))
         self.fuse = _conv_norm_act(4 * channels, channels, 3)
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(channels, self.n_classes, 1)
 
-    def encode(self, encoder: VisionTransformer, x: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs ``[B, D, gh, gw]`` of the 4 chosen blocks (timm's ``forward_intermediates``).
+    def encode(self, encoder: VisionTransformer | ConvViT, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs ``[B, D, gh, gw]`` of the 4 chosen blocks (timm's ``forward_intermediates``); for a
+        ConvViT its three stages, the last twice (the 1/32 level pools it).
 
         timm returns one map per distinct block, so repeated indices are mapped back here.
         """
@@ -212,16 +236,26 @@ class UNetHead(nn.Module):
         from segmentation_models_pytorch.base import SegmentationHead
         from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 
-        if not all(hasattr(encoder, name) for name in ("conv1", "bn1", "layer1", "layer4")):
-            raise ConfigError(f"the U-Net head needs a ResNet encoder, got {type(encoder).__name__}")
-        in_chans = int(encoder.conv1.in_channels)
-        stages = [encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4]
-        channels = [in_chans, int(encoder.bn1.num_features)] + [_out_channels(s) for s in stages]
+        self.stages = isinstance(encoder, ConvViT)
+        if self.stages:  # [input, (no stride 2), stage 1..3, pooled stage 3]: smp's 0-channel skip
+            d1, d2, d3 = encoder.stage_dims
+            channels = [encoder.in_chans, 0, d1, d2, d3, d3]
+        elif not all(hasattr(encoder, name) for name in ("conv1", "bn1", "layer1", "layer4")):
+            raise ConfigError(
+                f"the U-Net head needs a ResNet or ConvViT encoder, got {type(encoder).__name__}"
+            )
+        else:
+            in_chans = int(encoder.conv1.in_channels)
+            stages = [encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4]
+            channels = [in_chans, int(encoder.bn1.num_features)] + [_out_channels(s) for s in stages]
         self.decoder = UnetDecoder(channels, list(decoder_channels), n_blocks=len(decoder_channels))
         self.segmentation_head = SegmentationHead(decoder_channels[-1], n_classes, kernel_size=3)
 
-    @staticmethod
-    def encode(encoder: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    def encode(self, encoder: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.stages:
+            s1, s2, s3 = encoder.forward_intermediates(x, output_fmt="NCHW", intermediates_only=True)
+            empty = x.new_zeros(x.shape[0], 0, x.shape[-2] // 2, x.shape[-1] // 2)
+            return [x, empty, s1, s2, s3, F.max_pool2d(s3, 2, ceil_mode=True)]
         feats = [x]
         x = encoder.act1(encoder.bn1(encoder.conv1(x)))
         feats.append(x)
@@ -251,9 +285,9 @@ HEADS = ("mae", "upernet", "unet")
 def build_seg_head(
     name: str, encoder: nn.Module, n_classes: int = 2, **kwargs: object
 ) -> MAEStyleSegHead | UPerNetHead | UNetHead:
-    """``mae`` -> :class:`MAEStyleSegHead`, ``upernet`` -> :class:`UPerNetHead` (ViTs), ``unet`` ->
-    :class:`UNetHead` (ResNets); kwargs go to the head."""
-    vit = isinstance(encoder, VisionTransformer)
+    """``mae`` -> :class:`MAEStyleSegHead`, ``upernet`` -> :class:`UPerNetHead` (ViTs, ConvViTs), ``unet``
+    -> :class:`UNetHead` (ResNets, ConvViTs); kwargs go to the head."""
+    vit = isinstance(encoder, VisionTransformer | ConvViT)
     if name in ("mae", "upernet") and not vit:
         raise ConfigError(f"the {name!r} head needs a ViT encoder; use 'unet' for {type(encoder).__name__}")
     if name == "mae":
