@@ -10,6 +10,7 @@ and the SPEED_* sections of ``docs/benchmarks.md``.
     python bench/speed.py                      # everything (about 25 minutes on 2 cores)
     python bench/speed.py --parts step,scaling # some parts only (step, scaling, data, torchrun)
     python bench/speed.py --quick              # a smoke run: few steps, few rows
+    python bench/speed.py --parts step --methods mae,convmae  # some methods' step rows (merged in)
 """
 
 from __future__ import annotations
@@ -36,8 +37,12 @@ PRESETS = {
     "mae": "cpu-vit-t112",
     "deblur-mae": "cpu-vit-t112",
     "ultramae": "ultramae-cpu",
+    "convmae": "cpu-convvit-t112",
+    "deblur-convmae": "cpu-convvit-t112",
     "uscl": "uscl-cpu",
 }
+#: methods on ConvMAE's hybrid encoder (their preset's ConvViT-T, not ``arch``)
+CONVVIT_METHODS = ("convmae", "deblur-convmae")
 ARCHS = {"vit-t": "vit_tiny_patch16_224", "vit-s": "vit_small_patch16_224", "vit-b": "vit_base_patch16_224"}
 PARTS = ("step", "scaling", "data", "torchrun")
 #: every method (UltraMAE per modality) whose training step and data loader are measured; each loader
@@ -47,6 +52,8 @@ METHODS = (
     ("deblur-mae", None),
     ("ultramae", "images"),
     ("ultramae", "videos"),
+    ("convmae", None),
+    ("deblur-convmae", None),
     ("uscl", None),
 )
 
@@ -88,6 +95,7 @@ def step_rate(
     compile: bool = False,
     fused_attn: bool = True,
     channels_last: str = "off",
+    dense_stages: bool = False,
     modality: str | None = None,
     clip_frames: int | None = None,
     steps: int = 6,
@@ -106,7 +114,7 @@ def step_rate(
     from ultrassl.training import Trainer
 
     overrides = [f"encoder.img_size=[{img_size},{img_size}]"]
-    if method != "uscl":
+    if method != "uscl" and method not in CONVVIT_METHODS:
         overrides.append(f"encoder.arch={ARCHS[arch]}")
     if modality:
         overrides.append(f"ultramae.modality={modality}")
@@ -129,6 +137,8 @@ def step_rate(
     prepare_config(cfg)
     torch.manual_seed(0)
     model = build_model(cfg)
+    if dense_stages:  # ConvMAE's reference computation: stages 1-2 over masked patches too
+        model.encoder.skip_masked = False
     dataset = build_pretrain_data(cfg, progress=False).train
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(model, dataset, optim=cfg.optim, train=cfg.train, run_dir=run_dir, config={})
@@ -254,12 +264,16 @@ def run_one(kind: str, spec: dict[str, Any], threads: int) -> dict[str, Any]:
 # the parts
 
 
-def step_rows(quick: bool) -> list[dict[str, Any]]:
+def step_rows(quick: bool, methods: set[str] | None = None) -> list[dict[str, Any]]:
     """Each method at its CPU preset size, batch 32, with each speed option changed alone."""
     rows = []
     for method, modality in METHODS:
+        if methods and method not in methods:
+            continue
         base = {"method": method, "modality": modality}
         variants = [{"option": "fp32"}, {"option": "bf16 autocast", "precision": "bf16"}]
+        if method in CONVVIT_METHODS:
+            variants.append({"option": DENSE, "dense_stages": True})
         if not quick:
             variants.append({"option": "torch.compile", "compile": True})
         if method == "uscl":
@@ -284,8 +298,19 @@ def scaling_rows(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+#: the option row of ConvMAE's reference computation (stages 1-2 over the masked patches too)
+DENSE = "dense stages 1-2 (reference)"
+
+
 def label(row: dict[str, Any]) -> str:
-    name = {"mae": "MAE", "deblur-mae": "Deblurring MAE", "ultramae": "UltraMAE", "uscl": "USCL (ResNet-18)"}
+    name = {
+        "mae": "MAE",
+        "deblur-mae": "Deblurring MAE",
+        "ultramae": "UltraMAE",
+        "convmae": "ConvMAE (ConvViT-T)",
+        "deblur-convmae": "Deblurring ConvMAE (ConvViT-T)",
+        "uscl": "USCL (ResNet-18)",
+    }
     out = name[row["method"]]
     if row.get("modality"):
         out += " " + ("images (T=1)" if row["modality"] == "images" else "clips")
@@ -457,16 +482,26 @@ def step_table(rows: list[dict[str, Any]]) -> str:
         "| method | option | samples/s | frames/s | ms/step | vs fp32 | peak memory (MB) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    base = fp32_rates({"step": rows})
+    machines = list(dict.fromkeys(r["machine"] for r in rows if r.get("machine")))
+    bases = {m: fp32_rates({"step": rows}, m) for m in machines} or {None: fp32_rates({"step": rows})}
+    marks = {m: "*" * (i + 1) for i, m in enumerate(machines)} if len(machines) > 1 else {}
     for r in rows:
+        mark = marks.get(r.get("machine"), "")
         if "error" in r:
-            lines.append(f"| {label(r)} | {r['option']} | failed: {r['error'][:80]} | | | | |")
+            lines.append(f"| {label(r)}{mark} | {r['option']} | failed: {r['error'][:80]} | | | | |")
             continue
-        ref = base.get(label(r))
+        ref = bases.get(r.get("machine"), {}).get(label(r))
         ratio = f"{r['samples_per_s'] / ref:.2f}x" if ref else ""
         lines.append(
-            f"| {label(r)} | {r['option']} | {_f(r['samples_per_s'])} | {_f(r['frames_per_s'])} | "
+            f"| {label(r)}{mark} | {r['option']} | {_f(r['samples_per_s'])} | {_f(r['frames_per_s'])} | "
             f"{_f(r['step_ms'], 0)} | {ratio} | {_f(r['peak_memory_mb'], 0)} |"
+        )
+    if marks:
+        lines.append("")
+        lines.append(
+            "Rows measured on different machines (ratios only within one machine's rows): "
+            + "; ".join(f"{m}: {k}" for k, m in marks.items())
+            + "."
         )
     return "\n".join(lines)
 
@@ -497,6 +532,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", default=",".join(PARTS), help=",".join(PARTS))
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--methods", default="", help="step part only: these methods' rows, merged into --out")
+    p.add_argument(
+        "--options", default="", help="step part only: these option rows (e.g. 'fp32,bf16 autocast')"
+    )
     p.add_argument("--steps", type=int, default=6, help="timed optimiser steps per row (after 2 warm-up)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="interleaved repeats of every model row")
@@ -525,11 +564,39 @@ def main() -> None:
     doc = json.loads(a.out.read_text()) if a.out.exists() else {}
     from ultrassl.training import cpu_has_native_bf16
 
-    doc["machine"] = machine_info(native_bf16=cpu_has_native_bf16())
+    for r in doc.get("step", []):  # rows from an earlier run keep the machine they were measured on
+        r.setdefault("machine", doc.get("machine", {}).get("cpu"))
+    current = machine_info(native_bf16=cpu_has_native_bf16())
+    partial = bool(a.methods or a.options)  # some step rows merged in: the other parts keep their machine
+    if not partial or "machine" not in doc:
+        doc["machine"] = current
     t_start = time.monotonic()
     if "step" in parts:
         print("training step, per method and option:", flush=True)
-        doc["step"] = run_models(step_rows(a.quick), manifest, a.work, steps, a.threads, rounds)
+        chosen = {m for m in a.methods.split(",") if m}
+        options = {o for o in a.options.split(",") if o}
+        todo = [r for r in step_rows(a.quick, chosen) if not options or r["option"] in options]
+        rows = run_models(todo, manifest, a.work, steps, a.threads, rounds)
+        for r in rows:  # rows merged from runs on other machines say so in the table
+            r["machine"] = current["cpu"]
+        if partial:  # replace the rows measured now, keep the others (in METHODS order)
+
+            def key(r: dict[str, Any]) -> tuple[Any, ...]:
+                return r.get("method"), r.get("modality"), r.get("option"), r.get("machine")
+
+            new = {key(r) for r in rows}
+            kept = [r for r in doc.get("step", []) if key(r) not in new]
+            order = {m: i for i, (m, _) in enumerate(METHODS)}
+            opts = ["fp32", "bf16 autocast", DENSE, "torch.compile", "no fused attention", "channels-last"]
+            rows = sorted(
+                kept + rows,
+                key=lambda r: (
+                    order.get(r.get("method"), len(order)),
+                    str(r.get("modality")),
+                    opts.index(r["option"]) if r.get("option") in opts else len(opts),
+                ),
+            )
+        doc["step"] = rows
     if "scaling" in parts:
         print("scaling:", flush=True)
         doc["scaling"] = run_models(scaling_rows(a.quick), manifest, a.work, steps, a.threads, rounds)
@@ -556,7 +623,8 @@ def main() -> None:
         print("torchrun:", flush=True)
         doc["torchrun"] = torchrun_rates(manifest, a.work, 10 if a.quick else 30)
     command = " ".join(["python bench/speed.py", *sys.argv[1:]])
-    doc["commands"] = {**doc.get("commands", {}), **{part: command for part in parts}}
+    keys = [f"step ({a.methods})" if part == "step" and (a.methods or a.options) else part for part in parts]
+    doc["commands"] = {**doc.get("commands", {}), **{key: command for key in keys}}
     doc["wall_s"] = {**doc.get("wall_s", {}), ",".join(parts): round(time.monotonic() - t_start, 1)}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(doc, indent=2) + "\n")
@@ -565,15 +633,18 @@ def main() -> None:
     print(f"wrote {a.out}")
 
 
-def fp32_rates(doc: dict[str, Any]) -> dict[str, float]:
-    """Each model's fp32 step rate by row label (Deblurring MAE, the same network, falls back to MAE's)."""
+def fp32_rates(doc: dict[str, Any], machine: str | None = None) -> dict[str, float]:
+    """Each model's fp32 step rate by row label, on one machine (default: the doc's; Deblurring MAE,
+    the same network, falls back to MAE's)."""
+    machine = machine or (doc.get("machine") or {}).get("cpu")
     rates = {
         label(r): r["samples_per_s"]
         for r in doc.get("step", [])
-        if r.get("option") == "fp32" and "samples_per_s" in r
+        if r.get("option") == "fp32" and "samples_per_s" in r and r.get("machine", machine) == machine
     }
-    if label({"method": "mae"}) in rates:
-        rates.setdefault(label({"method": "deblur-mae"}), rates[label({"method": "mae"})])
+    for same, net in (("deblur-mae", "mae"), ("deblur-convmae", "convmae")):
+        if label({"method": net}) in rates:
+            rates.setdefault(label({"method": same}), rates[label({"method": net})])
     return rates
 
 
@@ -631,14 +702,28 @@ def findings(doc: dict[str, Any]) -> str:
     out = []
     steps = [r for r in doc.get("step", []) if "samples_per_s" in r]
     base = fp32_rates(doc)
+    machines = list(dict.fromkeys(r.get("machine") for r in steps))
+    per_machine = {m: fp32_rates(doc, m) for m in machines}
+
+    def rel(r: dict[str, Any]) -> float | None:
+        ref = per_machine.get(r.get("machine"), base).get(label(r))
+        return r["samples_per_s"] / ref if ref else None
+
+    def where(r: dict[str, Any]) -> str:
+        return f" ({r['machine']})" if len(machines) > 1 and r.get("machine") else ""
+
     for option in ("bf16 autocast", "torch.compile", "no fused attention", "channels-last"):
         ratios = [
-            f"{label(r)} {r['samples_per_s'] / base[label(r)]:.2f}x"
-            for r in steps
-            if r.get("option") == option and base.get(label(r))
+            f"{label(r)}{where(r)} {rel(r):.2f}x" for r in steps if r.get("option") == option and rel(r)
         ]
         if ratios:
             out.append(f"- {option} vs fp32: " + ", ".join(ratios) + ".")
+    dense = [f"{label(r)}{where(r)} {1 / rel(r):.2f}x" for r in steps if r.get("option") == DENSE and rel(r)]
+    if dense:
+        out.append(
+            "- ConvMAE, stages 1-2 on the visible patches only (the default) vs the reference's dense "
+            "stages (same loss and gradients to float rounding, tested): " + ", ".join(dense) + "."
+        )
     model = base
     loader = [
         (label(r), r["workers"], r["samples_per_s"] / model[label(r)])
@@ -707,7 +792,7 @@ def write_docs(doc: dict[str, Any]) -> None:
         "and on CPUs with native bf16 (AVX512-BF16 or AMX, as this one"
         + ("" if info.get("native_bf16") else " is not")
         + "), else fp32.\n",
-        "### Training step per method and option (batch 32, CPU presets: 112 px, ViT-T/16 or ResNet-18; "
+        "### Training step per method and option (batch 32, CPU presets: 112 px, ViT-T/16, ConvViT-T/16 or ResNet-18; "
         "UltraMAE clips are its preset's 8 frames)\n",
         step_table(doc.get("step", [])),
         "\n### Scaling (fp32; one axis changed at a time from ViT-T/16, 112 px, batch 32; UltraMAE clips "
