@@ -47,28 +47,52 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "real_data_fewlabel.png"
 
-SSL_METHODS = ("mae", "deblur-mae", "ultramae", "uscl")
+SSL_METHODS = ("mae", "deblur-mae", "ultramae", "convmae", "deblur-convmae", "uscl")
 ALL_METHODS = ("scratch", *SSL_METHODS)
 #: one of the two random-init baselines alone ("scratch" runs both)
-SCRATCH_ONLY = ("scratch-vit", "scratch-r18")
+SCRATCH_ONLY = ("scratch-vit", "scratch-convvit", "scratch-r18")
 #: the order of rows in every table: each architecture's scratch baseline, then its SSL methods
-ROW_ORDER = ("scratch-vit", "mae", "deblur-mae", "ultramae", "scratch-r18", "uscl")
+ROW_ORDER = (
+    "scratch-vit",
+    "mae",
+    "deblur-mae",
+    "ultramae",
+    "scratch-convvit",
+    "convmae",
+    "deblur-convmae",
+    "scratch-r18",
+    "uscl",
+)
 #: POCUS evaluation modes per architecture unless ``--modes`` names them: the ViTs are probed and fully
 #: fine-tuned (the MAE papers' protocols), ResNet-18 probed and fine-tuned from its last block (USCL's)
-MODES_BY_ARCH = {"scratch-vit": ("linear", "full"), "scratch-r18": ("linear", "partial")}
-#: preset per method (CPU sizes); the MAEs share ViT-T/16, USCL is ResNet-18
+MODES_BY_ARCH = {
+    "scratch-vit": ("linear", "full"),
+    "scratch-convvit": ("linear", "full"),
+    "scratch-r18": ("linear", "partial"),
+}
+#: HC18 heads per architecture (ResNet-18: U-Net; ConvViT: UPerNet on its stages and U-Net, as
+#: DeblurringMIM); the plain ViTs take ``--seg-heads``
+SEG_HEADS_BY_ARCH = {"scratch-convvit": ("upernet", "unet"), "scratch-r18": ("unet",)}
+#: preset per method (CPU sizes); the MAEs share ViT-T/16, the ConvMAEs ConvViT-T/16, USCL is ResNet-18
 PRESETS = {
     "mae": "cpu-vit-t112",
     "deblur-mae": "cpu-vit-t112",
     "ultramae": "ultramae-cpu",
+    "convmae": "cpu-convvit-t112",
+    "deblur-convmae": "cpu-convvit-t112",
     "uscl": "uscl-cpu",
 }
+#: the hybrid encoder's methods and the plain-ViT method each is compared with, fold by fold
+HYBRID_VS_VIT = {"convmae": "mae", "deblur-convmae": "deblur-mae"}
 NAMES = {
     "scratch-vit": "scratch (ViT-T)",
     "scratch-r18": "scratch (ResNet-18)",
+    "scratch-convvit": "scratch (ConvViT-T)",
     "mae": "MAE",
     "deblur-mae": "Deblurring MAE",
     "ultramae": "UltraMAE",
+    "convmae": "ConvMAE (ConvViT-T)",
+    "deblur-convmae": "Deblurring ConvMAE (ConvViT-T)",
     "uscl": "USCL (ResNet-18)",
 }
 CLS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -357,6 +381,8 @@ def scratch_spec(arch: str, opt: Options):
     s = opt.img_size
     if arch == "scratch-r18":
         return EncoderSpec("resnet18", (s, s), 16, 1)
+    if arch == "scratch-convvit":
+        return EncoderSpec("convvit_tiny_patch16", (s, s), 16, 1)
     return EncoderSpec("vit_tiny_patch16_224", (s, s), 16, 1)
 
 
@@ -409,10 +435,16 @@ def fold_metrics(report: dict[str, Any], fraction: float = 1.0) -> dict[str, dic
     return out
 
 
+def scratch_names(methods: Sequence[str]) -> list[str]:
+    """What ``scratch`` runs: the ViT-T and ResNet-18 baselines, and ConvViT-T's when a ConvMAE is named."""
+    convvit = any(_scratch_of(m) == "scratch-convvit" for m in methods)
+    return ["scratch-vit", *(["scratch-convvit"] if convvit else []), "scratch-r18"]
+
+
 def pocus_eval_names(methods: Sequence[str]) -> list[str]:
     names = []
     for m in methods:
-        names += ["scratch-vit", "scratch-r18"] if m == "scratch" else [m]
+        names += scratch_names(methods) if m == "scratch" else [m]
     return names
 
 
@@ -463,18 +495,11 @@ def run_pocus(ds: Dataset, opt: Options, res: Results) -> None:
 
 
 def seg_eval_names(methods: Sequence[str], heads: Sequence[str]) -> list[tuple[str, str]]:
+    """(encoder, head) pairs: the plain ViTs take ``heads``, the others their architecture's heads."""
     out = []
     for m in methods:
-        if m == "scratch":
-            out += [("scratch-vit", h) for h in heads] + [("scratch-r18", "unet")]
-        elif m == "scratch-vit":
-            out += [("scratch-vit", h) for h in heads]
-        elif m == "scratch-r18":
-            out.append(("scratch-r18", "unet"))
-        elif m == "uscl":
-            out.append(("uscl", "unet"))
-        else:
-            out += [(m, h) for h in heads]
+        for name in scratch_names(methods) if m == "scratch" else (m,):
+            out += [(name, h) for h in SEG_HEADS_BY_ARCH.get(_scratch_of(name), heads)]
     return out
 
 
@@ -612,9 +637,13 @@ def summarize_results(res: Results) -> dict[str, Any]:
 
 
 def _scratch_of(method: str) -> str:
-    """The random-init baseline with the method's architecture (USCL is a ResNet-18, the MAEs ViT-T);
-    a baseline is its own."""
-    return "scratch-r18" if method in ("uscl", "scratch-r18") else "scratch-vit"
+    """The random-init baseline with the method's architecture (USCL is a ResNet-18, the ConvMAEs
+    ConvViT-T, the other MAEs ViT-T); a baseline is its own."""
+    if method in ("uscl", "scratch-r18"):
+        return "scratch-r18"
+    if method in ("convmae", "deblur-convmae", "scratch-convvit"):
+        return "scratch-convvit"
+    return "scratch-vit"
 
 
 def _paired_diff(
@@ -665,7 +694,55 @@ def acceptance(res: Results) -> dict[str, Any]:
         if gap:
             rows[m] = gap
     holds = any((g.get("linear") or -99) >= 10 and (g.get("full") or -99) > 0 for g in rows.values())
-    return {"gap_points_vs_scratch": rows, "paired_folds": folds, "holds": holds}
+    return {
+        "gap_points_vs_scratch": rows,
+        "paired_folds": folds,
+        "holds": holds,
+        "hybrid_vs_vit": hybrid_vs_vit(res),
+    }
+
+
+def hybrid_vs_vit(res: Results) -> dict[str, Any]:
+    """ConvViT-T method minus its ViT-T counterpart, fold by fold (points): POCUS frame accuracy per
+    mode, HC18 Dice per head both ran (UPerNet); only folds both have run."""
+    pocus, hc = res.doc.get("pocus", {}), res.doc.get("hc18", {})
+    out: dict[str, Any] = {}
+    for hybrid, vit in HYBRID_VS_VIT.items():
+        row: dict[str, Any] = {}
+        for mode in ("linear", "full"):
+            a, b = pocus.get(hybrid, {}).get(mode, {}), pocus.get(vit, {}).get(mode, {})
+            per = {
+                k: round(100 * (a[k]["frame"]["accuracy"] - b[k]["frame"]["accuracy"]), 1)
+                for k in sorted(set(a) & set(b))
+            }
+            if per:
+                row[f"pocus/{mode}"] = per
+        for head in ("upernet",):
+            a, b = hc.get(f"{hybrid}/{head}", {}), hc.get(f"{vit}/{head}", {})
+            per = {k: round(100 * (a[k]["dice"] - b[k]["dice"]), 1) for k in sorted(set(a) & set(b))}
+            if per:
+                row[f"hc18/{head}"] = per
+        if row:
+            out[hybrid] = row
+    return out
+
+
+def _hybrid_sentence(acc: dict[str, Any], task: str) -> list[str]:
+    rows = acc.get("hybrid_vs_vit") or {}
+    parts = []
+    for hybrid, row in rows.items():
+        for key, per in row.items():
+            if not key.startswith(task + "/"):
+                continue
+            vals = list(per.values())
+            folds = ", ".join(f"{v:+.1f}" for v in vals)
+            parts.append(
+                f"{NAMES[hybrid]} vs {NAMES[HYBRID_VS_VIT[hybrid]]} ({key.split('/')[1]}): "
+                f"mean {float(np.mean(vals)):+.1f}, per fold {folds}"
+            )
+    if not parts:
+        return []
+    return ["", "Hybrid vs plain ViT (points, paired by fold): " + "; ".join(parts) + "."]
 
 
 def plot_fewlabel(summary: dict[str, Any], path: Path) -> Path | None:
@@ -769,6 +846,7 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
                 f"{parts}. Acceptance (≥ 10 points linear and better fine-tuned): "
                 f"**{'holds' if acc.get('holds') else 'does not hold (yet)'}**.",
             ]
+        lines += _hybrid_sentence(acc, "pocus")
         lines.append("")
     hc = summary.get("hc18") or {}
     if hc:
@@ -789,6 +867,7 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
                 f"| {NAMES.get(name, name)} | {head} | {_pm(s['dice'])} | {_pm(s['iou'])} | {cell} | "
                 f"{s['dice']['n']} |"
             )
+        lines += _hybrid_sentence(doc.get("acceptance") or {}, "hc18")
         lines.append("")
     fl = summary.get("fewlabel") or {}
     if fl:
@@ -904,7 +983,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument(
         "--methods",
         default=",".join(d.methods),
-        help="scratch (= scratch-vit + scratch-r18),mae,deblur-mae,ultramae,uscl",
+        help="scratch (= scratch-vit + scratch-r18, + scratch-convvit with a ConvMAE),mae,deblur-mae,"
+        "ultramae,convmae,deblur-convmae,uscl",
     )
     p.add_argument("--folds", default="0,1,2,3,4", help="test folds to run (POCUS and HC18)")
     p.add_argument("--hc18-folds", default=None, help="HC18 test folds (default: --folds)")
