@@ -129,6 +129,8 @@ class Options:
     calib_steps: int = 12
     #: pre-training batch size for every method (None: the presets', UltraMAE 16)
     pretrain_batch: int | None = None
+    #: pre-training precision (``auto``: the library's default); recorded with each calibration
+    precision: str = "auto"
     write_doc: bool = True
     command: str = ""
     progress: bool = False
@@ -288,6 +290,7 @@ def method_config(method: str, manifest: Path, opt: Options, max_steps: int, cal
             "log_every": 1 if calib else 10,
             "checkpoint_every": 0 if calib else 50,
             "time_limit": None if calib else 3 * opt.pretrain_minutes,
+            "precision": opt.precision,
         },
     }
     if method != "uscl":
@@ -328,7 +331,13 @@ def calibrate(ds: Dataset, method: str, opt: Options, res: Results) -> dict[str,
     rate = float(np.median(rates))
     batch = cfg.train.batch_size * cfg.optim.accum_steps
     steps = max(10, round(opt.pretrain_minutes * 60 * rate / batch))
-    have = {"samples_per_s": rate, "batch": batch, "steps": steps, "seconds_with_setup": round(seconds, 1)}
+    have = {
+        "samples_per_s": rate,
+        "batch": batch,
+        "steps": steps,
+        "seconds_with_setup": round(seconds, 1),
+        "precision": opt.precision,
+    }
     res.doc["calibration"][key] = have
     res.save()
     opt.log(f"calibrated {key}: {rate:.1f} samples/s, batch {batch} -> {steps} steps")
@@ -1003,6 +1012,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--calib-steps", type=int, default=d.calib_steps)
     p.add_argument("--pretrain-batch", type=int, default=None, help="override every preset's batch size")
+    p.add_argument(
+        "--precision",
+        default=d.precision,
+        help="pre-training precision: auto (the library's default), fp32, bf16",
+    )
     p.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--doc-only", action="store_true", help="rewrite the docs section from --out and stop")
@@ -1031,6 +1045,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=a.seed,
         calib_steps=a.calib_steps,
         pretrain_batch=a.pretrain_batch,
+        precision=a.precision,
         write_doc=not a.no_doc,
         command="python bench/real_data.py " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
         progress=a.progress,
