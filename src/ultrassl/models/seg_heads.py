@@ -120,8 +120,9 @@ def evenly_spaced_blocks(depth: int, n: int = 4) -> list[int]:
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm, not BatchNorm: fine-tuning batches on a CPU are small (and a PPM 1x1 bin has 1 value)."""
-    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+    """GroupNorm, not BatchNorm: fine-tuning batches on a CPU are small (and a PPM 1x1 bin has 1 value).
+    At least 2 channels per group, so a PPM 1x1 bin of one image still has 2 values to normalise."""
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and (channels // g >= 2 or g == 1))
     return nn.GroupNorm(groups, channels)
 
 
