@@ -392,8 +392,10 @@ def _presets(a: argparse.Namespace) -> int:
 
 
 def _methods(a: argparse.Namespace) -> int:
-    for name in api.method_names():
-        print(f"{name:<12} {api.get_method(name).summary}")
+    names = api.method_names()
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {api.get_method(name).summary}")
     return 0
 
 

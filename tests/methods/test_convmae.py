@@ -18,6 +18,7 @@ from tiny import tiny_convvit_spec
 from ultrassl import checkpoint as ckpt
 from ultrassl.finetune.backbones import classification_model, load_backbone, trainable_tail, with_image_size
 from ultrassl.finetune.classify import ClassifyConfig, finetune_classify
+from ultrassl.finetune.evaluate import evaluate
 from ultrassl.finetune.segment import SegmentConfig, finetune_segment
 from ultrassl.methods import build_pretrain_config, get_method
 from ultrassl.methods.convmae import ConvMAE
@@ -273,7 +274,7 @@ def test_a_reference_checkpoint_converts_to_the_reference_features(reference_fil
     assert any(a.startswith("pos_embed: [1, 16, 32] -> [1, 24, 32]") for a in report["adapted"])
 
 
-def test_pretrain_from_a_reference_file_continues_with_its_decoder_and_fusion(reference_file):
+def test_pretrain_from_a_reference_file_continues_with_its_decoder_and_fusion(reference_file, tmp_path):
     path, sd = reference_file
     model = _model((64, 64), in_chans=3, seed=9)
     report = model.load_pretrained(path)
@@ -285,6 +286,12 @@ def test_pretrain_from_a_reference_file_continues_with_its_decoder_and_fusion(re
         tiny_convvit_spec((64, 64), 3), MAEConfig(decoder_dim=16, decoder_depth=1, decoder_heads=2)
     )
     assert "decoder: not loaded" in other.load_pretrained(path)["decoder"]
+    # our own training checkpoint's layout (encoder.vit.*, encoder.stage*, decoder.*) continues the same way
+    ours = tmp_path / "last.pt"
+    torch.save({"model": model.state_dict()}, ours)
+    again = _model((64, 64), in_chans=3, seed=11)
+    assert again.load_pretrained(ours)["decoder"] == "decoder: loaded; fusion: loaded"
+    assert torch.equal(again.decoder.decoder_pred.weight, model.decoder.decoder_pred.weight)
 
 
 def test_the_export_loads_with_plain_timm_after_import_ultrassl(tmp_path):
@@ -380,6 +387,8 @@ def test_both_segmentation_heads_run_on_the_synthetic_lesions(head, lesions, tmp
     out = finetune_segment(_export_tiny(tmp_path), lesions, tmp_path / "eval", cfg, progress=False)
     assert out["summary"]["dice"]["n"] == 2
     assert 0.0 <= out["summary"]["dice"]["mean"] <= 1.0
+    predicted = evaluate(tmp_path / "eval", lesions, device="cpu", progress=False)  # the kept fold models
+    assert predicted["task"] == "segment" and 0.0 <= predicted["metrics"]["dice"] <= 1.0
 
 
 def test_classify_linear_partial_and_full_on_a_convvit(lesions, tmp_path):
@@ -388,3 +397,5 @@ def test_classify_linear_partial_and_full_on_a_convvit(lesions, tmp_path):
         cfg = ClassifyConfig(mode=mode, folds=2, epochs=1, batch_size=8, device="cpu")
         out = finetune_classify(export, lesions, tmp_path / mode, cfg, progress=False)
         assert out["summary"]["accuracy"]["n"] == 2, mode
+    predicted = evaluate(tmp_path / "full", lesions, device="cpu", progress=False)
+    assert predicted["task"] == "classify" and predicted["n"] > 0

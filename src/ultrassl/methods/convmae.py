@@ -83,7 +83,10 @@ class ConvMAE(MAE):
     def _load_pretraining_parts(self, source: Path) -> str:
         if source.suffix == ".safetensors":
             return "none in checkpoint"
-        sd = ckpt.unwrap_state_dict(ckpt.safe_load(source))
+        # the reference's names, or our training checkpoint's (``decoder.*`` under the model)
+        sd = {
+            k.removeprefix("decoder."): v for k, v in ckpt.unwrap_state_dict(ckpt.safe_load(source)).items()
+        }
         parts = {
             "decoder": {k: v for k, v in sd.items() if k.startswith("decoder_") or k == "mask_token"},
             "fusion": {
