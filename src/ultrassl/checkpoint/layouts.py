@@ -20,6 +20,7 @@ from ultrassl.checkpoint.resnet import (
     is_uscl_keys,
 )
 from ultrassl.errors import CheckpointError
+from ultrassl.models.convvit import is_pretraining_key
 
 #: Layouts ``detect_layout`` recognises, with the keys that identify them (shown in error messages).
 KNOWN_LAYOUTS = {
@@ -115,13 +116,6 @@ def _num_prefix_tokens(model: VisionTransformer) -> int:
     return 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
 
 
-def _is_decoder_key(key: str) -> bool:
-    """Pre-training parts that are not the encoder: MAE's decoder, ConvMAE's fusion convs too."""
-    return key.startswith(("decoder_", "decoder.", "stage1_output_decode", "stage2_output_decode")) or (
-        key == "mask_token"
-    )
-
-
 #: the first convolution of each encoder family that takes input channels (ViT, ConvViT)
 _PATCH_KERNELS = ("patch_embed.proj.weight", "patch_embed1.proj.weight")
 
@@ -155,7 +149,7 @@ def adapt_encoder_state_dict(
         "mismatched": [],
     }
     for key, value in sd.items():
-        if _is_decoder_key(key):
+        if is_pretraining_key(key):  # MAE's decoder, ConvMAE's fusion convs
             report["dropped"].append(key)
             continue
         if key not in target:

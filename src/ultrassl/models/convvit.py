@@ -48,8 +48,7 @@ class ConvPatchEmbed(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)
-        return self.act(self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+        return self.act(_channel_norm(self.norm, self.proj(x)))
 
 
 class CMlp(nn.Module):
@@ -499,7 +498,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ConvViT) ->
 
 
 def is_pretraining_key(key: str) -> bool:
-    """Keys of ConvMAE's pre-training model that are not part of the encoder."""
+    """Keys of a pre-training model that are not the encoder: MAE's decoder, ConvMAE's fusion convs."""
     return key.startswith(("decoder_", "decoder.", "stage1_output_decode", "stage2_output_decode")) or (
         key == "mask_token"
     )
