@@ -17,7 +17,6 @@ with another encoder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -64,23 +63,12 @@ class ConvMAE(MAE):
         shown = "prediction" if self.cfg.loss_on == "all" else "reconstruction"
         self.preview_columns = ("input", "masked_input", shown, "target")
 
-    def exportable_encoder(self) -> tuple[nn.Module, EncoderSpec]:
-        return self.encoder.vit, self.encoder_spec
-
     def no_weight_decay(self) -> set[str]:
         return {"encoder.vit.pos_embed", "decoder.mask_token", "decoder.decoder_pos_embed"}
 
-    def load_pretrained(self, source: Path) -> dict[str, Any]:
-        """The encoder from an export folder or a ConvMAE/DeblurringMIM file (adapted to this model's
-        channels and grid); a pre-training file's fusion convs and decoder load too when they fit."""
-        source = Path(source)
-        if (source / "model.safetensors").exists():
-            source = source / "model.safetensors"
-        report = ckpt.load_encoder_weights(self.encoder.vit, source)
-        report["decoder"] = self._load_pretraining_parts(source)
-        return report
-
     def _load_pretraining_parts(self, source: Path) -> str:
+        """MAE's ``load_pretrained`` loads the encoder; this loads a ConvMAE/DeblurringMIM pre-training
+        file's fusion convs and decoder too when they fit."""
         if source.suffix == ".safetensors":
             return "none in checkpoint"
         # the reference's names, or our training checkpoint's (``decoder.*`` under the model)

@@ -192,10 +192,10 @@ class MAE(PretrainMethod):
         if (source / "model.safetensors").exists():
             source = source / "model.safetensors"
         report = ckpt.load_encoder_weights(self.encoder.vit, source)
-        report["decoder"] = self._load_mae_decoder(source)
+        report["decoder"] = self._load_pretraining_parts(source)
         return report
 
-    def _load_mae_decoder(self, source: Path) -> str:
+    def _load_pretraining_parts(self, source: Path) -> str:
         """MAE's decoder keys (``decoder_*``, ``mask_token``) are ours under ``decoder.``; load if they fit."""
         if source.suffix == ".safetensors":
             return "none in checkpoint"
