@@ -65,3 +65,14 @@ def write_doc_section(name: str, section: str, doc: Path = DOC) -> Path:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.write_text(text)
     return doc
+
+
+#: how the benchmark tables name each pre-training method (the encoder where it is not a ViT-T)
+METHOD_NAMES = {
+    "mae": "MAE",
+    "deblur-mae": "Deblurring MAE",
+    "ultramae": "UltraMAE",
+    "convmae": "ConvMAE (ConvViT-T)",
+    "deblur-convmae": "Deblurring ConvMAE (ConvViT-T)",
+    "uscl": "USCL (ResNet-18)",
+}

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchlib import machine_info, write_doc_section
+from benchlib import METHOD_NAMES, machine_info, write_doc_section
 
 from ultrassl.jsonable import jsonable
 
@@ -88,12 +88,7 @@ NAMES = {
     "scratch-vit": "scratch (ViT-T)",
     "scratch-r18": "scratch (ResNet-18)",
     "scratch-convvit": "scratch (ConvViT-T)",
-    "mae": "MAE",
-    "deblur-mae": "Deblurring MAE",
-    "ultramae": "UltraMAE",
-    "convmae": "ConvMAE (ConvViT-T)",
-    "deblur-convmae": "Deblurring ConvMAE (ConvViT-T)",
-    "uscl": "USCL (ResNet-18)",
+    **METHOD_NAMES,
 }
 CLS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 #: options that define the budget: runs merged into one results file must share them

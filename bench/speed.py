@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import machine_info, write_doc_section
+from benchlib import METHOD_NAMES, machine_info, write_doc_section
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "work" / "speed"
@@ -303,15 +303,7 @@ DENSE = "dense stages 1-2 (reference)"
 
 
 def label(row: dict[str, Any]) -> str:
-    name = {
-        "mae": "MAE",
-        "deblur-mae": "Deblurring MAE",
-        "ultramae": "UltraMAE",
-        "convmae": "ConvMAE (ConvViT-T)",
-        "deblur-convmae": "Deblurring ConvMAE (ConvViT-T)",
-        "uscl": "USCL (ResNet-18)",
-    }
-    out = name[row["method"]]
+    out = METHOD_NAMES[row["method"]]
     if row.get("modality"):
         out += " " + ("images (T=1)" if row["modality"] == "images" else "clips")
     return out
