@@ -66,15 +66,55 @@ def test_cli_synth_index_pretrain_reconstruct_export(tmp_path, capsys):
     assert state["step"] == 3 and state["config"]["method"] == "deblur-mae"
     assert state["config"]["blur"]["kind"] == "gaussian"
     assert state["run_info"]["torch"] == str(torch.__version__) and "git_hash" in state["run_info"]
-    # a second run into the same folder without --resume is refused, not overwritten
-    assert main([*args, "--max-steps", "3", "--batch-size", "4"]) == 2
-    assert "--resume" in capsys.readouterr().err
+    # the same command again continues the run (here: nothing left to do); another config is refused,
+    # not overwritten, until --fresh says so
+    assert main([*args, "--max-steps", "3", "--batch-size", "4"]) == 0
+    assert f"resumed from {run / 'checkpoints' / 'last.pt'} at step 3" in capsys.readouterr().err
+    assert main([*args, "--max-steps", "3", "--batch-size", "4", "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "different config (train.seed: 0 -> 1)" in err and "--fresh" in err and len(err.splitlines()) == 1
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["config"]["train"]["seed"] == 0
+    assert main([*args, "--max-steps", "2", "--batch-size", "4", "--seed", "1", "--fresh"]) == 0
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 2 and state["config"]["train"]["seed"] == 1
+    assert not (run / "checkpoints" / "last-1.pt").exists() and len(_losses(run)) == 2
+    assert (
+        main([*args, "--max-steps", "3", "--batch-size", "4", "--seed", "1"]) == 0
+    )  # back to the same config
     grid = tmp_path / "grid.png"
     assert main(["reconstruct", str(run), "--data", str(manifest), "-o", str(grid), "-n", "3"]) == 0
     assert grid.stat().st_size > 1000
     export = tmp_path / "export"
     assert main(["export", str(run), "-o", str(export)]) == 0
     assert (export / "model.safetensors").exists() and (export / "config.json").exists()
+
+
+def test_resume_modes_of_the_api(synth_manifest, tmp_path):
+    from ultrassl.errors import ConfigError, UltrasslError
+
+    def cfg(steps: int, **train):
+        flags = {
+            "data": {"manifest": str(synth_manifest)},
+            "train": {"max_steps": steps, "log_every": 1, **train},
+        }
+        return build_pretrain_config(method="mae", preset="tiny", flags=flags)
+
+    run = tmp_path / "run"
+    assert api.pretrain(cfg(2), run, progress=False).step == 2
+    # auto (the default): a longer budget continues the same run
+    assert api.pretrain(cfg(4), run, progress=False).step == 4
+    assert [int(float(s)) for s in _column(run, "step")] == [1, 2, 3, 4]
+    with pytest.raises(UltrasslError, match="already holds a run"):
+        api.pretrain(cfg(4), run, resume="new", progress=False)
+    with pytest.raises(ConfigError, match="resume must be one of auto|fresh|new"):
+        api.pretrain(cfg(4), run, resume="yes", progress=False)
+    assert api.pretrain(cfg(1), run, resume="fresh", progress=False).step == 1
+    assert [int(float(s)) for s in _column(run, "step")] == [1]
+
+
+def _column(run: Path, name: str) -> list[str]:
+    with (run / "metrics.csv").open() as f:
+        return [r[name] for r in csv.DictReader(f)]
 
 
 @pytest.mark.parametrize("method", ["deblur-mae", "mae"])
@@ -183,6 +223,117 @@ def test_two_process_torchrun_matches_one_process(synth_manifest, tmp_path):
     with torch.no_grad():
         fa, fb = model_a.encoder.vit.forward_features(x), model_b.encoder.vit.forward_features(x)
     torch.testing.assert_close(fa, fb, rtol=1e-3, atol=1e-4)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (read from /proc: torchrun's agent starts the workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _worker_of_rank(agent: int, rank: int) -> int | None:
+    for pid in _descendants(agent):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and any(e.startswith(b"TORCHELASTIC_RUN_ID=") for e in env):
+            return pid
+    return None
+
+
+def _logged_steps(run: Path) -> int:
+    try:
+        return len((run / "metrics.csv").read_text().splitlines()) - 1
+    except OSError:
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc")
+def test_torchrun_restarts_after_a_sigkilled_worker_and_after_a_killed_job_bit_identically(
+    synth_manifest, tmp_path
+):
+    """The README's fault-tolerant command, unchanged: torchrun --max-restarts re-runs it after a worker
+    dies, and the default resume continues the run; a whole job killed and started again does the same."""
+    import random
+
+    steps = 40
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["--max-restarts", "2", "--monitor-interval", "0.2", "-m", "ultrassl"]
+    command += ["pretrain", "--method", "mae", *TINY, "--data", str(synth_manifest), "--precision", "fp32"]
+    command += ["--max-steps", str(steps), "--checkpoint-every", "3", "--batch-size", "4"]
+    command += ["--set", "train.tensorboard=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def launch(run: Path) -> subprocess.Popen:
+        log = (tmp_path / f"{run.name}.log").open("a")  # a file, not a pipe: a full pipe would block the job
+        return subprocess.Popen(
+            [*command, "--out", str(run)], env=env, stdout=log, stderr=log, start_new_session=True
+        )
+
+    def log_of(run: Path) -> str:
+        return (tmp_path / f"{run.name}.log").read_text()
+
+    def finish(proc: subprocess.Popen, run: Path) -> None:
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(
+                f"{run.name} hung (killed at step {kill_at}): {log_of(run)[-3000:]}"
+            ) from None
+        assert proc.returncode == 0, f"{run.name} (killed at step {kill_at}): {log_of(run)[-3000:]}"
+
+    def wait_for_step(proc: subprocess.Popen, run: Path, step: int) -> None:
+        deadline = time.monotonic() + 240
+        while _logged_steps(run) < step and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the run ended before step {step}: {log_of(run)[-2000:]}"
+
+    kill_at = random.randint(4, steps - 12)
+    ref = tmp_path / "ref"
+    finish(launch(ref), ref)
+
+    # 1. one worker SIGKILLed at a random step: torchrun restarts the group with the same command
+    run = tmp_path / "worker-killed"
+    job = launch(run)
+    wait_for_step(job, run, kill_at)
+    worker = _worker_of_rank(job.pid, 1)
+    assert worker is not None, "no rank-1 worker found under torchrun"
+    os.kill(worker, signal.SIGKILL)
+    finish(job, run)
+    assert "resumed from" in log_of(run), f"killed at step {kill_at}: the restart did not resume"
+
+    # 2. the whole job SIGKILLed, then the same command again
+    run2 = tmp_path / "job-killed"
+    job = launch(run2)
+    wait_for_step(job, run2, kill_at)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    finish(launch(run2), run2)
+    assert "resumed from" in log_of(run2)
+
+    a = safe_load(tmp_path / "ref" / "checkpoints" / "last.pt")
+    for name in (run, run2):
+        b = safe_load(name / "checkpoints" / "last.pt")
+        assert b["step"] == a["step"] == steps
+        differ = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+        assert not differ, (
+            f"{name.name} (killed at step {kill_at}): {len(differ)} tensors differ, e.g. {differ[:3]}"
+        )
+        assert _losses(name) == _losses(tmp_path / "ref")
 
 
 def test_init_from_a_full_mae_checkpoint_loads_encoder_and_decoder(tmp_path):

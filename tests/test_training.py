@@ -166,6 +166,46 @@ def test_crash_then_resume_is_bit_identical(tmp_path):
     assert step_loss("run") == step_loss("ref")
 
 
+def test_resume_passes_over_a_corrupt_last_checkpoint_and_stays_bit_identical(tmp_path, capsys):
+    ref = _trainer(tmp_path / "ref", checkpoint_every=3).fit()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _trainer(tmp_path / "run", data=ToyData(fail_at=19 * 8), checkpoint_every=3).fit()
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert [safe_load(ckpts / n)["step"] for n in ("last.pt", "last-1.pt")] == [18, 15]  # keep=2 default
+    last = ckpts / "last.pt"
+    last.write_bytes(last.read_bytes()[:-4096])  # cut short on disk (power loss mid-flush)
+    resumed = _trainer(tmp_path / "run", checkpoint_every=3, resume=True).fit()
+    err = capsys.readouterr().err
+    assert f"warning: {last}:" in err and f"resumed from {ckpts / 'last-1.pt'} at step 15" in err
+    assert resumed.step == ref.step
+    wa, wb = _weights(ref.checkpoint), _weights(resumed.checkpoint)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from ultrassl.checkpoint.store import CheckpointWriteError
+
+    real_save, saves = torch.save, []
+
+    def save_until_the_disk_fills(obj, f, *args, **kwargs):
+        saves.append(obj["step"])
+        if len(saves) > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    with pytest.raises(CheckpointWriteError, match="No space left on device.*intact.*run stopped") as info:
+        _trainer(tmp_path, checkpoint_every=3).fit()
+    monkeypatch.undo()
+    assert saves == [3, 6, 9] and "\n" not in str(info.value)
+    assert safe_load(tmp_path / "checkpoints" / "last.pt")["step"] == 6
+    # the same command again continues from step 6 once there is space
+    assert _trainer(tmp_path, checkpoint_every=3, resume=True).fit().step == 24
+
+
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     trainer = _trainer(tmp_path, model=ToyMethod(nan_after=5), checkpoint_every=2)
     with pytest.raises(TrainingDivergedError, match="step 6.*intact"):

@@ -12,6 +12,7 @@ import yaml
 
 from ultrassl import checkpoint as ckpt
 from ultrassl import distributed
+from ultrassl.checkpoint.store import CheckpointStore
 from ultrassl.confidence_cache import PrecomputeSummary, precompute
 from ultrassl.config import PretrainConfig, to_dict
 from ultrassl.data.manifest import IndexSummary, index_folder
@@ -67,11 +68,24 @@ def index(
     out_csv: str | Path,
     labels_csv: str | Path | None = None,
     group_pattern: str | None = None,
+    *,
+    clear_patient_ids: bool = False,
+    salt_file: str | Path | None = None,
 ) -> IndexSummary:
-    """Scan a folder into a manifest CSV; unreadable files are listed with a reason, never fatal."""
+    """Scan a folder into a manifest CSV; unreadable files are listed with a reason, never fatal.
+
+    DICOM PatientIDs are written as salted-hash pseudonyms (salt in ``<manifest>.salt`` or
+    ``salt_file``) unless ``clear_patient_ids``."""
     if not Path(data_dir).is_dir():
         raise UltrasslError(f"{data_dir}: not a folder")
-    return index_folder(data_dir, out_csv, labels_csv=labels_csv, group_pattern=group_pattern)
+    return index_folder(
+        data_dir,
+        out_csv,
+        labels_csv=labels_csv,
+        group_pattern=group_pattern,
+        clear_patient_ids=clear_patient_ids,
+        salt_file=salt_file,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -93,25 +107,61 @@ def build_pretrain_data(cfg: PretrainConfig, progress: bool = True) -> PretrainD
     return data
 
 
+#: what ``pretrain`` does with a run folder that already holds checkpoints
+RESUME_MODES = ("auto", "fresh", "new")
+
+
+def _resume_mode(resume: bool | str) -> str:
+    if resume is True:  # the old ``resume=True``
+        return "auto"
+    if resume is False:  # the old default: this must be a new run
+        return "new"
+    if resume not in RESUME_MODES:
+        raise ConfigError(f"resume must be one of {'|'.join(RESUME_MODES)}, got {resume!r}")
+    return resume
+
+
+def clear_run(run_dir: Path) -> None:
+    """What a run writes about its training (checkpoints, metrics, TensorBoard, skipped files), removed
+    for ``--fresh``. Anything else the user keeps in the folder stays."""
+    import shutil
+
+    CheckpointStore(run_dir / "checkpoints").clear()
+    for name in ("metrics.csv", "skipped_files.csv"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+
+
 def pretrain(
-    cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
+    cfg: PretrainConfig, out_dir: str | Path, *, resume: bool | str = "auto", progress: bool = True
 ) -> TrainResult:
-    """Pre-train ``cfg.method`` on ``cfg.data.manifest`` into the run folder ``out_dir``."""
+    """Pre-train ``cfg.method`` on ``cfg.data.manifest`` into the run folder ``out_dir``.
+
+    ``resume``: ``auto`` (default) continues a run folder that holds a checkpoint of the same config (so
+    a crashed or pre-empted job, or torchrun's restart, needs only the same command again) and refuses
+    one of another config; ``fresh`` starts over, removing the folder's checkpoints; ``new`` refuses any
+    folder that holds a run. A corrupt newest checkpoint is passed over for the one before it.
+    """
     cfg = as_method_config(cfg)
     run_dir = Path(out_dir)
+    mode = _resume_mode(resume)
     spec = get_method(cfg.method)
     config = to_dict(prepare_config(cfg))
-    last = run_dir / "checkpoints" / "last.pt"
-    if resume and last.exists():
-        check_resume_config(ckpt.safe_load(last)["config"], config, last)
-    elif not resume and last.exists():
-        raise UltrasslError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out"
-        )
     dist_info, _ = distributed.init_distributed(cfg.train.device)
+    store = CheckpointStore(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    if mode == "fresh" and dist_info.is_main:
+        clear_run(run_dir)
+    distributed.barrier()  # every process decides on the same folder contents
+    found = store.latest(announce=dist_info.is_main) if store.existing() else None
+    if found is not None and mode == "new":
+        raise UltrasslError(
+            f"{run_dir} already holds a run; continue it with the same command (resume=auto) or choose a new --out"
+        )
+    if found is not None:
+        check_resume_config(found[1]["config"], config, found[0])
     torch.manual_seed(cfg.train.seed)  # model initialisation
     model = spec.build_model(cfg)
-    if cfg.init_from and not (resume and last.exists()):
+    if cfg.init_from and found is None:
         report = init_from(model, cfg.init_from)
         if dist_info.is_main:
             print(f"initialised from {cfg.init_from}: {report}", file=sys.stderr)
@@ -130,12 +180,14 @@ def pretrain(
         train=cfg.train,
         run_dir=run_dir,
         config=config,
-        resume=resume,
+        resume=found is not None,
+        resume_state=found,
         run_info=info,
         num_workers=cfg.data.num_workers,
         val_dataset=data.val,
         val_key=spec.val_key,
     )
+    del found  # the trainer holds the only reference to the loaded state and drops it once restored
     return trainer.fit()
 
 

@@ -18,7 +18,7 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make the rename itself durable (best effort: not every platform can open a directory)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -46,7 +46,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

@@ -50,6 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", type=Path, required=True, help="manifest.csv to write")
     s.add_argument("--labels", type=Path, help="CSV with columns path,label")
     s.add_argument("--group-pattern", help="regex on the file name giving the patient/group id")
+    s.add_argument(
+        "--salt-file",
+        type=Path,
+        help="salt for the DICOM PatientID pseudonyms (default: OUT.salt, created when missing); give "
+        "one file to every index of the same patients",
+    )
+    s.add_argument(
+        "--clear-patient-ids",
+        action="store_true",
+        help="write DICOM PatientIDs in clear as group ids (default: a salted hash, so no id leaves)",
+    )
 
     s = sub.add_parser("pretrain", help="self-supervised pre-training")
     s.add_argument(
@@ -65,7 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-every", type=int, metavar="STEPS")
     s.add_argument("--batch-size", type=int)
     s.add_argument("--workers", type=int)
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    again = s.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (the default already: a folder holding a run of the same config "
+        "continues from its newest good checkpoint; one of another config is refused)",
+    )
+    again.add_argument(
+        "--fresh", action="store_true", help="start over: remove the checkpoints and metrics in --out first"
+    )
     s.add_argument("--seed", type=int)
     s.add_argument("--device", choices=("auto", "cpu", "cuda"))
     s.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
@@ -304,10 +324,22 @@ def _confidence(a: argparse.Namespace) -> int:
 
 
 def _index(a: argparse.Namespace) -> int:
-    summary = api.index(a.data_dir, a.out, labels_csv=a.labels, group_pattern=a.group_pattern)
+    summary = api.index(
+        a.data_dir,
+        a.out,
+        labels_csv=a.labels,
+        group_pattern=a.group_pattern,
+        clear_patient_ids=a.clear_patient_ids,
+        salt_file=a.salt_file,
+    )
     report_skipped(summary.skipped)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary.by_kind.items()))
     print(f"indexed {summary.n_indexed} files ({kinds}); skipped {summary.n_skipped}; wrote {a.out}")
+    if summary.salt_file is not None:
+        print(
+            f"DICOM PatientIDs are written as salted-hash group ids; the salt is in {summary.salt_file} "
+            "(keep it private; share the manifest without it)"
+        )
     return 0
 
 
@@ -316,7 +348,7 @@ def _pretrain(a: argparse.Namespace) -> int:
     if a.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
-    result = api.pretrain(cfg, a.out, resume=a.resume)
+    result = api.pretrain(cfg, a.out, resume="fresh" if a.fresh else "auto")
     print(
         f"{cfg.method}: {result.step} steps ({result.stopped_by}) in {result.seconds:.0f} s, "
         f"last loss {result.last_loss:.4f}; checkpoint {result.checkpoint}"

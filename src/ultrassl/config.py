@@ -102,6 +102,8 @@ class TrainConfig:
     #: stop cleanly (with a checkpoint) after this many minutes
     time_limit: float | None = None
     checkpoint_every: int = 500
+    #: checkpoints kept (last.pt and the ones before it): resume falls back to the newest that verifies
+    keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
@@ -129,6 +131,8 @@ class TrainConfig:
             raise ConfigError(f"device must be auto|cpu|cuda, got {self.device!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.val_every is not None and self.val_every < 1:
             raise ConfigError(f"val_every must be >= 1 step or null, got {self.val_every}")
 

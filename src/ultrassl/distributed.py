@@ -49,8 +49,30 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        store = _attempt_store()
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank), device
+
+
+def _attempt_store() -> dist.Store | None:
+    """A key namespace of its own for this torchrun attempt, on a single node.
+
+    torchrun's agent keeps one store across ``--max-restarts`` restarts, so the workers of a restarted
+    group read the previous attempt's connection keys, and gloo dials the dead workers' addresses: the
+    restart hangs or fails (seen with torch 2.14, CPU, one worker SIGKILLed). One agent numbers its
+    restarts for all its workers (``TORCHELASTIC_RESTART_COUNT``), so on a single node that number names
+    a fresh namespace. Across nodes the agents' counts can differ, so there torch's own set-up is kept.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        return None
+    from torch.distributed.rendezvous import rendezvous
+
+    store, _, _ = next(rendezvous("env://"))
+    return dist.PrefixStore(f"ultrassl/attempt-{restart}", store)
 
 
 def barrier() -> None:
@@ -100,4 +122,16 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     out = value.detach().clone()
     if is_distributed():
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def gather_objects(obj: object) -> list[object]:
+    """``obj`` from every process, in rank order, on every process (``[obj]`` when not distributed).
+
+    For small picklable values, e.g. each process's RNG state, which a checkpoint must hold per rank for
+    a restarted job to replay exactly what an uninterrupted one does."""
+    if not is_distributed():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
     return out

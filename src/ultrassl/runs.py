@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ultrassl import __version__
-from ultrassl import checkpoint as ckpt
+from ultrassl.checkpoint.store import CheckpointStore, load_checkpoint
 from ultrassl.config import PretrainConfig, to_dict
 from ultrassl.errors import CheckpointError, ConfigError
 from ultrassl.methods import PretrainMethod, config_from_dict, get_method
@@ -54,6 +54,7 @@ RESUMABLE_CHANGES = {
     "train.epochs",
     "train.time_limit",
     "train.checkpoint_every",
+    "train.keep_checkpoints",
     "train.log_every",
     "train.device",
     "train.tensorboard",
@@ -88,7 +89,8 @@ def check_resume_config(saved: dict[str, Any], new: dict[str, Any], path: Path) 
     if diff:
         detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
         raise ConfigError(
-            f"{path}: --resume with a different config ({detail}). Use the run's own settings, or a new --out."
+            f"{path}: the run here has a different config ({detail}); use the run's own settings to continue "
+            "it, --fresh to start it over, or a new --out"
         )
 
 
@@ -108,16 +110,26 @@ def load_run(
     if checkpoint not in ("last", "best"):
         raise ConfigError(f"checkpoint must be last|best, got {checkpoint!r}")
     path = Path(run_dir)
-    if path.is_dir():
-        path = path / "checkpoints" / f"{checkpoint}.pt"
-    if not path.exists():
-        hint = (
-            " (only methods with a validation split, e.g. uscl, write best.pt)"
-            if checkpoint == "best"
-            else ""
-        )
-        raise CheckpointError(path, f"no checkpoint here (expected RUN/checkpoints/{checkpoint}.pt){hint}")
-    state = ckpt.safe_load(path)
+    if path.is_dir() and checkpoint == "last":
+        found = CheckpointStore(path / "checkpoints").latest()  # a corrupt last.pt falls back, with a warning
+        if found is None:
+            raise CheckpointError(
+                path / "checkpoints" / "last.pt", "no checkpoint here (expected RUN/checkpoints/last.pt)"
+            )
+        path, state = found
+    else:
+        if path.is_dir():
+            path = path / "checkpoints" / f"{checkpoint}.pt"
+        if not path.exists():
+            hint = (
+                " (only methods with a validation split, e.g. uscl, write best.pt)"
+                if checkpoint == "best"
+                else ""
+            )
+            raise CheckpointError(
+                path, f"no checkpoint here (expected RUN/checkpoints/{checkpoint}.pt){hint}"
+            )
+        state = load_checkpoint(path)
     if "config" not in state or "model" not in state:
         raise CheckpointError(path, "not an ultrassl training checkpoint (no 'config'/'model')")
     cfg = config_from_dict(state["config"], str(path))
@@ -131,8 +143,9 @@ def init_from(model: PretrainMethod, source: str | Path) -> dict[str, Any]:
     """Start from a run folder (the whole model), else whatever the method loads itself
     (:meth:`~ultrassl.methods.base.PretrainMethod.load_pretrained`: an export folder, a foreign file)."""
     source = Path(source)
-    if (source / "checkpoints" / "last.pt").exists():
-        state = ckpt.safe_load(source / "checkpoints" / "last.pt")
+    found = CheckpointStore(source / "checkpoints").latest() if (source / "checkpoints").is_dir() else None
+    if found is not None:
+        state = found[1]
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
         if unexpected or missing:
             raise CheckpointError(

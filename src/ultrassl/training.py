@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import math
 import signal
 import sys
@@ -33,7 +34,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from ultrassl import distributed
-from ultrassl.checkpoint import atomic_save, safe_load
+from ultrassl.atomic import atomic_write_text
+from ultrassl.checkpoint import atomic_save
+from ultrassl.checkpoint.store import CheckpointStore, CheckpointWriteError, seal
 from ultrassl.config import OptimConfig, TrainConfig
 from ultrassl.data.epochs import EpochDataset
 from ultrassl.errors import ConfigError, UltrasslError
@@ -203,11 +206,14 @@ class MetricsLog:
         if resume_step > 0 and self.path.exists():
             with self.path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        self.file = self.path.open("w", newline="")
+        # the kept rows are rewritten atomically (a kill here loses no row), then appended to
+        head = io.StringIO()
+        writer = csv.DictWriter(head, fieldnames=self.FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, head.getvalue())
+        self.file = self.path.open("a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS)
-        self.writer.writeheader()
-        self.writer.writerows(rows)
-        self.file.flush()
         self.tb = None
         if tensorboard:
             try:
@@ -252,6 +258,7 @@ class Trainer:
         run_dir: str | Path,
         config: dict[str, Any],
         resume: bool = False,
+        resume_state: tuple[Path, dict[str, Any]] | None = None,
         run_info: dict[str, Any] | None = None,
         collate_fn: Callable | None = None,
         num_workers: int = 0,
@@ -264,12 +271,15 @@ class Trainer:
         self.cfg = train
         self.run_dir = Path(run_dir)
         self.config = config
+        #: load the newest good checkpoint of ``run_dir`` first (``resume_state``: one already read)
         self.resume = resume
+        self.resume_state = resume_state
         self.run_info = run_info or {}
         self.collate_fn = collate_fn
         self.num_workers = num_workers
         self.dist, self.device = distributed.init_distributed(train.device)
-        self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        self.store = CheckpointStore(self.run_dir / "checkpoints", keep=train.keep_checkpoints)
+        self.ckpt_path = self.store.last
         #: held-out data: its mean ``val_key`` output is logged and the best model kept in best.pt
         self.val_dataset = val_dataset if val_dataset is not None and len(val_dataset) > 0 else None
         self.val_key = val_key
@@ -377,7 +387,8 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------
 
-    def state_dict(self, epoch: int) -> dict[str, Any]:
+    def state_dict(self, epoch: int, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
+        rng = capture_rng()
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -385,7 +396,9 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": epoch,
-            "rng": capture_rng(),
+            "rng": rng,
+            # every process's generators: a restarted multi-process job resumes each rank's own
+            "rng_ranks": rng_ranks or [rng],
             "config": self.config,
             "run_info": self.run_info,
             "format": "ultrassl-train/1",
@@ -393,19 +406,34 @@ class Trainer:
         }
 
     def save(self, epoch: int) -> None:
+        """Write the checkpoint on rank 0; a failed write stops every process with rank 0's error."""
+        rng_ranks = distributed.gather_objects(capture_rng())
+        error: CheckpointWriteError | None = None
         if self.dist.is_main:
-            atomic_save(self.state_dict(epoch), self.ckpt_path)
-        distributed.barrier()
+            try:
+                self.store.save(self.state_dict(epoch, rng_ranks))
+            except CheckpointWriteError as exc:
+                error = exc
+        if distributed.broadcast_flag(error is not None, self.device):
+            raise error or CheckpointWriteError(
+                f"{self.ckpt_path}: rank 0 could not write the checkpoint (its log says why); the run stopped"
+            )
 
-    def _load(self) -> None:
-        state = safe_load(self.ckpt_path)
+    def _load(self, found: tuple[Path, dict[str, Any]] | None) -> Path | None:
+        """Restore the newest good checkpoint (``found``, else looked up); None when there is none."""
+        found = found or self.store.latest(announce=self.dist.is_main)
+        if found is None:
+            return None
+        path, state = found
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.best_val = float(state.get("best_val", math.inf))
-        restore_rng(state["rng"])
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        restore_rng(ranks[self.dist.rank] if len(ranks) == self.dist.world_size else state["rng"])
+        return path
 
     # -- run -----------------------------------------------------------------------------------------
 
@@ -430,10 +458,11 @@ class Trainer:
         self._setup()
         is_main = self.dist.is_main
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.resume and self.ckpt_path.exists():
-            self._load()
+        resumed = self._load(self.resume_state) if self.resume else None
+        self.resume_state = None  # the trainer holds no second copy of the weights while it runs
+        if resumed is not None:
             if is_main:
-                print(f"resumed from {self.ckpt_path} at step {self.step}", file=sys.stderr)
+                print(f"resumed from {resumed} at step {self.step}", file=sys.stderr)
         else:
             seed_everything(self.cfg.seed + self.dist.rank)
         log = MetricsLog(self.run_dir, self.step, self.cfg.tensorboard) if is_main else None
@@ -574,7 +603,7 @@ class Trainer:
                     "run_info": self.run_info,
                     "format": "ultrassl-train/1",
                 }
-                atomic_save(best, self.best_path)
+                atomic_save(seal(best), self.best_path)
             distributed.barrier()
 
     def _train_step(self, batches: Iterator) -> tuple[float, float | None, int]:

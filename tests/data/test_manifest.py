@@ -63,7 +63,12 @@ def test_bad_folder_acceptance(tmp_path):
     assert set(by_name) == {"good_gray.png", "good_16bit.png", "good_rgba.png", "good.mp4", "good.dcm"}
     assert all(Path(r.path).is_absolute() and Path(r.path).is_file() for r in rows)
     assert (by_name["good.mp4"].n_frames, by_name["good.mp4"].fps) == (10, pytest.approx(20.0))
-    assert (by_name["good.dcm"].n_frames, by_name["good.dcm"].group_id) == (3, "PX")
+    # the DICOM's PatientID is its group, written as a salted-hash pseudonym (tests/test_patient_data.py)
+    from ultrassl.data.pseudonyms import pseudonym, read_or_create_salt
+
+    assert summary.salt_file == out.with_name("manifest.csv.salt")
+    salt = read_or_create_salt(summary.salt_file)
+    assert (by_name["good.dcm"].n_frames, by_name["good.dcm"].group_id) == (3, pseudonym("PX", salt))
     assert by_name["good_16bit.png"].width == 16
 
     with open(out, newline="") as f:

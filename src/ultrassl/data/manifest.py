@@ -12,12 +12,14 @@ import os
 import re
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ultrassl.atomic import atomic_write_text
+from ultrassl.data.pseudonyms import Pseudonymiser, salt_path_for
 from ultrassl.data.readers import probe
 from ultrassl.errors import UltrasslError, UnreadableFileError
 
@@ -65,6 +67,8 @@ class IndexSummary:
     manifest_path: Path
     skipped_path: Path | None = None
     rows: list[ManifestRow] = field(default_factory=list, repr=False)
+    #: the salt behind the DICOM group-id pseudonyms (None: no PatientID met, or ids kept in clear)
+    salt_file: Path | None = None
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -123,10 +127,16 @@ def _read_labels(labels_csv: str | Path) -> tuple[dict[str, _Meta], dict[str, _M
     return by_rel, by_name
 
 
-def _group_id(rel: Path, patient_id: str | None, pattern: re.Pattern[str] | None) -> str:
-    """PatientID, else the pattern's first group (or whole match) on the file name, else the path."""
+def _group_id(
+    rel: Path,
+    patient_id: str | None,
+    pattern: re.Pattern[str] | None,
+    pseudonym: Callable[[str], str] | None = None,
+) -> str:
+    """PatientID (as its pseudonym when one is given), else the pattern's first group (or whole match)
+    on the file name, else the path."""
     if patient_id:
-        return patient_id
+        return pseudonym(patient_id) if pseudonym is not None else patient_id
     if pattern is not None:
         m = pattern.search(rel.name)
         if m:
@@ -141,8 +151,12 @@ def build_manifest(
     labels_csv: str | Path | None = None,
     group_pattern: str | None = None,
     progress: bool = True,
+    pseudonym: Callable[[str], str] | None = None,
 ) -> tuple[list[ManifestRow], list[tuple[str, str]]]:
     """Probe every file under `data_dir` (sorted, recursive, hidden skipped) -> (rows, skipped).
+
+    `pseudonym` maps a DICOM PatientID to the group id written (``index_folder`` passes a salted hash;
+    None keeps the id in clear).
 
     `skipped` holds (path, one-line reason); a bad file never stops the run. Mask files (stem ending
     in `_mask`) are attached to their image, not indexed; a mask without an image is reported skipped.
@@ -178,7 +192,7 @@ def build_manifest(
             continue
         key = rel.as_posix()
         label: str | None = rel.parts[0] if len(rel.parts) > 1 else None
-        group = _group_id(rel, info.patient_id, pattern)
+        group = _group_id(rel, info.patient_id, pattern, pseudonym)
         meta = by_rel.get(key, by_name.get(rel.name))
         if meta is not None:
             label = meta[0]
@@ -337,11 +351,19 @@ def index_folder(
     labels_csv: str | Path | None = None,
     group_pattern: str | None = None,
     progress: bool = True,
+    *,
+    clear_patient_ids: bool = False,
+    salt_file: str | Path | None = None,
 ) -> IndexSummary:
-    """Build and write the manifest, plus `<stem>_skipped.csv` (path, reason) when files were skipped."""
+    """Build and write the manifest, plus `<stem>_skipped.csv` (path, reason) when files were skipped.
+
+    DICOM PatientIDs become salted-hash pseudonyms (``data.pseudonyms``; the salt in ``salt_file``,
+    default ``<manifest>.salt``, created when missing) unless ``clear_patient_ids``.
+    """
     out_csv = Path(out_csv)
+    pseudonym = None if clear_patient_ids else Pseudonymiser(salt_file or salt_path_for(out_csv))
     rows, skipped = build_manifest(
-        data_dir, labels_csv=labels_csv, group_pattern=group_pattern, progress=progress
+        data_dir, labels_csv=labels_csv, group_pattern=group_pattern, progress=progress, pseudonym=pseudonym
     )
     write_manifest(rows, out_csv)
     skipped_path = out_csv.with_name(f"{out_csv.stem}_skipped.csv")
@@ -362,4 +384,5 @@ def index_folder(
         manifest_path=out_csv,
         skipped_path=skipped_path if skipped else None,
         rows=rows,
+        salt_file=pseudonym.salt_file if pseudonym is not None and pseudonym.used else None,
     )
