@@ -52,22 +52,6 @@ def test_a_class_the_probe_never_saw_gets_probability_zero():
     np.testing.assert_allclose(p[:, [0, 2]], clf.predict_proba(scaler.transform(x)), atol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    from ultrassl.data.synthetic import make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("eval")
-    return make_synthetic_dataset(
-        root / "data",
-        n_patients=9,
-        clips_per_patient=1,
-        n_frames=6,
-        size=(64, 64),
-        n_lesion_images=12,
-        seed=2,
-    )
-
-
 def _read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

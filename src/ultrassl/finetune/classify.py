@@ -12,6 +12,7 @@ Protocol (leakage-free by construction):
 from __future__ import annotations
 
 import enum
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,9 +42,10 @@ from ultrassl.finetune.backbones import (
     trainable_tail,
     with_image_size,
 )
-from ultrassl.finetune.fit import FitSettings, check_device_and_precision, fit
+from ultrassl.finetune.fit import COMMON_RANGES, FitSettings, check_device_and_precision, check_ranges, fit
+from ultrassl.finetune.journal import RUNS_DIR, RunJournal, evaluation_fingerprint
 from ultrassl.finetune.report import FoldResult, build_summary, write_classification_report
-from ultrassl.finetune.saved import linear_probe_head, save_fold_model, write_card
+from ultrassl.finetune.saved import fold_model_path, linear_probe_head, save_fold_model, write_card
 from ultrassl.finetune.splits import (
     Fold,
     Protocol,
@@ -126,6 +128,17 @@ class ClassifyConfig(Protocol):
         if not 0.0 < lo <= hi <= 1.0:
             raise ConfigError(f"aug_scale must satisfy 0 < low <= high <= 1; got {self.aug_scale}")
         check_device_and_precision(self.device, self.precision)
+        check_ranges(
+            self,
+            **COMMON_RANGES,
+            layer_decay=(1e-6, 1.0),
+            label_smoothing=(0.0, 0.99),
+            mixup=(0.0, None),
+            cutmix=(0.0, None),
+            max_frames_per_video=(1, None),
+            aug_intensity=(0.0, None),
+            aug_gamma=(0.0, None),
+        )
 
 
 @dataclass
@@ -276,22 +289,49 @@ class Classifier:
     # -- protocol ------------------------------------------------------------------------------------
 
     def run(self, out_dir: Path | None = None) -> ClassifyOutput:
+        """Every planned run; with ``out_dir``, finished runs are journalled and read back on a re-run."""
         cfg = self.cfg
         folds, runs = cfg.indexed_runs(self.data.groups, self.data.labels.tolist(), out_dir)
         out = ClassifyOutput(folds=folds, class_names=self.data.class_names)
+        journal = RunJournal(out_dir, self._fingerprint())
+        if cfg.mode == "linear":
+            self._features.update(journal.load_arrays("features"))
         saved: list[int] = []
         for planned in runs:
             run, tr, va, te = planned.run, planned.train, planned.val, planned.test
+            stored = journal.get(run)
+            if stored is not None and (not planned.keep or fold_model_path(out_dir, run.fold).exists()):
+                out.results += [RunResult(**r) for r in stored["results"]]
+                out.predictions += stored["predictions"]
+                saved += [run.fold] if planned.keep else []
+                continue
             self.current_fold = run.fold
             model, predict_test, best_epoch, val_score = self._fit_select(tr, va, run.seed)
             prob = predict_test(te)  # the one and only look at this fold's test frames
+            n_results, n_predictions = len(out.results), len(out.predictions)
             self._record(out, run.fold, run.seed, run.label_fraction, tr, va, te, prob, best_epoch, val_score)
             if out_dir is not None and planned.keep:
                 save_fold_model(out_dir, run.fold, model)
                 saved.append(run.fold)
+            if cfg.mode == "linear":
+                journal.save_arrays("features", self._features)
+            results = [asdict(r) for r in out.results[n_results:]]
+            journal.put(run, {"results": results, "predictions": out.predictions[n_predictions:]})
+        if journal.read_back:
+            print(f"read back {journal.read_back} finished runs from {out_dir}/{RUNS_DIR}", file=sys.stderr)
         if out_dir is not None and saved:
             self._write_card(out_dir, saved)
         return out
+
+    def _fingerprint(self) -> str:
+        """What decides this evaluation's results: config, encoder weights, the labelled frames."""
+        data = (
+            self.data.class_names,
+            self.data.labels.tolist(),
+            self.data.groups,
+            self.data.row_ids.tolist(),
+        )
+        return evaluation_fingerprint("classify", asdict(self.cfg), self.backbone.fingerprint, data)
 
     def _write_card(self, out_dir: Path, folds: list[int]) -> None:
         """What ``ultrassl evaluate`` needs to rebuild the fold models and feed them like here."""

@@ -61,6 +61,30 @@ def check_device_and_precision(device: str, precision: str) -> None:
         raise ConfigError("precision fp16 needs CUDA (a gradient scaler); use bf16 or fp32 on the CPU")
 
 
+def check_ranges(cfg: object, **ranges: tuple[float | None, float | None]) -> None:
+    """Numeric options within (low, high), both ends included; None leaves an end open, and an option
+    whose value is None (off) is not checked. Names the option and its value in the error."""
+    for name, (low, high) in ranges.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            lo = "-inf" if low is None else f"{low:g}"
+            hi = "inf" if high is None else f"{high:g}"
+            raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value}")
+
+
+#: the optimisation options both fine-tuning tasks have, and their ranges
+COMMON_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "lr": (1e-12, None),
+    "weight_decay": (0.0, None),
+    "warmup_epochs": (0.0, None),
+    "patience": (1, None),
+    "clip_grad": (1e-12, None),
+    "drop_path": (0.0, 0.99),
+}
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,

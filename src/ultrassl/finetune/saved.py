@@ -48,10 +48,14 @@ def models_dir(path: str | Path) -> Path:
     )
 
 
+def fold_model_path(out_dir: str | Path | None, fold: int) -> Path:
+    return Path(out_dir or ".") / MODELS_DIR / f"fold{fold}.safetensors"
+
+
 def save_fold_model(out_dir: str | Path, fold: int, model: nn.Module) -> Path:
     """Write one fold's weights (atomically, safetensors: loading them never runs code)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return atomic_save_safetensors(state, Path(out_dir) / MODELS_DIR / f"fold{fold}.safetensors")
+    return atomic_save_safetensors(state, fold_model_path(out_dir, fold))
 
 
 def write_card(out_dir: str | Path, task: str, spec: EncoderSpec, folds: list[int], **info: Any) -> Path:

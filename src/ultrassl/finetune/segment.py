@@ -37,9 +37,10 @@ from ultrassl.distributed import select_device
 from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
 from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
 from ultrassl.finetune.classify import Phase
-from ultrassl.finetune.fit import FitSettings, check_device_and_precision, fit
+from ultrassl.finetune.fit import COMMON_RANGES, FitSettings, check_device_and_precision, check_ranges, fit
+from ultrassl.finetune.journal import RUNS_DIR, RunJournal, evaluation_fingerprint
 from ultrassl.finetune.report import format_mean_std
-from ultrassl.finetune.saved import save_fold_model, write_card
+from ultrassl.finetune.saved import fold_model_path, save_fold_model, write_card
 from ultrassl.finetune.splits import (
     Fold,
     Protocol,
@@ -112,6 +113,17 @@ class SegmentConfig(Protocol):
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise ConfigError(f"crop_scale must satisfy 0 < low <= high <= 1; got {self.crop_scale}")
+        check_ranges(
+            self,
+            **COMMON_RANGES,
+            encoder_lr_scale=(0.0, None),
+            fg_weight=(1e-12, None),
+            decoder_dim=(1, None),
+            decoder_depth=(1, None),
+            decoder_heads=(1, None),
+            upernet_channels=(1, None),
+            n_overlays=(0, None),
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -292,11 +304,19 @@ class Segmenter:
         labels = self.data.has_foreground
         folds, runs = cfg.indexed_runs(self.data.groups, labels, out_dir)
         out = SegmentOutput(folds=folds)
+        journal = RunJournal(out_dir, self._fingerprint())
         saved: list[int] = []
         for planned in runs:
             run, tr, va, te = planned.run, planned.train, planned.val, planned.test
+            stored = journal.get(run)
+            if stored is not None and (not planned.keep or fold_model_path(out_dir, run.fold).exists()):
+                out.results.append(SegRunResult(**stored["result"]))
+                out.overlays += [Path(p) for p in stored["overlays"]]
+                saved += [run.fold] if planned.keep else []
+                continue
             self.current_fold = k = run.fold
             seed, fraction = run.seed, run.label_fraction
+            n_overlays = len(out.overlays)
             model, best_epoch, val_dice = self._fit(tr, va, seed)
             logits = self._predict(model, self.data.batch(te, Phase.TEST)[0])  # the one look at test
             preds = [self._full_res_pred(lg, self.data.full_masks[i]) for lg, i in zip(logits, te)]
@@ -320,12 +340,15 @@ class Segmenter:
                 out.overlays += self._overlays(out_dir, k, te, logits)
                 save_fold_model(out_dir, k, model)
                 saved.append(k)
+            journal.put(run, {"result": asdict(out.results[-1]), "overlays": out.overlays[n_overlays:]})
             if self.progress:
                 print(
                     f"fold {k} seed {seed} fraction {fraction:g}: test dice {_fmt(metrics['dice'])} "
                     f"(best epoch {best_epoch}, val dice {_fmt(val_dice)})",
                     file=sys.stderr,
                 )
+        if journal.read_back:
+            print(f"read back {journal.read_back} finished runs from {out_dir}/{RUNS_DIR}", file=sys.stderr)
         if out_dir is not None and saved:
             write_card(
                 out_dir,
@@ -340,6 +363,11 @@ class Segmenter:
                 weights=self.backbone.source,
             )
         return out
+
+    def _fingerprint(self) -> str:
+        """What decides this evaluation's results: config, encoder weights, the images and masks."""
+        data = (self.data.groups, [r.path for r in self.data.rows], list(map(bool, self.data.has_foreground)))
+        return evaluation_fingerprint("segment", asdict(self.cfg), self.backbone.fingerprint, data)
 
     # -- model ---------------------------------------------------------------------------------------
 
