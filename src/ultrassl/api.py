@@ -16,6 +16,7 @@ from ultrassl.checkpoint.store import CheckpointStore
 from ultrassl.confidence_cache import PrecomputeSummary, precompute
 from ultrassl.config import PretrainConfig, to_dict
 from ultrassl.data.manifest import IndexSummary, index_folder
+from ultrassl.data.readers import ReadLimits
 from ultrassl.data.skipped import report_skipped, skipped_csv
 from ultrassl.data.synthetic import make_synthetic_dataset
 from ultrassl.errors import ConfigError, UltrasslError
@@ -71,11 +72,13 @@ def index(
     *,
     clear_patient_ids: bool = False,
     salt_file: str | Path | None = None,
+    limits: ReadLimits | None = None,
 ) -> IndexSummary:
     """Scan a folder into a manifest CSV; unreadable files are listed with a reason, never fatal.
 
     DICOM PatientIDs are written as salted-hash pseudonyms (salt in ``<manifest>.salt`` or
-    ``salt_file``) unless ``clear_patient_ids``."""
+    ``salt_file``) unless ``clear_patient_ids``. ``limits``: pixels, frames and seconds a file may take
+    (decompression bombs and endless streams are skipped with a reason)."""
     if not Path(data_dir).is_dir():
         raise UltrasslError(f"{data_dir}: not a folder")
     return index_folder(
@@ -85,6 +88,7 @@ def index(
         group_pattern=group_pattern,
         clear_patient_ids=clear_patient_ids,
         salt_file=salt_file,
+        limits=limits or ReadLimits(),
     )
 
 

@@ -18,6 +18,7 @@ import yaml
 
 from ultrassl import api
 from ultrassl.config import check, load_preset, merge, parse_set, preset_names, to_dict
+from ultrassl.data.readers import ReadLimits
 from ultrassl.data.skipped import report_skipped
 from ultrassl.demo import run_demo
 from ultrassl.errors import ConfigError, UltrasslError
@@ -60,6 +61,20 @@ def _parser() -> argparse.ArgumentParser:
         "--clear-patient-ids",
         action="store_true",
         help="write DICOM PatientIDs in clear as group ids (default: a salted hash, so no id leaves)",
+    )
+    limits = ReadLimits()
+    s.add_argument(
+        "--max-pixels", type=int, default=limits.max_pixels, help="pixels per frame; larger files are skipped"
+    )
+    s.add_argument(
+        "--max-frames", type=int, default=limits.max_frames, help="frames per clip; longer are skipped"
+    )
+    s.add_argument(
+        "--file-timeout",
+        type=float,
+        default=limits.max_seconds,
+        metavar="SECONDS",
+        help="seconds one file may take to probe; slower files are skipped",
     )
 
     s = sub.add_parser("pretrain", help="self-supervised pre-training")
@@ -331,6 +346,7 @@ def _index(a: argparse.Namespace) -> int:
         group_pattern=a.group_pattern,
         clear_patient_ids=a.clear_patient_ids,
         salt_file=a.salt_file,
+        limits=ReadLimits(a.max_pixels, a.max_frames, a.file_timeout),
     )
     report_skipped(summary.skipped)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary.by_kind.items()))

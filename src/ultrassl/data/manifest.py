@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ultrassl.atomic import atomic_write_text
 from ultrassl.data.pseudonyms import Pseudonymiser, salt_path_for
-from ultrassl.data.readers import probe
+from ultrassl.data.readers import DEFAULT_LIMITS, ReadLimits, probe
 from ultrassl.errors import UltrasslError, UnreadableFileError
 
 __all__ = [
@@ -72,10 +72,6 @@ class IndexSummary:
 
 
 # ------------------------------------------------------------------------------------------ building
-
-
-def _is_hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
 
 
 def _is_mask(path: Path) -> bool:
@@ -146,12 +142,52 @@ def _group_id(
     return rel.as_posix()
 
 
+def walk_files(data_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The regular files under ``data_dir`` (sorted; hidden files and folders left out), and a reason
+    for everything else met on the way: folders that cannot be read, links to nothing, links to folders
+    (not followed: a link cycle cannot hang the walk; index the target itself), FIFOs and devices
+    (opening one would block)."""
+    files: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+
+    def unreadable(err: OSError) -> None:
+        skipped.append((str(err.filename), f"folder cannot be read ({err.strerror or err})"))
+
+    for root, dirs, names in os.walk(data_dir, onerror=unreadable):
+        here = Path(root)
+        kept = []
+        for d in sorted(dirs):
+            if d.startswith("."):
+                continue
+            if (here / d).is_symlink():
+                skipped.append((str(here / d), f"link to a folder, not followed ({os.readlink(here / d)})"))
+                continue
+            kept.append(d)
+        dirs[:] = kept
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = here / name
+            if path.is_symlink() and not path.exists():
+                skipped.append(
+                    (str(path), f"broken link (points to {os.readlink(path)}, which does not exist)")
+                )
+            elif path.is_file():
+                files.append(path)
+            elif path.is_dir():  # a link to a folder, listed by os.walk among the files
+                skipped.append((str(path), f"link to a folder, not followed ({os.readlink(path)})"))
+            else:
+                skipped.append((str(path), "not a regular file (a FIFO, socket or device)"))
+    return sorted(files), skipped
+
+
 def build_manifest(
     data_dir: str | Path,
     labels_csv: str | Path | None = None,
     group_pattern: str | None = None,
     progress: bool = True,
     pseudonym: Callable[[str], str] | None = None,
+    limits: ReadLimits = DEFAULT_LIMITS,
 ) -> tuple[list[ManifestRow], list[tuple[str, str]]]:
     """Probe every file under `data_dir` (sorted, recursive, hidden skipped) -> (rows, skipped).
 
@@ -172,17 +208,16 @@ def build_manifest(
             raise UltrasslError(f"bad --group-pattern {group_pattern!r}: {e}") from e
     by_rel, by_name = _read_labels(labels_csv) if labels_csv is not None else ({}, {})
 
-    files = sorted(p for p in data_dir.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(data_dir)))
+    files, skipped = walk_files(data_dir)
     used_masks: set[Path] = set()
     rows: list[ManifestRow] = []
-    skipped: list[tuple[str, str]] = []
     show = progress and sys.stderr.isatty()
     for path in tqdm(files, desc="indexing", unit="file", disable=not show):
         if _is_mask(path):
             continue
         rel = path.relative_to(data_dir)
         try:
-            info = probe(path)
+            info = probe(path, limits)
         except UnreadableFileError as e:
             skipped.append((str(path), e.reason))
             continue
@@ -354,6 +389,7 @@ def index_folder(
     *,
     clear_patient_ids: bool = False,
     salt_file: str | Path | None = None,
+    limits: ReadLimits = DEFAULT_LIMITS,
 ) -> IndexSummary:
     """Build and write the manifest, plus `<stem>_skipped.csv` (path, reason) when files were skipped.
 
@@ -363,7 +399,12 @@ def index_folder(
     out_csv = Path(out_csv)
     pseudonym = None if clear_patient_ids else Pseudonymiser(salt_file or salt_path_for(out_csv))
     rows, skipped = build_manifest(
-        data_dir, labels_csv=labels_csv, group_pattern=group_pattern, progress=progress, pseudonym=pseudonym
+        data_dir,
+        labels_csv=labels_csv,
+        group_pattern=group_pattern,
+        progress=progress,
+        pseudonym=pseudonym,
+        limits=limits,
     )
     write_manifest(rows, out_csv)
     skipped_path = out_csv.with_name(f"{out_csv.stem}_skipped.csv")

@@ -7,7 +7,9 @@ user can cause (empty, truncated or non-media files, DICOM without pixels, tiny 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ __all__ = [
     "MIN_SIDE",
     "VIDEO_EXTENSIONS",
     "MediaInfo",
+    "ReadLimits",
     "media_kind",
     "probe",
     "read_frames",
@@ -38,6 +41,37 @@ MIN_SIDE = 8  # smaller images are thumbnails/icons/placeholders, never usable t
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # Below this first index we decode from the start: decoding a few frames is cheaper than a seek.
 _SEEK_MIN_INDEX = 16
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How much a probe accepts before it gives up on a file, so a decompression bomb or an endless
+    stream is one skipped line, not a hung or killed index. Raise them for files that really are that
+    large (``ultrassl index --max-pixels/--max-frames/--file-timeout``)."""
+
+    #: pixels of one frame (an ultrasound frame is at most a few megapixels; 8K is 33 MP)
+    max_pixels: int = 40_000_000
+    #: frames of one clip (ten minutes at 60 fps is 36,000)
+    max_frames: int = 50_000
+    #: seconds one file may take to probe (videos are decoded to the end)
+    max_seconds: float = 120.0
+
+    def check_frame(self, path: Path, width: int, height: int) -> None:
+        if width * height > self.max_pixels:
+            raise UnreadableFileError(
+                path,
+                f"frames of {width}x{height} = {width * height:,} pixels exceed the limit of "
+                f"{self.max_pixels:,} (--max-pixels to raise it)",
+            )
+
+    def check_frames(self, path: Path, n_frames: int) -> None:
+        if n_frames > self.max_frames:
+            raise UnreadableFileError(
+                path, f"more than {self.max_frames:,} frames ({n_frames:,}; --max-frames to raise it)"
+            )
+
+
+DEFAULT_LIMITS = ReadLimits()
 
 
 @dataclass
@@ -76,14 +110,13 @@ def media_kind(path: str | Path) -> str:
     raise UnreadableFileError(path, f"not an image, video or DICOM file ({ext or 'no extension'})")
 
 
-def probe(path: str | Path) -> MediaInfo:
-    """Metadata of a media file; decodes enough to be sure the file is usable (videos: every frame)."""
+def probe(path: str | Path, limits: ReadLimits = DEFAULT_LIMITS) -> MediaInfo:
+    """Metadata of a media file; decodes enough to be sure the file is usable (videos: every frame),
+    within ``limits`` (pixels per frame, frames, seconds)."""
     kind = media_kind(path)
-    if kind == "image":
-        return _probe_image(Path(path))
-    if kind == "video":
-        return _probe_video(Path(path))
-    return _probe_dicom(Path(path))
+    probe_kind = {"image": _probe_image, "video": _probe_video, "dicom": _probe_dicom}[kind]
+    with _decoder_errors(Path(path), kind):
+        return probe_kind(Path(path), limits)
 
 
 def read_frames(path: str | Path, indices: Sequence[int] | None = None, rgb: bool = False) -> np.ndarray:
@@ -98,12 +131,28 @@ def read_frames(path: str | Path, indices: Sequence[int] | None = None, rgb: boo
         if bad:
             raise IndexError(f"{path}: negative frame index {bad[0]}")
     kind = media_kind(path)
-    if kind == "image":
-        frames = read_image(path, rgb=rgb)[None]
-        return _select(path, frames, indices)
-    if kind == "video":
-        return _read_video(path, indices, rgb)
-    return _read_dicom(path, indices, rgb)
+    with _decoder_errors(path, kind):
+        if kind == "image":
+            frames = read_image(path, rgb=rgb)[None]
+            return _select(path, frames, indices)
+        if kind == "video":
+            return _read_video(path, indices, rgb)
+        return _read_dicom(path, indices, rgb)
+
+
+@contextlib.contextmanager
+def _decoder_errors(path: Path, kind: str) -> Iterator[None]:
+    """Whatever else a decoder raises on a damaged file (pydicom's NotImplementedError for a garbled VR,
+    a KeyError or struct.error deep in a parser, found by fuzzing) becomes the one-line skip reason.
+    Out-of-range frame indices (IndexError) and programming errors in our own arguments stay as they are."""
+    try:
+        yield
+    except (UnreadableFileError, IndexError):
+        raise
+    except MemoryError as e:
+        raise UnreadableFileError(path, f"the {kind} needs more memory than there is to decode") from e
+    except Exception as e:
+        raise UnreadableFileError(path, f"corrupt {kind} ({type(e).__name__}: {_one_line(e)})") from e
 
 
 def _select(path: Path, frames: np.ndarray, indices: list[int] | None) -> np.ndarray:
@@ -136,26 +185,33 @@ def _one_line(e: BaseException) -> str:
 # ----------------------------------------------------------------------------------------------- images
 
 
-def _open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image, so truncated files fail here rather than later in training."""
+def _open_image(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Open and fully decode an image, so truncated files fail here rather than later in training; the
+    size in the header is checked against ``limits`` before any pixel is decoded."""
+    img: Image.Image | None = None
     try:
         img = Image.open(path)
+        limits.check_frame(path, *img.size)
         img.load()
-    except Image.DecompressionBombError as e:
-        raise UnreadableFileError(path, f"image too large ({_one_line(e)})") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        msg = _one_line(e)
-        if "cannot identify image file" in msg:
-            raise UnreadableFileError(path, "not a readable image (unknown or corrupt format)") from e
-        raise UnreadableFileError(path, f"truncated or corrupt image ({msg})") from e
-    w, h = img.size
-    if w < MIN_SIDE or h < MIN_SIDE:
-        raise UnreadableFileError(path, f"too small ({w}x{h})")
-    return img
+        w, h = img.size
+        if w < MIN_SIDE or h < MIN_SIDE:
+            raise UnreadableFileError(path, f"too small ({w}x{h})")
+        return img
+    except BaseException as e:
+        if img is not None:
+            img.close()  # a bad file must not keep its handle open: an index meets thousands of them
+        if isinstance(e, Image.DecompressionBombError):
+            raise UnreadableFileError(path, f"image too large ({_one_line(e)})") from e
+        if isinstance(e, (OSError, SyntaxError, ValueError, EOFError)):
+            msg = _one_line(e)
+            if "cannot identify image file" in msg:
+                raise UnreadableFileError(path, "not a readable image (unknown or corrupt format)") from e
+            raise UnreadableFileError(path, f"truncated or corrupt image ({msg})") from e
+        raise
 
 
-def _probe_image(path: Path) -> MediaInfo:
-    with _open_image(path) as img:  # multi-page TIFF / animated WEBP: only the first page is read
+def _probe_image(path: Path, limits: ReadLimits) -> MediaInfo:
+    with _open_image(path, limits) as img:  # multi-page TIFF / animated WEBP: only the first page is read
         return MediaInfo(kind="image", n_frames=1, fps=None, width=img.size[0], height=img.size[1])
 
 
@@ -215,17 +271,27 @@ def _stream_fps(stream: av.VideoStream) -> float | None:
     return fps if fps and np.isfinite(fps) and fps > 0 else None
 
 
-def _probe_video(path: Path) -> MediaInfo:
+def _probe_video(path: Path, limits: ReadLimits) -> MediaInfo:
     """Count frames by decoding them all: container frame counts are often missing or wrong."""
+    deadline = time.monotonic() + limits.max_seconds
     with _open_video(path) as container:
         stream = _video_stream(path, container)
+        limits.check_frame(path, stream.codec_context.width or 0, stream.codec_context.height or 0)
         fps = _stream_fps(stream)
         n, width, height = 0, 0, 0
         try:
             for frame in container.decode(stream):
                 if n == 0:
                     width, height = frame.width, frame.height
+                    limits.check_frame(path, width, height)
                 n += 1
+                limits.check_frames(path, n)
+                if time.monotonic() > deadline:
+                    raise UnreadableFileError(
+                        path,
+                        f"decoding took longer than {limits.max_seconds:g} s ({n:,} frames so far; "
+                        "--file-timeout to raise it)",
+                    )
         except av.FFmpegError as e:
             if n == 0:
                 raise UnreadableFileError(path, f"truncated or corrupt video ({_one_line(e)})") from e
@@ -352,7 +418,7 @@ def _pixel_element(ds):
     return None
 
 
-def _dicom_info(path: Path, ds) -> MediaInfo:
+def _dicom_info(path: Path, ds, limits: ReadLimits = DEFAULT_LIMITS) -> MediaInfo:
     element = _pixel_element(ds)
     if element is None:
         raise UnreadableFileError(path, "DICOM without pixel data")
@@ -367,11 +433,13 @@ def _dicom_info(path: Path, ds) -> MediaInfo:
             raise UnreadableFileError(path, "truncated DICOM (pixel data runs past the end of the file)")
     if rows < MIN_SIDE or cols < MIN_SIDE:
         raise UnreadableFileError(path, f"too small ({cols}x{rows})")
+    limits.check_frame(path, cols, rows)
     _check_decoder(path, ds)
     try:
         n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):
         n_frames = 1
+    limits.check_frames(path, n_frames)
     pid = str(ds.get("PatientID", "") or "").strip() or None
     return MediaInfo(
         kind="dicom", n_frames=max(n_frames, 1), fps=_dicom_fps(ds), width=cols, height=rows, patient_id=pid
@@ -412,8 +480,8 @@ def _dicom_fps(ds) -> float | None:
     return None
 
 
-def _probe_dicom(path: Path) -> MediaInfo:
-    return _dicom_info(path, _read_dataset(path))
+def _probe_dicom(path: Path, limits: ReadLimits) -> MediaInfo:
+    return _dicom_info(path, _read_dataset(path), limits)
 
 
 def _read_dicom(path: Path, indices: list[int] | None, rgb: bool) -> np.ndarray:
