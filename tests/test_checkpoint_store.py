@@ -93,7 +93,15 @@ def test_latest_passes_over_a_damaged_newest_checkpoint_with_one_warning(tmp_pat
     path, state = store.latest()
     assert path.name == "last-1.pt" and state["step"] == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(last) in err[0] and "trying the one before it" in err[0]
+    assert (
+        len(err) == 1
+        and str(last) in err[0]
+        and "set aside as last.pt.corrupt; trying the one before it" in err[0]
+    )
+    # set aside, so the next save cannot shift it over the good one it resumed from
+    assert (tmp_path / "last.pt.corrupt").exists() and not last.exists()
+    store.save(_state(3))
+    assert [load_checkpoint(p)["step"] for p in store.existing()] == [3, 1]
 
 
 def test_nothing_usable_is_an_error_that_says_what_to_do(tmp_path):
@@ -101,7 +109,8 @@ def test_nothing_usable_is_an_error_that_says_what_to_do(tmp_path):
     store.save(_state(1))
     (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 garbage")
     with pytest.raises(CheckpointError, match="--fresh"):
-        store.latest(announce=False)
+        store.latest(owner=False)
+    assert (tmp_path / "last.pt").exists()  # a reader that does not own the run moves nothing
     assert CheckpointStore(tmp_path / "none").latest() is None
 
 
@@ -143,6 +152,33 @@ def test_a_failed_write_leaves_the_previous_checkpoints_intact(tmp_path, monkeyp
     assert {p.name: p.read_bytes() for p in store.existing()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last-1.pt", "last.pt"]  # no leftovers
     assert store.latest()[1]["step"] == 2
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL between two renames."""
+
+
+def test_a_kill_in_the_middle_of_the_rotation_loses_nothing(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path, keep=2)
+    store.save(_state(1))
+    store.save(_state(2))
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(1)
+        if len(calls) == 3:  # staged, then last -> last-1; the staged file never reached last.pt
+            raise Killed
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(Killed):
+        store.save(_state(3))
+    monkeypatch.undo()
+    assert not (tmp_path / "last.pt").exists() and len(list(tmp_path.glob(".incoming-*.pt"))) == 1
+    path, state = CheckpointStore(tmp_path, keep=2).latest()  # the staged file is complete: it wins
+    assert path == tmp_path / "last.pt" and state["step"] == 3
+    assert [load_checkpoint(p)["step"] for p in store.existing()] == [3, 2]
+    assert not list(tmp_path.glob(".incoming-*"))
 
 
 def test_clear_removes_every_checkpoint(tmp_path):

@@ -105,6 +105,9 @@ def test_pseudonyms_are_stable_per_salt_and_clear_ids_are_opt_in(data, tmp_path)
     (tmp_path / "bad.salt").write_text("not hex\n")
     with pytest.raises(Exception, match="bad.salt: not a salt file"):
         api.index(data, tmp_path / "e.csv", salt_file=tmp_path / "bad.salt")
+    with pytest.raises(Exception, match="typo.salt: no such salt file"):  # a typo never starts a new salt
+        api.index(data, tmp_path / "f.csv", salt_file=tmp_path / "typo.salt")
+    assert not (tmp_path / "typo.salt").exists()
 
 
 def test_a_folder_without_dicom_patient_ids_gets_no_salt_file(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from ultrassl.methods import (
     register_method,
 )
 from ultrassl.runs import build_model, check_resume_config, init_from, load_run, run_info
-from ultrassl.training import Trainer, TrainResult
+from ultrassl.training import Trainer, TrainResult, agreed_latest
 from ultrassl.visualize import save_reconstruction_grid
 
 __all__ = [
@@ -127,9 +128,12 @@ def _resume_mode(resume: bool | str) -> str:
 
 def clear_run(run_dir: Path) -> None:
     """What a run writes about its training (checkpoints, metrics, TensorBoard, skipped files), removed
-    for ``--fresh``. Anything else the user keeps in the folder stays."""
+    for ``--fresh``; only in a folder that holds a run (``config.yaml`` or ``checkpoints/``). Anything
+    else the user keeps in the folder stays."""
     import shutil
 
+    if not ((run_dir / "config.yaml").exists() or (run_dir / "checkpoints").is_dir()):
+        return
     CheckpointStore(run_dir / "checkpoints").clear()
     for name in ("metrics.csv", "skipped_files.csv"):
         (run_dir / name).unlink(missing_ok=True)
@@ -151,12 +155,15 @@ def pretrain(
     mode = _resume_mode(resume)
     spec = get_method(cfg.method)
     config = to_dict(prepare_config(cfg))
-    dist_info, _ = distributed.init_distributed(cfg.train.device)
+    dist_info, device = distributed.init_distributed(cfg.train.device)
     store = CheckpointStore(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
-    if mode == "fresh" and dist_info.is_main:
-        clear_run(run_dir)
-    distributed.barrier()  # every process decides on the same folder contents
-    found = store.latest(announce=dist_info.is_main) if store.existing() else None
+    if mode == "fresh" and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        mode = "auto"  # torchrun re-runs the command after a failure: --fresh meant the first start only
+    if mode == "fresh":
+        distributed.on_main(
+            lambda: clear_run(run_dir), device, UltrasslError(f"{run_dir}: rank 0 could not clear it")
+        )
+    found = agreed_latest(store, dist_info)  # rank 0 picks; every process resumes from the same file
     if found is not None and mode == "new":
         raise UltrasslError(
             f"{run_dir} already holds a run; continue it with the same command (resume=auto) or choose a new --out"

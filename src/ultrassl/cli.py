@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=limits.max_seconds,
         metavar="SECONDS",
-        help="seconds one file may take to probe; slower files are skipped",
+        help="seconds one video may take to decode while indexing; slower files are skipped (images and "
+        "DICOM are bounded by --max-pixels/--max-frames)",
     )
 
     s = sub.add_parser("pretrain", help="self-supervised pre-training")

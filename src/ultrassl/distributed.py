@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -135,3 +136,26 @@ def gather_objects(obj: object) -> list[object]:
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every process (small picklable values: a path, a decision)."""
+    if not is_distributed():
+        return obj
+    box = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def on_main(fn: Callable[[], object], device: torch.device, elsewhere: BaseException) -> None:
+    """Run ``fn`` on rank 0 only, then let every process know whether it failed: rank 0 re-raises its
+    error, the others raise ``elsewhere``. Without this, an error on rank 0 (a full disk while writing a
+    checkpoint) would leave the other ranks waiting in their next collective for ever."""
+    error: BaseException | None = None
+    if not is_distributed() or dist.get_rank() == 0:
+        try:
+            fn()
+        except Exception as exc:  # KeyboardInterrupt/SystemExit end the process anyway
+            error = exc
+    if broadcast_flag(error is not None, device):
+        raise error if error is not None else elsewhere

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ultrassl import distributed
 from ultrassl.atomic import atomic_write_text
 from ultrassl.checkpoint import atomic_save
-from ultrassl.checkpoint.store import CheckpointStore, CheckpointWriteError, seal
+from ultrassl.checkpoint.store import CheckpointStore, CheckpointWriteError, load_checkpoint, seal
 from ultrassl.config import OptimConfig, TrainConfig
 from ultrassl.data.epochs import EpochDataset
 from ultrassl.errors import ConfigError, UltrasslError
@@ -193,6 +193,19 @@ def _worker_init(_: int) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 # the loop
+
+
+def agreed_latest(store: CheckpointStore, dist: distributed.DistInfo) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint to resume from, the same on every process: rank 0 (the writer) picks the newest
+    good one, setting corrupt ones aside; the others load exactly that file (a read error there is an
+    error, not a silent fallback to another step)."""
+    found = store.latest(owner=True) if dist.is_main else None
+    if not dist.enabled:
+        return found
+    chosen = distributed.broadcast_object(str(found[0]) if found is not None else None)
+    if dist.is_main:
+        return found
+    return (Path(chosen), load_checkpoint(chosen)) if chosen is not None else None
 
 
 class MetricsLog:
@@ -408,20 +421,17 @@ class Trainer:
     def save(self, epoch: int) -> None:
         """Write the checkpoint on rank 0; a failed write stops every process with rank 0's error."""
         rng_ranks = distributed.gather_objects(capture_rng())
-        error: CheckpointWriteError | None = None
-        if self.dist.is_main:
-            try:
-                self.store.save(self.state_dict(epoch, rng_ranks))
-            except CheckpointWriteError as exc:
-                error = exc
-        if distributed.broadcast_flag(error is not None, self.device):
-            raise error or CheckpointWriteError(
+        distributed.on_main(
+            lambda: self.store.save(self.state_dict(epoch, rng_ranks)),
+            self.device,
+            CheckpointWriteError(
                 f"{self.ckpt_path}: rank 0 could not write the checkpoint (its log says why); the run stopped"
-            )
+            ),
+        )
 
     def _load(self, found: tuple[Path, dict[str, Any]] | None) -> Path | None:
         """Restore the newest good checkpoint (``found``, else looked up); None when there is none."""
-        found = found or self.store.latest(announce=self.dist.is_main)
+        found = found or agreed_latest(self.store, self.dist)
         if found is None:
             return None
         path, state = found
@@ -432,7 +442,10 @@ class Trainer:
         self.step = int(state["step"])
         self.best_val = float(state.get("best_val", math.inf))
         ranks = state.get("rng_ranks") or [state["rng"]]
-        restore_rng(ranks[self.dist.rank] if len(ranks) == self.dist.world_size else state["rng"])
+        if len(ranks) == self.dist.world_size:
+            restore_rng(ranks[self.dist.rank])
+        else:  # another process count: exactness is gone anyway; keep each rank's generators distinct
+            seed_everything(self.cfg.seed + self.dist.rank + 1_000_003 * self.step)
         return path
 
     # -- run -----------------------------------------------------------------------------------------
@@ -593,7 +606,8 @@ class Trainer:
             log.write({"step": self.step, "epoch": self.step / self.steps_per_epoch, "val_loss": value})
         if value < self.best_val:
             self.best_val = value
-            if self.dist.is_main:
+
+            def write_best() -> None:
                 best = {
                     "model": self.model.state_dict(),
                     "step": self.step,
@@ -604,7 +618,10 @@ class Trainer:
                     "format": "ultrassl-train/1",
                 }
                 atomic_save(seal(best), self.best_path)
-            distributed.barrier()
+
+            distributed.on_main(
+                write_best, self.device, CheckpointWriteError(f"{self.best_path}: rank 0 could not write it")
+            )
 
     def _train_step(self, batches: Iterator) -> tuple[float, float | None, int]:
         """One optimiser step over ``accum_steps`` micro-batches. Returns (mean loss, grad norm, samples)."""

@@ -4,6 +4,7 @@ nothing else escapes, nothing hangs, the process survives and its memory stays b
 
 from __future__ import annotations
 
+import faulthandler
 import io
 import resource
 import tempfile
@@ -116,7 +117,13 @@ def test_mutated_files_never_escape_the_readers(kind):
         stats["seconds"] += took
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    case()
+    # a hang inside a decoder's C code would never return to the timing check above: past this
+    # deadline the process is ended with every thread's traceback, so CI fails instead of hanging
+    faulthandler.dump_traceback_later(EXAMPLES * SECONDS_PER_FILE / 10, exit=True)
+    try:
+        case()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     assert grown_mb < 1024, f"peak memory grew by {grown_mb:.0f} MB while fuzzing {kind}"
     assert stats["cases"] >= EXAMPLES // 2  # hypothesis ran (it stops early only on exhausted spaces)

@@ -57,14 +57,12 @@ def test_links_fifos_and_hidden_entries_are_listed_or_left_out_as_they_should(tm
 
 def test_unreadable_folders_and_files_are_listed(tmp_path, monkeypatch):
     """Permissions are simulated: the suite runs as root here, which reads everything."""
-    import ultrassl.data.readers as readers
-
     data = tmp_path / "data"
     (data / "locked").mkdir(parents=True)
     write_png(data / "locked" / "x.png", np.full((16, 16), 90, np.uint8))
     write_png(data / "secret.png", np.full((16, 16), 90, np.uint8))
     write_png(data / "ok.png", np.full((16, 16), 90, np.uint8))
-    real_scandir, real_open = os.scandir, open
+    real_scandir, real_open = os.scandir, os.open
 
     def scandir(path="."):
         if Path(path).name == "locked":
@@ -77,7 +75,7 @@ def test_unreadable_folders_and_files_are_listed(tmp_path, monkeypatch):
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    monkeypatch.setattr(readers, "open", guarded_open, raising=False)
+    monkeypatch.setattr(os, "open", guarded_open)
     rows, skipped = build_manifest(data, progress=False)
     assert [Path(r.path).name for r in rows] == ["ok.png"]
     reasons = _reasons(skipped)
@@ -122,8 +120,13 @@ def test_frame_count_limits_for_gif_video_and_dicom(tmp_path):
 
 def test_a_decode_that_takes_too_long_is_stopped(tmp_path):
     mp4 = write_mp4(tmp_path / "slow.mp4", index_frames(40), fps=25)
-    with pytest.raises(UnreadableFileError, match=r"decoding took longer than 0 s \(1 frames so far"):
+    # the deadline is checked per demuxed packet, before any frame comes out of the decoder
+    with pytest.raises(UnreadableFileError, match=r"decoding took longer than 0 s \(0 frames so far"):
         probe(mp4, ReadLimits(max_seconds=0.0))
+    # a FIFO swapped in after the walk is refused at open, never read
+    os.mkfifo(tmp_path / "swapped.mp4")
+    with pytest.raises(UnreadableFileError, match="not a regular file"):
+        probe(tmp_path / "swapped.mp4")
 
 
 def test_index_takes_the_limits_from_the_command_line(tmp_path, capsys):

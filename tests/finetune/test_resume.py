@@ -64,6 +64,12 @@ def test_a_killed_classification_continues_and_reports_as_if_never_killed(
     assert len(calls) == 3  # only the interrupted run and the two after it were trained
     assert "read back 3 finished runs" in capsys.readouterr().err
     assert _outputs(tmp_path / "run") == _outputs(tmp_path / "ref")
+    # a kept fold model that is not the one its record was made with (left by another evaluation)
+    models = tmp_path / "run" / "models"
+    (models / "fold0.safetensors").write_bytes((models / "fold1.safetensors").read_bytes())
+    calls.clear()
+    finetune_classify("scratch", manifest, tmp_path / "run", cfg, scratch_spec=SPEC, progress=False)
+    assert len(calls) == 1  # fold 0's kept run is trained again, the other five are read back
     # another config reads nothing back
     calls.clear()
     other = ClassifyConfig(mode=mode, folds=3, seeds=(0, 1), epochs=2, max_frames_per_video=2, lr=5e-4)

@@ -124,23 +124,28 @@ class CheckpointStore:
         return self.last if i == 0 else self.directory / f"last-{i}.pt"
 
     def existing(self) -> list[Path]:
-        """The kept checkpoints, newest first (older slots beyond ``keep`` included: they are still good
-        fallbacks until the next save prunes them)."""
+        """The kept checkpoints, newest first: a complete file staged by a save that was killed before
+        it was renamed into place (``.incoming-*``), then ``last.pt``, ``last-1.pt``, ... (older slots
+        beyond ``keep`` included: they are still good fallbacks until the next save prunes them)."""
+        if not self.directory.is_dir():
+            return []
+        staged = sorted(self.directory.glob(".incoming-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
         older = sorted(
             (p for p in self.directory.glob("last-*.pt") if p.stem[5:].isdigit()),
             key=lambda p: int(p.stem[5:]),
         )
-        return [p for p in [self.last, *older] if p.exists()]
+        return [p for p in [*staged, self.last, *older] if p.exists()]
 
     def save(self, state: dict[str, Any]) -> Path:
         """Seal and write ``state`` as ``last.pt``, shifting the older ones down one slot.
 
         The new file is complete and fsynced before any old one moves, so a fault at any point leaves
-        every previous checkpoint loadable; a failed write raises ``CheckpointWriteError`` in one line.
+        every previous checkpoint loadable (a kill mid-rotation leaves the new file staged, and
+        :meth:`latest` finishes the rotation); a failed write raises ``CheckpointWriteError`` in one line.
         """
         seal(state)
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.glob(".incoming-*"):  # a complete file from a killed save, never renamed
+        for stale in self.directory.glob(".incoming-*"):  # latest() installed or set aside any good one
             stale.unlink(missing_ok=True)
         staged = self.directory / f".incoming-{os.getpid()}.pt"
 
@@ -161,28 +166,40 @@ class CheckpointStore:
                 f"{self.last}: could not write the checkpoint ({reason}); {held}, and the run stopped. "
                 "Free space (or fix the storage) and run the same command again to continue."
             ) from exc
+        return self._install(staged)
+
+    def _install(self, staged: Path) -> Path:
+        """Shift the slots down by one and rename the complete ``staged`` file to ``last.pt``."""
         for i in range(self.keep - 1, 0, -1):  # last-(K-2) -> last-(K-1), ..., last -> last-1
             if self.slot(i - 1).exists():
                 os.replace(self.slot(i - 1), self.slot(i))
         os.replace(staged, self.last)
         fsync_dir(self.directory)
-        for extra in self.existing()[self.keep :]:
+        for extra in [p for p in self.existing() if p.name.startswith("last")][self.keep :]:
             extra.unlink(missing_ok=True)
         return self.last
 
-    def latest(self, announce: bool = True) -> tuple[Path, dict[str, Any]] | None:
+    def latest(self, owner: bool = True) -> tuple[Path, dict[str, Any]] | None:
         """The newest checkpoint that loads and verifies, with its state; None when there is none.
 
-        A corrupt or truncated file is passed over with a one-line warning naming it."""
+        A corrupt or truncated file is passed over with a one-line warning naming it. The ``owner``
+        (the one process that writes: rank 0) also sets it aside as ``NAME.corrupt``, so no later save
+        shifts it over a good one, and finishes a rotation a kill interrupted."""
         bad: list[str] = []
         for path in self.existing():
             try:
                 state = load_checkpoint(path)
             except CheckpointError as exc:
                 bad.append(exc.reason)
-                if announce:
-                    print(f"warning: {path}: {exc.reason}; trying the one before it", file=sys.stderr)
+                kept = ""
+                if owner:
+                    aside = path.with_name(path.name.lstrip(".") + ".corrupt")
+                    os.replace(path, aside)
+                    kept = f"; set aside as {aside.name}"
+                print(f"warning: {path}: {exc.reason}{kept}; trying the one before it", file=sys.stderr)
                 continue
+            if path.name.startswith(".incoming-") and owner:
+                path = self._install(path)
             return path, state
         if bad:
             raise CheckpointError(
@@ -193,7 +210,7 @@ class CheckpointStore:
 
     def clear(self) -> None:
         """Remove every checkpoint of the run (``--fresh``)."""
-        for path in [*self.existing(), self.directory / "best.pt"]:
+        for path in [*self.existing(), self.directory / "best.pt", *self.directory.glob("*.corrupt")]:
             path.unlink(missing_ok=True)
         for tmp in self.directory.glob(".incoming-*"):
             tmp.unlink(missing_ok=True)

@@ -397,7 +397,9 @@ def index_folder(
     default ``<manifest>.salt``, created when missing) unless ``clear_patient_ids``.
     """
     out_csv = Path(out_csv)
-    pseudonym = None if clear_patient_ids else Pseudonymiser(salt_file or salt_path_for(out_csv))
+    pseudonym = None
+    if not clear_patient_ids:
+        pseudonym = Pseudonymiser(salt_file or salt_path_for(out_csv), create=salt_file is None)
     rows, skipped = build_manifest(
         data_dir,
         labels_csv=labels_csv,

@@ -19,7 +19,6 @@ import os
 import secrets
 from pathlib import Path
 
-from ultrassl.atomic import atomic_write_text
 from ultrassl.errors import UltrasslError
 
 #: the prefix marks a pseudonym, so a reader of a manifest knows the id was not typed by a person
@@ -33,23 +32,34 @@ def salt_path_for(manifest: str | Path) -> Path:
     return manifest.with_name(manifest.name + ".salt")
 
 
+def read_salt(path: str | Path) -> bytes:
+    """The salt in ``path`` (one line of hex digits, at least 16 bytes)."""
+    path = Path(path)
+    try:
+        salt = bytes.fromhex(path.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError) as exc:
+        raise UltrasslError(f"{path}: not a salt file (one line of hex digits) ({exc})") from exc
+    if len(salt) < 16:
+        raise UltrasslError(f"{path}: the salt is too short ({len(salt)} bytes; at least 16)")
+    return salt
+
+
 def read_or_create_salt(path: str | Path) -> bytes:
-    """The salt in ``path``; a new random one is written there (mode 600) when the file is missing."""
+    """The salt in ``path``; a new random one is created there when the file is missing, readable by its
+    owner only from the first byte (and by one process only: a second index racing it reads its salt)."""
     path = Path(path)
     if path.exists():
-        try:
-            salt = bytes.fromhex(path.read_text(encoding="utf-8").strip())
-        except (OSError, ValueError) as exc:
-            raise UltrasslError(f"{path}: not a salt file (one line of hex digits) ({exc})") from exc
-        if len(salt) < 16:
-            raise UltrasslError(f"{path}: the salt is too short ({len(salt)} bytes; at least 16)")
-        return salt
+        return read_salt(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     salt = secrets.token_bytes(32)
-    atomic_write_text(path, salt.hex() + "\n")
     try:
-        os.chmod(path, 0o600)
-    except OSError:  # a file system without permissions (some network shares): the file still works
-        pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return read_salt(path)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(salt.hex() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     return salt
 
 
@@ -62,8 +72,11 @@ class Pseudonymiser:
     """PatientID -> pseudonym under the salt in ``salt_file``, read (or created) at the first id, so a
     folder without DICOM patient ids gets no salt file."""
 
-    def __init__(self, salt_file: str | Path):
+    def __init__(self, salt_file: str | Path, create: bool = True):
+        """``create=False``: the salt file must exist (a salt given by hand: a typo must not silently
+        start a second set of pseudonyms, which would put one patient in two groups)."""
         self.salt_file = Path(salt_file)
+        self.create = create
         self._salt: bytes | None = None
         self.count = 0  # ids pseudonymised
 
@@ -73,6 +86,11 @@ class Pseudonymiser:
 
     def __call__(self, patient_id: str) -> str:
         if self._salt is None:
+            if not self.create and not self.salt_file.exists():
+                raise UltrasslError(
+                    f"{self.salt_file}: no such salt file (--salt-file must name an existing one, e.g. the "
+                    "MANIFEST.csv.salt an earlier index wrote; leave it out to create one beside the manifest)"
+                )
             self._salt = read_or_create_salt(self.salt_file)
         self.count += 1
         return pseudonym(patient_id, self._salt)

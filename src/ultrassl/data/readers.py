@@ -8,6 +8,8 @@ user can cause (empty, truncated or non-media files, DICOM without pixels, tiny 
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -93,9 +95,16 @@ def media_kind(path: str | Path) -> str:
     """'image', 'video' or 'dicom' from the DICM magic (byte 128) or the extension; raises otherwise."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(132)
+        # non-blocking, then checked: a FIFO put where a file was would block every reader for ever
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UnreadableFileError(path, "not a regular file (a FIFO, socket or device)")
+            size = st.st_size
+            head = os.read(fd, 132)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise UnreadableFileError(path, f"cannot open file ({e.strerror or e})") from e
     if size == 0:
@@ -280,18 +289,19 @@ def _probe_video(path: Path, limits: ReadLimits) -> MediaInfo:
         fps = _stream_fps(stream)
         n, width, height = 0, 0, 0
         try:
-            for frame in container.decode(stream):
-                if n == 0:
-                    width, height = frame.width, frame.height
-                    limits.check_frame(path, width, height)
-                n += 1
-                limits.check_frames(path, n)
+            for packet in container.demux(stream):  # the deadline is checked per packet, frames or not
                 if time.monotonic() > deadline:
                     raise UnreadableFileError(
                         path,
                         f"decoding took longer than {limits.max_seconds:g} s ({n:,} frames so far; "
                         "--file-timeout to raise it)",
                     )
+                for frame in packet.decode():
+                    if n == 0:
+                        width, height = frame.width, frame.height
+                        limits.check_frame(path, width, height)
+                    n += 1
+                    limits.check_frames(path, n)
         except av.FFmpegError as e:
             if n == 0:
                 raise UnreadableFileError(path, f"truncated or corrupt video ({_one_line(e)})") from e

@@ -66,16 +66,17 @@ def load_backbone(
             _fingerprint("scratch", scratch_spec, seed),
         )
     path = Path(weights)
-    if (path / "checkpoints" / "last.pt").exists():
-        cfg, model, _ = load_run(path)
+    if (path / "checkpoints").is_dir():  # a run folder (its newest good checkpoint, whatever its slot)
+        cfg, model, state = load_run(path)
         encoder, spec = model.exportable_encoder()
+        digest = (state.get("checksum") or {}).get("sha256") or _file_id(path / "checkpoints" / "last.pt")
         return Backbone(
             encoder,
             spec,
             tuple(cfg.data.mean),
             tuple(cfg.data.std),
             str(path),
-            _fingerprint(_file_id(path / "checkpoints" / "last.pt")),
+            _fingerprint(digest, int(state.get("step", -1))),
         )
     if (path / "model.safetensors").exists():
         return _from_export(path, str(path), _fingerprint(_file_id(path / "model.safetensors")))

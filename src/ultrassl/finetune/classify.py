@@ -43,7 +43,7 @@ from ultrassl.finetune.backbones import (
     with_image_size,
 )
 from ultrassl.finetune.fit import COMMON_RANGES, FitSettings, check_device_and_precision, check_ranges, fit
-from ultrassl.finetune.journal import RUNS_DIR, RunJournal, evaluation_fingerprint
+from ultrassl.finetune.journal import RUNS_DIR, RunJournal, evaluation_fingerprint, file_identity
 from ultrassl.finetune.report import FoldResult, build_summary, write_classification_report
 from ultrassl.finetune.saved import fold_model_path, linear_probe_head, save_fold_model, write_card
 from ultrassl.finetune.splits import (
@@ -299,8 +299,9 @@ class Classifier:
         saved: list[int] = []
         for planned in runs:
             run, tr, va, te = planned.run, planned.train, planned.val, planned.test
-            stored = journal.get(run)
-            if stored is not None and (not planned.keep or fold_model_path(out_dir, run.fold).exists()):
+            kept_model = fold_model_path(out_dir, run.fold) if planned.keep and out_dir is not None else None
+            stored = journal.get(run, kept_model)
+            if stored is not None:
                 out.results += [RunResult(**r) for r in stored["results"]]
                 out.predictions += stored["predictions"]
                 saved += [run.fold] if planned.keep else []
@@ -316,7 +317,7 @@ class Classifier:
             if cfg.mode == "linear":
                 journal.save_arrays("features", self._features)
             results = [asdict(r) for r in out.results[n_results:]]
-            journal.put(run, {"results": results, "predictions": out.predictions[n_predictions:]})
+            journal.put(run, {"results": results, "predictions": out.predictions[n_predictions:]}, kept_model)
         if journal.read_back:
             print(f"read back {journal.read_back} finished runs from {out_dir}/{RUNS_DIR}", file=sys.stderr)
         if out_dir is not None and saved:
@@ -330,6 +331,7 @@ class Classifier:
             self.data.labels.tolist(),
             self.data.groups,
             self.data.row_ids.tolist(),
+            file_identity([str(r.path) for r in self.data.rows]),
         )
         return evaluation_fingerprint("classify", asdict(self.cfg), self.backbone.fingerprint, data)
 

@@ -68,7 +68,7 @@ def check_ranges(cfg: object, **ranges: tuple[float | None, float | None]) -> No
         value = getattr(cfg, name)
         if value is None:
             continue
-        if (low is not None and value < low) or (high is not None and value > high):
+        if not ((low is None or value >= low) and (high is None or value <= high)):  # NaN fails too
             lo = "-inf" if low is None else f"{low:g}"
             hi = "inf" if high is None else f"{high:g}"
             raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value}")

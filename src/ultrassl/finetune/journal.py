@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,26 @@ def evaluation_fingerprint(*parts: Any) -> str:
     fingerprint are never read back."""
     text = json.dumps(jsonable(list(parts)), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def file_identity(paths: list[str]) -> list[tuple[str, int, int] | str]:
+    """(path, size, mtime) per file, so a record made on other files of the same names is not read back."""
+    out: list[tuple[str, int, int] | str] = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append((str(p), st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(str(p))
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class RunJournal:
@@ -50,8 +71,10 @@ class RunJournal:
             "groups": [sorted(map(str, g)) for g in (run.train_groups, run.val_groups, run.test_groups)],
         }
 
-    def get(self, run: Run) -> dict[str, Any] | None:
-        """The stored record of ``run`` when it belongs to this evaluation, else None."""
+    def get(self, run: Run, model_file: Path | None = None) -> dict[str, Any] | None:
+        """The stored record of ``run`` when it belongs to this evaluation, else None. With
+        ``model_file`` (the fold model the run keeps), that file must be the one the record was made
+        with (its SHA-256), not one another evaluation left there."""
         if self.dir is None or not self._path(run).exists():
             return None
         try:
@@ -61,13 +84,19 @@ class RunJournal:
         key = self._key(run)
         if any(record.get(k) != v for k, v in key.items()):
             return None
+        if model_file is not None and (
+            not model_file.exists() or record.get("model_sha256") != _sha256(model_file)
+        ):
+            return None
         self.read_back += 1
         return record["data"]
 
-    def put(self, run: Run, data: dict[str, Any]) -> None:
+    def put(self, run: Run, data: dict[str, Any], model_file: Path | None = None) -> None:
         if self.dir is None:
             return
         record = {**self._key(run), "data": jsonable(data)}
+        if model_file is not None:
+            record["model_sha256"] = _sha256(model_file)
         atomic_write_text(self._path(run), json.dumps(record) + "\n")
 
     # a cache of arrays computed along the way (the linear probe's frozen features), so a resumed

@@ -38,7 +38,7 @@ from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
 from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
 from ultrassl.finetune.classify import Phase
 from ultrassl.finetune.fit import COMMON_RANGES, FitSettings, check_device_and_precision, check_ranges, fit
-from ultrassl.finetune.journal import RUNS_DIR, RunJournal, evaluation_fingerprint
+from ultrassl.finetune.journal import RUNS_DIR, RunJournal, evaluation_fingerprint, file_identity
 from ultrassl.finetune.report import format_mean_std
 from ultrassl.finetune.saved import fold_model_path, save_fold_model, write_card
 from ultrassl.finetune.splits import (
@@ -308,8 +308,9 @@ class Segmenter:
         saved: list[int] = []
         for planned in runs:
             run, tr, va, te = planned.run, planned.train, planned.val, planned.test
-            stored = journal.get(run)
-            if stored is not None and (not planned.keep or fold_model_path(out_dir, run.fold).exists()):
+            kept_model = fold_model_path(out_dir, run.fold) if planned.keep and out_dir is not None else None
+            stored = journal.get(run, kept_model)
+            if stored is not None:
                 out.results.append(SegRunResult(**stored["result"]))
                 out.overlays += [Path(p) for p in stored["overlays"]]
                 saved += [run.fold] if planned.keep else []
@@ -340,7 +341,9 @@ class Segmenter:
                 out.overlays += self._overlays(out_dir, k, te, logits)
                 save_fold_model(out_dir, k, model)
                 saved.append(k)
-            journal.put(run, {"result": asdict(out.results[-1]), "overlays": out.overlays[n_overlays:]})
+            journal.put(
+                run, {"result": asdict(out.results[-1]), "overlays": out.overlays[n_overlays:]}, kept_model
+            )
             if self.progress:
                 print(
                     f"fold {k} seed {seed} fraction {fraction:g}: test dice {_fmt(metrics['dice'])} "
@@ -366,7 +369,10 @@ class Segmenter:
 
     def _fingerprint(self) -> str:
         """What decides this evaluation's results: config, encoder weights, the images and masks."""
-        data = (self.data.groups, [r.path for r in self.data.rows], list(map(bool, self.data.has_foreground)))
+        files = file_identity(
+            [str(r.path) for r in self.data.rows] + [str(r.mask_path) for r in self.data.rows]
+        )
+        data = (self.data.groups, files, list(map(bool, self.data.has_foreground)))
         return evaluation_fingerprint("segment", asdict(self.cfg), self.backbone.fingerprint, data)
 
     # -- model ---------------------------------------------------------------------------------------
