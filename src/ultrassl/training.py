@@ -39,7 +39,7 @@ from ultrassl.checkpoint import atomic_save
 from ultrassl.checkpoint.store import CheckpointStore, CheckpointWriteError, load_checkpoint, seal
 from ultrassl.config import OptimConfig, TrainConfig
 from ultrassl.data.epochs import EpochDataset
-from ultrassl.errors import ConfigError, UltrasslError
+from ultrassl.errors import CheckpointError, ConfigError, UltrasslError
 from ultrassl.methods.base import PretrainMethod
 from ultrassl.rng import capture_rng, restore_rng, seed_everything
 
@@ -199,10 +199,23 @@ def agreed_latest(store: CheckpointStore, dist: distributed.DistInfo) -> tuple[P
     """The checkpoint to resume from, the same on every process: rank 0 (the writer) picks the newest
     good one, setting corrupt ones aside; the others load exactly that file (a read error there is an
     error, not a silent fallback to another step)."""
-    found = store.latest(owner=True) if dist.is_main else None
+    found, error = None, None
+    if dist.is_main:
+        try:
+            found = store.latest(owner=True)
+        except CheckpointError as exc:  # every checkpoint corrupt: all ranks stop, none waits for ever
+            error = exc
     if not dist.enabled:
+        if error is not None:
+            raise error
         return found
-    chosen = distributed.broadcast_object(str(found[0]) if found is not None else None)
+    chosen = distributed.broadcast_object(
+        ("error", str(error)) if error is not None else (str(found[0]) if found is not None else None)
+    )
+    if error is not None:
+        raise error
+    if isinstance(chosen, tuple):
+        raise CheckpointError(store.directory, f"rank 0 found no loadable checkpoint ({chosen[1]})")
     if dist.is_main:
         return found
     return (Path(chosen), load_checkpoint(chosen)) if chosen is not None else None
