@@ -78,7 +78,6 @@ class Pseudonymiser:
         self.salt_file = Path(salt_file)
         self.create = create
         self._salt: bytes | None = None
-        self.count = 0  # ids pseudonymised
 
     @property
     def used(self) -> bool:
@@ -92,5 +91,4 @@ class Pseudonymiser:
                     "MANIFEST.csv.salt an earlier index wrote; leave it out to create one beside the manifest)"
                 )
             self._salt = read_or_create_salt(self.salt_file)
-        self.count += 1
         return pseudonym(patient_id, self._salt)

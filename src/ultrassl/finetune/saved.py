@@ -48,8 +48,8 @@ def models_dir(path: str | Path) -> Path:
     )
 
 
-def fold_model_path(out_dir: str | Path | None, fold: int) -> Path:
-    return Path(out_dir or ".") / MODELS_DIR / f"fold{fold}.safetensors"
+def fold_model_path(out_dir: str | Path, fold: int) -> Path:
+    return Path(out_dir) / MODELS_DIR / f"fold{fold}.safetensors"
 
 
 def save_fold_model(out_dir: str | Path, fold: int, model: nn.Module) -> Path:
