@@ -124,8 +124,11 @@ def test_nothing_usable_is_an_error_that_says_what_to_do(tmp_path):
             RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed"),
             "write",
         ),
+        # what a really full disk gives (seen on a tmpfs, bench/reliability.py): ENOSPC inside torch's zip
+        # writer, then a RuntimeError from closing the archive, with the OSError as its context
+        ("torch.save", "closing-after-enospc", "No space left on device"),
     ],
-    ids=["disk-full", "io-error-on-fsync", "torch-writer-failure"],
+    ids=["disk-full", "io-error-on-fsync", "torch-writer-failure", "torch-closing-after-a-full-disk"],
 )
 def test_a_failed_write_leaves_the_previous_checkpoints_intact(tmp_path, monkeypatch, fault):
     store = CheckpointStore(tmp_path, keep=2)
@@ -137,6 +140,13 @@ def test_a_failed_write_leaves_the_previous_checkpoints_intact(tmp_path, monkeyp
     def fail(*args, **kwargs):
         if target == "torch.save":  # half a file, as a full disk leaves it
             args[1].write(b"PK\x03\x04" + b"\0" * 1000)
+        if exc == "closing-after-enospc":
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError:
+                raise RuntimeError(  # noqa: B904 - torch's own: the OSError is only its context
+                    "[enforce fail at inline_container.cc:672] . unexpected pos 454912 vs 454804"
+                )
         raise exc
 
     if target == "torch.save":

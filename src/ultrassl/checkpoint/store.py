@@ -102,8 +102,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _is_write_fault(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "write" in str(exc).lower())
+def _write_fault_reason(exc: BaseException) -> str | None:
+    """Why a write failed, or None for an exception that is no write fault. An OSError anywhere in the
+    chain wins: on a really full disk torch's zip writer meets ENOSPC and then raises a RuntimeError
+    ("unexpected pos ...") while closing the archive, with the OSError as its context."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, OSError):
+            return os.strerror(link.errno) if link.errno else str(link)
+        link = link.__cause__ or link.__context__
+    if isinstance(exc, RuntimeError) and any(s in str(exc).lower() for s in ("write", "unexpected pos")):
+        return str(exc)
+    return None
 
 
 class CheckpointStore:
@@ -157,9 +169,9 @@ class CheckpointStore:
             atomic_write(staged, write)
         except BaseException as exc:
             staged.unlink(missing_ok=True)
-            if not _is_write_fault(exc):
+            reason = _write_fault_reason(exc)
+            if reason is None:
                 raise
-            reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
             kept = self.existing()
             held = f"the previous checkpoint {kept[0]} is intact" if kept else "no earlier checkpoint exists"
             raise CheckpointWriteError(
