@@ -245,3 +245,69 @@ def test_config_passes_the_store_through(data: Path, tmp_path: Path) -> None:
         warnings.simplefilter("error")  # read-only views must not make torch warn
         sample = dataset[0]
     assert sample["mask_seed"].dtype.is_signed
+
+
+def test_a_ram_limit_keeps_small_sets_in_ram_and_spills_large_ones_to_the_store(
+    rows, tmp_path: Path, monkeypatch
+) -> None:
+    ram = load_frame_cache(rows, max_frames_per_video=4, progress=False)
+    total = sum(f.nbytes for f in ram.frames)
+    kept = load_frame_cache(
+        rows, max_frames_per_video=4, progress=False, cache_dir=tmp_path / "a", ram_limit=total
+    )
+    same_frames(ram, kept)
+    assert not any(mapped(f) for f in kept.frames) and not stores(tmp_path / "a")  # no disk used
+
+    spilled = load_frame_cache(
+        rows, max_frames_per_video=4, progress=False, cache_dir=tmp_path / "b", ram_limit=total - 1
+    )
+    same_frames(ram, spilled)  # the frames held before the limit was passed are in the store too
+    assert all(mapped(f) for f in spilled.frames) and len(stores(tmp_path / "b")) == 1
+    monkeypatch.setattr(datasets_mod, "read_frames", Counter(datasets_mod.read_frames, fail=True))
+    again = load_frame_cache(  # a store already there is mapped, whatever the limit: nothing decoded
+        rows, max_frames_per_video=4, progress=False, cache_dir=tmp_path / "b", ram_limit=10 * total
+    )
+    same_frames(ram, again)
+
+
+def test_a_ram_limit_spills_clips_and_their_maps_alike(rows_with_corrupt, tmp_path: Path) -> None:
+    kw = dict(clip_frames=4, clip_fps=None, max_clips_per_video=2, confidence=confidence_fn(max_side=32))
+    serial = load_clip_cache(rows_with_corrupt, progress=False, **kw)
+    kept = load_clip_cache(rows_with_corrupt, progress=False, cache_dir=tmp_path / "a", ram_limit=2**30, **kw)
+    same_clips(serial, kept)
+    assert not stores(tmp_path / "a") and not mapped(kept.clips[0].frames)
+    spilled = load_clip_cache(
+        rows_with_corrupt, progress=False, cache_dir=tmp_path / "b", ram_limit=100, **kw
+    )
+    same_clips(serial, spilled)
+    assert mapped(spilled.clips[0].frames) and mapped(spilled.images[0].confidence)
+
+
+def test_frame_cache_auto_is_a_store_in_the_run_folder_only_past_the_ram_limit(data: Path, tmp_path) -> None:
+    from ultrassl.config import AUTO_RAM_CACHE_GB
+    from ultrassl.errors import ConfigError
+    from ultrassl.methods import build_pretrain_config
+
+    cfg = build_pretrain_config(method="mae", preset="tiny", flags={"data": {"manifest": str(data)}})
+    assert cfg.data.frame_cache == "auto" and cfg.data.store_args() == {"cache_dir": None, "ram_limit": None}
+    run = cfg.data.with_run_dir(tmp_path / "run")
+    assert run.frame_cache == str(tmp_path / "run" / "frame_store") and run.ram_cache_gb == AUTO_RAM_CACHE_GB
+    assert run.store_args()["ram_limit"] == int(AUTO_RAM_CACHE_GB * 2**30)
+    named = replace(cfg.data, frame_cache=str(tmp_path / "fc"))  # a folder named: always the store
+    assert named.with_run_dir(tmp_path / "run") is named and named.store_args()["ram_limit"] is None
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match="ram_cache_gb"):
+            build_pretrain_config(method="mae", preset="tiny", flags={"data": {"ram_cache_gb": bad}})
+
+
+def test_a_run_past_its_ram_limit_trains_from_a_store_in_its_folder(data: Path, tmp_path: Path) -> None:
+    from ultrassl import api
+    from ultrassl.methods import build_pretrain_config
+
+    flags = {"data": {"manifest": str(data), "ram_cache_gb": 0.0}, "train": {"max_steps": 2, "batch_size": 4}}
+    cfg = build_pretrain_config(method="mae", preset="tiny", flags=flags)
+    api.pretrain(cfg, tmp_path / "run", progress=False)
+    (store,) = stores(tmp_path / "run" / "frame_store")
+    assert open_store(store) is not None
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert f"frame_cache: {tmp_path / 'run' / 'frame_store'}" in saved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -150,8 +151,9 @@ def pretrain(
     one of another config; ``fresh`` starts over, removing the folder's checkpoints; ``new`` refuses any
     folder that holds a run. A corrupt newest checkpoint is passed over for the one before it.
     """
-    cfg = as_method_config(cfg)
     run_dir = Path(out_dir)
+    cfg = as_method_config(cfg)
+    cfg = dataclasses.replace(cfg, data=cfg.data.with_run_dir(run_dir))
     mode = _resume_mode(resume)
     spec = get_method(cfg.method)
     config = to_dict(prepare_config(cfg))

@@ -27,6 +27,10 @@ import yaml
 from ultrassl.errors import ConfigError
 from ultrassl.models.vit import EncoderSpec
 
+#: GiB of decoded frames a run keeps in RAM with ``data.frame_cache: auto`` before it uses an on-disk
+#: store (each torchrun process holds its own copy in RAM, one shared store on disk)
+AUTO_RAM_CACHE_GB = 1.0
+
 
 @dataclass
 class DataConfig:
@@ -47,16 +51,40 @@ class DataConfig:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.25,)
     num_workers: int = 0
-    #: folder of on-disk frame stores, reused by later runs on the same files (None: decode into RAM)
-    frame_cache: str | None = None
+    #: folder of on-disk frame stores (memory-mapped), reused by later runs on the same files; auto:
+    #: ``RUN/frame_store``, used only once the decoded frames outgrow ``ram_cache_gb``; None: RAM only
+    frame_cache: str | None = "auto"
+    #: decoded frames stay in RAM up to this many GiB, past it they go to the ``frame_cache`` store;
+    #: None: AUTO_RAM_CACHE_GB with ``frame_cache: auto``, always the store with a folder named
+    ram_cache_gb: float | None = None
     #: processes decoding the manifest at start-up (0: decode in the main process)
     decode_workers: int = 0
 
     def check(self) -> None:
+        if self.ram_cache_gb is not None and not self.ram_cache_gb >= 0:
+            raise ConfigError(f"ram_cache_gb must be >= 0 or null, got {self.ram_cache_gb}")
+        if self.frame_cache == "":
+            raise ConfigError("frame_cache must be auto, a folder or null, got ''")
         if self.decode_workers < 0:
             raise ConfigError(f"decode_workers must be >= 0, got {self.decode_workers}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+
+    def with_run_dir(self, run_dir: str | Path) -> DataConfig:
+        """``frame_cache: auto`` made concrete for a run folder: ``RUN/frame_store``, spilled to only past
+        ``ram_cache_gb`` (AUTO_RAM_CACHE_GB unless set); any other setting is returned as it is."""
+        if self.frame_cache != "auto":
+            return self
+        ram = AUTO_RAM_CACHE_GB if self.ram_cache_gb is None else self.ram_cache_gb
+        return dataclasses.replace(self, frame_cache=str(Path(run_dir) / "frame_store"), ram_cache_gb=ram)
+
+    def store_args(self) -> dict[str, Any]:
+        """The frame loaders' ``cache_dir`` and ``ram_limit`` (bytes). An ``auto`` that no run folder made
+        concrete (data built outside a run) decodes into RAM."""
+        if self.frame_cache in (None, "auto"):
+            return {"cache_dir": None, "ram_limit": None}
+        limit = None if self.ram_cache_gb is None else int(self.ram_cache_gb * 2**30)
+        return {"cache_dir": self.frame_cache, "ram_limit": limit}
 
 
 @dataclass

@@ -61,6 +61,7 @@ RESUMABLE_CHANGES = {
     "data.num_workers",
     "data.manifest",
     "data.frame_cache",
+    "data.ram_cache_gb",
     "data.decode_workers",
     "ultramae.confidence_cache",
 }

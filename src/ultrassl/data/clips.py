@@ -22,7 +22,7 @@ Why this shape:
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ultrassl.data.datasets import DECODE_ERRORS, can_send_to_workers, decode_map, to_u8
 from ultrassl.data.epochs import EpochDataset
-from ultrassl.data.frame_store import FrameStore, load_or_build, store_key, write_store
+from ultrassl.data.frame_store import FrameStore, keep_or_spill, load_or_build, store_key, write_store
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.data.readers import read_frames
 from ultrassl.data.sampling import clip_indices, clip_step
@@ -129,6 +129,7 @@ def load_clip_cache(
     confidence: ConfidenceFn | None = None,
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    ram_limit: int | None = None,
     workers: int = 0,
 ) -> ClipCache:
     """Decode stills into image items and videos into clips (see the module docstring).
@@ -139,7 +140,8 @@ def load_clip_cache(
 
     ``cache_dir``: keep frames and maps in an on-disk store ``cache_dir/<key>/`` (see
     :mod:`ultrassl.data.frame_store`) and return views of it; a later call with the same files and
-    parameters maps it without decoding. ``workers > 0`` decodes files in that many processes, with
+    parameters maps it without decoding; with ``ram_limit`` (bytes) only once the items take more than
+    that in RAM (:func:`~ultrassl.data.frame_store.keep_or_spill`). ``workers > 0`` decodes files in that many processes, with
     the same items in the same order. Maps are computed in the workers too, except for a function on
     a GPU, or one that cannot reach them (a closure where processes cannot fork): those run here.
     """
@@ -199,17 +201,7 @@ def load_clip_cache(
             raise UltrasslError(f"no usable {kinds} in the manifest ({len(rows)} rows). {detail}")
 
     if cache_dir is None:
-        cache = ClipCache(skipped=skipped)
-        for is_clip, item in clip_items():
-            (cache.clips if is_clip else cache.images).append(item)
-        return cache
-
-    def arrays() -> Iterator[tuple[np.ndarray, dict]]:
-        for is_clip, item in clip_items():
-            meta = {"row_index": item.row_index, "clip": int(is_clip), "frame_indices": item.frame_indices}
-            yield item.frames, {**meta, "part": 0}
-            if item.confidence is not None:
-                yield item.confidence, {**meta, "part": 1}
+        return _ram_clip_cache(clip_items(), skipped)
 
     params = {
         "kind": "clips",
@@ -222,8 +214,41 @@ def load_clip_cache(
         "confidence": _confidence_key(confidence),
     }
     folder = Path(cache_dir) / store_key(rows, params)
-    store, _ = load_or_build(folder, lambda f: write_store(f, arrays(), skipped=skipped, info=params))
-    return _clip_cache_of(store)
+    if ram_limit is None:
+        store, _ = load_or_build(
+            folder, lambda f: write_store(f, _as_arrays(clip_items()), skipped=skipped, info=params)
+        )
+        return _clip_cache_of(store)
+    kept = keep_or_spill(folder, _as_arrays(clip_items()), ram_limit, skipped=skipped, info=params)
+    if isinstance(kept, FrameStore):
+        return _clip_cache_of(kept)
+    return _ram_clip_cache(_as_items(kept), skipped)
+
+
+def _as_arrays(items: Iterable[tuple[bool, ClipItem]]) -> Iterator[tuple[np.ndarray, dict]]:
+    """Clip items as a store's (array, metadata) entries: the frames, then the map where there is one."""
+    for is_clip, item in items:
+        meta = {"row_index": item.row_index, "clip": int(is_clip), "frame_indices": item.frame_indices}
+        yield item.frames, {**meta, "part": 0}
+        if item.confidence is not None:
+            yield item.confidence, {**meta, "part": 1}
+
+
+def _as_items(entries: Sequence[tuple[np.ndarray, dict]]) -> Iterator[tuple[bool, ClipItem]]:
+    """The inverse of :func:`_as_arrays` over entries held in RAM."""
+    n = len(entries)
+    for k, (frames, meta) in enumerate(entries):
+        if meta["part"] != 0:
+            continue
+        conf = entries[k + 1][0] if k + 1 < n and entries[k + 1][1]["part"] == 1 else None
+        yield bool(meta["clip"]), ClipItem(frames, conf, int(meta["row_index"]), list(meta["frame_indices"]))
+
+
+def _ram_clip_cache(items: Iterable[tuple[bool, ClipItem]], skipped: list[tuple[str, str]]) -> ClipCache:
+    cache = ClipCache(skipped=skipped)
+    for is_clip, item in items:
+        (cache.clips if is_clip else cache.images).append(item)
+    return cache
 
 
 def _clip_cache_of(store: FrameStore) -> ClipCache:

@@ -7,7 +7,7 @@ import multiprocessing
 import pickle
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ultrassl.data.epochs import EpochDataset
-from ultrassl.data.frame_store import FrameStore, load_or_build, store_key, write_store
+from ultrassl.data.frame_store import FrameStore, keep_or_spill, load_or_build, store_key, write_store
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.data.readers import read_frames
 from ultrassl.data.sampling import sample_indices_at_fps
@@ -160,6 +160,7 @@ def load_frame_cache(
     spread: bool = True,
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    ram_limit: int | None = None,
     workers: int = 0,
 ) -> FrameCache:
     """Decode the sampled frames of every row once (contiguously per video) and crop to the scan area.
@@ -170,8 +171,10 @@ def load_frame_cache(
 
     ``cache_dir``: keep the frames in an on-disk store ``cache_dir/<key>/`` (see
     :mod:`ultrassl.data.frame_store`) and return views of it: a later call with the same files and
-    parameters maps it without decoding. ``workers > 0`` decodes files in that many processes; the
-    frames and their order are the same as with ``workers=0``.
+    parameters maps it without decoding. ``ram_limit`` (bytes, with ``cache_dir``): keep the frames in
+    RAM while they take at most this much, and only past it in the store (see
+    :func:`~ultrassl.data.frame_store.keep_or_spill`). ``workers > 0`` decodes files in that many
+    processes; the frames and their order are the same as with ``workers=0``.
     """
     jobs = []
     for row in rows:
@@ -203,13 +206,7 @@ def load_frame_cache(
             raise UltrasslError(f"no usable frames in the manifest ({len(rows)} rows). {detail}")
 
     if cache_dir is None:
-        cache = FrameCache(skipped=skipped)
-        for frames, meta in items():
-            for j, idx in enumerate(meta["frame_index"]):
-                cache.frames.append(np.ascontiguousarray(frames[j]))
-                cache.row_index.append(meta["row_index"])
-                cache.frame_index.append(int(idx))
-        return cache
+        return _ram_frame_cache(items(), skipped)
     params = {
         "kind": "frames",
         "rgb": bool(rgb),
@@ -219,7 +216,13 @@ def load_frame_cache(
         "spread": bool(spread),
     }
     folder = Path(cache_dir) / store_key(rows, params)
-    store, _ = load_or_build(folder, lambda f: write_store(f, items(), skipped=skipped, info=params))
+    if ram_limit is None:
+        store, _ = load_or_build(folder, lambda f: write_store(f, items(), skipped=skipped, info=params))
+    else:
+        kept = keep_or_spill(folder, items(), ram_limit, skipped=skipped, info=params)
+        if not isinstance(kept, FrameStore):
+            return _ram_frame_cache(kept, skipped)
+        store = kept
     frames = StoreFrames(store)
     return FrameCache(
         frames=frames,
@@ -227,6 +230,17 @@ def load_frame_cache(
         frame_index=store.ragged_values("frame_index").tolist(),
         skipped=list(store.skipped),
     )
+
+
+def _ram_frame_cache(items: Iterable[tuple[np.ndarray, dict]], skipped: list[tuple[str, str]]) -> FrameCache:
+    """A cache in RAM of decoded (frames [T,...], {row_index, frame_index}) items."""
+    cache = FrameCache(skipped=skipped)
+    for frames, meta in items:
+        for j, idx in enumerate(meta["frame_index"]):
+            cache.frames.append(np.ascontiguousarray(frames[j]))
+            cache.row_index.append(meta["row_index"])
+            cache.frame_index.append(int(idx))
+    return cache
 
 
 def frame_tensor(frame: np.ndarray, in_chans: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, overload
@@ -36,7 +37,15 @@ from ultrassl import __version__
 from ultrassl.atomic import atomic_write
 from ultrassl.data.manifest import ManifestRow
 
-__all__ = ["FORMAT_VERSION", "FrameStore", "load_or_build", "open_store", "store_key", "write_store"]
+__all__ = [
+    "FORMAT_VERSION",
+    "FrameStore",
+    "keep_or_spill",
+    "load_or_build",
+    "open_store",
+    "store_key",
+    "write_store",
+]
 
 #: bump when the layout of a store, or what a decoder puts into one, changes
 FORMAT_VERSION = 1
@@ -296,3 +305,41 @@ def load_or_build(folder: str | Path, build: Callable[[Path], FrameStore]) -> tu
             return store, False
         _remove_dead_temps(folder)
         return build(folder), True
+
+
+def keep_or_spill(
+    folder: str | Path,
+    items: Iterable[tuple[np.ndarray, ItemMeta]],
+    ram_limit: int,
+    *,
+    skipped: Sequence[tuple[str, str]] | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> list[tuple[np.ndarray, ItemMeta]] | FrameStore:
+    """``items`` held in RAM while their arrays take at most ``ram_limit`` bytes; past that, all of them
+    (the ones held, then the rest as they come) go into the store in ``folder``, which is returned.
+
+    So a small data set costs no disk and a large one no more memory than ``ram_limit``. A complete
+    store already in ``folder`` is mapped without consuming ``items``; the held arrays are handed to the
+    writer one by one and released as they are written.
+    """
+    store = open_store(folder)
+    if store is not None:
+        return store
+    it = iter(items)
+    held: deque[tuple[np.ndarray, ItemMeta]] = deque()
+    total = 0
+    for item in it:
+        held.append(item)
+        total += np.asarray(item[0]).nbytes
+        if total > ram_limit:
+
+            def everything() -> Iterator[tuple[np.ndarray, ItemMeta]]:
+                while held:
+                    yield held.popleft()
+                yield from it
+
+            store, _ = load_or_build(
+                folder, lambda f: write_store(f, everything(), skipped=skipped, info=info)
+            )
+            return store
+    return list(held)

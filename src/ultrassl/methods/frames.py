@@ -24,7 +24,7 @@ def build_frames(cfg: PretrainConfig, progress: bool = True, degrade: Blur | Non
         max_frames_per_video=cfg.data.max_frames_per_video,
         scan_area=cfg.data.scan_area,
         progress=progress,
-        cache_dir=cfg.data.frame_cache,
+        **cfg.data.store_args(),
         workers=cfg.data.decode_workers,
     )
     transform = PairTransform(

@@ -291,7 +291,7 @@ def build_data(cfg: PretrainConfig, progress: bool = True) -> PretrainData:
         scan_area=data.scan_area,
         confidence=conf,
         progress=progress,
-        cache_dir=data.frame_cache,
+        **data.store_args(),
         workers=data.decode_workers,
     )
     clips = ClipDataset(

@@ -171,7 +171,7 @@ def build_video_items(
         max_frames_per_video=data.max_frames_per_video,
         scan_area=data.scan_area,
         progress=progress,
-        cache_dir=data.frame_cache,
+        **data.store_args(),
         workers=data.decode_workers,
     )
     items = group_items(cache, rows, cfg.group_by)
