@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from faults import logged_steps, worker_of_rank
 from media_helpers import make_mixed_folder
 
 from ultrassl import api
@@ -226,41 +227,6 @@ def test_two_process_torchrun_matches_one_process(synth_manifest, tmp_path):
     torch.testing.assert_close(fa, fb, rtol=1e-3, atol=1e-4)
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (read from /proc: torchrun's agent starts the workers)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _worker_of_rank(agent: int, rank: int) -> int | None:
-    for pid in _descendants(agent):
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in env and any(e.startswith(b"TORCHELASTIC_RUN_ID=") for e in env):
-            return pid
-    return None
-
-
-def _logged_steps(run: Path) -> int:
-    try:
-        return len((run / "metrics.csv").read_text().splitlines()) - 1
-    except OSError:
-        return 0
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc")
 def test_torchrun_restarts_after_a_sigkilled_worker_and_after_a_killed_job_bit_identically(
@@ -299,7 +265,7 @@ def test_torchrun_restarts_after_a_sigkilled_worker_and_after_a_killed_job_bit_i
 
     def wait_for_step(proc: subprocess.Popen, run: Path, step: int) -> None:
         deadline = time.monotonic() + 240
-        while _logged_steps(run) < step and proc.poll() is None and time.monotonic() < deadline:
+        while logged_steps(run) < step and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert proc.poll() is None, f"the run ended before step {step}: {log_of(run)[-2000:]}"
 
@@ -311,7 +277,7 @@ def test_torchrun_restarts_after_a_sigkilled_worker_and_after_a_killed_job_bit_i
     run = tmp_path / "worker-killed"
     job = launch(run)
     wait_for_step(job, run, kill_at)
-    worker = _worker_of_rank(job.pid, 1)
+    worker = worker_of_rank(job.pid, 1)
     assert worker is not None, "no rank-1 worker found under torchrun"
     os.kill(worker, signal.SIGKILL)
     finish(job, run)

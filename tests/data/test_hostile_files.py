@@ -5,30 +5,17 @@ frame counts), decodes that take too long."""
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from faults import png_claiming
 from media_helpers import index_frames, write_dicom, write_gif, write_mp4, write_png
 
 from ultrassl.cli import main
 from ultrassl.data.manifest import build_manifest, walk_files
 from ultrassl.data.readers import ReadLimits, probe
 from ultrassl.errors import UnreadableFileError
-
-
-def _png_claiming(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header claims ``width x height`` pixels, with almost no data behind it."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
-    return path
 
 
 def _reasons(skipped) -> dict[str, str]:
@@ -90,10 +77,10 @@ def test_a_png_claiming_ten_billion_pixels_is_refused_before_decoding(tmp_path):
     with pytest.raises(
         UnreadableFileError, match=r"image too large \(Image size \(10000000000 pixels\)"
     ):  # Pillow's own guard
-        probe(_png_claiming(tmp_path / "bomb.png", 100_000, 100_000))
+        probe(png_claiming(tmp_path / "bomb.png", 100_000, 100_000))
     assert time.monotonic() - t0 < 2.0
     # below Pillow's guard, ours: the header's size against --max-pixels, before a pixel is decoded
-    big = _png_claiming(tmp_path / "big.png", 7_000, 7_000)
+    big = png_claiming(tmp_path / "big.png", 7_000, 7_000)
     with pytest.raises(
         UnreadableFileError, match=r"7000x7000 = 49,000,000 pixels exceed the limit of 40,000,000"
     ):
@@ -133,7 +120,7 @@ def test_index_takes_the_limits_from_the_command_line(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     write_mp4(data / "clip.mp4", index_frames(12), fps=25)
-    _png_claiming(data / "bomb.png", 7_000, 7_000)
+    png_claiming(data / "bomb.png", 7_000, 7_000)
     (data / "nowhere.png").symlink_to(tmp_path / "missing.png")
     out = tmp_path / "m.csv"
     assert main(["index", str(data), "-o", str(out), "--max-frames", "5"]) == 0

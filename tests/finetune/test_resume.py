@@ -3,10 +3,8 @@ read back, the interrupted one is done again, and the report equals an uninterru
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
+from faults import evaluation_outputs
 from tiny import tiny_vit_spec
 
 from ultrassl.finetune.classify import Classifier, ClassifyConfig, finetune_classify
@@ -32,21 +30,6 @@ def _kill_at_call(monkeypatch, cls, method: str, n: int) -> list[int]:
     return calls
 
 
-def _outputs(out: Path) -> dict[str, str]:
-    """What a user reads of an evaluation: every report, table and prediction file (the run records,
-    fold weights and timing lines aside)."""
-    keep = {}
-    for path in sorted(out.rglob("*")):
-        if path.is_file() and path.suffix in (".json", ".csv", ".md") and "runs" not in path.parts:
-            text = path.read_text()
-            if path.name == "report.json":
-                doc = json.loads(text)
-                doc.pop("seconds", None)
-                text = json.dumps(doc, sort_keys=True)
-            keep[str(path.relative_to(out))] = text
-    return keep
-
-
 @pytest.mark.parametrize("mode", ["linear", "full"])
 def test_a_killed_classification_continues_and_reports_as_if_never_killed(
     manifest, tmp_path, monkeypatch, mode, capsys
@@ -63,7 +46,7 @@ def test_a_killed_classification_continues_and_reports_as_if_never_killed(
     finetune_classify("scratch", manifest, tmp_path / "run", cfg, scratch_spec=SPEC, progress=False)
     assert len(calls) == 3  # only the interrupted run and the two after it were trained
     assert "read back 3 finished runs" in capsys.readouterr().err
-    assert _outputs(tmp_path / "run") == _outputs(tmp_path / "ref")
+    assert evaluation_outputs(tmp_path / "run") == evaluation_outputs(tmp_path / "ref")
     # a kept fold model that is not the one its record was made with (left by another evaluation)
     models = tmp_path / "run" / "models"
     (models / "fold0.safetensors").write_bytes((models / "fold1.safetensors").read_bytes())
@@ -87,7 +70,7 @@ def test_a_killed_segmentation_continues_and_reports_as_if_never_killed(manifest
     calls = _kill_at_call(monkeypatch, Segmenter, "_fit", 99)
     finetune_segment("scratch", manifest, tmp_path / "run", cfg, scratch_spec=SPEC, progress=False)
     assert len(calls) == 1
-    assert _outputs(tmp_path / "run") == _outputs(tmp_path / "ref")
+    assert evaluation_outputs(tmp_path / "run") == evaluation_outputs(tmp_path / "ref")
     assert sorted(p.name for p in (tmp_path / "run" / "overlays").iterdir()) == sorted(
         p.name for p in (tmp_path / "ref" / "overlays").iterdir()
     )
