@@ -160,9 +160,9 @@ def test_mp4_late_indices_use_one_seek(tmp_path, monkeypatch):
     decoded = []
     real = readers._frame_array
 
-    def counting(frame, rgb):
+    def counting(frame, *args):
         decoded.append(frame.pts)
-        return real(frame, rgb)
+        return real(frame, *args)
 
     monkeypatch.setattr(readers, "_frame_array", counting)
     got = read_frames(path, [50, 48])
@@ -197,6 +197,21 @@ def test_mp4_rgb_and_gray_agree(tmp_path):
     luma = rgb.astype(np.float64) @ [0.299, 0.587, 0.114]
     assert np.abs(gray - luma).mean() < 1.5 / 255
     assert np.abs(gray - luma).max() < 4 / 255
+
+
+@pytest.mark.parametrize("write", [write_mp4, write_avi, write_gif], ids=["mp4", "avi", "gif"])
+def test_video_frames_are_exactly_pyavs_own_conversion(tmp_path, write):
+    """The reused scaler context gives the very pixels of PyAV's per-frame ``to_ndarray(format=)``."""
+    import av
+
+    frames = _smooth_rgb(6)
+    path = write(tmp_path / f"c.{write.__name__[6:]}", frames)
+    with av.open(str(path)) as container:
+        decoded = list(container.decode(video=0))
+    for rgb, fmt in ((False, "gray"), (True, "rgb24")):
+        want = np.stack([f.to_ndarray(format=fmt) for f in decoded]).astype(np.float32) * np.float32(1 / 255)
+        np.testing.assert_array_equal(read_frames(path, rgb=rgb), want)
+        np.testing.assert_array_equal(read_frames(path, [4, 0, 4], rgb=rgb), want[[4, 0, 4]])
 
 
 def test_gif_and_avi(tmp_path):
