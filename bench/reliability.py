@@ -3,7 +3,7 @@ and memory at 1,000 vs 10,000 clips. Writes ``bench/results/reliability.json`` a
 
 Every fault is injected ``--repeats`` times at a random point (the points are seeded and recorded), and
 the run is then finished with the same command a user would type again. A pre-training run counts as
-bit-identical when every tensor of its final checkpoint equals the uninterrupted run's and its logged
+bit-identical when every model tensor of its final checkpoint equals the uninterrupted run's and its logged
 losses are the same; an evaluation when every report, table and prediction file is the same (the
 ``seconds`` of report.json aside).
 
@@ -12,12 +12,12 @@ full disk at a checkpoint (a real one: a tmpfs too small for the next save, root
 space is freed; one torchrun worker SIGKILLed under ``--max-restarts``; a whole torchrun job SIGKILLed
 and started again; ``finetune classify`` SIGKILLed part-way.
 
-Memory: ``ultrassl index`` and 20 pre-training steps on synthetic manifests of short clips, once with
-the frames in RAM (``data.frame_cache=null``) and once with the default (``auto``: RAM up to
-``data.ram_cache_gb``, past it a memory-mapped store in the run folder); the peak RSS of each process
-(``wait4``'s ``ru_maxrss``), wall time and per-file indexing time.
+Memory: ``ultrassl index`` and 20 pre-training steps on synthetic manifests of short clips, three
+times: every frame in RAM (``data.frame_cache=null``), the default (``auto``: RAM up to
+``data.ram_cache_gb``, past it a memory-mapped store in the run folder), and a named store folder; the
+peak RSS and CPU time of each process (``wait4``) and the per-file indexing time.
 
-    python bench/reliability.py                          # everything: about 35 min on 2 cores
+    python bench/reliability.py                          # everything: about 50 min on 2 cores
     python bench/reliability.py --parts faults --repeats 3
     python bench/reliability.py --parts memory --clips 1000,10000
 """

@@ -100,6 +100,8 @@ def main() -> None:
         ann = truth.load(path)
         t0 = time.perf_counter()
         found, shape, frame = detected_mask(truth.DATA / ann["file"])
+        if list(found.shape) != list(ann["size"]):
+            raise SystemExit(f"{path}: annotated size {ann['size']}, decoded frames {list(found.shape)}")
         row = {
             "file": ann["file"],
             "kind": "clip" if Path(ann["file"]).parts[1] == "videos" else "still",
@@ -135,7 +137,7 @@ def doc_section(res: dict[str, Any]) -> str:
         "## Scan area: the detector against hand annotations",
         "",
         "`python bench/scan_area.py` on "
-        f"{res['machine']['cpu']}: the annotations of `bench/scan_area/` (42 dev files; how they were made "
+        f"{res['machine']['cpu']}: the annotations of `bench/scan_area/` ({len(res['rows'])} dev files; how they were made "
         "is in its README), frames read as pre-training reads them. IoU of the detected and the annotated "
         "area; *lost*: share of the annotated area outside the detected one (tissue no model sees); "
         "*extra*: share of the detected area outside the annotation (background, overlays). Targets "

@@ -198,3 +198,21 @@ def test_clear_removes_every_checkpoint(tmp_path):
     torch.save(_state(1), tmp_path / "best.pt")
     store.clear()
     assert store.existing() == [] and not (tmp_path / "best.pt").exists()
+
+
+def test_an_interrupt_or_a_bug_during_a_write_is_never_called_a_write_fault(tmp_path, monkeypatch):
+    """Only OSError/RuntimeError are write faults, even when an OSError is what they interrupted."""
+    store = CheckpointStore(tmp_path, keep=2)
+    store.save(_state(1))
+
+    def interrupted(*args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise KeyboardInterrupt  # noqa: B904 - as a second Ctrl-C arrives while handling it
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.save(_state(2))
+    monkeypatch.undo()
+    assert store.latest()[1]["step"] == 1

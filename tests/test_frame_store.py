@@ -295,7 +295,7 @@ def test_frame_cache_auto_is_a_store_in_the_run_folder_only_past_the_ram_limit(d
     assert run.store_args()["ram_limit"] == int(AUTO_RAM_CACHE_GB * 2**30)
     named = replace(cfg.data, frame_cache=str(tmp_path / "fc"))  # a folder named: always the store
     assert named.with_run_dir(tmp_path / "run") is named and named.store_args()["ram_limit"] is None
-    for bad in (-1.0, float("nan")):
+    for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="ram_cache_gb"):
             build_pretrain_config(method="mae", preset="tiny", flags={"data": {"ram_cache_gb": bad}})
 
@@ -311,3 +311,28 @@ def test_a_run_past_its_ram_limit_trains_from_a_store_in_its_folder(data: Path, 
     assert open_store(store) is not None
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert f"frame_cache: {tmp_path / 'run' / 'frame_store'}" in saved
+
+
+def test_a_full_disk_while_writing_the_store_is_one_line(rows, tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    import ultrassl.data.frame_store as fs
+    from ultrassl.errors import UltrasslError
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fs, "atomic_write", full)
+    with pytest.raises(UltrasslError) as info:
+        load_frame_cache(rows, max_frames_per_video=2, progress=False, cache_dir=tmp_path / "c", ram_limit=0)
+    message = str(info.value)
+    assert "\n" not in message and "No space left on device" in message and "data.frame_cache=null" in message
+
+
+def test_an_unresolved_auto_is_never_a_folder_name(rows, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="auto"):
+        load_frame_cache(rows, max_frames_per_video=2, progress=False, cache_dir="auto")
+    with pytest.raises(ValueError, match="auto"):
+        load_clip_cache(rows, clip_frames=2, progress=False, cache_dir="auto")
+    assert not (tmp_path / "auto").exists()

@@ -359,3 +359,21 @@ def test_resume_accepts_a_run_saved_before_new_options_existed_but_not_a_changed
     changed["optim"]["base_lr"] = 1.0
     with pytest.raises(ConfigError, match="optim.base_lr"):
         check_resume_config(old, changed, tmp_path / "last.pt")
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank0_builds_the_frame_store_and_the_others_map_it(synth_manifest, tmp_path):
+    """Past ``ram_cache_gb`` (0 here) the frames go to RUN/frame_store: one process decodes and writes
+    it, the other maps it (no second decode racing for the store's lock)."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "ultrassl", "pretrain", "--method", "mae", *TINY, "--data", str(synth_manifest)]
+    cmd += ["--max-steps", "2", "--batch-size", "4", "--out", str(run), "--set", "data.ram_cache_gb=0"]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("keeping them in the on-disk store") == 1, done.stderr[-3000:]
+    stores = [p for p in (run / "frame_store").iterdir() if p.is_dir()]
+    assert len(stores) == 1 and (stores[0] / "index.npz").is_file()
+    assert safe_load(run / "checkpoints" / "last.pt")["step"] == 2

@@ -61,8 +61,8 @@ class DataConfig:
     decode_workers: int = 0
 
     def check(self) -> None:
-        if self.ram_cache_gb is not None and not self.ram_cache_gb >= 0:
-            raise ConfigError(f"ram_cache_gb must be >= 0 or null, got {self.ram_cache_gb}")
+        if self.ram_cache_gb is not None and not 0 <= self.ram_cache_gb < float("inf"):
+            raise ConfigError(f"ram_cache_gb must be a finite number >= 0 or null, got {self.ram_cache_gb}")
         if self.frame_cache == "":
             raise ConfigError("frame_cache must be auto, a folder or null, got ''")
         if self.decode_workers < 0:

@@ -106,6 +106,8 @@ def _write_fault_reason(exc: BaseException) -> str | None:
     """Why a write failed, or None for an exception that is no write fault. An OSError anywhere in the
     chain wins: on a really full disk torch's zip writer meets ENOSPC and then raises a RuntimeError
     ("unexpected pos ...") while closing the archive, with the OSError as its context."""
+    if not isinstance(exc, (OSError, RuntimeError)):  # Ctrl-C, a bug: never called a write fault
+        return None
     seen: set[int] = set()
     link: BaseException | None = exc
     while link is not None and id(link) not in seen:

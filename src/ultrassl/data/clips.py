@@ -22,9 +22,10 @@ Why this shape:
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -213,6 +214,8 @@ def load_clip_cache(
         "scan_area": bool(scan_area),
         "confidence": _confidence_key(confidence),
     }
+    if str(cache_dir) == "auto":
+        raise ValueError("cache_dir 'auto' is made concrete by a run folder first (DataConfig.with_run_dir)")
     folder = Path(cache_dir) / store_key(rows, params)
     if ram_limit is None:
         store, _ = load_or_build(
@@ -234,7 +237,7 @@ def _as_arrays(items: Iterable[tuple[bool, ClipItem]]) -> Iterator[tuple[np.ndar
             yield item.confidence, {**meta, "part": 1}
 
 
-def _as_items(entries: Sequence[tuple[np.ndarray, dict]]) -> Iterator[tuple[bool, ClipItem]]:
+def _as_items(entries: Sequence[tuple[np.ndarray, Mapping[str, Any]]]) -> Iterator[tuple[bool, ClipItem]]:
     """The inverse of :func:`_as_arrays` over entries held in RAM."""
     n = len(entries)
     for k, (frames, meta) in enumerate(entries):

@@ -7,7 +7,7 @@ import multiprocessing
 import pickle
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +215,8 @@ def load_frame_cache(
         "scan_area": bool(scan_area),
         "spread": bool(spread),
     }
+    if str(cache_dir) == "auto":
+        raise ValueError("cache_dir 'auto' is made concrete by a run folder first (DataConfig.with_run_dir)")
     folder = Path(cache_dir) / store_key(rows, params)
     if ram_limit is None:
         store, _ = load_or_build(folder, lambda f: write_store(f, items(), skipped=skipped, info=params))
@@ -232,7 +234,9 @@ def load_frame_cache(
     )
 
 
-def _ram_frame_cache(items: Iterable[tuple[np.ndarray, dict]], skipped: list[tuple[str, str]]) -> FrameCache:
+def _ram_frame_cache(
+    items: Iterable[tuple[np.ndarray, Mapping[str, Any]]], skipped: list[tuple[str, str]]
+) -> FrameCache:
     """A cache in RAM of decoded (frames [T,...], {row_index, frame_index}) items."""
     cache = FrameCache(skipped=skipped)
     for frames, meta in items:

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ import numpy as np
 from ultrassl import __version__
 from ultrassl.atomic import atomic_write
 from ultrassl.data.manifest import ManifestRow
+from ultrassl.errors import UltrasslError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -226,7 +228,14 @@ def write_store(
                 offsets.append(offsets[-1] + a.nbytes)
                 shapes.append(a.shape)
 
-    atomic_write(folder / DATA_FILE, fill)
+    try:
+        atomic_write(folder / DATA_FILE, fill)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise UltrasslError(
+            f"{folder}: could not write the frame store ({reason}); free space, name another folder with "
+            "--set data.frame_cache=DIR, or keep the frames in RAM with --set data.frame_cache=null"
+        ) from exc
     n = len(shapes)
     max_nd = max((len(s) for s in shapes), default=0)
     shape_arr = np.zeros((n, max_nd), np.int64)
@@ -332,6 +341,10 @@ def keep_or_spill(
         held.append(item)
         total += np.asarray(item[0]).nbytes
         if total > ram_limit:
+            print(
+                f"decoded frames past {ram_limit / 2**30:.2f} GiB: keeping them in the on-disk store {folder}",
+                file=sys.stderr,
+            )
 
             def everything() -> Iterator[tuple[np.ndarray, ItemMeta]]:
                 while held:
