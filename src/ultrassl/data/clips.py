@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ultrassl.data.datasets import DECODE_ERRORS, can_send_to_workers, decode_map, to_u8
 from ultrassl.data.epochs import EpochDataset
-from ultrassl.data.frame_store import FrameStore, keep_or_spill, load_or_build, store_key, write_store
+from ultrassl.data.frame_store import FrameStore, keep_or_spill, store_key
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.data.readers import read_frames
 from ultrassl.data.sampling import clip_indices, clip_step
@@ -214,14 +214,7 @@ def load_clip_cache(
         "scan_area": bool(scan_area),
         "confidence": _confidence_key(confidence),
     }
-    if str(cache_dir) == "auto":
-        raise ValueError("cache_dir 'auto' is made concrete by a run folder first (DataConfig.with_run_dir)")
     folder = Path(cache_dir) / store_key(rows, params)
-    if ram_limit is None:
-        store, _ = load_or_build(
-            folder, lambda f: write_store(f, _as_arrays(clip_items()), skipped=skipped, info=params)
-        )
-        return _clip_cache_of(store)
     kept = keep_or_spill(folder, _as_arrays(clip_items()), ram_limit, skipped=skipped, info=params)
     if isinstance(kept, FrameStore):
         return _clip_cache_of(kept)

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ultrassl.data.epochs import EpochDataset
-from ultrassl.data.frame_store import FrameStore, keep_or_spill, load_or_build, store_key, write_store
+from ultrassl.data.frame_store import FrameStore, keep_or_spill, store_key
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.data.readers import read_frames
 from ultrassl.data.sampling import sample_indices_at_fps
@@ -215,16 +215,11 @@ def load_frame_cache(
         "scan_area": bool(scan_area),
         "spread": bool(spread),
     }
-    if str(cache_dir) == "auto":
-        raise ValueError("cache_dir 'auto' is made concrete by a run folder first (DataConfig.with_run_dir)")
-    folder = Path(cache_dir) / store_key(rows, params)
-    if ram_limit is None:
-        store, _ = load_or_build(folder, lambda f: write_store(f, items(), skipped=skipped, info=params))
-    else:
-        kept = keep_or_spill(folder, items(), ram_limit, skipped=skipped, info=params)
-        if not isinstance(kept, FrameStore):
-            return _ram_frame_cache(kept, skipped)
-        store = kept
+    store = keep_or_spill(
+        Path(cache_dir) / store_key(rows, params), items(), ram_limit, skipped=skipped, info=params
+    )
+    if not isinstance(store, FrameStore):
+        return _ram_frame_cache(store, skipped)
     frames = StoreFrames(store)
     return FrameCache(
         frames=frames,

@@ -319,18 +319,23 @@ def load_or_build(folder: str | Path, build: Callable[[Path], FrameStore]) -> tu
 def keep_or_spill(
     folder: str | Path,
     items: Iterable[tuple[np.ndarray, ItemMeta]],
-    ram_limit: int,
+    ram_limit: int | None,
     *,
     skipped: Sequence[tuple[str, str]] | None = None,
     info: Mapping[str, Any] | None = None,
 ) -> list[tuple[np.ndarray, ItemMeta]] | FrameStore:
     """``items`` held in RAM while their arrays take at most ``ram_limit`` bytes; past that, all of them
     (the ones held, then the rest as they come) go into the store in ``folder``, which is returned.
+    ``ram_limit=None``: straight into the store (built once, under its lock: :func:`load_or_build`).
 
     So a small data set costs no disk and a large one no more memory than ``ram_limit``. A complete
     store already in ``folder`` is mapped without consuming ``items``; the held arrays are handed to the
     writer one by one and released as they are written.
     """
+    if Path(folder).parent == Path("auto"):
+        raise ValueError("cache_dir 'auto' is made concrete by a run folder first (DataConfig.with_run_dir)")
+    if ram_limit is None:
+        return load_or_build(folder, lambda f: write_store(f, items, skipped=skipped, info=info))[0]
     store = open_store(folder)
     if store is not None:
         return store
