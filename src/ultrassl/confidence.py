@@ -23,10 +23,11 @@ Batching the frames of a clip into one factorisation does not pay on CPU (bigger
 ``batch`` defaults to 1; on CUDA larger batches fill the device.
 
 Sector (convex) images: the walk should follow the scan lines, which fan out from the apex. With
-``sector="auto"`` a fan found by :func:`ultrassl.data.scan_area.detect_scan_area` is resampled to its
-polar (depth x angle) grid, solved there (top row = the transducer arc) and mapped back; outside the
-fan the map is 0. The detected mask is a convex hull, so the top arc becomes a chord: the source row
-is the arc nearest the apex that the mask reaches, a few pixels above the true transducer face.
+``sector="auto"`` the fan fitted by :func:`ultrassl.data.scan_area.detect_scan_area` (apex, side
+angles, inner and outer arcs, drawn on where the frame or a shadow hides them) is resampled to its polar
+(depth x angle) grid, solved there (top row = the transducer arc) and mapped back; outside the fan the
+map is 0. When the detector keeps a hull rather than a fan, a fan is fitted to the hull's sides
+(:func:`fit_sector`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ultrassl.data.scan_area import detect_scan_area
+from ultrassl.data.scan_area import Fan, detect_scan_area
 from ultrassl.distributed import select_device
 from ultrassl.errors import ConfigError
 
@@ -476,6 +477,11 @@ def fit_sector(mask: np.ndarray) -> SectorGeometry | None:
     )
 
 
+def sector_of_fan(fan: Fan) -> SectorGeometry:
+    """The solver's geometry of a fan found by the scan-area detector (pixel edges to pixel centres)."""
+    return SectorGeometry(fan.apex_y - 0.5, fan.apex_x - 0.5, fan.r_inner, fan.r_outer, fan.left, fan.right)
+
+
 def _sector_of(frames: np.ndarray, sector: str) -> tuple[SectorGeometry, np.ndarray] | None:
     """The fan geometry and mask to solve in, or None for a plain (rectangular) solve."""
     if sector == "off":
@@ -483,7 +489,10 @@ def _sector_of(frames: np.ndarray, sector: str) -> tuple[SectorGeometry, np.ndar
     if sector not in ("auto", "on"):
         raise ConfigError(f"confidence map: sector must be 'auto', 'on' or 'off', got {sector!r}")
     area = detect_scan_area(np.clip(frames, 0.0, 1.0))
-    geo = fit_sector(area.mask) if area.shape == "sector" or sector == "on" else None
+    if area.fan is not None:
+        geo: SectorGeometry | None = sector_of_fan(area.fan)
+    else:
+        geo = fit_sector(area.mask) if area.shape == "sector" or sector == "on" else None
     if geo is None:
         if sector == "on":
             raise ValueError(
