@@ -41,8 +41,11 @@ class DataConfig:
     video_fps: float | None = None
     #: at most this many frames per video (spread evenly over the clip); None: no limit
     max_frames_per_video: int | None = 32
-    #: crop to the detected fan/rectangle and zero burned-in text outside it
+    #: crop to the scan area (a DICOM's 2-D tissue regions or the manifest's scan_area column, else the
+    #: detected fan/rectangle) and zero burned-in text outside it
     scan_area: bool = True
+    #: resample frames to this many mm per pixel (files whose spacing the manifest records); None: as is
+    spacing_mm: float | None = None
     #: RandomResizedCrop scale range, shared by input and target
     crop_scale: tuple[float, float] = (0.2, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 1.3333333333333333)
@@ -63,6 +66,10 @@ class DataConfig:
     def check(self) -> None:
         if self.ram_cache_gb is not None and not 0 <= self.ram_cache_gb < float("inf"):
             raise ConfigError(f"ram_cache_gb must be a finite number >= 0 or null, got {self.ram_cache_gb}")
+        if self.spacing_mm is not None and not 0 < self.spacing_mm < float("inf"):
+            raise ConfigError(
+                f"spacing_mm must be a finite number > 0 (mm per pixel) or null, got {self.spacing_mm}"
+            )
         if self.frame_cache == "":
             raise ConfigError("frame_cache must be auto, a folder or null, got ''")
         if self.decode_workers < 0:

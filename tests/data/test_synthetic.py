@@ -13,7 +13,20 @@ from PIL import Image
 from ultrassl.data.synthetic import CLASSES, make_synthetic_dataset, synth_clip, synth_frame, synth_lesion
 from ultrassl.errors import ConfigError
 
-COLUMNS = ["path", "kind", "label", "group_id", "n_frames", "fps", "width", "height", "mask_path"]
+COLUMNS = [
+    "path",
+    "kind",
+    "label",
+    "group_id",
+    "n_frames",
+    "fps",
+    "width",
+    "height",
+    "mask_path",
+    "scan_area",
+    "spacing_x_mm",
+    "spacing_y_mm",
+]
 
 
 def _decode(path: Path) -> np.ndarray:

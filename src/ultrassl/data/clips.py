@@ -35,11 +35,11 @@ from tqdm.auto import tqdm
 
 from ultrassl.data.datasets import DECODE_ERRORS, can_send_to_workers, decode_map, to_u8
 from ultrassl.data.epochs import EpochDataset
+from ultrassl.data.frame_prep import frame_preps, prep_params
 from ultrassl.data.frame_store import FrameStore, keep_or_spill, store_key
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.data.readers import read_frames
 from ultrassl.data.sampling import clip_indices, clip_step
-from ultrassl.data.scan_area import detect_scan_area
 from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
 from ultrassl.rng import sample_seed
 from ultrassl.transforms.pairs import random_resized_crop_params
@@ -96,20 +96,20 @@ def _confidence_key(confidence: ConfidenceFn | None) -> str | None:
 
 
 def _decode_clip_row(job: tuple, confidence: ConfidenceFn | None) -> tuple:
-    """(uint8 frames, maps, None) of one file's ``unique`` frames, or (None, None, why it was skipped).
+    """(uint8 frames, maps, None) of one file's ``unique`` frames, cropped and resampled by its
+    :class:`~ultrassl.data.frame_prep.FramePrep`, or (None, None, why it was skipped).
 
     The maps are uint8 when ``confidence`` is given, float32 gray frames when the caller computes
     them itself (``want_gray``: a function that cannot reach worker processes), else None.
     """
-    path, unique, rgb, scan_area, want_gray = job
+    path, unique, rgb, prep, want_gray = job
     try:
         frames = read_frames(path, unique, rgb=rgb)
+        gray = frames.mean(axis=-1) if rgb else frames
+        area = prep.area(gray, rgb=False)
+        frames, gray = prep.apply(frames, area), prep.apply(gray, area)
     except DECODE_ERRORS as exc:
         return None, None, exc.reason if isinstance(exc, UnreadableFileError) else str(exc)
-    gray = frames.mean(axis=-1) if rgb else frames
-    if scan_area:
-        area = detect_scan_area(gray)
-        frames, gray = area.apply(frames), area.apply(gray)
     gray = np.ascontiguousarray(gray, dtype=np.float32)
     if confidence is not None:
         maps = to_u8(confidence(gray))
@@ -127,6 +127,7 @@ def load_clip_cache(
     max_clips_per_video: int = 4,
     modality: str = "both",
     scan_area: bool = True,
+    spacing_mm: float | None = None,
     confidence: ConfidenceFn | None = None,
     progress: bool = True,
     cache_dir: str | Path | None = None,
@@ -137,6 +138,7 @@ def load_clip_cache(
 
     ``modality``: "both", "images" (videos are not decoded) or "videos" (stills are not decoded).
     ``confidence`` (None: no maps, for ``target: raw``) gets each decoded stack of frames once.
+    ``scan_area`` and ``spacing_mm``: the crop and resampling of :mod:`ultrassl.data.frame_prep`.
     Files that fail to decode are listed in ``cache.skipped`` (path, reason), never fatal.
 
     ``cache_dir``: keep frames and maps in an on-disk store ``cache_dir/<key>/`` (see
@@ -154,7 +156,8 @@ def load_clip_cache(
         and (str(getattr(confidence, "device", "cpu")) != "cpu" or not can_send_to_workers(confidence))
     )
     plan = []  # (row, is_clip, frame indices of each item, job)
-    for i, row in enumerate(rows):
+    preps = frame_preps(rows, scan_area, spacing_mm)
+    for i, (row, prep) in enumerate(zip(rows, preps)):
         is_clip = row.n_frames > 1
         if (is_clip and modality == "images") or (not is_clip and modality == "videos"):
             continue
@@ -164,7 +167,7 @@ def load_clip_cache(
         else:
             per_clip = [[0]]
         unique = sorted({int(j) for clip in per_clip for j in clip})
-        plan.append((i, is_clip, per_clip, (row.path, unique, rgb, scan_area, in_parent)))
+        plan.append((i, is_clip, per_clip, (row.path, unique, rgb, prep, in_parent)))
     jobs = [p[3] for p in plan]
     skipped: list[tuple[str, str]] = []
 
@@ -213,6 +216,7 @@ def load_clip_cache(
         "modality": modality,
         "scan_area": bool(scan_area),
         "confidence": _confidence_key(confidence),
+        **prep_params([preps[p[0]] for p in plan]),
     }
     folder = Path(cache_dir) / store_key(rows, params)
     kept = keep_or_spill(folder, _as_arrays(clip_items()), ram_limit, skipped=skipped, info=params)

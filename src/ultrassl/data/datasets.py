@@ -18,11 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ultrassl.data.epochs import EpochDataset
+from ultrassl.data.frame_prep import frame_preps, prep_params
 from ultrassl.data.frame_store import FrameStore, keep_or_spill, store_key
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.data.readers import read_frames
 from ultrassl.data.sampling import sample_indices_at_fps
-from ultrassl.data.scan_area import detect_scan_area
 from ultrassl.errors import UltrasslError, UnreadableFileError
 from ultrassl.rng import sample_seed
 
@@ -138,15 +138,14 @@ def to_u8(x: np.ndarray) -> np.ndarray:
 
 
 def _decode_frames_row(job: tuple) -> tuple[np.ndarray | None, str | None]:
-    """(uint8 frames of one file, cropped to its scan area, None) or (None, why it was skipped)."""
-    path, indices, rgb, scan_area = job
+    """(uint8 frames of one file, cropped to its scan area and resampled, None) or (None, why it was
+    skipped)."""
+    path, indices, rgb, prep = job
     try:
         frames = read_frames(path, indices, rgb=rgb)
+        frames = prep.apply(frames, prep.area(frames, rgb))
     except DECODE_ERRORS as exc:
         return None, exc.reason if isinstance(exc, UnreadableFileError) else str(exc)
-    if scan_area:
-        gray = frames.mean(axis=-1) if rgb else frames
-        frames = detect_scan_area(gray).apply(frames)
     return to_u8(frames), None
 
 
@@ -157,13 +156,16 @@ def load_frame_cache(
     video_fps: float | None = None,
     max_frames_per_video: int | None = None,
     scan_area: bool = True,
+    spacing_mm: float | None = None,
     spread: bool = True,
     progress: bool = True,
     cache_dir: str | Path | None = None,
     ram_limit: int | None = None,
     workers: int = 0,
 ) -> FrameCache:
-    """Decode the sampled frames of every row once (contiguously per video) and crop to the scan area.
+    """Decode the sampled frames of every row once (contiguously per video) and crop to the scan area
+    (the row's ``scan_area`` rectangles, else detected; ``scan_area=False``: whole frames), then, with
+    ``spacing_mm``, resample files of known spacing to that many mm per pixel (``data.frame_prep``).
 
     ``spread``: at most ``max_frames_per_video`` frames spread over the whole video (pre-training),
     or the first ones at the target rate (POCUS' evaluation convention). Files that fail to decode are
@@ -177,11 +179,12 @@ def load_frame_cache(
     processes; the frames and their order are the same as with ``workers=0``.
     """
     jobs = []
-    for row in rows:
+    preps = frame_preps(rows, scan_area, spacing_mm)
+    for row, prep in zip(rows, preps):
         indices = sample_indices_at_fps(
             row.n_frames, row.fps, video_fps, max_frames=max_frames_per_video, spread=spread
         )
-        jobs.append((row.path, [int(j) for j in indices], rgb, scan_area))
+        jobs.append((row.path, [int(j) for j in indices], rgb, prep))
     skipped: list[tuple[str, str]] = []
 
     def items() -> Iterator[tuple[np.ndarray, dict]]:
@@ -214,6 +217,7 @@ def load_frame_cache(
         "max_frames_per_video": max_frames_per_video,
         "scan_area": bool(scan_area),
         "spread": bool(spread),
+        **prep_params(preps),
     }
     store = keep_or_spill(
         Path(cache_dir) / store_key(rows, params), items(), ram_limit, skipped=skipped, info=params

@@ -1,7 +1,8 @@
 """`ultrassl index`: a folder of ultrasound media -> manifest.csv, with bad files skipped and explained.
 
 Every file is probed once here, so training never meets an unreadable file; the manifest records what
-a dataset needs without opening files again (kind, frame count, fps, size, label, group, mask).
+a dataset needs without opening files again (kind, frame count, fps, size, label, group, mask, and for
+DICOM the 2-D tissue regions as ``scan_area`` and the mm per pixel; see ``data.dicom_regions``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ultrassl.atomic import atomic_write_text
+from ultrassl.data.frame_prep import format_rects, parse_rects
 from ultrassl.data.pseudonyms import Pseudonymiser, salt_path_for
 from ultrassl.data.readers import DEFAULT_LIMITS, ReadLimits, probe
 from ultrassl.errors import UltrasslError, UnreadableFileError
@@ -33,7 +35,20 @@ __all__ = [
     "write_manifest",
 ]
 
-COLUMNS = ("path", "kind", "label", "group_id", "n_frames", "fps", "width", "height", "mask_path")
+COLUMNS = (
+    "path",
+    "kind",
+    "label",
+    "group_id",
+    "n_frames",
+    "fps",
+    "width",
+    "height",
+    "mask_path",
+    "scan_area",
+    "spacing_x_mm",
+    "spacing_y_mm",
+)
 REQUIRED_COLUMNS = ("path", "kind", "n_frames", "width", "height")
 KINDS = ("image", "video", "dicom")
 MASK_SUFFIX = "_mask"
@@ -54,6 +69,11 @@ class ManifestRow:
     width: int
     height: int
     mask_path: str | None = None
+    #: the scan area as rectangles (x0, y0, x1, y1), end-exclusive: a DICOM's 2-D tissue regions or an
+    #: area given by hand; None: detected from the pixels
+    scan_area: tuple[tuple[int, int, int, int], ...] | None = None
+    #: (x, y) millimetres per pixel, when known
+    spacing_mm: tuple[float, float] | None = None
 
 
 @dataclass
@@ -232,6 +252,8 @@ def build_manifest(
         if meta is not None:
             label = meta[0]
             group = meta[1] or group
+        for note in info.notes:
+            tqdm.write(f"{path}: {note}", file=sys.stderr)
         mask = _find_mask(path) if info.kind == "image" else None
         if mask is not None:
             used_masks.add(mask)
@@ -246,6 +268,8 @@ def build_manifest(
                 width=info.width,
                 height=info.height,
                 mask_path=str(mask.absolute()) if mask is not None else None,
+                scan_area=info.scan_area,
+                spacing_mm=info.spacing_mm,
             )
         )
     for path in files:
@@ -301,6 +325,8 @@ def write_manifest(rows: list[ManifestRow], csv_path: str | Path) -> Path:
                 r.width,
                 r.height,
                 _relative(r.mask_path, base) if r.mask_path else "",
+                format_rects(r.scan_area) if r.scan_area else "",
+                *((_fmt(v) for v in r.spacing_mm) if r.spacing_mm else ("", "")),
             ]
         )
     return atomic_write_text(csv_path, buf.getvalue())
@@ -361,6 +387,8 @@ def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
                 )
             path = _resolve(base, rec["path"])
             rel_default = rec["path"]
+            width = _number(csv_path, line, "width", rec["width"], int)
+            height = _number(csv_path, line, "height", rec["height"], int)
             rows.append(
                 ManifestRow(
                     path=path,
@@ -369,12 +397,38 @@ def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
                     group_id=rec.get("group_id") or rel_default,
                     n_frames=_number(csv_path, line, "n_frames", rec["n_frames"], int),
                     fps=_number(csv_path, line, "fps", rec.get("fps", ""), float),
-                    width=_number(csv_path, line, "width", rec["width"], int),
-                    height=_number(csv_path, line, "height", rec["height"], int),
+                    width=width,
+                    height=height,
                     mask_path=_resolve(base, rec["mask_path"]) if rec.get("mask_path") else None,
+                    scan_area=_scan_area(csv_path, line, rec, width, height),
+                    spacing_mm=_spacing(csv_path, line, rec),
                 )
             )
     return rows
+
+
+def _scan_area(
+    csv_path: Path, line: int, rec: dict[str, str], width: int, height: int
+) -> tuple[tuple[int, int, int, int], ...] | None:
+    text = rec.get("scan_area", "")
+    if not text:
+        return None
+    try:
+        return parse_rects(text, width, height)
+    except ValueError as e:
+        raise UltrasslError(f"{csv_path}: line {line}: bad scan_area {text!r}: {e}") from None
+
+
+def _spacing(csv_path: Path, line: int, rec: dict[str, str]) -> tuple[float, float] | None:
+    """(x, y) mm per pixel from spacing_x_mm and spacing_y_mm: both positive, or both empty."""
+    values = [_number(csv_path, line, c, rec.get(c, ""), float) for c in ("spacing_x_mm", "spacing_y_mm")]
+    if values == [None, None]:
+        return None
+    if None in values or any(v <= 0 for v in values):
+        raise UltrasslError(
+            f"{csv_path}: line {line}: spacing_x_mm and spacing_y_mm must both be numbers > 0, or both empty"
+        )
+    return (float(values[0]), float(values[1]))
 
 
 # ---------------------------------------------------------------------------------------- one call

@@ -8,6 +8,7 @@ user can cause (empty, truncated or non-media files, DICOM without pixels, tiny 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import stat
 import time
@@ -20,6 +21,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
+from ultrassl.data.dicom_regions import dicom_geometry
 from ultrassl.errors import UnreadableFileError
 
 __all__ = [
@@ -87,6 +89,12 @@ class MediaInfo:
     width: int
     height: int
     patient_id: str | None = None
+    #: DICOM only (``data.dicom_regions``): the 2-D tissue regions (x0, y0, x1, y1), end-exclusive
+    scan_area: tuple[tuple[int, int, int, int], ...] | None = None
+    #: DICOM only: (x, y) millimetres per pixel
+    spacing_mm: tuple[float, float] | None = None
+    #: DICOM only: regions left out, one line each
+    notes: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------- dispatch
@@ -498,7 +506,12 @@ def _dicom_fps(ds) -> float | None:
 
 
 def _probe_dicom(path: Path, limits: ReadLimits) -> MediaInfo:
-    return _dicom_info(path, _read_dataset(path), limits)
+    ds = _read_dataset(path)
+    info = _dicom_info(path, ds, limits)
+    geometry = dicom_geometry(ds, info.height, info.width)
+    return dataclasses.replace(
+        info, scan_area=geometry.rects or None, spacing_mm=geometry.spacing_mm, notes=geometry.problems
+    )
 
 
 def _read_dicom(path: Path, indices: list[int] | None, rgb: bool) -> np.ndarray:

@@ -23,6 +23,7 @@ def build_frames(cfg: PretrainConfig, progress: bool = True, degrade: Blur | Non
         video_fps=cfg.data.video_fps,
         max_frames_per_video=cfg.data.max_frames_per_video,
         scan_area=cfg.data.scan_area,
+        spacing_mm=cfg.data.spacing_mm,
         progress=progress,
         **cfg.data.store_args(),
         workers=cfg.data.decode_workers,

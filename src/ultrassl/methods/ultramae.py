@@ -289,6 +289,7 @@ def build_data(cfg: PretrainConfig, progress: bool = True) -> PretrainData:
         max_clips_per_video=u.max_clips_per_video,
         modality=u.modality,
         scan_area=data.scan_area,
+        spacing_mm=data.spacing_mm,
         confidence=conf,
         progress=progress,
         **data.store_args(),

@@ -170,6 +170,7 @@ def build_video_items(
         video_fps=data.video_fps,
         max_frames_per_video=data.max_frames_per_video,
         scan_area=data.scan_area,
+        spacing_mm=data.spacing_mm,
         progress=progress,
         **data.store_args(),
         workers=data.decode_workers,
