@@ -98,6 +98,7 @@ BUDGET_KEYS = (
     "seg_epochs",
     "img_size",
     "seed",
+    "scan_area",
     "calib_steps",
     "pretrain_batch",
 )
@@ -126,6 +127,8 @@ class Options:
     pretrain_batch: int | None = None
     #: pre-training precision (``auto``: the library's default); recorded with each calibration
     precision: str = "auto"
+    #: the scan-area crop for pre-training and evaluation (off: whole frames, overlays and all)
+    scan_area: bool = True
     write_doc: bool = True
     command: str = ""
     progress: bool = False
@@ -276,7 +279,7 @@ def method_config(method: str, manifest: Path, opt: Options, max_steps: int, cal
     s = opt.img_size
     flags: dict[str, Any] = {
         "encoder": {"img_size": [s, s]},
-        "data": {"manifest": str(manifest), "num_workers": 0},
+        "data": {"manifest": str(manifest), "num_workers": 0, "scan_area": opt.scan_area},
         "train": {
             "max_steps": max_steps,
             "seed": opt.seed,
@@ -483,6 +486,7 @@ def run_pocus(ds: Dataset, opt: Options, res: Results) -> None:
                     only_folds=(k,),
                     seeds=(opt.seed,),
                     epochs=opt.finetune_epochs,
+                    scan_area=opt.scan_area,
                 )
                 t0 = time.monotonic()
                 cached = (out / "report.json").exists()
@@ -570,6 +574,7 @@ def run_fewlabel(ds: Dataset, opt: Options, res: Results) -> None:
                     seeds=(opt.seed,),
                     label_fractions=fractions,
                     epochs=opt.finetune_epochs,
+                    scan_area=opt.scan_area,
                 )
                 t0 = time.monotonic()
                 cached = (out / "report.json").exists()
@@ -1012,6 +1017,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=d.precision,
         help="pre-training precision: auto (the library's default), fp32, bf16",
     )
+    p.add_argument(
+        "--no-scan-area",
+        action="store_true",
+        help="switch the scan-area crop off (pre-training and evaluation)",
+    )
     p.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--doc-only", action="store_true", help="rewrite the docs section from --out and stop")
@@ -1041,6 +1051,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         calib_steps=a.calib_steps,
         pretrain_batch=a.pretrain_batch,
         precision=a.precision,
+        scan_area=not a.no_scan_area,
         write_doc=not a.no_doc,
         command="python bench/real_data.py " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
         progress=a.progress,
