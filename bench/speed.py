@@ -100,6 +100,8 @@ def step_rate(
     clip_frames: int | None = None,
     steps: int = 6,
     warmup: int = 2,
+    preset: str | None = None,
+    flops: bool = False,
     **_: Any,
 ) -> dict[str, Any]:
     """Samples/s of the training loop's own optimiser step (``Trainer._train_step``: forward, backward,
@@ -114,7 +116,7 @@ def step_rate(
     from ultrassl.training import Trainer
 
     overrides = [f"encoder.img_size=[{img_size},{img_size}]"]
-    if method != "uscl" and method not in CONVVIT_METHODS:
+    if preset is None and method != "uscl" and method not in CONVVIT_METHODS:
         overrides.append(f"encoder.arch={ARCHS[arch]}")
     if modality:
         overrides.append(f"ultramae.modality={modality}")
@@ -133,7 +135,7 @@ def step_rate(
             "device": "auto",
         },
     }
-    cfg = build_pretrain_config(method, PRESETS[method], flags=flags, overrides=overrides)
+    cfg = build_pretrain_config(method, preset or PRESETS[method], flags=flags, overrides=overrides)
     prepare_config(cfg)
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -149,6 +151,13 @@ def step_rate(
         for _ in range(warmup):
             trainer._train_step(batches)
         warmup_s = time.perf_counter() - t0
+        step_flops = None
+        if flops:  # one more step under the FLOP counter (matmuls and convolutions, forward + backward)
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                trainer._train_step(batches)
+            step_flops = counter.get_total_flops()
         cuda = trainer.device.type == "cuda"
         if cuda:
             torch.cuda.synchronize()
@@ -179,6 +188,7 @@ def step_rate(
         "peak_memory_mb": peak,
         "peak_memory_kind": "cuda max allocated" if cuda else "process max RSS",
         "device": str(trainer.device),
+        "step_flops": step_flops,
     }
 
 
@@ -189,6 +199,8 @@ def loader_rate(
     workers: int,
     modality: str | None = None,
     batches: int = 32,
+    preset: str | None = None,
+    img_size: int | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """Steady-state samples/s of the method's DataLoader (augmentation, blur, sample pairs, collation)
@@ -210,7 +222,9 @@ def loader_rate(
         "train": {"batch_size": 8, "tensorboard": False, "max_steps": 10**6, "device": "cpu"},
     }
     overrides = [f"ultramae.modality={modality}"] if modality else []
-    cfg = build_pretrain_config(method, PRESETS[method], flags=flags, overrides=overrides)
+    if img_size:
+        overrides.append(f"encoder.img_size=[{img_size},{img_size}]")
+    cfg = build_pretrain_config(method, preset or PRESETS[method], flags=flags, overrides=overrides)
     prepare_config(cfg)
     dataset = build_pretrain_data(cfg, progress=False).train
     with tempfile.TemporaryDirectory() as run_dir:

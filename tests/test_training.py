@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from ultrassl import precision
 from ultrassl.checkpoint import safe_load
 from ultrassl.config import OptimConfig, TrainConfig
 from ultrassl.data.epochs import EpochDataset
@@ -327,3 +328,73 @@ def test_a_data_set_with_epoch_hooks_must_say_so(tmp_path):
     )  # fmt: skip
     with pytest.raises(ConfigError, match="LooksLikeIt defines set_epoch but is not an ultrassl"):
         trainer.fit()
+
+
+# ---------------------------------------------------------------------------------------------------
+# precision auto: chosen by a probe on the first batch, recorded, kept on resume
+
+
+def test_pick_prefers_fp32_unless_another_is_clearly_faster():
+    assert precision.pick({"fp32": 1.0, "bf16": 0.5}) == "bf16"
+    assert precision.pick({"fp32": 1.0, "bf16": 0.99}) == "fp32"  # within the noise margin
+    assert precision.pick({"fp32": 1.0, "bf16": 1.3}) == "fp32"
+    assert precision.pick({"fp32": 1.0, "fp16": 0.6}) == "fp16"
+
+
+def test_the_probe_leaves_the_model_and_the_random_streams_alone():
+    model = ToyMethod()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = {"x": torch.randn(8, 8), "y": torch.randn(8)}
+    rng = capture_rng()
+    figures = precision.time_precisions(
+        model, batch, torch.device("cpu"), ("fp32", "bf16"), lambda m: torch.optim.AdamW(m.parameters())
+    )
+    assert set(figures) == {"fp32", "bf16"} and all(v > 0 for v in figures.values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    after = capture_rng()
+    restore_rng(rng)
+    assert torch.equal(after["torch"], capture_rng()["torch"])
+
+
+def _run_info(run):
+    import json
+
+    return json.loads((run / "run_info.json").read_text())
+
+
+def test_auto_records_its_choice_and_reuses_cached_figures(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ULTRASSL_PRECISION_CACHE", str(tmp_path / "cache.json"))
+    _trainer(tmp_path / "a", epochs=1).fit()
+    first = _run_info(tmp_path / "a")["precision"]
+    assert first["requested"] == "auto" and first["source"] == "probe"
+    assert first["chosen"] in ("fp32", "bf16") and set(first["seconds_per_step"]) == {"fp32", "bf16"}
+    assert first["chosen"] == precision.pick(first["seconds_per_step"])
+    assert "precision auto: fp32" in capsys.readouterr().err  # the figures are printed
+    # the same model and input shape again: the cached figures, no probe
+    _trainer(tmp_path / "b", epochs=1).fit()
+    second = _run_info(tmp_path / "b")["precision"]
+    assert second["source"] == "cache" and second["seconds_per_step"] == first["seconds_per_step"]
+    # another batch size is another input shape: probed again
+    _trainer(tmp_path / "c", epochs=1, batch_size=4).fit()
+    assert _run_info(tmp_path / "c")["precision"]["source"] == "probe"
+    monkeypatch.setenv("ULTRASSL_PRECISION_CACHE", "off")
+    _trainer(tmp_path / "d", epochs=1).fit()
+    assert _run_info(tmp_path / "d")["precision"]["source"] == "probe"
+
+
+def test_auto_equals_the_chosen_precision_given_by_hand_and_resume_keeps_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("ULTRASSL_PRECISION_CACHE", "off")
+    monkeypatch.setattr(precision, "pick", lambda figures, margin=0.0: "bf16")
+    by_hand = _trainer(tmp_path / "hand", precision="bf16", checkpoint_every=3).fit()
+    auto = _trainer(tmp_path / "auto", checkpoint_every=3).fit()
+    wa, wb = _weights(by_hand.checkpoint), _weights(auto.checkpoint)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the probe changed nothing but the choice
+    # crash, then resume on a machine where the probe would now pick fp32: the run stays in bf16
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _trainer(tmp_path / "run", data=ToyData(fail_at=19 * 8), checkpoint_every=3).fit()
+    monkeypatch.setattr(precision, "pick", lambda figures, margin=0.0: "fp32")
+    resumed = _trainer(tmp_path / "run", checkpoint_every=3, resume=True).fit()
+    assert _run_info(tmp_path / "run")["precision"]["chosen"] == "bf16"
+    assert safe_load(resumed.checkpoint)["run_info"]["precision"]["chosen"] == "bf16"
+    wr = _weights(resumed.checkpoint)
+    assert all(torch.equal(wa[k], wr[k]) for k in wa)

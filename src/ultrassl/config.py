@@ -142,7 +142,8 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
-    #: auto | fp32 | bf16 | fp16  (auto: bf16 on GPUs and CPUs with native bf16, else fp32)
+    #: auto | fp32 | bf16 | fp16  (auto: the faster of fp32 and bf16 (fp16 on CUDA without bf16), timed
+    #: on the first batch; see ultrassl.precision)
     precision: str = "auto"
     tensorboard: bool = True
     #: validate every this many steps when the method holds data out (None: once per epoch)

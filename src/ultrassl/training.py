@@ -5,7 +5,7 @@ A method is any ``nn.Module`` whose ``forward(batch: dict) -> dict`` returns at 
 ``after_step`` hook runs after every optimiser step).
 The loop owns what is common: AdamW without weight decay on biases/norms, lr = base_lr x global
 batch / 256, per-step warm-up then half-cycle cosine, gradient accumulation, clipping, autocast (bf16 on
-CPU/GPU, fp16 with a scaler on CUDA), a NaN guard, progress, CSV/TensorBoard metrics, atomic
+CPU/GPU, fp16 with a scaler on CUDA; ``auto`` times them on the first batch), a NaN guard, progress, CSV/TensorBoard metrics, atomic
 checkpoints and bit-exact resume, and torchrun (DDP) from the environment.
 
 Determinism does not depend on process count or worker count: the sample order is a seeded permutation
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import math
 import signal
 import sys
@@ -41,6 +42,7 @@ from ultrassl.config import OptimConfig, TrainConfig
 from ultrassl.data.epochs import EpochDataset
 from ultrassl.errors import CheckpointError, ConfigError, UltrasslError
 from ultrassl.methods.base import PretrainMethod
+from ultrassl.precision import DTYPES, PrecisionChoice, choose_precision
 from ultrassl.rng import capture_rng, restore_rng, seed_everything
 
 
@@ -340,7 +342,10 @@ class Trainer:
         )
         self.warmup_steps = max(1, warmup)
         self.model.to(self.device)
-        self.autocast_dtype = resolve_precision(cfg.precision, self.device)
+        # ``auto`` is settled in fit(), by the checkpoint's record or a probe on the first batch
+        self.autocast_dtype = (
+            None if cfg.precision == "auto" else resolve_precision(cfg.precision, self.device)
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         groups = param_groups(self.model, ocfg.weight_decay, decay_all=ocfg.decay_all)
         optimizer_cls = torch.optim.Adam if ocfg.name == "adam" else torch.optim.AdamW
@@ -461,6 +466,40 @@ class Trainer:
             seed_everything(self.cfg.seed + self.dist.rank + 1_000_003 * self.step)
         return path
 
+    # -- precision ---------------------------------------------------------------------------------
+
+    def _settle_precision(self, found: tuple[Path, dict[str, Any]] | None) -> None:
+        """``auto``: the precision the run's checkpoint recorded, else the faster on a probe (rank 0's)."""
+        if found is not None:
+            recorded = (found[1].get("run_info") or {}).get("precision") or {}
+            if recorded.get("chosen") in DTYPES:
+                choice = PrecisionChoice(recorded["chosen"], recorded.get("seconds_per_step", {}), 0.0)
+            else:  # saved before the probe existed: the rule of that time (bf16 where the CPU has it)
+                dtype = resolve_precision("auto", self.device)
+                choice = PrecisionChoice(next(k for k, v in DTYPES.items() if v == dtype))
+            choice.source = "checkpoint"
+        else:
+            mine = self._probe_precision() if self.dist.is_main else None
+            choice = PrecisionChoice(**distributed.broadcast_object(mine.as_dict() if mine else None))
+        self.autocast_dtype = DTYPES[choice.chosen]
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        self.run_info["precision"] = {"requested": "auto", **choice.as_dict()}
+        if self.dist.is_main:
+            print(choice.describe(self.cfg.batch_size), file=sys.stderr)
+            if choice.source != "checkpoint":
+                atomic_write_text(self.run_dir / "run_info.json", json.dumps(self.run_info, indent=2))
+
+    def _probe_precision(self) -> PrecisionChoice:
+        batch = self._to_device(next(iter(self._loader(0, 0))))
+        ocfg = self.optim_cfg
+
+        def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+            groups = param_groups(model, ocfg.weight_decay, decay_all=ocfg.decay_all)
+            return type(self.optimizer)(groups, lr=self.lr, betas=tuple(ocfg.betas))
+
+        extra = f"fused_attn={self.cfg.fused_attn},channels_last={self.channels_last}"
+        return choose_precision(self.model, batch, self.device, make_optimizer, extra_key=extra)
+
     # -- run -----------------------------------------------------------------------------------------
 
     def _to_device(self, batch: Any) -> Any:
@@ -484,8 +523,12 @@ class Trainer:
         self._setup()
         is_main = self.dist.is_main
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        resumed = self._load(self.resume_state) if self.resume else None
+        found = (self.resume_state or agreed_latest(self.store, self.dist)) if self.resume else None
         self.resume_state = None  # the trainer holds no second copy of the weights while it runs
+        if self.cfg.precision == "auto":
+            self._settle_precision(found)
+        resumed = self._load(found) if found is not None else None
+        del found
         if resumed is not None:
             if is_main:
                 print(f"resumed from {resumed} at step {self.step}", file=sys.stderr)
