@@ -172,8 +172,11 @@ class ProbeConfig:
 
     #: labelled manifest (columns label, group_id) to probe with; empty: no probe
     data: str = ""
-    #: probe every this many optimiser steps (and at the start and the end); None: 10 times per run
+    #: probe every this many optimiser steps (and at the start and the end); None: at most 10 times per
+    #: run and never more often than keeps the probe under ``max_share`` of the training time
     every: int | None = None
+    #: with ``every: null``, the probe's time as a share of the training time between probes, at most
+    max_share: float = 0.05
     #: at most this many frames (spread over the manifest's rows), decoded once at the start
     max_frames: int = 512
     #: neighbours of the cosine k-NN classifier
@@ -193,6 +196,8 @@ class ProbeConfig:
     def check(self) -> None:
         if self.every is not None and self.every < 1:
             raise ConfigError(f"every must be >= 1 step or null, got {self.every}")
+        if not 0.0 < self.max_share <= 1.0:
+            raise ConfigError(f"max_share must be in (0, 1], got {self.max_share}")
         if self.max_frames < 4:
             raise ConfigError(f"max_frames must be at least 4, got {self.max_frames}")
         if self.k < 1:

@@ -290,8 +290,9 @@ class MetricsLog:
 class Watcher(Protocol):
     """Something that looks at the model now and then without changing the run: an online probe, pictures.
 
-    ``due`` must give every process the same answer (it may depend on the step and on ``final``, the
-    run's last step, only). ``watch`` runs on rank 0 alone, under ``no_grad``, in eval mode, with every
+    ``due`` is asked on rank 0 only (``final``: this is the run's last step) and its answer is shared
+    with the other processes in the loop's per-step broadcast, so it may depend on time, e.g. to keep a
+    probe under a share of the training time. ``watch`` runs on rank 0 alone, under ``no_grad``, in eval mode, with every
     random generator restored afterwards (so training replays bit-exactly with or without it); it
     returns values for metrics.csv. Other processes do not wait for it in a collective of their own:
     they go on to the next one (the best-checkpoint decision right after it), bounded by what the
@@ -569,7 +570,8 @@ class Trainer:
         epoch = self.step // spe
         try:
             if resumed is None:  # the untrained model's score: where the curves start
-                window_t += self._watch(log, 0, final=self.total_steps == 0)
+                due = distributed.broadcast_flags(self._due(self.total_steps == 0), self.device)
+                window_t += self._watch(log, 0, due)
             while self.step < self.total_steps:
                 epoch = self.step // spe
                 loader = self._loader(epoch, (self.step % spe) * accum * micro)
@@ -594,9 +596,11 @@ class Trainer:
                         self.cfg.time_limit is not None
                         and time.monotonic() - t_start > self.cfg.time_limit * 60
                     )
-                    stop_now = distributed.broadcast_flag(out_of_time or stop_signal["hit"], self.device)
+                    stop_here = out_of_time or stop_signal["hit"]
+                    due = self._due(self.step >= self.total_steps or stop_here)
+                    stop_now, *due = distributed.broadcast_flags([stop_here, *due], self.device)
                     last = self.step >= self.total_steps or stop_now
-                    window_t += self._watch(log, epoch, final=last)  # its time is not training's
+                    window_t += self._watch(log, epoch, due)  # its time is not training's
                     if last:
                         if stop_now:
                             stopped_by = "signal" if stop_signal["hit"] else "time_limit"
@@ -710,13 +714,19 @@ class Trainer:
 
     # -- watchers ------------------------------------------------------------------------------------
 
-    def _watch(self, log: MetricsLog | None, epoch: int, final: bool) -> float:
+    def _due(self, final: bool) -> list[bool]:
+        """Which watchers are due now, by rank 0's answer (the others' is replaced by the broadcast)."""
+        if not self.dist.is_main:
+            return [False] * len(self.watchers)
+        return [w.due(self.step, self.total_steps, final) for w in self.watchers]
+
+    def _watch(self, log: MetricsLog | None, epoch: int, due_flags: list[bool]) -> float:
         """Run the watchers due now on rank 0, log their values, keep best.pt by ``select_key``.
 
         Returns the seconds it took (left out of the throughput figure). Every process takes part in
         the one decision afterwards (a broadcast), so none runs ahead into a checkpoint write alone.
         """
-        due = [w for w in self.watchers if w.due(self.step, self.total_steps, final)]
+        due = [w for w, flag in zip(self.watchers, due_flags) if flag]
         if not due:
             return 0.0
         t0 = time.monotonic()

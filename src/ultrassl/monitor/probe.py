@@ -139,6 +139,13 @@ def load_probe_set(
     )
 
 
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """sklearn's balanced accuracy, quiet when a prediction names a class the held-out groups lack."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(y_true, y_pred))
+
+
 def knn_score(
     train: np.ndarray,
     y_train: np.ndarray,
@@ -161,7 +168,7 @@ def knn_score(
         n_classes = int(max(y_train.max(), y_val.max())) + 1
         votes = torch.zeros(len(b), n_classes)
         votes.scatter_add_(1, torch.as_tensor(y_train, dtype=torch.int64)[idx], (sim / temperature).exp())
-    return float(balanced_accuracy_score(y_val, votes.argmax(1).numpy()))
+    return _balanced_accuracy(y_val, votes.argmax(1).numpy())
 
 
 def linear_score(
@@ -173,7 +180,7 @@ def linear_score(
     with warnings.catch_warnings():  # few iterations may not converge; the score is still a fair signal
         warnings.simplefilter("ignore")
         clf.fit(scaler.transform(train), y_train)
-        return float(balanced_accuracy_score(y_val, clf.predict(scaler.transform(val))))
+        return _balanced_accuracy(y_val, clf.predict(scaler.transform(val)))
 
 
 class OnlineProbe:
@@ -185,17 +192,28 @@ class OnlineProbe:
     def __init__(self, cfg: ProbeConfig, probe_set: ProbeSet | None):
         self.cfg = cfg
         self.probe_set = probe_set
+        #: when the last probe ended and what it cost (seconds), for the time-bounded default schedule
+        self.last_end: float | None = None
+        self.last_cost = 0.0
+        self.last_step = 0
 
     @property
     def key(self) -> str:
         """The metrics.csv column whose highest value picks best.pt."""
         return f"probe_{self.cfg.metric}"
 
-    def every(self, total_steps: int) -> int:
-        return self.cfg.every or max(1, math.ceil(total_steps / DEFAULT_TIMES))
-
     def due(self, step: int, total_steps: int, final: bool) -> bool:
-        return final or step % self.every(total_steps) == 0
+        """``probe.every`` steps; by default at most ``DEFAULT_TIMES`` per run and only once the training
+        time since the last probe is ``last cost / max_share`` (the probe's share stays under it)."""
+        if final:
+            return True
+        if self.cfg.every is not None:
+            return step % self.cfg.every == 0
+        if self.last_end is None:  # the first probe of this process: at the start (or on resuming)
+            return True
+        spacing = max(1, math.ceil(total_steps / DEFAULT_TIMES))
+        waited = time.monotonic() - self.last_end
+        return step - self.last_step >= spacing and waited * self.cfg.max_share >= self.last_cost
 
     def features(self, model: nn.Module) -> np.ndarray:
         """``[N, D]`` pooled features of every probe frame by the method's exportable encoder."""
@@ -215,5 +233,6 @@ class OnlineProbe:
         values = {"probe_knn": knn_score(xtr, ytr, xva, yva, self.cfg.k)}
         if self.cfg.linear:
             values["probe_linear"] = linear_score(xtr, ytr, xva, yva, self.cfg.seed)
-        values["probe_s"] = time.monotonic() - t0
+        self.last_end, self.last_step = time.monotonic(), step
+        self.last_cost = values["probe_s"] = self.last_end - t0
         return values
