@@ -86,8 +86,8 @@ def main() -> None:
         [
             "## Online probe: what it adds to a CPU pre-training run",
             "",
-            f"`OMP_NUM_THREADS={m['omp_num_threads']} python bench/probe_overhead.py --steps {a.steps} "
-            f"--batch-size {a.batch_size} --rounds {a.rounds}` on {m['cpu']} ({m['cores']} cores), torch {m['torch']}, git {m['git']}: "
+            f"`OMP_NUM_THREADS={m['omp_num_threads']} python bench/probe_overhead.py --preset {a.preset} "
+            f"--method {a.method} --steps {a.steps} --batch-size {a.batch_size} --rounds {a.rounds}` on {m['cpu']} ({m['cores']} cores), torch {m['torch']}, git {m['git']}: "
             f"`{result['command']}` on synthetic data (24 lung patients x 2 clips of 32 frames + 24 lesion "
             "stills, 128 px; the same manifest is the probe set), alternating runs, median wall-clock time of "
             "the whole command.",

@@ -292,11 +292,11 @@ class Watcher(Protocol):
 
     ``due`` is asked on rank 0 only (``final``: this is the run's last step) and its answer is shared
     with the other processes in the loop's per-step broadcast, so it may depend on time, e.g. to keep a
-    probe under a share of the training time. ``watch`` runs on rank 0 alone, under ``no_grad``, in eval mode, with every
-    random generator restored afterwards (so training replays bit-exactly with or without it); it
-    returns values for metrics.csv. Other processes do not wait for it in a collective of their own:
-    they go on to the next one (the best-checkpoint decision right after it), bounded by what the
-    watcher costs.
+    probe under a share of the training time. ``watch`` runs on rank 0 alone, under ``no_grad``, in
+    eval mode, with every random generator restored afterwards (so training replays bit-exactly with or
+    without it); it returns values for metrics.csv. It holds no collective: the other processes go on
+    to the next one (the best-checkpoint broadcast right after it, or the next step's gradient
+    all-reduce) and wait there for the watcher's seconds.
     """
 
     def due(self, step: int, total_steps: int, final: bool) -> bool: ...
