@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from ultrassl.methods import (
     method_names,
     register_method,
 )
+from ultrassl.monitor import build_watchers, finish_run, preview_batch, preview_images
 from ultrassl.runs import build_model, check_resume_config, init_from, load_run, run_info
 from ultrassl.training import Trainer, TrainResult, agreed_latest
 from ultrassl.visualize import save_reconstruction_grid
@@ -128,7 +130,8 @@ def _resume_mode(resume: bool | str) -> str:
 
 
 def clear_run(run_dir: Path) -> None:
-    """What a run writes about its training (checkpoints, metrics, TensorBoard, skipped files), removed
+    """What a run writes about its training (checkpoints, metrics, TensorBoard, pictures, curves, summary,
+    skipped files), removed
     for ``--fresh``; only in a folder that holds a run (``config.yaml`` or ``checkpoints/``). Anything
     else the user keeps in the folder stays."""
     import shutil
@@ -136,9 +139,10 @@ def clear_run(run_dir: Path) -> None:
     if not ((run_dir / "config.yaml").exists() or (run_dir / "checkpoints").is_dir()):
         return
     CheckpointStore(run_dir / "checkpoints").clear()
-    for name in ("metrics.csv", "skipped_files.csv"):
+    for name in ("metrics.csv", "skipped_files.csv", "curves.png", "summary.md"):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    shutil.rmtree(run_dir / "reconstructions", ignore_errors=True)
 
 
 def _build_data_rank0_first(
@@ -203,6 +207,7 @@ def pretrain(
         ckpt.atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
         if data.skipped:
             ckpt.atomic_write_text(run_dir / "skipped_files.csv", skipped_csv(data.skipped))
+    watch = build_watchers(cfg, model, data.train, run_dir, is_main=dist_info.is_main, progress=progress)
     trainer = Trainer(
         model,
         data.train,
@@ -216,15 +221,43 @@ def pretrain(
         num_workers=cfg.data.num_workers,
         val_dataset=data.val,
         val_key=spec.val_key,
+        watchers=watch.watchers,
+        select_key=watch.select_key,
+        select_id=watch.select_id,
     )
     del found  # the trainer holds the only reference to the loaded state and drops it once restored
-    return trainer.fit()
+    t0 = time.monotonic()
+    report = {"run_dir": run_dir, "config": config}
+    try:
+        result = trainer.fit()
+    except BaseException as exc:
+        if dist_info.is_main:
+            finish_run(
+                **report,
+                steps=getattr(trainer, "step", None),
+                total_steps=getattr(trainer, "total_steps", None),
+                seconds=time.monotonic() - t0,
+                stopped_by=f"an error ({type(exc).__name__}: {exc})",
+                best=trainer.best_info,
+            )
+        raise
+    if dist_info.is_main:
+        finish_run(
+            **report,
+            steps=result.step,
+            total_steps=trainer.total_steps,
+            seconds=result.seconds,
+            stopped_by=result.stopped_by,
+            best=result.best,
+        )
+    return result
 
 
 def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "last") -> Path:
     """Write the run's encoder as ``model.safetensors`` + ``config.json`` that timm loads directly.
 
-    ``checkpoint="best"`` exports the lowest-validation-loss weights (USCL's ``best_model.pth``).
+    ``checkpoint="best"`` exports ``best.pt``: the best online-probe score of a run with ``--probe-data``,
+    else the lowest validation loss (USCL's ``best_model.pth``).
     """
     cfg, model, state = load_run(run_dir, checkpoint)
     encoder, spec = model.exportable_encoder()
@@ -232,6 +265,8 @@ def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "last") -
     extra = {"pretrain_steps": int(state["step"]), "pretrain_config": state["config"]}
     if "val_loss" in state:
         extra["val_loss"] = float(state["val_loss"])
+    if state.get("best"):
+        extra["best"] = dict(state["best"])
     return ckpt.export_encoder(
         encoder,
         spec,
@@ -259,16 +294,12 @@ def reconstruct(
     cfg.data.manifest = str(data)
     cfg.train.seed = seed
     dataset = build_pretrain_data(cfg, progress=False).train
-    items = [dataset[i] for i in dataset.preview_indices(n)]
-    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
-    gen = torch.Generator().manual_seed(seed)
-    views = model.reconstruct(batch, generator=gen)
-    mean = torch.tensor(cfg.data.mean).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.data.std).view(1, -1, 1, 1)
-    images = {k: (v.float() * std + mean).clamp(0, 1) for k, v in views.items()}
+    images = preview_images(model, preview_batch(dataset, n), cfg.data.mean, cfg.data.std, seed)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    save_reconstruction_grid(images, out_png, max_rows=n, columns=model.preview_columns)
+    save_reconstruction_grid(
+        images, out_png, max_rows=n, columns=model.preview_columns, titles=model.preview_titles
+    )
     return out_png
 
 

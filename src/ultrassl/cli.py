@@ -116,6 +116,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--label-fraction", type=float, help="uscl: keep the labels of this fraction of training videos"
     )
+    s.add_argument(
+        "--probe-data",
+        help="labelled manifest (label, group_id): score the frozen encoder on it by k-NN while training; "
+        "best.pt keeps the best score (probe.* in --set for the rest)",
+    )
+    s.add_argument(
+        "--probe-every", type=int, metavar="STEPS", help="probe every STEPS steps (default: 10 times per run)"
+    )
 
     s = sub.add_parser("reconstruct", help="draw input / masked / reconstruction / target")
     s.add_argument("run", type=Path)
@@ -128,7 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run", type=Path)
     s.add_argument("-o", "--out", type=Path, required=True)
     s.add_argument(
-        "--checkpoint", choices=("last", "best"), default="last", help="best: lowest validation loss (uscl)"
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="best: the best online-probe score (runs with --probe-data), else the lowest validation loss (uscl)",
     )
 
     s = sub.add_parser("convert", help="import a MAE/DeblurringMIM/timm/USCL checkpoint as an export")
@@ -302,6 +313,9 @@ def _pretrain_flags(a: argparse.Namespace) -> dict[str, Any]:
         flags["init_from"] = a.init_from
     if a.label_fraction is not None:
         flags["uscl"] = {"label_fraction": a.label_fraction}
+    probe = {"data": a.probe_data, "every": a.probe_every}
+    if any(v is not None for v in probe.values()):
+        flags["probe"] = {k: v for k, v in probe.items() if v is not None}
     return flags
 
 

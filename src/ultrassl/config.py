@@ -174,6 +174,70 @@ class TrainConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The online probe: every ``every`` steps the frozen encoder's features of a labelled manifest are
+    scored by k-NN (and optionally a linear probe) on a by-group split; the best score picks best.pt."""
+
+    #: labelled manifest (columns label, group_id) to probe with; empty: no probe
+    data: str = ""
+    #: probe every this many optimiser steps (and at the start and the end); None: at most 10 times per
+    #: run and never more often than keeps the probe under ``max_share`` of the training time
+    every: int | None = None
+    #: with ``every: null``, the probe's time as a share of the training time between probes, at most
+    max_share: float = 0.05
+    #: at most this many frames (spread over the manifest's rows), decoded once at the start
+    max_frames: int = 512
+    #: neighbours of the cosine k-NN classifier
+    k: int = 20
+    #: also fit a logistic regression on the same split (slower; sklearn)
+    linear: bool = False
+    #: the score that picks best.pt: knn | linear (balanced accuracy on the held-out groups)
+    metric: str = "knn"
+    #: fraction of the groups (patients) held out for scoring
+    val_fraction: float = 0.25
+    #: frames per second sampled from videos, and at most this many per video (before the frame cap)
+    frame_fps: float | None = 3.0
+    max_frames_per_video: int = 30
+    #: seed of the group split and of the frame choice (its own generator: training's RNG is untouched)
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.every is not None and self.every < 1:
+            raise ConfigError(f"every must be >= 1 step or null, got {self.every}")
+        if not 0.0 < self.max_share <= 1.0:
+            raise ConfigError(f"max_share must be in (0, 1], got {self.max_share}")
+        if self.max_frames < 4:
+            raise ConfigError(f"max_frames must be at least 4, got {self.max_frames}")
+        if self.k < 1:
+            raise ConfigError(f"k must be >= 1, got {self.k}")
+        if self.metric not in ("knn", "linear"):
+            raise ConfigError(f"metric must be knn|linear, got {self.metric!r}")
+        if self.metric == "linear" and not self.linear:
+            raise ConfigError("metric 'linear' needs linear: true")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.max_frames_per_video < 1:
+            raise ConfigError(f"max_frames_per_video must be >= 1, got {self.max_frames_per_video}")
+
+
+@dataclass
+class PreviewConfig:
+    """Pictures of what the method sees and predicts, drawn while the run goes (the same frames and
+    masks each time) into ``RUN/reconstructions/step_XXXXXX.png``."""
+
+    #: draw every this many steps (and at the end); None: 5 times per run; 0: never
+    every: int | None = None
+    #: frames (rows) per picture
+    n: int = 4
+
+    def check(self) -> None:
+        if self.every is not None and self.every < 0:
+            raise ConfigError(f"every must be >= 0 or null, got {self.every}")
+        if self.n < 1:
+            raise ConfigError(f"n must be >= 1, got {self.n}")
+
+
+@dataclass
 class PretrainConfig:
     """The sections every method reads. A method's own sections (``mae``, ``blur``, ``uscl``, ...) are
     fields of its subclass, made by :func:`ultrassl.methods.registry.config_class`."""
@@ -183,6 +247,8 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    previews: PreviewConfig = field(default_factory=PreviewConfig)
     #: a run folder, export folder or foreign checkpoint to start from (continued pre-training)
     init_from: str | None = None
 

@@ -99,6 +99,15 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def broadcast_flags(flags: list[bool], device: torch.device) -> list[bool]:
+    """Rank 0's decisions (stop now, which watcher is due) in one broadcast."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(flags)
+    t = torch.tensor([1 if f else 0 for f in flags], device=device)
+    dist.broadcast(t, src=0)
+    return [bool(v) for v in t.tolist()]
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

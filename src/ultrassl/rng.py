@@ -5,7 +5,9 @@ Plain values matter: checkpoints must load with ``torch.load(weights_only=True)`
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -55,3 +57,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Every generator (torch, CUDA, numpy, Python) as it was before the block: code that only looks at
+    a run (an online probe that builds a model, a picture) cannot shift training's random stream."""
+    state = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(state)

@@ -65,6 +65,8 @@ RESUMABLE_CHANGES = {
     "data.decode_workers",
     "ultramae.confidence_cache",
 }
+#: whole sections that only watch the run (probe, pictures) and may change between a run and its resumption
+RESUMABLE_SECTIONS = ("probe.", "previews.")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -86,7 +88,11 @@ def check_resume_config(saved: dict[str, Any], new: dict[str, Any], path: Path) 
     except ConfigError as exc:
         raise ConfigError(f"{path}: the run's saved config no longer reads ({exc})") from exc
     a, b = _flatten(saved), _flatten(new)
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+    diff = sorted(
+        k
+        for k in set(a) | set(b)
+        if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES and not k.startswith(RESUMABLE_SECTIONS)
+    )
     if diff:
         detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
         raise ConfigError(
@@ -105,8 +111,8 @@ def load_run(
 ) -> tuple[PretrainConfig, PretrainMethod, dict[str, Any]]:
     """(config, model with the run's weights, raw checkpoint) from a run folder or a checkpoint file.
 
-    ``checkpoint``: ``last`` (the end of training) or ``best`` (lowest validation loss, for methods that
-    hold data out, e.g. USCL).
+    ``checkpoint``: ``last`` (the end of training) or ``best`` (the best online-probe score of a run
+    with ``--probe-data``, else the lowest validation loss of a method that holds data out, e.g. USCL).
     """
     if checkpoint not in ("last", "best"):
         raise ConfigError(f"checkpoint must be last|best, got {checkpoint!r}")
@@ -123,7 +129,7 @@ def load_run(
             path = path / "checkpoints" / f"{checkpoint}.pt"
         if not path.exists():
             hint = (
-                " (only methods with a validation split, e.g. uscl, write best.pt)"
+                " (best.pt is written by runs with --probe-data and by methods with a validation split, e.g. uscl)"
                 if checkpoint == "best"
                 else ""
             )

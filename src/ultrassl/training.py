@@ -23,10 +23,10 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ from ultrassl.data.epochs import EpochDataset
 from ultrassl.errors import CheckpointError, ConfigError, UltrasslError
 from ultrassl.methods.base import PretrainMethod
 from ultrassl.precision import DTYPES, PrecisionChoice, choose_precision
-from ultrassl.rng import capture_rng, restore_rng, seed_everything
+from ultrassl.rng import capture_rng, preserved_rng, restore_rng, seed_everything
 
 
 class TrainingDivergedError(UltrasslError):
@@ -58,6 +58,8 @@ class TrainResult:
     stopped_by: str  # "done" | "max_steps" | "time_limit" | "signal"
     checkpoint: Path
     seconds: float
+    #: what best.pt holds: {"key", "value", "step"} (None: no best.pt was written)
+    best: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -226,7 +228,19 @@ def agreed_latest(store: CheckpointStore, dist: distributed.DistInfo) -> tuple[P
 class MetricsLog:
     """metrics.csv (rank 0) plus TensorBoard when installed; a resumed run drops rows past its step."""
 
-    FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "val_loss")
+    FIELDS = (
+        "step",
+        "epoch",
+        "loss",
+        "lr",
+        "grad_norm",
+        "samples_per_s",
+        "elapsed_s",
+        "val_loss",
+        "probe_knn",
+        "probe_linear",
+        "probe_s",
+    )
 
     def __init__(self, run_dir: Path, resume_step: int, tensorboard: bool):
         self.path = run_dir / "metrics.csv"
@@ -260,11 +274,36 @@ class MetricsLog:
                     self.tb.add_scalar(f"train/{key}", row[key], int(row["step"]))
             if row.get("val_loss") is not None:
                 self.tb.add_scalar("val/loss", row["val_loss"], int(row["step"]))
+            for key in ("probe_knn", "probe_linear"):
+                if row.get(key) is not None:
+                    self.tb.add_scalar(f"probe/{key.removeprefix('probe_')}", row[key], int(row["step"]))
+
+    def image(self, tag: str, image: Any, step: int) -> None:
+        """An ``[H, W, 3]`` uint8 picture to TensorBoard (nothing without it)."""
+        if self.tb is not None:
+            self.tb.add_image(tag, image, step, dataformats="HWC")
 
     def close(self) -> None:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+class Watcher(Protocol):
+    """Something that looks at the model now and then without changing the run: an online probe, pictures.
+
+    ``due`` is asked on rank 0 only (``final``: this is the run's last step) and its answer is shared
+    with the other processes in the loop's per-step broadcast, so it may depend on time, e.g. to keep a
+    probe under a share of the training time. ``watch`` runs on rank 0 alone, under ``no_grad``, in
+    eval mode, with every random generator restored afterwards (so training replays bit-exactly with or
+    without it); it returns values for metrics.csv. It holds no collective: the other processes go on
+    to the next one (the best-checkpoint broadcast right after it, or the next step's gradient
+    all-reduce) and wait there for the watcher's seconds.
+    """
+
+    def due(self, step: int, total_steps: int, final: bool) -> bool: ...
+
+    def watch(self, model: nn.Module, step: int, log: MetricsLog) -> dict[str, float]: ...
 
 
 class Trainer:
@@ -292,6 +331,9 @@ class Trainer:
         num_workers: int = 0,
         val_dataset: Dataset | None = None,
         val_key: str = "loss",
+        watchers: Sequence[Watcher] = (),
+        select_key: str | None = None,
+        select_id: str = "",
     ):
         self.model = model
         self.dataset = dataset
@@ -313,6 +355,14 @@ class Trainer:
         self.val_key = val_key
         self.best_path = self.run_dir / "checkpoints" / "best.pt"
         self.best_val = math.inf
+        #: watchers (an online probe, pictures) and the value of theirs whose highest picks best.pt
+        #: instead of validation; ``select_id`` names what it measures (a changed probe set starts over)
+        self.watchers = list(watchers)
+        self.select_key = select_key
+        self.select_id = select_id
+        self.best_score = -math.inf
+        #: what best.pt holds now: {"key", "value", "step"}
+        self.best_info: dict[str, Any] | None = None
 
     # -- set-up --------------------------------------------------------------------------------------
 
@@ -434,6 +484,9 @@ class Trainer:
             "run_info": self.run_info,
             "format": "ultrassl-train/1",
             "best_val": self.best_val,
+            "best_score": self.best_score,
+            "best_info": self.best_info,
+            "best_select_id": self.select_id,
         }
 
     def save(self, epoch: int) -> None:
@@ -459,6 +512,14 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.best_val = float(state.get("best_val", math.inf))
+        self.best_info = state.get("best_info")
+        self.best_score = float(state.get("best_score", -math.inf))
+        if self.select_key is not None and state.get("best_select_id", "") != self.select_id:
+            if self.dist.is_main and self.best_info is not None:
+                print(
+                    "the probe changed since the last checkpoint: best.pt is chosen afresh", file=sys.stderr
+                )
+            self.best_score = -math.inf
         ranks = state.get("rng_ranks") or [state["rng"]]
         if len(ranks) == self.dist.world_size:
             restore_rng(ranks[self.dist.rank])
@@ -551,6 +612,9 @@ class Trainer:
         window_t, window_n = time.monotonic(), 0
         epoch = self.step // spe
         try:
+            if resumed is None:  # the untrained model's score: where the curves start
+                due = distributed.broadcast_flags(self._due(self.total_steps == 0), self.device)
+                window_t += self._watch(log, 0, due)
             while self.step < self.total_steps:
                 epoch = self.step // spe
                 loader = self._loader(epoch, (self.step % spe) * accum * micro)
@@ -575,8 +639,12 @@ class Trainer:
                         self.cfg.time_limit is not None
                         and time.monotonic() - t_start > self.cfg.time_limit * 60
                     )
-                    stop_now = distributed.broadcast_flag(out_of_time or stop_signal["hit"], self.device)
-                    if self.step >= self.total_steps or stop_now:
+                    stop_here = out_of_time or stop_signal["hit"]
+                    due = self._due(self.step >= self.total_steps or stop_here)
+                    stop_now, *due = distributed.broadcast_flags([stop_here, *due], self.device)
+                    last = self.step >= self.total_steps or stop_now
+                    window_t += self._watch(log, epoch, due)  # its time is not training's
+                    if last:
                         if stop_now:
                             stopped_by = "signal" if stop_signal["hit"] else "time_limit"
                         elif self.cfg.max_steps is not None:
@@ -599,6 +667,7 @@ class Trainer:
             stopped_by=stopped_by,
             checkpoint=self.ckpt_path,
             seconds=time.monotonic() - t_start,
+            best=self.best_info,
         )
 
     def _log_row(self, loss: float, grad_norm: float | None, rate: float, elapsed: float) -> dict[str, Any]:
@@ -656,28 +725,78 @@ class Trainer:
         return float(total[0] / total[1].clamp_min(1))
 
     def _validate_and_keep_best(self, log: MetricsLog | None, epoch: int) -> None:
-        """Validate; log it; write ``best.pt`` (model, config, step) atomically when it is the lowest."""
+        """Validate; log it; write ``best.pt`` when it is the lowest (unless a probe picks best.pt)."""
         value = self.validate()
         if log is not None:
             log.write({"step": self.step, "epoch": self.step / self.steps_per_epoch, "val_loss": value})
         if value < self.best_val:
             self.best_val = value
+            if self.select_key is None:
+                self._write_best(epoch, "val_loss", value)
 
-            def write_best() -> None:
-                best = {
-                    "model": self.model.state_dict(),
-                    "step": self.step,
-                    "epoch": epoch,
-                    "val_loss": value,
-                    "config": self.config,
-                    "run_info": self.run_info,
-                    "format": "ultrassl-train/1",
-                }
-                atomic_save(seal(best), self.best_path)
+    def _write_best(self, epoch: int, key: str, value: float) -> None:
+        """``best.pt`` (model, config, step, the value that chose it) written atomically on rank 0."""
+        self.best_info = {"key": key, "value": float(value), "step": self.step}
 
-            distributed.on_main(
-                write_best, self.device, CheckpointWriteError(f"{self.best_path}: rank 0 could not write it")
-            )
+        def write_best() -> None:
+            best = {
+                "model": self.model.state_dict(),
+                "step": self.step,
+                "epoch": epoch,
+                key: float(value),
+                "best": self.best_info,
+                "config": self.config,
+                "run_info": self.run_info,
+                "format": "ultrassl-train/1",
+            }
+            atomic_save(seal(best), self.best_path)
+
+        distributed.on_main(
+            write_best, self.device, CheckpointWriteError(f"{self.best_path}: rank 0 could not write it")
+        )
+
+    # -- watchers ------------------------------------------------------------------------------------
+
+    def _due(self, final: bool) -> list[bool]:
+        """Which watchers are due now, by rank 0's answer (the others' is replaced by the broadcast)."""
+        if not self.dist.is_main:
+            return [False] * len(self.watchers)
+        return [w.due(self.step, self.total_steps, final) for w in self.watchers]
+
+    def _watch(self, log: MetricsLog | None, epoch: int, due_flags: list[bool]) -> float:
+        """Run the watchers due now on rank 0, log their values, keep best.pt by ``select_key``.
+
+        Returns the seconds it took (left out of the throughput figure). Every process takes part in
+        the one decision afterwards (a broadcast), so none runs ahead into a checkpoint write alone.
+        """
+        due = [w for w, flag in zip(self.watchers, due_flags) if flag]
+        if not due:
+            return 0.0
+        t0 = time.monotonic()
+        values: dict[str, float] = {}
+        if self.dist.is_main:
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with preserved_rng(), torch.no_grad(), self._autocast():
+                    for watcher in due:
+                        try:
+                            values.update(watcher.watch(self.model, self.step, log))
+                        except Exception as exc:  # watching must never end a run
+                            print(
+                                f"{type(watcher).__name__} failed at step {self.step}: {exc}", file=sys.stderr
+                            )
+            finally:
+                self.model.train(was_training)
+            if log is not None and values:
+                log.write({"step": self.step, "epoch": self.step / self.steps_per_epoch, **values})
+        score = values.get(self.select_key) if self.select_key is not None else None
+        better = score is not None and math.isfinite(score) and score > self.best_score
+        if self.select_key is not None and distributed.broadcast_flag(better, self.device):
+            if score is not None:
+                self.best_score = score
+            self._write_best(epoch, self.select_key, score if score is not None else math.nan)
+        return time.monotonic() - t0
 
     def _train_step(self, batches: Iterator) -> tuple[float, float | None, int]:
         """One optimiser step over ``accum_steps`` micro-batches. Returns (mean loss, grad norm, samples)."""

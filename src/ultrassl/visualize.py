@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -15,6 +16,8 @@ TITLES = {
     "reconstruction": "reconstruction",
     "prediction": "prediction",
     "target": "target",
+    "view1": "view 1 (mixed)",
+    "view2": "view 2 (mixed)",
 }
 DEFAULT_COLUMNS = ("input", "masked_input", "reconstruction", "target")
 
@@ -24,11 +27,12 @@ def save_reconstruction_grid(
     path: str | Path,
     max_rows: int = 8,
     columns: tuple[str, ...] | None = None,
+    titles: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a PNG: one row per sample, one column per image kind (``[B, C, H, W]`` in [0, 1]).
 
     ``columns`` defaults to input / masked / reconstruction / target when present, else every key in
-    ``images``. Uses the Agg canvas directly, so it never touches pyplot's global backend or state.
+    ``images``; ``titles`` names columns beyond :data:`TITLES`. Uses the Agg canvas directly, so it never touches pyplot's global backend or state.
     """
     if columns is None:
         columns = tuple(k for k in DEFAULT_COLUMNS if k in images) or tuple(images)
@@ -53,7 +57,7 @@ def save_reconstruction_grid(
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(TITLES.get(key, key), fontsize=9)
+                ax.set_title({**TITLES, **(titles or {})}.get(key, key), fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

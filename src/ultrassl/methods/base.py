@@ -7,7 +7,9 @@ are required; the rest have defaults that say plainly what the method does not d
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -23,8 +25,10 @@ class PretrainMethod(nn.Module):
 
     encoder: nn.Module
 
-    #: keys of :meth:`reconstruct`'s output drawn by ``ultrassl reconstruct``, left to right
+    #: keys of :meth:`preview`'s output drawn by ``ultrassl reconstruct`` and during a run, left to right
     preview_columns: tuple[str, ...] = ()
+    #: column titles beyond the usual ones (``{"target": "target x confidence"}``)
+    preview_titles: Mapping[str, str] = MappingProxyType({})
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One batch -> at least ``{"loss": float32 scalar}``; other entries are logged or read by
@@ -48,6 +52,14 @@ class PretrainMethod(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Images ``[B, C, H, W]`` to draw, keyed by :attr:`preview_columns`."""
         raise ConfigError(f"{type(self).__name__} draws no reconstructions (it does not predict pixels)")
+
+    @torch.no_grad()
+    def preview(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Images ``[B, C, H, W]`` (normalised as the input) to draw, keyed by :attr:`preview_columns`:
+        the reconstructions by default; a method that predicts no pixels may show its views instead."""
+        return self.reconstruct(batch, generator=generator)
 
     def load_pretrained(self, source: Path) -> dict[str, Any]:
         """Start from foreign or exported weights (``pretrain --from``); returns a report of what loaded."""

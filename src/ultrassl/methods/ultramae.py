@@ -120,6 +120,11 @@ class UltraMAE(PretrainMethod):
         self.encoder_spec = encoder_spec
         max_t = self.cfg.clip_frames // self.cfg.tubelet
         self.encoder = SpatioTemporalViT(encoder_spec, self.cfg.tubelet, max_t, drop_path_rate)
+        if self.cfg.target == "cwus":  # the model predicts the frame weighted by its confidence map
+            self.preview_titles = {
+                "target": "target (x confidence)",
+                "reconstruction": "reconstruction (CWUS)",
+            }
         self.decoder = SpatioTemporalDecoder(
             grid_hw=self.encoder.grid_size,
             patch_size=self.encoder.patch_size,

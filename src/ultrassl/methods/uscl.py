@@ -81,6 +81,9 @@ class USCLConfig:
 class USCL(PretrainMethod):
     """``forward(batch)`` with ``view1``/``view2`` ``[B, C, H, W]`` and ``label`` ``[B]`` (-1: unlabelled)."""
 
+    #: USCL predicts no pixels: its pictures are the two mixed views of each pair it contrasts
+    preview_columns = ("view1", "view2")
+
     def __init__(self, encoder_spec: EncoderSpec, cfg: USCLConfig | None = None):
         super().__init__()
         self.cfg = cfg if cfg is not None else USCLConfig()
@@ -98,6 +101,13 @@ class USCL(PretrainMethod):
     def exportable_encoder(self) -> tuple[nn.Module, EncoderSpec]:
         """The ResNet trunk as a plain timm model and the spec that rebuilds it (every method has this)."""
         return self.encoder, self.encoder_spec
+
+    @torch.no_grad()
+    def preview(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The two mixed views of each item, as the encoder sees them."""
+        return {"view1": batch["view1"].float(), "view2": batch["view2"].float()}
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pooled features ``[B, 512]``, projection ``[B, proj_dim]``)."""

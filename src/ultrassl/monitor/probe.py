@@ -1,0 +1,238 @@
+"""The online probe: how good the frozen encoder's features are while pre-training runs.
+
+VISSL's online linear evaluation and simsiam's k-NN monitor, for ultrasound: a labelled manifest is
+decoded once (at most ``max_frames`` frames, kept in RAM as uint8 at the encoder's input size), split by
+group so no patient is on both sides, and every so often the encoder's pooled features are scored by a
+cosine k-NN classifier (and optionally a logistic regression): balanced accuracy on the held-out groups.
+Frame sampling, features and the group split are the fine-tuning engine's own, so the probe measures
+what ``finetune classify --mode linear`` would, only faster and on one split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from ultrassl.config import ProbeConfig
+from ultrassl.data.manifest import read_manifest
+from ultrassl.errors import UltrasslError
+from ultrassl.finetune.backbones import pooled_features
+from ultrassl.finetune.classify import load_frameset, to_tensor_batch
+from ultrassl.finetune.splits import make_folds
+
+#: times per run the probe runs when ``probe.every`` is not set (besides the start and the end)
+DEFAULT_TIMES = 10
+#: frames per forward pass of the frozen encoder
+CHUNK = 128
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    """The fields of a classification config that :func:`load_frameset` reads."""
+
+    frame_fps: float | None
+    max_frames_per_video: int
+    scan_area: bool
+
+
+@dataclass
+class ProbeSet:
+    """The probe's labelled frames (uint8, at the encoder's input size) and their split by group."""
+
+    frames: list[np.ndarray]
+    labels: np.ndarray
+    groups: list[str]
+    class_names: list[str]
+    train: np.ndarray
+    val: np.ndarray
+    size: tuple[int, int]
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    #: what the scores measure (manifest file, split, cap): a changed probe set starts best.pt over
+    fingerprint: str
+
+    def batches(self, chunk: int = CHUNK):
+        """Normalised ``[B, C, H, W]`` tensors over every frame, in order (made on the fly: no float copy
+        of the whole set stays in RAM)."""
+        for start in range(0, len(self.frames), chunk):
+            yield to_tensor_batch(
+                self.frames[start : start + chunk], self.size, self.in_chans, self.mean, self.std
+            )
+
+
+def load_probe_set(
+    cfg: ProbeConfig,
+    *,
+    size: tuple[int, int],
+    in_chans: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    scan_area: bool = True,
+    progress: bool = False,
+) -> ProbeSet:
+    """Decode ``cfg.data`` once, capped at ``cfg.max_frames`` frames, and split it by group.
+
+    The cap is applied before decoding (fewer rows, fewer frames per video) so a large manifest costs
+    no more to load than a small one; the choice uses the probe's own seeded generator.
+    """
+    path = Path(cfg.data)
+    rows = [r for r in read_manifest(path) if r.label not in (None, "")]
+    if not rows:
+        raise UltrasslError(f"--probe-data {path}: no labelled rows (the label column is empty)")
+    rng = np.random.default_rng([cfg.seed, 18])
+    if len(rows) > cfg.max_frames:
+        keep = np.sort(rng.choice(len(rows), cfg.max_frames, replace=False))
+        rows = [rows[i] for i in keep]
+    per_video = max(1, min(cfg.max_frames_per_video, cfg.max_frames // len(rows)))
+    data = load_frameset(rows, _Sampling(cfg.frame_fps, per_video, scan_area), in_chans, progress, size)
+    index = np.arange(len(data.labels))
+    if len(index) > cfg.max_frames:
+        index = np.sort(rng.choice(len(index), cfg.max_frames, replace=False))
+    labels = data.labels[index]
+    groups = [str(data.groups[i]) for i in index]
+    n_folds = max(2, round(1 / cfg.val_fraction))
+    if len(set(groups)) < n_folds:
+        raise UltrasslError(
+            f"--probe-data {path}: {len(set(groups))} groups; the probe holds out 1/{n_folds} of them "
+            f"(probe.val_fraction {cfg.val_fraction}), so it needs at least {n_folds}"
+        )
+    if len(set(labels.tolist())) < 2:
+        raise UltrasslError(f"--probe-data {path}: one class only; the probe needs at least two")
+    with warnings.catch_warnings():  # a scarce class is fine here: the probe is one split, not a report
+        warnings.simplefilter("ignore", UserWarning)
+        fold = make_folds(groups, labels.tolist(), n_folds=n_folds, seed=cfg.seed)[0]
+    held_out = set(fold.test_groups)
+    val = np.array([i for i, g in enumerate(groups) if g in held_out], dtype=int)
+    train = np.array([i for i, g in enumerate(groups) if g not in held_out], dtype=int)
+    stat = path.stat()
+    fingerprint = hashlib.sha1(
+        repr(
+            (str(path.resolve()), stat.st_size, stat.st_mtime_ns, cfg.max_frames, per_video, cfg.frame_fps)
+            + (cfg.k, cfg.metric, cfg.val_fraction, cfg.seed, tuple(size), in_chans)
+        ).encode()
+    ).hexdigest()[:16]
+    return ProbeSet(
+        [data.cache.frames[i] for i in index],
+        labels,
+        groups,
+        data.class_names,
+        train,
+        val,
+        tuple(size),
+        in_chans,
+        tuple(mean),
+        tuple(std),
+        fingerprint,
+    )
+
+
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """sklearn's balanced accuracy, quiet when a prediction names a class the held-out groups lack."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(y_true, y_pred))
+
+
+def knn_score(
+    train: np.ndarray,
+    y_train: np.ndarray,
+    val: np.ndarray,
+    y_val: np.ndarray,
+    k: int,
+    temperature: float = 0.07,
+) -> float:
+    """Balanced accuracy of a cosine k-NN classifier, votes weighted by exp(similarity / T) (DINO's).
+
+    Features are standardised with the training frames' mean and std first: pooled features of a young
+    encoder share one large common direction, which makes every raw cosine similarity close to 1 and
+    the vote a plain majority vote."""
+    with torch.autocast("cpu", enabled=False):  # float32 similarities whatever the loop's autocast
+        train_t = torch.as_tensor(train, dtype=torch.float32)
+        mean, std = train_t.mean(0), train_t.std(0, unbiased=False).clamp_min(1e-6)
+        a = F.normalize((train_t - mean) / std, dim=1)
+        b = F.normalize((torch.as_tensor(val, dtype=torch.float32) - mean) / std, dim=1)
+        sim, idx = (b @ a.T).topk(min(k, len(a)), dim=1)
+        n_classes = int(max(y_train.max(), y_val.max())) + 1
+        votes = torch.zeros(len(b), n_classes)
+        votes.scatter_add_(1, torch.as_tensor(y_train, dtype=torch.int64)[idx], (sim / temperature).exp())
+    return _balanced_accuracy(y_val, votes.argmax(1).numpy())
+
+
+def linear_score(
+    train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_val: np.ndarray, seed: int = 0
+) -> float:
+    """Balanced accuracy of a standardised, class-balanced logistic regression (the quick linear probe)."""
+    scaler = StandardScaler().fit(train)
+    clf = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced", random_state=seed)
+    with warnings.catch_warnings():  # few iterations may not converge; the score is still a fair signal
+        warnings.simplefilter("ignore")
+        clf.fit(scaler.transform(train), y_train)
+        return _balanced_accuracy(y_val, clf.predict(scaler.transform(val)))
+
+
+class OnlineProbe:
+    """A :class:`~ultrassl.training.Watcher` scoring the frozen encoder on a :class:`ProbeSet`.
+
+    ``probe_set`` is None on processes other than rank 0 (they only need to agree on when it is due).
+    """
+
+    def __init__(self, cfg: ProbeConfig, probe_set: ProbeSet | None):
+        self.cfg = cfg
+        self.probe_set = probe_set
+        #: when the last probe ended and what it cost (seconds), for the time-bounded default schedule
+        self.last_end: float | None = None
+        self.last_cost = 0.0
+        self.last_step = 0
+
+    @property
+    def key(self) -> str:
+        """The metrics.csv column whose highest value picks best.pt."""
+        return f"probe_{self.cfg.metric}"
+
+    def due(self, step: int, total_steps: int, final: bool) -> bool:
+        """``probe.every`` steps; by default at most ``DEFAULT_TIMES`` per run and only once the training
+        time since the last probe is ``last cost / max_share`` (the probe's share stays under it)."""
+        if final:
+            return True
+        if self.cfg.every is not None:
+            return step % self.cfg.every == 0
+        if self.last_end is None:  # the first probe of this process: at the start (or on resuming)
+            return True
+        spacing = max(1, math.ceil(total_steps / DEFAULT_TIMES))
+        waited = time.monotonic() - self.last_end
+        return step - self.last_step >= spacing and waited * self.cfg.max_share >= self.last_cost
+
+    def features(self, model: nn.Module) -> np.ndarray:
+        """``[N, D]`` pooled features of every probe frame by the method's exportable encoder."""
+        assert self.probe_set is not None, "the probe runs on rank 0 only"
+        encoder, _ = model.exportable_encoder()  # type: ignore[operator]
+        device = next(model.parameters()).device
+        encoder = encoder.to(device).eval()
+        out = [pooled_features(encoder, x.to(device)).float().cpu() for x in self.probe_set.batches()]
+        return torch.cat(out).numpy()
+
+    def watch(self, model: nn.Module, step: int, log: object) -> dict[str, float]:
+        t0 = time.monotonic()
+        ps = self.probe_set
+        assert ps is not None, "the probe runs on rank 0 only"
+        feats = self.features(model)
+        xtr, ytr, xva, yva = feats[ps.train], ps.labels[ps.train], feats[ps.val], ps.labels[ps.val]
+        values = {"probe_knn": knn_score(xtr, ytr, xva, yva, self.cfg.k)}
+        if self.cfg.linear:
+            values["probe_linear"] = linear_score(xtr, ytr, xva, yva, self.cfg.seed)
+        self.last_end, self.last_step = time.monotonic(), step
+        self.last_cost = values["probe_s"] = self.last_end - t0
+        return values
