@@ -27,6 +27,7 @@ ignored by git; never commit data or runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -129,6 +130,9 @@ class Options:
     precision: str = "auto"
     #: the scan-area crop for pre-training and evaluation (off: whole frames, overlays and all)
     scan_area: bool = True
+    #: the online probe (k-NN on fold k's labelled training groups) during pre-training; best.pt is then
+    #: evaluated beside the last checkpoint as "<method>@best"
+    probe: bool = False
     write_doc: bool = True
     command: str = ""
     progress: bool = False
@@ -263,6 +267,19 @@ def pretrain_manifest(ds: Dataset, k: int, method: str, out: Path) -> Path:
     return out
 
 
+def probe_manifest(ds: Dataset, k: int, out: Path) -> Path:
+    """Fold k's labelled *training* groups (never its validation or test groups): what the online probe
+    may score checkpoints on without seeing what fold k is evaluated on."""
+    from ultrassl.data.manifest import read_manifest, write_manifest
+
+    train_groups = set(ds.folds[k].train_groups)
+    rows = [_replace(r, mask_path=None) for r in read_manifest(ds.manifest) if r.group_id in train_groups]
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_manifest(rows, out)
+    return out
+
+
 def _replace(row: Any, **changes: Any) -> Any:
     import dataclasses
 
@@ -273,7 +290,9 @@ def _replace(row: Any, **changes: Any) -> Any:
 # pre-training
 
 
-def method_config(method: str, manifest: Path, opt: Options, max_steps: int, calib: bool = False):
+def method_config(
+    method: str, manifest: Path, opt: Options, max_steps: int, calib: bool = False, probe: Path | None = None
+):
     from ultrassl.methods import build_pretrain_config
 
     s = opt.img_size
@@ -301,6 +320,8 @@ def method_config(method: str, manifest: Path, opt: Options, max_steps: int, cal
         flags["ultramae"] = {"confidence_cache": str(opt.work / "confidence_cache")}
     if opt.pretrain_batch:
         flags["train"]["batch_size"] = opt.pretrain_batch
+    if probe is not None:
+        flags["probe"] = {"data": str(probe)}
     return build_pretrain_config(method=method, preset=PRESETS[method], flags=flags)
 
 
@@ -342,6 +363,23 @@ def calibrate(ds: Dataset, method: str, opt: Options, res: Results) -> dict[str,
     return have
 
 
+def probe_figures(run: Path) -> dict[str, Any]:
+    """The online probe's k-NN score at the end and at its best step (empty without a probe)."""
+    rows = []
+    with contextlib.suppress(OSError), (run / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("probe_knn")]
+    if not rows:
+        return {}
+    best = max(rows, key=lambda r: float(r["probe_knn"]))
+    return {
+        "probe_knn_last": float(rows[-1]["probe_knn"]),
+        "probe_knn_best": float(best["probe_knn"]),
+        "probe_best_step": int(best["step"]),
+        "probe_last_step": int(rows[-1]["step"]),
+        "probes": len(rows),
+    }
+
+
 def pretrain_run(ds: Dataset, k: int, method: str, opt: Options, res: Results) -> Path:
     """Pre-train ``method`` on fold k's training part (resumable); returns the run folder."""
     from ultrassl import api
@@ -354,12 +392,16 @@ def pretrain_run(ds: Dataset, k: int, method: str, opt: Options, res: Results) -
         return run
     steps = calibrate(ds, method, opt, res)["steps"]
     manifest = pretrain_manifest(ds, k, method, opt.work / ds.name / "manifests" / f"fold{k}_{method}.csv")
-    cfg = method_config(method, manifest, opt, steps)
+    probe = None
+    if opt.probe and ds.name == "pocus":
+        probe = probe_manifest(ds, k, opt.work / ds.name / "manifests" / f"fold{k}_probe.csv")
+    cfg = method_config(method, manifest, opt, steps, probe=probe)
     opt.log(f"{name}: {steps} steps ({opt.pretrain_minutes:g} min budget)")
     t0 = time.monotonic()
     result = api.pretrain(cfg, run, resume=True, progress=opt.progress)
     seconds = time.monotonic() - t0
     info = {
+        **probe_figures(run),
         "steps": result.step,
         "planned_steps": steps,
         "train_seconds": round(result.seconds, 1),
@@ -448,21 +490,31 @@ def scratch_names(methods: Sequence[str]) -> list[str]:
     return ["scratch-vit", *(["scratch-convvit"] if convvit else []), "scratch-r18"]
 
 
-def pocus_eval_names(methods: Sequence[str]) -> list[str]:
+def pocus_eval_names(methods: Sequence[str], probe: bool = False) -> list[str]:
     names = []
     for m in methods:
         names += scratch_names(methods) if m == "scratch" else [m]
+        if probe and m in SSL_METHODS:
+            names.append(f"{m}@best")  # the checkpoint the online probe picked
     return names
 
 
 def pocus_modes(name: str, opt: Options) -> tuple[str, ...]:
     """The POCUS evaluation modes of one encoder: ``--modes`` if given, else its architecture's."""
-    return opt.modes or MODES_BY_ARCH[_scratch_of(name)]
+    return opt.modes or MODES_BY_ARCH[_scratch_of(name.removesuffix("@best"))]
 
 
 def weights_for(name: str, ds: Dataset, k: int, opt: Options, res: Results) -> tuple[str | Path, Any]:
     if name.startswith("scratch"):
         return "scratch", scratch_spec(name, opt)
+    if name.endswith("@best"):
+        from ultrassl import api
+
+        run = pretrain_run(ds, k, name.removesuffix("@best"), opt, res)
+        export = run / "export_best"
+        if not (export / "model.safetensors").exists():
+            api.export(run, export, checkpoint="best")
+        return export, None
     return pretrain_run(ds, k, name, opt, res), None
 
 
@@ -471,7 +523,7 @@ def run_pocus(ds: Dataset, opt: Options, res: Results) -> None:
 
     table = res.doc.setdefault("pocus", {})
     for k in opt.folds:
-        for name in pocus_eval_names(opt.methods):
+        for name in pocus_eval_names(opt.methods, opt.probe):
             recorded = table.get(name, {})
             todo = [m for m in pocus_modes(name, opt) if str(k) not in recorded.get(m, {})]
             if not todo:  # every mode's result is in the results file (the work folder may be gone)
@@ -933,7 +985,7 @@ def run(opt: Options) -> Results:
     from ultrassl.distributed import select_device
     from ultrassl.training import resolve_precision
 
-    # whether `--precision auto` trains in bf16 here: the loop's own rule, not a copy of it
+    # the CPU computes bf16 natively (a machine fact; `--precision auto` measures, per run)
     bf16 = resolve_precision("auto", select_device("auto")) is torch.bfloat16
     res.doc["machine"] = machine_info(native_bf16=bf16)
     machines = res.doc.setdefault("machines", [])
@@ -1022,6 +1074,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="switch the scan-area crop off (pre-training and evaluation)",
     )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="online probe on fold k's labelled training groups while pre-training; best.pt evaluated too",
+    )
     p.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--doc-only", action="store_true", help="rewrite the docs section from --out and stop")
@@ -1052,6 +1109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         pretrain_batch=a.pretrain_batch,
         precision=a.precision,
         scan_area=not a.no_scan_area,
+        probe=a.probe,
         write_doc=not a.no_doc,
         command="python bench/real_data.py " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
         progress=a.progress,

@@ -5,8 +5,9 @@ A method is any ``nn.Module`` whose ``forward(batch: dict) -> dict`` returns at 
 ``after_step`` hook runs after every optimiser step).
 The loop owns what is common: AdamW without weight decay on biases/norms, lr = base_lr x global
 batch / 256, per-step warm-up then half-cycle cosine, gradient accumulation, clipping, autocast (bf16 on
-CPU/GPU, fp16 with a scaler on CUDA; ``auto`` times them on the first batch), a NaN guard, progress, CSV/TensorBoard metrics, atomic
-checkpoints and bit-exact resume, and torchrun (DDP) from the environment.
+CPU/GPU, fp16 with a scaler on CUDA; ``auto`` times fp32 and bf16 on the first batch and keeps the
+faster), a NaN guard, progress, CSV/TensorBoard metrics, atomic checkpoints and bit-exact resume, and
+torchrun (DDP) from the environment.
 
 Determinism does not depend on process count or worker count: the sample order is a seeded permutation
 per epoch (sharded like ``DistributedSampler``), and each sample's randomness comes from a seed derived

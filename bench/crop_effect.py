@@ -1,0 +1,118 @@
+"""What the scan-area crop does to the models, and which checkpoint the online probe picks (POCUS).
+
+Reads three runs of ``bench/real_data.py`` on POCUS (Deblurring MAE and a random ViT-T, 5 patient-grouped
+folds, 4-minute pre-training budget at the stored step counts, linear probe):
+
+- the stored figures (``bench/results/real_data.json``: the detector before the fan fit);
+- ``real_data_crop_new.json``: the current detector, with the online probe on each fold's labelled
+  *training* groups (``--probe``), so ``deblur-mae@best`` is the checkpoint it picked;
+- ``real_data_crop_off.json``: ``--no-scan-area`` (whole frames, overlays and all).
+
+and writes the SCAN_AREA_MODELS and PROBE_POCUS sections of ``docs/benchmarks.md``.
+
+    python bench/real_data.py --tasks pocus --methods scratch-vit,deblur-mae --modes linear \\
+        --pretrain-minutes 4 --work bench/work/crop_new --out bench/results/real_data_crop_new.json \\
+        --no-doc --probe                                  # (and --no-scan-area into crop_off)
+    python bench/crop_effect.py
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import ROOT, write_doc_section  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+RUNS = {
+    "before (stored)": RESULTS / "real_data.json",
+    "new detector": RESULTS / "real_data_crop_new.json",
+    "crop off": RESULTS / "real_data_crop_off.json",
+}
+FOLDS = ("0", "1", "2", "3", "4")
+
+
+def accuracies(doc: dict[str, Any], name: str, level: str = "frame") -> list[float] | None:
+    per_fold = doc.get("pocus", {}).get(name, {}).get("linear", {})
+    if not all(k in per_fold for k in FOLDS):
+        return None
+    return [100 * per_fold[k][level]["accuracy"] for k in FOLDS]
+
+
+def _ms(values: list[float] | None) -> str:
+    if values is None:
+        return "-"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def crop_section(docs: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "## What the scan-area crop does to the models (POCUS)",
+        "",
+        "Deblurring MAE and a random ViT-T, 5 patient-grouped folds (pre-training on the other folds' files "
+        "at the stored step counts: the 4-minute budget), linear probe on the test fold; frame accuracy "
+        "% and per-video accuracy %, mean ± std over the folds. *Lift*: Deblurring MAE minus the random "
+        "encoder, paired by fold. Commands in `bench/crop_effect.py`.",
+        "",
+        "| crop | random ViT-T (frames) | Deblurring MAE (frames) | lift (points) | random (videos) | "
+        "Deblurring MAE (videos) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, doc in docs.items():
+        scratch, deblur = accuracies(doc, "scratch-vit"), accuracies(doc, "deblur-mae")
+        lift = [d - s for d, s in zip(deblur, scratch, strict=True)] if scratch and deblur else None
+        lines.append(
+            f"| {label} | {_ms(scratch)} | {_ms(deblur)} | {_ms(lift)} | "
+            f"{_ms(accuracies(doc, 'scratch-vit', 'video'))} | {_ms(accuracies(doc, 'deblur-mae', 'video'))} |"
+        )
+    return "\n".join(lines)
+
+
+def probe_section(doc: dict[str, Any]) -> str:
+    last, best = accuracies(doc, "deblur-mae"), accuracies(doc, "deblur-mae@best")
+    lines = [
+        "## The online probe on POCUS: best.pt against the last checkpoint",
+        "",
+        "Deblurring MAE with `--probe-data` set to each fold's labelled *training* groups (never its "
+        "validation or test groups), the new scan-area detector, the same runs as the middle row above: "
+        "the probe's k-NN balanced accuracy (its own held-out groups) at the end and at its best step, "
+        "and the 5-fold linear probe on the test fold from `best.pt` and from the last checkpoint.",
+        "",
+        "| fold | steps | k-NN at the end | k-NN at best.pt | best.pt step | linear, last % | linear, best.pt % |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, k in enumerate(FOLDS):
+        info = doc.get("pretrain", {}).get(f"pretrain/pocus/fold{k}/deblur-mae", {})
+        lines.append(
+            f"| {k} | {info.get('steps', '-')} | {info.get('probe_knn_last', float('nan')):.3f} | "
+            f"{info.get('probe_knn_best', float('nan')):.3f} | {info.get('probe_best_step', '-')} | "
+            f"{last[i] if last else float('nan'):.1f} | {best[i] if best else float('nan'):.1f} |"
+        )
+    if last and best:
+        diff = [b - a for a, b in zip(last, best, strict=True)]
+        verdict = "at least" if statistics.mean(diff) >= 0 else "below"
+        lines += [
+            "",
+            f"Mean over the folds: last {_ms(last)}, best.pt {_ms(best)} ({statistics.mean(diff):+.1f} points, "
+            f"best.pt {verdict} the last checkpoint on average; better on "
+            f"{sum(d > 0 for d in diff)}, equal on {sum(d == 0 for d in diff)} of 5 folds).",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    docs = {label: json.loads(path.read_text()) for label, path in RUNS.items() if path.exists()}
+    write_doc_section("SCAN_AREA_MODELS", crop_section(docs))
+    if "new detector" in docs:
+        write_doc_section("PROBE_POCUS", probe_section(docs["new detector"]))
+    print(crop_section(docs))
+    print(probe_section(docs.get("new detector", {})))
+
+
+if __name__ == "__main__":
+    main()
