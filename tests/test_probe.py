@@ -105,6 +105,13 @@ def test_the_probe_split_keeps_every_patient_on_one_side_and_caps_the_frames(man
     assert all(f.shape == (32, 48) and f.dtype == np.uint8 for f in ps.frames)
     again = load_probe_set(cfg, size=(32, 48), in_chans=1, mean=(0.5,), std=(0.25,))
     assert again.groups == ps.groups and again.fingerprint == ps.fingerprint  # its own seeded choice
+    # the scores average group folds: no patient on both sides of any, every held-out frame once at most
+    assert len(ps.splits) >= 2 and (ps.splits[0][0] == ps.train).all() and (ps.splits[0][1] == ps.val).all()
+    held = [i for _, val in ps.splits for i in val]
+    assert len(held) == len(set(held))
+    for train, val in ps.splits:
+        assert not {ps.groups[i] for i in train} & {ps.groups[i] for i in val}
+        assert sorted([*train, *val]) == list(range(len(ps.frames)))
 
 
 def test_by_default_the_probe_keeps_under_its_share_of_the_training_time(monkeypatch):

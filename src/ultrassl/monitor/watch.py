@@ -50,9 +50,9 @@ def build_watchers(
                 progress=progress,
             )
             print(
-                f"probe: {len(probe_set.frames)} frames of {len(set(probe_set.groups))} groups, "
-                f"{len(probe_set.val)} frames of {len({probe_set.groups[i] for i in probe_set.val})} groups "
-                f"held out; {len(probe_set.class_names)} classes",
+                f"probe: {len(probe_set.frames)} frames of {len(set(probe_set.groups))} groups in "
+                f"{len(probe_set.splits)} folds by group (scores averaged over them); "
+                f"{len(probe_set.class_names)} classes",
                 file=sys.stderr,
             )
         probe = OnlineProbe(cfg.probe, probe_set)
