@@ -54,7 +54,7 @@ def views_of(path: Path, frames_per_file: int) -> tuple[dict[str, np.ndarray], f
         "whole": chosen,
         "area": chosen * inside,
         "outside": chosen * (1 - inside),
-        "shape": np.broadcast_to(inside, chosen.shape),  # the area's outline alone: probe, depth, source
+        "shape": np.repeat(inside[None], len(chosen), axis=0),  # the outline alone: probe, depth, source
     }
     out = {}
     for name, stack in stacks.items():
