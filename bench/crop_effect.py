@@ -72,6 +72,20 @@ def crop_section(docs: dict[str, dict[str, Any]]) -> str:
             f"| {label} | {_ms(scratch)} | {_ms(deblur)} | {_ms(lift)} | "
             f"{_ms(accuracies(doc, 'scratch-vit', 'video'))} | {_ms(accuracies(doc, 'deblur-mae', 'video'))} |"
         )
+    lifts = {}
+    for label, doc in docs.items():
+        scratch, deblur = accuracies(doc, "scratch-vit"), accuracies(doc, "deblur-mae")
+        if scratch and deblur:
+            lifts[label] = [d - s for d, s in zip(deblur, scratch, strict=True)]
+    if len(lifts) >= 2:
+        errors = {k: statistics.stdev(v) / len(v) ** 0.5 for k, v in lifts.items()}
+        lines += [
+            "",
+            "Standard error of each row's mean lift (fold-to-fold spread / sqrt 5): "
+            + ", ".join(f"{k} {e:.1f}" for k, e in errors.items())
+            + " points. One seed per fold at a 4-minute budget: differences between rows smaller than about "
+            "twice these are not told apart by this run.",
+        ]
     return "\n".join(lines)
 
 
