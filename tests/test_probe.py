@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from crash import CrashAfter
-from tiny import TINY_CONVVIT_OVERRIDES, TINY_VIT_OVERRIDES
+from tiny import TINY_CONVVIT_OVERRIDES, TINY_SECTIONS, TINY_VIT_OVERRIDES
 
 from ultrassl import api
 from ultrassl.checkpoint import safe_load
@@ -29,18 +29,6 @@ from ultrassl.training import Trainer
 
 TOY = Path(__file__).resolve().parent / "toy_method.py"
 load_plugin(str(TOY))
-
-#: test sizes per method section (as the contract test)
-TINY_SECTIONS = {
-    "mae": ["mae.decoder_dim=32", "mae.decoder_depth=1", "mae.decoder_heads=2"],
-    "ultramae": [
-        "ultramae.decoder_dim=32",
-        "ultramae.decoder_depth=1",
-        "ultramae.decoder_heads=2",
-        "ultramae.clip_frames=4",
-        "ultramae.max_clips_per_video=1",
-    ],
-}
 
 
 @pytest.fixture(scope="module")

@@ -37,3 +37,16 @@ def tiny_convvit_spec(
     return EncoderSpec(
         "convvit_tiny_patch16", tuple(img_size), 16, in_chans, {**TINY_CONVVIT_ARGS, **model_args}
     )
+
+
+#: test sizes per method config section (a method with other sections runs at its defaults)
+TINY_SECTIONS = {
+    "mae": ["mae.decoder_dim=32", "mae.decoder_depth=1", "mae.decoder_heads=2"],
+    "ultramae": [
+        "ultramae.decoder_dim=32",
+        "ultramae.decoder_depth=1",
+        "ultramae.decoder_heads=2",
+        "ultramae.clip_frames=4",
+        "ultramae.max_clips_per_video=1",
+    ],
+}

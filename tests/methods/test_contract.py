@@ -14,7 +14,7 @@ import pytest
 import timm
 import torch
 from crash import CrashAfter, seeded_trainer
-from tiny import TINY_CONVVIT_OVERRIDES, TINY_VIT_OVERRIDES
+from tiny import TINY_CONVVIT_OVERRIDES, TINY_SECTIONS, TINY_VIT_OVERRIDES
 from torch.utils.data import DataLoader
 
 import ultrassl.api as api
@@ -25,18 +25,6 @@ from ultrassl.training import Trainer
 
 TOY = Path(__file__).resolve().parents[1] / "toy_method.py"
 load_plugin(str(TOY))
-
-#: test sizes per config section (a method with other sections runs at its defaults)
-TINY_SECTIONS = {
-    "mae": ["mae.decoder_dim=32", "mae.decoder_depth=1", "mae.decoder_heads=2"],
-    "ultramae": [
-        "ultramae.decoder_dim=32",
-        "ultramae.decoder_depth=1",
-        "ultramae.decoder_heads=2",
-        "ultramae.clip_frames=4",
-        "ultramae.max_clips_per_video=1",
-    ],
-}
 
 
 @pytest.fixture(scope="module")
