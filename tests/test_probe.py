@@ -216,9 +216,13 @@ def test_the_probe_changes_no_weight_and_resume_stays_bit_exact(name: str, manif
 
 
 @pytest.mark.slow
-def test_the_score_rises_best_pt_is_the_best_step_and_export_uses_it(tmp_path: Path):
-    """36 synthetic lung patients (three classes): a tiny Deblurring MAE learns features whose probe
-    score rises over 400 steps (seeded; measured 0.46 -> 0.57 k-NN, 0.46 -> 0.78 linear)."""
+def test_scores_at_every_probe_best_pt_is_the_best_step_and_export_uses_it(tmp_path: Path):
+    """36 synthetic lung patients (three classes), a tiny Deblurring MAE over 400 steps: a k-NN and a
+    linear score at every 40th step, best.pt at the best k-NN step, exported by --checkpoint best.
+
+    Whether the score rises is not asserted: with one held-out quarter of the groups it rose on this
+    seed (0.46 -> 0.57 k-NN, 0.46 -> 0.78 linear), averaged over the 4 group folds it falls (0.46 ->
+    0.39 k-NN, 0.46 -> 0.38 linear), so the single split's rise was that split's luck."""
     from ultrassl.data.synthetic import make_synthetic_dataset
 
     data = make_synthetic_dataset(
@@ -233,9 +237,8 @@ def test_the_score_rises_best_pt_is_the_best_step_and_export_uses_it(tmp_path: P
     assert main(args) == 0
     knn, linear = _rows(run, "probe_knn"), _rows(run, "probe_linear")
     assert [s for s, _ in knn] == list(range(0, 401, 40))
-    for scores in (knn, linear):
-        first, late = scores[0][1], [v for _, v in scores[-3:]]
-        assert min(late) > first, scores
+    assert [s for s, _ in linear] == [s for s, _ in knn]
+    assert all(0.0 <= v <= 1.0 for _, v in knn + linear)
     top = max(v for _, v in knn)
     best_step = next(s for s, v in knn if v == top)
     assert safe_load(run / "checkpoints" / "best.pt")["step"] == best_step

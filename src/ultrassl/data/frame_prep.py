@@ -21,7 +21,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -29,9 +29,6 @@ from PIL import Image
 from ultrassl.data.dicom_regions import Rect
 from ultrassl.data.readers import DEFAULT_LIMITS
 from ultrassl.data.scan_area import ScanArea, detect_scan_area
-
-if TYPE_CHECKING:
-    from ultrassl.data.manifest import ManifestRow
 
 __all__ = [
     "FramePrep",
@@ -155,7 +152,9 @@ class FramePrep:
 
 
 def frame_preps(
-    rows: Sequence[ManifestRow], scan_area: bool = True, spacing_mm: float | None = None
+    rows: Sequence[Any],
+    scan_area: bool = True,
+    spacing_mm: float | None = None,  # manifest rows
 ) -> list[FramePrep]:
     """One :class:`FramePrep` per row; with ``spacing_mm``, a line on stderr when some rows have no
     spacing (their frames keep their own pixel size)."""
