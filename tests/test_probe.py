@@ -216,31 +216,41 @@ def test_the_probe_changes_no_weight_and_resume_stays_bit_exact(name: str, manif
 
 
 @pytest.mark.slow
-def test_scores_at_every_probe_best_pt_is_the_best_step_and_export_uses_it(tmp_path: Path):
-    """36 synthetic lung patients (three classes), a tiny Deblurring MAE over 400 steps: a k-NN and a
-    linear score at every 40th step, best.pt at the best k-NN step, exported by --checkpoint best.
+def test_the_score_rises_over_the_run_best_pt_is_the_best_step_and_export_uses_it(tmp_path: Path):
+    """18 synthetic lung patients (three classes; the data of the downstream acceptance test), the tiny
+    Deblurring MAE over 1500 steps (the demo's length): a k-NN and a linear score, averaged over the 4
+    group folds, at every 150th step; best.pt at the best k-NN step, exported by --checkpoint best.
 
-    Whether the score rises is not asserted: with one held-out quarter of the groups it rose on this
-    seed (0.46 -> 0.57 k-NN, 0.46 -> 0.78 linear), averaged over the 4 group folds it falls (0.46 ->
-    0.39 k-NN, 0.46 -> 0.38 linear), so the single split's rise was that split's luck."""
+    Measured with one torch thread (start -> best -> end), data seeds 0-4; this test is seed 4:
+      k-NN    0.53 -> 0.75 -> 0.71, 0.18 -> 0.36 -> 0.28, 0.44 -> 0.64 -> 0.61, 0.38 -> 0.61 -> 0.54,
+              0.47 -> 0.81 -> 0.74
+      linear  0.64 -> 0.81 -> 0.75, 0.25 -> 0.47 -> 0.46, 0.60 -> 0.68 -> 0.58, 0.51 -> 0.64 -> 0.64,
+              0.47 -> 0.78 -> 0.54
+    The k-NN score rises on every seed and mostly keeps its gain; the linear score can fall back late
+    (seed 4), which is what best.pt is for. At 400 steps on 36 patients the fold-averaged score fell
+    instead (0.46 -> 0.39): too short a run."""
     from ultrassl.data.synthetic import make_synthetic_dataset
 
     data = make_synthetic_dataset(
-        tmp_path / "lung", n_patients=36, clips_per_patient=1, n_frames=20, size=(64, 64), n_lesion_images=0
+        tmp_path / "lung", n_patients=18, clips_per_patient=1, n_frames=8, size=(64, 64), n_lesion_images=0, seed=4
     )
     run = tmp_path / "run"
     args = ["pretrain", "--method", "deblur-mae", "--preset", "tiny", "--data", str(data), "--out", str(run)]
-    args += ["--max-steps", "400", "--batch-size", "16", "--precision", "fp32", "--probe-data", str(data)]
-    args += ["--probe-every", "40"]
-    args += ["--set", "probe.k=10", "--set", "probe.linear=true", "--set", "optim.warmup_steps=5"]
-    args += ["--set", "train.tensorboard=false"]
+    args += ["--max-steps", "1500", "--precision", "fp32", "--probe-data", str(data), "--probe-every", "150"]
+    args += ["--set", "probe.linear=true", "--set", "train.tensorboard=false", "--set", "train.seed=0"]
     assert main(args) == 0
     knn, linear = _rows(run, "probe_knn"), _rows(run, "probe_linear")
-    assert [s for s, _ in knn] == list(range(0, 401, 40))
+    assert [s for s, _ in knn] == list(range(0, 1501, 150))
     assert [s for s, _ in linear] == [s for s, _ in knn]
     assert all(0.0 <= v <= 1.0 for _, v in knn + linear)
+    # the score rises: the k-NN score's best is well above the random encoder's at step 0 and the second
+    # half of the run keeps most of that; the linear score rises too and ends above its start
+    start, late = knn[0][1], [v for s, v in knn if s >= 750]
+    assert max(v for _, v in knn) >= start + 0.15 and np.mean(late) > start + 0.1, knn
+    assert max(v for _, v in linear) > linear[0][1] + 0.1 and linear[-1][1] > linear[0][1], linear
     top = max(v for _, v in knn)
     best_step = next(s for s, v in knn if v == top)
+    assert best_step > 0
     assert safe_load(run / "checkpoints" / "best.pt")["step"] == best_step
     assert main(["export", str(run), "-o", str(tmp_path / "best"), "--checkpoint", "best"]) == 0
     config = json.loads((tmp_path / "best" / "config.json").read_text())
