@@ -232,7 +232,13 @@ def test_the_score_rises_over_the_run_best_pt_is_the_best_step_and_export_uses_i
     from ultrassl.data.synthetic import make_synthetic_dataset
 
     data = make_synthetic_dataset(
-        tmp_path / "lung", n_patients=18, clips_per_patient=1, n_frames=8, size=(64, 64), n_lesion_images=0, seed=4
+        tmp_path / "lung",
+        n_patients=18,
+        clips_per_patient=1,
+        n_frames=8,
+        size=(64, 64),
+        n_lesion_images=0,
+        seed=4,
     )
     run = tmp_path / "run"
     args = ["pretrain", "--method", "deblur-mae", "--preset", "tiny", "--data", str(data), "--out", str(run)]
