@@ -102,6 +102,26 @@ def test_the_probe_split_keeps_every_patient_on_one_side_and_caps_the_frames(man
         assert sorted([*train, *val]) == list(range(len(ps.frames)))
 
 
+def test_the_probe_set_decoded_in_worker_processes_is_the_same_set(manifest: Path, monkeypatch):
+    """Decoding is most of the probe's start-up (POCUS: 6.9 s for 375 frames in one process, 4.4 s in
+    two); the workers change nothing in what is decoded, and the default follows the usable cores."""
+    from ultrassl.monitor import probe as probe_module
+
+    kw = dict(size=(32, 48), in_chans=1, mean=(0.5,), std=(0.25,))
+    one = load_probe_set(ProbeConfig(data=str(manifest), decode_workers=0), **kw)
+    two = load_probe_set(ProbeConfig(data=str(manifest), decode_workers=2), **kw)
+    assert len(one.frames) == len(two.frames) and one.fingerprint == two.fingerprint
+    assert all(np.array_equal(a, b) for a, b in zip(one.frames, two.frames)) and one.groups == two.groups
+    monkeypatch.setattr(probe_module.os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
+    assert probe_module.decode_workers(ProbeConfig(data="x.csv"), 500) == 4
+    assert probe_module.decode_workers(ProbeConfig(data="x.csv"), 12) == 0  # a handful of files
+    assert probe_module.decode_workers(ProbeConfig(data="x.csv", decode_workers=3), 12) == 3
+    monkeypatch.setattr(probe_module.os, "sched_getaffinity", lambda _: {0}, raising=False)
+    assert probe_module.decode_workers(ProbeConfig(data="x.csv"), 500) == 0
+    with pytest.raises(Exception, match="decode_workers"):
+        ProbeConfig(data="x.csv", decode_workers=-1).check()
+
+
 def test_by_default_the_probe_keeps_under_its_share_of_the_training_time(monkeypatch):
     from ultrassl.monitor import probe as probe_module
 

@@ -200,6 +200,9 @@ class ProbeConfig:
     max_frames_per_video: int = 30
     #: seed of the group split and of the frame choice (its own generator: training's RNG is untouched)
     seed: int = 0
+    #: processes that decode the probe set at start-up (nothing else runs then); None: one per usable
+    #: core, at most 4; 0: in the main process
+    decode_workers: int | None = None
 
     def check(self) -> None:
         if self.every is not None and self.every < 1:
@@ -218,6 +221,8 @@ class ProbeConfig:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.max_frames_per_video < 1:
             raise ConfigError(f"max_frames_per_video must be >= 1, got {self.max_frames_per_video}")
+        if self.decode_workers is not None and self.decode_workers < 0:
+            raise ConfigError(f"decode_workers must be >= 0 or null, got {self.decode_workers}")
 
 
 @dataclass

@@ -168,9 +168,11 @@ def load_frameset(
     in_chans: int,
     progress: bool = True,
     size: tuple[int, int] | None = None,
+    workers: int = 0,
 ) -> FrameSet:
-    """The labelled rows' frames, decoded once; with ``size``, also resized once to the model's input
-    (uint8, bicubic, antialiased), so no epoch resizes full-size frames again."""
+    """The labelled rows' frames, decoded once (``workers > 0``: files in that many processes, same
+    frames); with ``size``, also resized once to the model's input (uint8, bicubic, antialiased), so no
+    epoch resizes full-size frames again."""
     rows = [r for r in rows if r.label not in (None, "")]
     if not rows:
         raise UltrasslError("the manifest has no labelled rows (label column empty)")
@@ -182,6 +184,7 @@ def load_frameset(
         scan_area=cfg.scan_area,
         spread=False,
         progress=progress,
+        workers=workers,
     )
     report_skipped(cache.skipped)
     if size is not None:

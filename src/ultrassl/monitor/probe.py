@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -80,6 +81,17 @@ class ProbeSet:
             )
 
 
+def decode_workers(cfg: ProbeConfig, n_files: int) -> int:
+    """Processes decoding the probe set: ``probe.decode_workers``, by default one per usable core (at
+    most 4; none for a handful of files or a single core). Nothing else runs while the set is decoded,
+    and decoding and detecting the scan area of each file is independent of the others."""
+    if cfg.decode_workers is not None:
+        return cfg.decode_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(4, cores, n_files // 8)
+    return workers if workers >= 2 else 0
+
+
 def load_probe_set(
     cfg: ProbeConfig,
     *,
@@ -104,7 +116,8 @@ def load_probe_set(
         keep = np.sort(rng.choice(len(rows), cfg.max_frames, replace=False))
         rows = [rows[i] for i in keep]
     per_video = max(1, min(cfg.max_frames_per_video, cfg.max_frames // len(rows)))
-    data = load_frameset(rows, _Sampling(cfg.frame_fps, per_video, scan_area), in_chans, progress, size)
+    sampling = _Sampling(cfg.frame_fps, per_video, scan_area)
+    data = load_frameset(rows, sampling, in_chans, progress, size, workers=decode_workers(cfg, len(rows)))
     index = np.arange(len(data.labels))
     if len(index) > cfg.max_frames:
         index = np.sort(rng.choice(len(index), cfg.max_frames, replace=False))

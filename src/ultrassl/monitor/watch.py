@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ def build_watchers(
     if cfg.probe.data:
         probe_set = None
         if is_main:
+            t0 = time.monotonic()
             probe_set = load_probe_set(
                 cfg.probe,
                 size=tuple(cfg.encoder.img_size),
@@ -52,7 +54,7 @@ def build_watchers(
             print(
                 f"probe: {len(probe_set.frames)} frames of {len(set(probe_set.groups))} groups in "
                 f"{len(probe_set.splits)} folds by group (scores averaged over them); "
-                f"{len(probe_set.class_names)} classes",
+                f"{len(probe_set.class_names)} classes; decoded in {time.monotonic() - t0:.1f} s",
                 file=sys.stderr,
             )
         probe = OnlineProbe(cfg.probe, probe_set)
