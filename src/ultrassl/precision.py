@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,17 +34,22 @@ from ultrassl.rng import capture_rng, restore_rng
 
 #: the names ``train.precision`` takes, and the autocast dtype of each (None: no autocast)
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-#: timed optimiser steps per candidate and round, after one untimed warm-up step
+#: timed optimiser steps per candidate and round, after two untimed warm-up steps
 PROBE_STEPS = 3
-#: rounds, candidates interleaved in each, so a drift in machine load hits all of them alike
-PROBE_ROUNDS = 2
+#: rounds, candidates interleaved in each, so a drift in machine load hits all of them alike; each
+#: candidate keeps its fastest round (load on a shared machine only ever adds time: with the median of
+#: two rounds, one slow round of fp32 once made bf16 look 1.7x faster when it was 0.88x as fast)
+PROBE_ROUNDS = 3
+WARMUP_STEPS = 2
+#: part of the cache key: a changed probe measures again
+PROBE_VERSION = 2
 #: a candidate must be this much faster than fp32 to be chosen (closer is noise; fp32 is the exact one)
 MARGIN = 0.03
 
 
 @dataclass
 class PrecisionChoice:
-    """What ``auto`` chose and why: seconds per optimiser step of each candidate (median over rounds)."""
+    """What ``auto`` chose and why: seconds per optimiser step of each candidate (its fastest round)."""
 
     chosen: str
     seconds_per_step: dict[str, float] = field(default_factory=dict)
@@ -93,7 +97,8 @@ def time_precisions(
     steps: int = PROBE_STEPS,
     rounds: int = PROBE_ROUNDS,
 ) -> dict[str, float]:
-    """Median seconds per optimiser step (forward, backward, step) of a copy of ``model`` in each precision.
+    """Seconds per optimiser step (forward, backward, step) of a copy of ``model`` in each precision, its
+    fastest of ``rounds`` interleaved rounds.
 
     ``model`` is not touched; the random streams are restored afterwards.
     """
@@ -111,8 +116,9 @@ def time_precisions(
             scalers[name].step(optimizer)
             scalers[name].update()
 
-        for name in names:  # warm-up: allocator, kernels' first-call costs, optimiser state
-            step(name)
+        for _ in range(WARMUP_STEPS):  # allocator, kernels' first-call costs, optimiser state
+            for name in names:
+                step(name)
         times: dict[str, list[float]] = {n: [] for n in names}
         for _ in range(rounds):
             for name in names:
@@ -122,7 +128,7 @@ def time_precisions(
                     step(name)
                 _sync(device)
                 times[name].append((time.perf_counter() - t0) / steps)
-        return {n: statistics.median(t) for n, t in times.items()}
+        return {n: min(t) for n, t in times.items()}
     finally:
         restore_rng(state)
 
@@ -174,6 +180,7 @@ def cache_key(model: nn.Module, batch: Any, device: torch.device, names: tuple[s
     """Machine, torch version, model (class, parameter count and dtypes), input shapes and candidates."""
     n_params = sum(p.numel() for p in model.parameters())
     what = [
+        PROBE_VERSION,  # figures of an earlier probe (median of 2 rounds) are measured again
         _machine(device),
         torch.__version__,
         type(model).__name__,

@@ -114,6 +114,13 @@ class WarmupCosine:
         return self.min_factor + (1 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def fused_optimizer(ocfg: OptimConfig, device: torch.device) -> bool:
+    """Whether Adam/AdamW runs torch's fused kernel: ``optim.fused``, by default where torch has it."""
+    if ocfg.fused is not None:
+        return ocfg.fused
+    return device.type in ("cpu", "cuda")
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None: fp32). ``auto`` = bf16 where the device computes it natively."""
     if precision == "fp32":
@@ -398,9 +405,7 @@ class Trainer:
             None if cfg.precision == "auto" else resolve_precision(cfg.precision, self.device)
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
-        groups = param_groups(self.model, ocfg.weight_decay, decay_all=ocfg.decay_all)
-        optimizer_cls = torch.optim.Adam if ocfg.name == "adam" else torch.optim.AdamW
-        self.optimizer = optimizer_cls(groups, lr=self.lr, betas=tuple(ocfg.betas))
+        self.optimizer = self._make_optimizer(self.model)
         min_factor = ocfg.min_lr / self.lr if self.lr > 0 else 0.0
         constant = round(ocfg.constant_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -553,14 +558,20 @@ class Trainer:
 
     def _probe_precision(self) -> PrecisionChoice:
         batch = self._to_device(next(iter(self._loader(0, 0))))
-        ocfg = self.optim_cfg
-
-        def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
-            groups = param_groups(model, ocfg.weight_decay, decay_all=ocfg.decay_all)
-            return type(self.optimizer)(groups, lr=self.lr, betas=tuple(ocfg.betas))
-
         extra = f"fused_attn={self.cfg.fused_attn},channels_last={self.channels_last}"
-        return choose_precision(self.model, batch, self.device, make_optimizer, extra_key=extra)
+        extra += f",fused_optim={fused_optimizer(self.optim_cfg, self.device)}"
+        return choose_precision(self.model, batch, self.device, self._make_optimizer, extra_key=extra)
+
+    def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """AdamW (or Adam) over ``model``'s decay / no-decay groups at the run's lr.
+
+        A checkpoint's optimiser state brings its ``fused`` flag back with it (torch restores every
+        group's options), so a resumed run steps as it did before, whatever the default is now."""
+        ocfg = self.optim_cfg
+        groups = param_groups(model, ocfg.weight_decay, decay_all=ocfg.decay_all)
+        optimizer_cls = torch.optim.Adam if ocfg.name == "adam" else torch.optim.AdamW
+        fused = fused_optimizer(ocfg, self.device)
+        return optimizer_cls(groups, lr=self.lr, betas=tuple(ocfg.betas), fused=fused or None)
 
     # -- run -----------------------------------------------------------------------------------------
 
