@@ -116,7 +116,7 @@ def section(doc: dict[str, Any]) -> str:
     lines = [
         "## `--precision auto`: chosen by measurement",
         "",
-        f"`python bench/precision_auto.py` on {doc['machine']['cpu']} ({doc['machine'].get('threads', '?')} "
+        f"`python bench/precision_auto.py` on {doc['machine']['cpu']} ({doc['machine'].get('omp_num_threads') or doc['machine'].get('torch_threads', '?')} "
         "threads): each method's CPU preset at batch 32, 112 px. *auto*: what the loop's probe picked on "
         "the first batch (its own figures beside it); then the loop's step timed in fp32 and bf16, "
         f"interleaved, median of {doc['rounds']} rounds; *auto / best*: the chosen precision's rate over "

@@ -397,6 +397,39 @@ def test_the_probe_leaves_the_model_and_the_random_streams_alone():
     assert torch.equal(after["torch"], capture_rng()["torch"])
 
 
+@pytest.mark.parametrize("ratio, chosen", [(0.9, "bf16"), (0.99, "fp32"), (1.2, "fp32")])
+def test_the_probe_compares_each_step_with_its_neighbour_so_load_swings_cancel(monkeypatch, ratio, chosen):
+    """A machine whose speed swings 1-4x from one pair of steps to the next (a shared VM's neighbours):
+    bf16 steps take ``ratio`` times the fp32 step beside them, and that ratio is what decides."""
+    swings = np.random.default_rng(0).uniform(1.0, 4.0, 100)
+
+    class Clock:
+        now, calls, current = 0.0, 0, "fp32"
+
+        def __call__(self):
+            self.calls += 1
+            if self.calls % 2 == 0:  # the end of a timed step
+                pair = (self.calls // 2 - 1) // 2
+                self.now += swings[pair] * (ratio if self.current == "bf16" else 1.0)
+            return self.now
+
+    clock = Clock()
+    real = precision._autocast
+
+    def autocast(device, name):
+        clock.current = name
+        return real(device, name)
+
+    monkeypatch.setattr(precision.time, "perf_counter", clock)
+    monkeypatch.setattr(precision, "_autocast", autocast)
+    batch = {"x": torch.randn(8, 8), "y": torch.randn(8)}
+    figures = precision.time_precisions(
+        ToyMethod(), batch, torch.device("cpu"), ("fp32", "bf16"), lambda m: torch.optim.AdamW(m.parameters())
+    )
+    assert figures["bf16"] / figures["fp32"] == pytest.approx(ratio)
+    assert precision.pick(figures) == chosen
+
+
 def _run_info(run):
     import json
 

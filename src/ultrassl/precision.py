@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,22 +35,21 @@ from ultrassl.rng import capture_rng, restore_rng
 
 #: the names ``train.precision`` takes, and the autocast dtype of each (None: no autocast)
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-#: timed optimiser steps per candidate and round, after two untimed warm-up steps
-PROBE_STEPS = 3
-#: rounds, candidates interleaved in each, so a drift in machine load hits all of them alike; each
-#: candidate keeps its fastest round (load on a shared machine only ever adds time: with the median of
-#: two rounds, one slow round of fp32 once made bf16 look 1.7x faster when it was 0.88x as fast)
-PROBE_ROUNDS = 3
+#: timed optimiser steps per candidate, after two untimed warm-up steps each; the candidates take turns
+#: step by step (the order flips every pair) and each is judged by the median of its step times over
+#: fp32's neighbouring ones. Rounds of three steps per candidate, fastest round kept, still chose wrong
+#: on 2 of 7 method presets on this project's shared 2-core VM (0.83x and 0.91x of the faster).
+PROBE_STEPS = 8
 WARMUP_STEPS = 2
 #: part of the cache key: a changed probe measures again
-PROBE_VERSION = 2
+PROBE_VERSION = 3
 #: a candidate must be this much faster than fp32 to be chosen (closer is noise; fp32 is the exact one)
 MARGIN = 0.03
 
 
 @dataclass
 class PrecisionChoice:
-    """What ``auto`` chose and why: seconds per optimiser step of each candidate (its fastest round)."""
+    """What ``auto`` chose and why: seconds per optimiser step of each candidate (fp32's median; the others by their paired ratio to it)."""
 
     chosen: str
     seconds_per_step: dict[str, float] = field(default_factory=dict)
@@ -95,10 +95,9 @@ def time_precisions(
     names: tuple[str, ...],
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
     steps: int = PROBE_STEPS,
-    rounds: int = PROBE_ROUNDS,
 ) -> dict[str, float]:
-    """Seconds per optimiser step (forward, backward, step) of a copy of ``model`` in each precision, its
-    fastest of ``rounds`` interleaved rounds.
+    """Seconds per optimiser step (forward, backward, step) of a copy of ``model`` in each precision,
+    ``steps`` of each taken in turns (see ``PROBE_STEPS``).
 
     ``model`` is not touched; the random streams are restored afterwards.
     """
@@ -120,15 +119,20 @@ def time_precisions(
             for name in names:
                 step(name)
         times: dict[str, list[float]] = {n: [] for n in names}
-        for _ in range(rounds):
-            for name in names:
+        for i in range(steps):
+            for name in names if i % 2 == 0 else names[::-1]:
                 _sync(device)
                 t0 = time.perf_counter()
-                for _ in range(steps):
-                    step(name)
+                step(name)
                 _sync(device)
-                times[name].append((time.perf_counter() - t0) / steps)
-        return {n: min(t) for n, t in times.items()}
+                times[name].append(time.perf_counter() - t0)
+        # the first candidate (fp32) by its median step; each other by its median ratio to fp32's
+        # step beside it, so a slow spell of the machine cancels out of the comparison
+        ref = statistics.median(times[names[0]])
+        out = {names[0]: ref}
+        for name in names[1:]:
+            out[name] = ref * statistics.median(t / r for t, r in zip(times[name], times[names[0]]))
+        return out
     finally:
         restore_rng(state)
 
@@ -180,7 +184,7 @@ def cache_key(model: nn.Module, batch: Any, device: torch.device, names: tuple[s
     """Machine, torch version, model (class, parameter count and dtypes), input shapes and candidates."""
     n_params = sum(p.numel() for p in model.parameters())
     what = [
-        PROBE_VERSION,  # figures of an earlier probe (median of 2 rounds) are measured again
+        PROBE_VERSION,  # figures of an earlier probe are measured again
         _machine(device),
         torch.__version__,
         type(model).__name__,
