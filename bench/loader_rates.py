@@ -50,11 +50,13 @@ def main() -> None:
             }
             r = speed.run_one("loader", spec, threads=1)
             rate = r.get("samples_per_s")
+            per_sample = images_per_sample(method, modality)
             row = {
                 "method": method,
                 "modality": modality,
                 "samples_per_s_per_core": rate,
-                "cores_for_gpu": math.ceil(a.gpu_rate / rate) if rate else None,
+                "images_per_sample": per_sample,
+                "cores_for_gpu": math.ceil(a.gpu_rate / (rate * per_sample)) if rate else None,
                 **({"error": r["error"]} if "error" in r else {}),
             }
             rows.append(row)
@@ -66,6 +68,17 @@ def main() -> None:
     print(section(doc))
 
 
+def images_per_sample(method: str, modality: str | None) -> float:
+    """A sample's share of the GPU's appetite, in images: an UltraMAE clip of T frames over tubelets of
+    t costs the encoder T/t images' tokens; a USCL pair is two images; everything else one."""
+    if method == "ultramae" and modality == "videos":
+        from ultrassl.methods import build_pretrain_config
+
+        cfg = build_pretrain_config(method, speed.PRESETS[method])
+        return cfg.ultramae.clip_frames / cfg.ultramae.tubelet
+    return 2.0 if method == "uscl" else 1.0
+
+
 def section(doc: dict[str, Any]) -> str:
     lines = [
         f"## Data at GPU rates: per-core loader rates at {doc['img_size']} px",
@@ -73,15 +86,21 @@ def section(doc: dict[str, Any]) -> str:
         f"`OMP_NUM_THREADS=1 python bench/loader_rates.py` on {doc['machine']['cpu']}: each method's "
         "per-sample work (crop, flip, blur, confidence lookup, clip assembly, pair generation; frames from "
         "the memory-mapped store) on one core, and the cores that keep a GPU consuming "
-        f"{doc['gpu_rate']:,.0f} images/s fed (samples for UltraMAE clips and USCL pairs).",
+        f"{doc['gpu_rate']:,.0f} images/s fed. A sample counts as the images it costs the model: an "
+        "UltraMAE clip of T frames over tubelets of t as T/t images (as many tokens before masking; its decoder sees them all), a USCL pair as two.",
         "",
-        "| method | samples/s per core | cores for one GPU |",
-        "| --- | --- | --- |",
+        "| method | samples/s per core | images per sample | cores for one GPU |",
+        "| --- | --- | --- | --- |",
     ]
     for r in doc["rows"]:
         name = METHOD_NAMES.get(r["method"], r["method"]) + (f" ({r['modality']})" if r["modality"] else "")
         rate = r.get("samples_per_s_per_core")
-        lines.append(f"| {name} | {rate:.0f} | {r['cores_for_gpu']} |" if rate else f"| {name} | error | - |")
+        per = r.get("images_per_sample", 1.0)
+        lines.append(
+            f"| {name} | {rate:.0f} | {per:g} | {r['cores_for_gpu']} |"
+            if rate
+            else f"| {name} | error | - | - |"
+        )
     return "\n".join(lines)
 
 
