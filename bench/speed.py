@@ -221,6 +221,8 @@ def paired_rates(
         overrides = [f"encoder.img_size=[{common.get('img_size', 112)},{common.get('img_size', 112)}]"]
         if common.get("in_chans"):
             overrides.append(f"encoder.in_chans={common['in_chans']}")
+        if common.get("modality"):
+            overrides.append(f"ultramae.modality={common['modality']}")
         flags = {
             "data": {"manifest": manifest, "frame_cache": str(Path(work) / "frame_store")},
             "optim": {"fused": v.get("fused_optim")},
@@ -434,6 +436,75 @@ DEFAULT_ROWS = (
     {"option": "bf16 autocast", "precision": "bf16", "fused_optim": False},
     {"option": "default: precision auto, fused AdamW", "precision": "auto", "fused_optim": None},
 )
+
+
+#: the other methods' steps, the same variants side by side (their CPU presets, 112 px, batch 32)
+DEFAULT_OTHERS = (("ultramae", "images"), ("ultramae", "videos"), ("uscl", None))
+
+
+def defaults_others(
+    manifest: Path, work: Path, steps: int, threads: int, rounds: int, methods: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """DEFAULT_ROWS side by side (``paired_rates``) for UltraMAE and USCL: medians over ``rounds``."""
+    env_cache = os.environ.get("ULTRASSL_PRECISION_CACHE")
+    os.environ["ULTRASSL_PRECISION_CACHE"] = "off"
+    out = []
+    try:
+        for method, modality in DEFAULT_OTHERS:
+            if methods and method not in methods:
+                continue
+            spec = {"manifest": str(manifest), "work": str(work), "method": method, "modality": modality}
+            per_round = []
+            for r in range(rounds):
+                res = run_one("paired", {**spec, "steps": steps, "variants": list(DEFAULT_ROWS)}, threads)
+                if "rows" not in res:
+                    print(f"  [{r + 1}/{rounds}] {method} {modality or ''}: {res.get('error')}")
+                    continue
+                per_round.append(res["rows"])
+                ratios = ", ".join(f"{row['vs_first']:.2f}x" for row in res["rows"])
+                print(f"  [{r + 1}/{rounds}] {label(spec)}: {ratios}", flush=True)
+            if per_round:
+                out.append(
+                    {
+                        "method": method,
+                        "modality": modality,
+                        "baseline_samples_per_s": statistics.median(x[0]["samples_per_s"] for x in per_round),
+                        "vs_baseline": {
+                            v["option"]: statistics.median(x[i]["vs_first"] for x in per_round)
+                            for i, v in enumerate(DEFAULT_ROWS)
+                        },
+                        "rounds_vs_baseline": {
+                            v["option"]: [round(x[i]["vs_first"], 3) for x in per_round]
+                            for i, v in enumerate(DEFAULT_ROWS)
+                        },
+                        "auto_chose": sorted({x[-1]["precision_used"] for x in per_round}),
+                    }
+                )
+    finally:
+        if env_cache is None:
+            os.environ.pop("ULTRASSL_PRECISION_CACHE", None)
+        else:
+            os.environ["ULTRASSL_PRECISION_CACHE"] = env_cache
+    return out
+
+
+def others_table(rows: list[dict[str, Any]]) -> str:
+    names = [v["option"] for v in DEFAULT_ROWS]
+    lines = [
+        "| method | baseline samples/s | " + " | ".join(names[1:]) + " | auto chose |",
+        "| --- | --- | " + " | ".join("---" for _ in names[1:]) + " | --- |",
+    ]
+    for r in rows:
+        cells = [
+            f"{r['vs_baseline'][n]:.2f}x ({', '.join(f'{x:.2f}' for x in r['rounds_vs_baseline'][n])})"
+            for n in names[1:]
+        ]
+        lines.append(
+            f"| {label(r)} | {_f(r['baseline_samples_per_s'])} | "
+            + " | ".join(cells)
+            + f" | {', '.join(r['auto_chose'])} |"
+        )
+    return "\n".join(lines)
 
 
 def defaults_part(
@@ -799,7 +870,17 @@ def main() -> None:
     t_start = time.monotonic()
     if "defaults" in parts:
         print("defaults against today's path (MAE, ViT-T/16, 112 px, batch 32, 3 channels):", flush=True)
-        doc["defaults"] = defaults_part(manifest, a.work, steps, a.threads, rounds, quick=a.quick)
+        chosen = {m for m in a.methods.split(",") if m}
+        part = doc.get("defaults", {})
+        if not chosen or "mae" in chosen:
+            part = {**part, **defaults_part(manifest, a.work, steps, a.threads, rounds, quick=a.quick)}
+        others = defaults_others(manifest, a.work, steps, a.threads, rounds, chosen or None)
+        done = {(r["method"], r["modality"]) for r in others}
+        kept = [r for r in part.get("others", []) if (r["method"], r["modality"]) not in done]
+        part["others"] = sorted(
+            kept + others, key=lambda r: DEFAULT_OTHERS.index((r["method"], r["modality"]))
+        )
+        doc["defaults"] = part
     if "step" in parts:
         print("training step, per method and option:", flush=True)
         chosen = {m for m in a.methods.split(",") if m}
@@ -852,7 +933,10 @@ def main() -> None:
         print("torchrun:", flush=True)
         doc["torchrun"] = torchrun_rates(manifest, a.work, 10 if a.quick else 30)
     command = " ".join(["python bench/speed.py", *sys.argv[1:]])
-    keys = [f"step ({a.methods})" if part == "step" and (a.methods or a.options) else part for part in parts]
+    keys = [
+        f"{part} ({a.methods})" if part in ("step", "defaults") and (a.methods or a.options) else part
+        for part in parts
+    ]
     doc["commands"] = {**doc.get("commands", {}), **{key: command for key in keys}}
     doc["wall_s"] = {**doc.get("wall_s", {}), ",".join(parts): round(time.monotonic() - t_start, 1)}
     a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -1028,6 +1112,18 @@ def defaults_section(doc: dict[str, Any]) -> list[str]:
     ]
 
 
+def defaults_others_section(doc: dict[str, Any]) -> list[str]:
+    others = (doc.get("defaults") or {}).get("others")
+    if not others:
+        return []
+    return [
+        "\nThe same variants side by side for the other methods' steps (CPU presets, 112 px, batch 32; "
+        "each cell the median ratio to the baseline over the rounds, the rounds in brackets):\n",
+        others_table(others),
+        "",
+    ]
+
+
 def write_docs(doc: dict[str, Any]) -> None:
     info = doc["machine"]
     machine = (
@@ -1053,6 +1149,7 @@ def write_docs(doc: dict[str, Any]) -> None:
         + ("has" if info.get("native_bf16") else "has no")
         + " native bf16); the `fp32` rows below are the loop's default optimiser (fused AdamW).\n",
         *defaults_section(doc),
+        *defaults_others_section(doc),
         "### Training step per method and option (batch 32, CPU presets: 112 px, ViT-T/16, ConvViT-T/16 or ResNet-18; "
         "UltraMAE clips are its preset's 8 frames)\n",
         step_table(doc.get("step", [])),
