@@ -83,6 +83,67 @@ def synthetic_manifest(work: Path) -> Path:
 # one model configuration (runs in a subprocess)
 
 
+def build_trainer(
+    method: str,
+    manifest: str,
+    work: str,
+    run_dir: str,
+    *,
+    preset: str | None = None,
+    arch: str | None = None,
+    img_size: int = 112,
+    batch: int = 32,
+    precision: str = "fp32",
+    fused_optim: bool | None = None,
+    modality: str | None = None,
+    clip_frames: int | None = None,
+    in_chans: int | None = None,
+    dense_stages: bool = False,
+    train: dict[str, Any] | None = None,
+) -> Any:
+    """A set-up ``Trainer`` of the method at its CPU preset (or ``preset``) on the bench's data, seeded
+    model, ``auto`` precision settled on the first batch as ``fit()`` does; ``train``: more
+    ``train.*`` options (unset ones keep the loop's defaults)."""
+    import torch
+
+    from ultrassl.api import build_model, build_pretrain_data, prepare_config
+    from ultrassl.methods import build_pretrain_config
+    from ultrassl.training import Trainer
+
+    overrides = [f"encoder.img_size=[{img_size},{img_size}]"]
+    if arch is not None:
+        overrides.append(f"encoder.arch={ARCHS[arch]}")
+    if modality:
+        overrides.append(f"ultramae.modality={modality}")
+    if clip_frames:
+        overrides.append(f"ultramae.clip_frames={clip_frames}")
+    if in_chans:
+        overrides.append(f"encoder.in_chans={in_chans}")
+    flags = {
+        "optim": {"fused": fused_optim},
+        "data": {"manifest": manifest, "frame_cache": str(Path(work) / "frame_store")},
+        "train": {
+            "batch_size": batch,
+            "precision": precision,
+            "tensorboard": False,
+            "max_steps": 10**6,
+            **(train or {}),
+        },
+    }
+    cfg = build_pretrain_config(method, preset or PRESETS[method], flags=flags, overrides=overrides)
+    prepare_config(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    if dense_stages:  # ConvMAE's reference computation: stages 1-2 over masked patches too
+        model.encoder.skip_masked = False
+    dataset = build_pretrain_data(cfg, progress=False).train
+    trainer = Trainer(model, dataset, optim=cfg.optim, train=cfg.train, run_dir=run_dir, config={})
+    trainer._setup()
+    if precision == "auto":  # the loop's own choice, measured on the first batch
+        trainer._settle_precision(None)
+    return trainer
+
+
 def step_rate(
     method: str,
     manifest: str,
@@ -113,45 +174,25 @@ def step_rate(
 
     import torch
 
-    from ultrassl.api import build_model, build_pretrain_data, prepare_config
-    from ultrassl.methods import build_pretrain_config
-    from ultrassl.training import Trainer
-
-    overrides = [f"encoder.img_size=[{img_size},{img_size}]"]
-    if preset is None and method != "uscl" and method not in CONVVIT_METHODS:
-        overrides.append(f"encoder.arch={ARCHS[arch]}")
-    if modality:
-        overrides.append(f"ultramae.modality={modality}")
-    if clip_frames:
-        overrides.append(f"ultramae.clip_frames={clip_frames}")
-    if in_chans:
-        overrides.append(f"encoder.in_chans={in_chans}")
-    flags = {
-        "optim": {"fused": fused_optim},
-        "data": {"manifest": manifest, "frame_cache": str(Path(work) / "frame_store")},
-        "train": {
-            "batch_size": batch,
-            "precision": precision,
-            "compile": compile,
-            "fused_attn": fused_attn,
-            "channels_last": channels_last,
-            "tensorboard": False,
-            "max_steps": 10**6,
-            "device": "auto",
-        },
-    }
-    cfg = build_pretrain_config(method, preset or PRESETS[method], flags=flags, overrides=overrides)
-    prepare_config(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    if dense_stages:  # ConvMAE's reference computation: stages 1-2 over masked patches too
-        model.encoder.skip_masked = False
-    dataset = build_pretrain_data(cfg, progress=False).train
+    train = {"compile": compile, "fused_attn": fused_attn, "channels_last": channels_last, "device": "auto"}
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(model, dataset, optim=cfg.optim, train=cfg.train, run_dir=run_dir, config={})
-        trainer._setup()
-        if precision == "auto":  # the loop's own choice, measured on the first batch (as fit() does)
-            trainer._settle_precision(None)
+        trainer = build_trainer(
+            method,
+            manifest,
+            work,
+            run_dir,
+            preset=preset,
+            arch=None if preset is not None or method == "uscl" or method in CONVVIT_METHODS else arch,
+            img_size=img_size,
+            batch=batch,
+            precision=precision,
+            fused_optim=fused_optim,
+            modality=modality,
+            clip_frames=clip_frames,
+            in_chans=in_chans,
+            dense_stages=dense_stages,
+            train=train,
+        )
         first = next(iter(trainer._loader(0, 0)))
         batches = itertools.repeat(first)
         t0 = time.perf_counter()
@@ -210,40 +251,17 @@ def paired_rates(
     processes here) cancel out of the ratios. Each variant has its own model copy and optimiser."""
     import itertools
 
-    import torch
-
-    from ultrassl.api import build_model, build_pretrain_data, prepare_config
-    from ultrassl.methods import build_pretrain_config
-    from ultrassl.training import Trainer
-
     trainers, batches, tmp = [], [], tempfile.TemporaryDirectory()
     for k, v in enumerate(variants):
-        overrides = [f"encoder.img_size=[{common.get('img_size', 112)},{common.get('img_size', 112)}]"]
-        if common.get("in_chans"):
-            overrides.append(f"encoder.in_chans={common['in_chans']}")
-        if common.get("modality"):
-            overrides.append(f"ultramae.modality={common['modality']}")
-        flags = {
-            "data": {"manifest": manifest, "frame_cache": str(Path(work) / "frame_store")},
-            "optim": {"fused": v.get("fused_optim")},
-            "train": {
-                "batch_size": 32,
-                "precision": v["precision"],
-                "tensorboard": False,
-                "max_steps": 10**6,
-            },
-        }
-        cfg = build_pretrain_config(method, PRESETS[method], flags=flags, overrides=overrides)
-        prepare_config(cfg)
-        torch.manual_seed(0)
-        model = build_model(cfg)
-        dataset = build_pretrain_data(cfg, progress=False).train
-        trainer = Trainer(
-            model, dataset, optim=cfg.optim, train=cfg.train, run_dir=f"{tmp.name}/{k}", config={}
+        trainer = build_trainer(
+            method,
+            manifest,
+            work,
+            f"{tmp.name}/{k}",
+            precision=v["precision"],
+            fused_optim=v.get("fused_optim"),
+            **{key: common[key] for key in ("img_size", "in_chans", "modality") if common.get(key)},
         )
-        trainer._setup()
-        if v["precision"] == "auto":
-            trainer._settle_precision(None)
         trainers.append(trainer)
         batches.append(itertools.repeat(next(iter(trainer._loader(0, 0)))))
     for _ in range(3):  # warm-up
@@ -387,9 +405,11 @@ def loader_rate(
     }
 
 
-def run_one(kind: str, spec: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Run one measurement in a fresh subprocess with ``threads`` torch threads."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+def run_one(
+    kind: str, spec: dict[str, Any], threads: int, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run one measurement in a fresh subprocess with ``threads`` torch threads (and ``env`` set)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore", **(env or {})}
     out = subprocess.run(
         [sys.executable, __file__, "--one", json.dumps({"kind": kind, **spec})],
         capture_output=True,
@@ -438,6 +458,8 @@ DEFAULT_ROWS = (
 )
 
 
+#: the defaults part's subprocesses: ``auto`` measures in every round, no cached figures
+NO_PRECISION_CACHE = {"ULTRASSL_PRECISION_CACHE": "off"}
 #: the other methods' steps, the same variants side by side (their CPU presets, 112 px, batch 32)
 DEFAULT_OTHERS = (("ultramae", "images"), ("ultramae", "videos"), ("uscl", None))
 
@@ -446,45 +468,42 @@ def defaults_others(
     manifest: Path, work: Path, steps: int, threads: int, rounds: int, methods: set[str] | None = None
 ) -> list[dict[str, Any]]:
     """DEFAULT_ROWS side by side (``paired_rates``) for UltraMAE and USCL: medians over ``rounds``."""
-    env_cache = os.environ.get("ULTRASSL_PRECISION_CACHE")
-    os.environ["ULTRASSL_PRECISION_CACHE"] = "off"
     out = []
-    try:
-        for method, modality in DEFAULT_OTHERS:
-            if methods and method not in methods:
+    for method, modality in DEFAULT_OTHERS:
+        if methods and method not in methods:
+            continue
+        spec = {"manifest": str(manifest), "work": str(work), "method": method, "modality": modality}
+        per_round = []
+        for r in range(rounds):
+            res = run_one(
+                "paired",
+                {**spec, "steps": steps, "variants": list(DEFAULT_ROWS)},
+                threads,
+                NO_PRECISION_CACHE,
+            )
+            if "rows" not in res:
+                print(f"  [{r + 1}/{rounds}] {method} {modality or ''}: {res.get('error')}")
                 continue
-            spec = {"manifest": str(manifest), "work": str(work), "method": method, "modality": modality}
-            per_round = []
-            for r in range(rounds):
-                res = run_one("paired", {**spec, "steps": steps, "variants": list(DEFAULT_ROWS)}, threads)
-                if "rows" not in res:
-                    print(f"  [{r + 1}/{rounds}] {method} {modality or ''}: {res.get('error')}")
-                    continue
-                per_round.append(res["rows"])
-                ratios = ", ".join(f"{row['vs_first']:.2f}x" for row in res["rows"])
-                print(f"  [{r + 1}/{rounds}] {label(spec)}: {ratios}", flush=True)
-            if per_round:
-                out.append(
-                    {
-                        "method": method,
-                        "modality": modality,
-                        "baseline_samples_per_s": statistics.median(x[0]["samples_per_s"] for x in per_round),
-                        "vs_baseline": {
-                            v["option"]: statistics.median(x[i]["vs_first"] for x in per_round)
-                            for i, v in enumerate(DEFAULT_ROWS)
-                        },
-                        "rounds_vs_baseline": {
-                            v["option"]: [round(x[i]["vs_first"], 3) for x in per_round]
-                            for i, v in enumerate(DEFAULT_ROWS)
-                        },
-                        "auto_chose": sorted({x[-1]["precision_used"] for x in per_round}),
-                    }
-                )
-    finally:
-        if env_cache is None:
-            os.environ.pop("ULTRASSL_PRECISION_CACHE", None)
-        else:
-            os.environ["ULTRASSL_PRECISION_CACHE"] = env_cache
+            per_round.append(res["rows"])
+            ratios = ", ".join(f"{row['vs_first']:.2f}x" for row in res["rows"])
+            print(f"  [{r + 1}/{rounds}] {label(spec)}: {ratios}", flush=True)
+        if per_round:
+            out.append(
+                {
+                    "method": method,
+                    "modality": modality,
+                    "baseline_samples_per_s": statistics.median(x[0]["samples_per_s"] for x in per_round),
+                    "vs_baseline": {
+                        v["option"]: statistics.median(x[i]["vs_first"] for x in per_round)
+                        for i, v in enumerate(DEFAULT_ROWS)
+                    },
+                    "rounds_vs_baseline": {
+                        v["option"]: [round(x[i]["vs_first"], 3) for x in per_round]
+                        for i, v in enumerate(DEFAULT_ROWS)
+                    },
+                    "auto_chose": sorted({x[-1]["precision_used"] for x in per_round}),
+                }
+            )
     return out
 
 
@@ -513,28 +532,22 @@ def defaults_part(
     """Per round: the DEFAULT_ROWS variants side by side in one process (``paired_rates``), then a plain
     ``ultrassl pretrain`` run; each figure is the median over the rounds, the run set against the
     baseline's bare step of the same round."""
-    env_cache = os.environ.get("ULTRASSL_PRECISION_CACHE")
-    os.environ["ULTRASSL_PRECISION_CACHE"] = "off"  # auto measures in every round
     spec = {"manifest": str(manifest), "work": str(work), **HEADLINE}
     paired, runs = [], []
-    try:
-        for r in range(rounds):
-            res = run_one("paired", {**spec, "steps": steps, "variants": list(DEFAULT_ROWS)}, threads)
-            paired.append(res)
-            for row in res.get("rows", []):
-                print(
-                    f"  [{r + 1}/{rounds}] {row['option']}: {_f(row['samples_per_s'])} ({row['vs_first']:.2f}x)"
-                )
-            if "error" in res:
-                print(f"  [{r + 1}/{rounds}] paired steps: {res['error']}")
-            run = run_one("pretrain", {**spec, "steps": 40 if quick else 150}, threads)
-            runs.append(run)
-            print(f"  [{r + 1}/{rounds}] ultrassl pretrain: {run.get('error') or _f(run['samples_per_s'])}")
-    finally:
-        if env_cache is None:
-            os.environ.pop("ULTRASSL_PRECISION_CACHE", None)
-        else:
-            os.environ["ULTRASSL_PRECISION_CACHE"] = env_cache
+    for r in range(rounds):
+        res = run_one(
+            "paired", {**spec, "steps": steps, "variants": list(DEFAULT_ROWS)}, threads, NO_PRECISION_CACHE
+        )
+        paired.append(res)
+        for row in res.get("rows", []):
+            print(
+                f"  [{r + 1}/{rounds}] {row['option']}: {_f(row['samples_per_s'])} ({row['vs_first']:.2f}x)"
+            )
+        if "error" in res:
+            print(f"  [{r + 1}/{rounds}] paired steps: {res['error']}")
+        run = run_one("pretrain", {**spec, "steps": 40 if quick else 150}, threads, NO_PRECISION_CACHE)
+        runs.append(run)
+        print(f"  [{r + 1}/{rounds}] ultrassl pretrain: {run.get('error') or _f(run['samples_per_s'])}")
     ok = [p["rows"] for p in paired if "rows" in p]
     rows = []
     for i, variant in enumerate(DEFAULT_ROWS):

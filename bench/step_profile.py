@@ -30,10 +30,6 @@ PARTS = ("data", "forward", "backward", "clip", "optimiser")
 def main() -> None:
     import torch
 
-    from ultrassl.api import build_model, build_pretrain_data, prepare_config
-    from ultrassl.methods import build_pretrain_config
-    from ultrassl.training import Trainer
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", default="mae")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
@@ -46,22 +42,17 @@ def main() -> None:
     work = speed.WORK
     work.mkdir(parents=True, exist_ok=True)
     manifest = speed.synthetic_manifest(work)
-    flags = {
-        "data": {"manifest": str(manifest), "frame_cache": str(work / "frame_store")},
-        "optim": {"fused": fused},
-        "train": {"batch_size": 32, "precision": a.precision, "tensorboard": False, "max_steps": 10**6},
-    }
-    cfg = build_pretrain_config(
-        a.method, speed.PRESETS[a.method], flags=flags, overrides=[f"encoder.in_chans={a.in_chans}"]
-    )
-    prepare_config(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    dataset = build_pretrain_data(cfg, progress=False).train
     times: dict[str, list[float]] = {k: [] for k in (*PARTS, "step")}
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(model, dataset, optim=cfg.optim, train=cfg.train, run_dir=run_dir, config={})
-        trainer._setup()
+        trainer = speed.build_trainer(
+            a.method,
+            str(manifest),
+            str(work),
+            run_dir,
+            precision=a.precision,
+            fused_optim=fused,
+            in_chans=a.in_chans,
+        )
         batches = itertools.chain.from_iterable(trainer._loader(e, 0) for e in itertools.count())
 
         def step(record: bool) -> None:
