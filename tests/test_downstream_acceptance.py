@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiny import ACCEPTANCE_LUNG
 
 from ultrassl import api
 from ultrassl.finetune.classify import ClassifyConfig, finetune_classify
@@ -21,15 +22,7 @@ def lung(tmp_path_factory) -> Path:
     from ultrassl.data.synthetic import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("lung")
-    return make_synthetic_dataset(
-        root / "data",
-        n_patients=18,
-        clips_per_patient=1,
-        n_frames=8,
-        size=(64, 64),
-        n_lesion_images=0,
-        seed=4,
-    )
+    return make_synthetic_dataset(root / "data", **ACCEPTANCE_LUNG)
 
 
 def test_deblurring_mae_linear_probe_beats_scratch(lung, tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from crash import CrashAfter
-from tiny import TINY_CONVVIT_OVERRIDES, TINY_SECTIONS, TINY_VIT_OVERRIDES
+from tiny import ACCEPTANCE_LUNG, TINY_CONVVIT_OVERRIDES, TINY_SECTIONS, TINY_VIT_OVERRIDES
 
 from ultrassl import api
 from ultrassl.checkpoint import safe_load
@@ -251,15 +251,7 @@ def test_the_score_rises_over_the_run_best_pt_is_the_best_step_and_export_uses_i
     instead (0.46 -> 0.39): too short a run."""
     from ultrassl.data.synthetic import make_synthetic_dataset
 
-    data = make_synthetic_dataset(
-        tmp_path / "lung",
-        n_patients=18,
-        clips_per_patient=1,
-        n_frames=8,
-        size=(64, 64),
-        n_lesion_images=0,
-        seed=4,
-    )
+    data = make_synthetic_dataset(tmp_path / "lung", **ACCEPTANCE_LUNG)
     run = tmp_path / "run"
     args = ["pretrain", "--method", "deblur-mae", "--preset", "tiny", "--data", str(data), "--out", str(run)]
     args += ["--max-steps", "1500", "--precision", "fp32", "--probe-data", str(data), "--probe-every", "150"]

@@ -50,3 +50,10 @@ TINY_SECTIONS = {
         "ultramae.max_clips_per_video=1",
     ],
 }
+
+
+#: the synthetic lung data of the issue-level acceptance tests (18 one-clip patients, three classes):
+#: the pre-training and online-probe acceptance runs and the byte-for-byte determinism test share it
+ACCEPTANCE_LUNG = dict(
+    n_patients=18, clips_per_patient=1, n_frames=8, size=(64, 64), n_lesion_images=0, seed=4
+)

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
+from tiny import ACCEPTANCE_LUNG
 
 from ultrassl.data.synthetic import CLASSES, make_synthetic_dataset, synth_clip, synth_frame, synth_lesion
 from ultrassl.errors import ConfigError
@@ -93,8 +94,7 @@ def test_dataset_layout_manifest_and_determinism(tmp_path):
 def test_the_videos_repeat_byte_for_byte_from_the_seed(tmp_path):
     """x264's macroblock-tree rate control encoded about a third of these clips differently from one run
     to the next (an online-probe test passed or failed by it); the encoder now runs without it."""
-    kw = dict(n_patients=18, clips_per_patient=1, n_frames=8, size=(64, 64), n_lesion_images=0, seed=4)
-    first, second = (make_synthetic_dataset(tmp_path / name, **kw) for name in ("a", "b"))
+    first, second = (make_synthetic_dataset(tmp_path / name, **ACCEPTANCE_LUNG) for name in ("a", "b"))
     rows = list(csv.DictReader(open(first, newline="")))
     assert len(rows) == 18
     for r in rows:

@@ -152,9 +152,9 @@ class FramePrep:
 
 
 def frame_preps(
-    rows: Sequence[Any],
+    rows: Sequence[Any],  # manifest rows (typed loosely: manifest imports this module)
     scan_area: bool = True,
-    spacing_mm: float | None = None,  # manifest rows
+    spacing_mm: float | None = None,
 ) -> list[FramePrep]:
     """One :class:`FramePrep` per row; with ``spacing_mm``, a line on stderr when some rows have no
     spacing (their frames keep their own pixel size)."""
