@@ -23,6 +23,7 @@ from ultrassl.data.readers import ReadLimits
 from ultrassl.data.skipped import report_skipped, skipped_csv
 from ultrassl.data.synthetic import make_synthetic_dataset
 from ultrassl.errors import ConfigError, UltrasslError
+from ultrassl.host_allocator import set_host_allocator
 from ultrassl.methods import (
     MethodSpec,
     PretrainData,
@@ -193,6 +194,7 @@ def pretrain(
         )
     if found is not None:
         check_resume_config(found[1]["config"], config, found[0])
+    allocator = set_host_allocator(cfg.train.host_allocator)  # before the data: decoding gains too
     torch.manual_seed(cfg.train.seed)  # model initialisation
     model = spec.build_model(cfg)
     if cfg.init_from and found is None:
@@ -200,7 +202,7 @@ def pretrain(
         if dist_info.is_main:
             print(f"initialised from {cfg.init_from}: {report}", file=sys.stderr)
     data = _build_data_rank0_first(cfg, progress and dist_info.is_main, dist_info.is_main, device)
-    info = run_info()
+    info = {**run_info(), "host_allocator": allocator}
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))

@@ -155,18 +155,26 @@ class TrainConfig:
     #: torch.compile the model's training forward (costs about a minute per input shape at start-up;
     #: measured in docs/benchmarks.md: pays off on GPUs, not on this 2-core CPU)
     compile: bool = False
-    #: attention through F.scaled_dot_product_attention (fused kernels) in every timm attention block;
-    #: False = the explicit softmax(QK^T)V path (for comparison, or a backend without SDPA)
+    #: attention through F.scaled_dot_product_attention (fused kernels) in every timm attention block
+    #: where that is the fast path: not under bf16/fp16 autocast on a CPU, where torch's fused kernel is
+    #: 3-9x slower than the explicit path for ViT sequence lengths (ultrassl.attention);
+    #: False = the explicit softmax(QK^T)V path everywhere (for comparison, or a backend without SDPA)
     fused_attn: bool = True
     #: channels-last memory format for CNN encoders (USCL's ResNet): faster convolutions on CUDA and
     #: oneDNN CPUs; auto = on for CNN encoders (measured on the CPU in docs/benchmarks.md)
     channels_last: str = "auto"
+    #: the host memory allocator: tuned = glibc keeps freed memory for the next step instead of
+    #: page-faulting every activation buffer in afresh (ultrassl.host_allocator, measured in
+    #: docs/benchmarks.md; numerics untouched); default = glibc as the process started
+    host_allocator: str = "tuned"
 
     def check(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
         if self.channels_last not in ("auto", "on", "off"):
             raise ConfigError(f"channels_last must be auto|on|off, got {self.channels_last!r}")
+        if self.host_allocator not in ("tuned", "default"):
+            raise ConfigError(f"host_allocator must be tuned|default, got {self.host_allocator!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto|cpu|cuda, got {self.device!r}")
         if self.batch_size < 1:

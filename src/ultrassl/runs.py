@@ -58,6 +58,7 @@ RESUMABLE_CHANGES = {
     "train.log_every",
     "train.device",
     "train.tensorboard",
+    "train.host_allocator",
     "data.num_workers",
     "data.manifest",
     "data.frame_cache",
