@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -68,6 +70,11 @@ def test_cli_synth_index_pretrain_reconstruct_export(tmp_path, capsys):
     assert state["step"] == 3 and state["config"]["method"] == "deblur-mae"
     assert state["config"]["blur"]["kind"] == "gaussian"
     assert state["run_info"]["torch"] == str(torch.__version__) and "git_hash" in state["run_info"]
+    # what the run settled on is recorded beside the versions: the allocator, the attention kernel
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert state["run_info"]["host_allocator"] == ("tuned" if glibc else "default (not glibc)")
+    on_disk = json.loads((run / "run_info.json").read_text())
+    assert on_disk["attention"] == state["run_info"]["attention"] in ("fused", "explicit")
     # the same command again continues the run (here: nothing left to do); another config is refused,
     # not overwritten, until --fresh says so
     assert main([*args, "--max-steps", "3", "--batch-size", "4"]) == 0

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ultrassl.attention import fused_attention_for, set_fused_attention
 from ultrassl.rng import capture_rng, restore_rng
 
 #: the names ``train.precision`` takes, and the autocast dtype of each (None: no autocast)
@@ -42,7 +43,7 @@ DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "
 PROBE_STEPS = 8
 WARMUP_STEPS = 2
 #: part of the cache key: a changed probe measures again
-PROBE_VERSION = 3
+PROBE_VERSION = 4
 #: a candidate must be this much faster than fp32 to be chosen (closer is noise; fp32 is the exact one)
 MARGIN = 0.03
 
@@ -95,9 +96,11 @@ def time_precisions(
     names: tuple[str, ...],
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
     steps: int = PROBE_STEPS,
+    fused_attn: bool = True,
 ) -> dict[str, float]:
     """Seconds per optimiser step (forward, backward, step) of a copy of ``model`` in each precision,
-    ``steps`` of each taken in turns (see ``PROBE_STEPS``).
+    ``steps`` of each taken in turns (see ``PROBE_STEPS``), each with the attention kernel the loop
+    would run it with (``attention.fused_attention_for`` of ``fused_attn``).
 
     ``model`` is not touched; the random streams are restored afterwards.
     """
@@ -108,6 +111,7 @@ def time_precisions(
         scalers = {n: torch.amp.GradScaler("cuda", enabled=n == "fp16") for n in names}
 
         def step(name: str) -> None:
+            set_fused_attention(probe, fused_attention_for(fused_attn, device, DTYPES[name]))
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, name):
                 loss = probe(batch)["loss"].float()
@@ -221,6 +225,7 @@ def choose_precision(
     device: torch.device,
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
     extra_key: str = "",
+    fused_attn: bool = True,
 ) -> PrecisionChoice:
     """Measure (or look up) each candidate precision for this model and batch and pick the fastest."""
     names = candidates(device)
@@ -234,7 +239,7 @@ def choose_precision(
             figures = {k: float(v) for k, v in hit["seconds_per_step"].items()}
             return PrecisionChoice(pick(figures), figures, 0.0, "cache")
     t0 = time.perf_counter()
-    figures = time_precisions(model, batch, device, names, make_optimizer)
+    figures = time_precisions(model, batch, device, names, make_optimizer, fused_attn=fused_attn)
     choice = PrecisionChoice(pick(figures), figures, time.perf_counter() - t0, "probe")
     if path is not None:
         _write_cache(path, key, {"seconds_per_step": figures, "machine": _machine(device)})

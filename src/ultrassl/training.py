@@ -6,8 +6,9 @@ A method is any ``nn.Module`` whose ``forward(batch: dict) -> dict`` returns at 
 The loop owns what is common: AdamW without weight decay on biases/norms, lr = base_lr x global
 batch / 256, per-step warm-up then half-cycle cosine, gradient accumulation, clipping, autocast (bf16 on
 CPU/GPU, fp16 with a scaler on CUDA; ``auto`` times fp32 and bf16 on the first batch and keeps the
-faster), a NaN guard, progress, CSV/TensorBoard metrics, atomic checkpoints and bit-exact resume, and
-torchrun (DDP) from the environment.
+faster) with the attention kernel that is fast in it (``ultrassl.attention``), a NaN guard, progress,
+CSV/TensorBoard metrics, atomic checkpoints and bit-exact resume, and torchrun (DDP) from the
+environment.
 
 Determinism does not depend on process count or worker count: the sample order is a seeded permutation
 per epoch (sharded like ``DistributedSampler``), and each sample's randomness comes from a seed derived
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ultrassl import distributed
 from ultrassl.atomic import atomic_write_text
+from ultrassl.attention import fused_attention_for, set_fused_attention
 from ultrassl.checkpoint import atomic_save
 from ultrassl.checkpoint.store import CheckpointStore, CheckpointWriteError, load_checkpoint, seal
 from ultrassl.config import OptimConfig, TrainConfig
@@ -134,20 +136,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_native_bf16() else None
-
-
-def set_fused_attention(model: nn.Module, enabled: bool) -> int:
-    """Switch every timm attention block of ``model`` to (or off) F.scaled_dot_product_attention.
-
-    timm decides at construction (``use_fused_attn()``, on by default); this flips the built blocks, so
-    a benchmark can compare both paths on one model. Returns the number of blocks switched.
-    """
-    n = 0
-    for module in model.modules():
-        if isinstance(getattr(module, "fused_attn", None), bool):
-            module.fused_attn = bool(enabled)
-            n += 1
-    return n
 
 
 def use_channels_last(setting: str, model: nn.Module, device: torch.device) -> bool:
@@ -411,7 +399,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupCosine(self.warmup_steps, self.total_steps, min_factor, constant)
         )
-        set_fused_attention(self.model, cfg.fused_attn)
+        self._settle_attention(None)  # again once ``auto`` precision is settled, in fit()
         self.channels_last = use_channels_last(cfg.channels_last, self.model, self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -553,14 +541,31 @@ class Trainer:
         self.run_info["precision"] = {"requested": "auto", **choice.as_dict()}
         if self.dist.is_main:
             print(choice.describe(self.cfg.batch_size), file=sys.stderr)
-            if choice.source != "checkpoint":
-                atomic_write_text(self.run_dir / "run_info.json", json.dumps(self.run_info, indent=2))
+
+    def _settle_attention(self, found: tuple[Path, dict[str, Any]] | None) -> None:
+        """The attention kernel for the run's precision (``attention.fused_attention_for``); a resumed
+        run keeps the one its checkpoint recorded (one recorded before the choice existed ran
+        ``train.fused_attn`` as given), so it replays bit-exactly."""
+        if found is not None:
+            recorded = (found[1].get("run_info") or {}).get("attention")
+            fused = recorded == "fused" if recorded in ("fused", "explicit") else self.cfg.fused_attn
+        else:
+            fused = fused_attention_for(self.cfg.fused_attn, self.device, self.autocast_dtype)
+        set_fused_attention(self.model, fused)
+        self.run_info["attention"] = "fused" if fused else "explicit"
 
     def _probe_precision(self) -> PrecisionChoice:
         batch = self._to_device(next(iter(self._loader(0, 0))))
         extra = f"fused_attn={self.cfg.fused_attn},channels_last={self.channels_last}"
         extra += f",fused_optim={fused_optimizer(self.optim_cfg, self.device)}"
-        return choose_precision(self.model, batch, self.device, self._make_optimizer, extra_key=extra)
+        return choose_precision(
+            self.model,
+            batch,
+            self.device,
+            self._make_optimizer,
+            extra_key=extra,
+            fused_attn=self.cfg.fused_attn,
+        )
 
     def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """AdamW (or Adam) over ``model``'s decay / no-decay groups at the run's lr.
@@ -600,6 +605,9 @@ class Trainer:
         self.resume_state = None  # the trainer holds no second copy of the weights while it runs
         if self.cfg.precision == "auto":
             self._settle_precision(found)
+        self._settle_attention(found)
+        if is_main:  # what the run settled on (precision, attention kernel) beside its versions
+            atomic_write_text(self.run_dir / "run_info.json", json.dumps(self.run_info, indent=2))
         resumed = self._load(found) if found is not None else None
         del found
         if resumed is not None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ultrassl.attention import fused_attention_for, set_fused_attention
 from ultrassl.errors import ConfigError, UltrasslError
 from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.training import WarmupCosine, resolve_precision
@@ -107,6 +108,7 @@ def fit(
     schedule = WarmupCosine(max(1, round(s.warmup_epochs * steps_per_epoch)), s.epochs * steps_per_epoch)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     dtype = resolve_precision(s.precision, device)
+    set_fused_attention(model, fused_attention_for(True, device, dtype))  # the fast kernel of this precision
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     stopper = EarlyStopping(s.patience)
     step, epoch = 0, 0

@@ -1,0 +1,40 @@
+"""Which attention kernel a training step runs: timm's fused ``F.scaled_dot_product_attention`` or its
+explicit ``softmax(q k^T) v`` (two matmuls and a softmax).
+
+The fused kernel is the faster in float32 and on CUDA, but torch's CPU kernel under bf16 (and fp16)
+autocast is not: on an AMD EPYC (torch 2.14, 2 threads, forward + backward) it took 5.5x the explicit
+path's time at MAE's visible tokens (batch 32, 3 heads, 13 tokens: 6.4 vs 1.2 ms), 4-9x at the 50-token
+decoder, 3x at 197 tokens, and only matched it at 785. The explicit path's matmuls run at bf16's full
+rate instead (2.2x float32's here), which is what a ViT step gains from bf16 on a CPU at all; with the
+fused kernel, bf16 autocast ran a MAE ViT-T/16 step (112 px, batch 32) at 0.99x float32's speed, with
+the explicit path at 1.52x (one process, the variants taking turns). ``bench/speed.py`` and
+docs/benchmarks.md hold the step figures.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: autocast dtypes under which torch's CPU fused attention is the slow path
+_SLOW_ON_CPU = (torch.bfloat16, torch.float16)
+
+
+def fused_attention_for(requested: bool, device: torch.device, autocast_dtype: torch.dtype | None) -> bool:
+    """``train.fused_attn`` resolved for a device and precision: the fused kernel where it is the fast
+    path, the explicit one under low-precision autocast on a CPU (and wherever it is not ``requested``)."""
+    return requested and not (device.type == "cpu" and autocast_dtype in _SLOW_ON_CPU)
+
+
+def set_fused_attention(model: nn.Module, enabled: bool) -> int:
+    """Switch every timm attention block of ``model`` to (or off) F.scaled_dot_product_attention.
+
+    timm decides at construction (``use_fused_attn()``, on by default); this flips the built blocks, so
+    the loop (and a benchmark) can choose per precision on one model. Returns the number switched.
+    """
+    n = 0
+    for module in model.modules():
+        if isinstance(getattr(module, "fused_attn", None), bool):
+            module.fused_attn = bool(enabled)
+            n += 1
+    return n
