@@ -107,6 +107,7 @@ def build_trainer(
     import torch
 
     from ultrassl.api import build_model, build_pretrain_data, prepare_config
+    from ultrassl.host_allocator import set_host_allocator
     from ultrassl.methods import build_pretrain_config
     from ultrassl.training import Trainer
 
@@ -132,6 +133,7 @@ def build_trainer(
     }
     cfg = build_pretrain_config(method, preset or PRESETS[method], flags=flags, overrides=overrides)
     prepare_config(cfg)
+    set_host_allocator(cfg.train.host_allocator)  # as ``ultrassl pretrain`` does: process-wide
     torch.manual_seed(0)
     model = build_model(cfg)
     if dense_stages:  # ConvMAE's reference computation: stages 1-2 over masked patches too
@@ -141,6 +143,7 @@ def build_trainer(
     trainer._setup()
     if precision == "auto":  # the loop's own choice, measured on the first batch
         trainer._settle_precision(None)
+        trainer._settle_attention(None)  # the kernel that precision runs with
     return trainer
 
 
@@ -165,6 +168,7 @@ def step_rate(
     flops: bool = False,
     in_chans: int | None = None,
     fused_optim: bool | None = None,
+    host_allocator: str = "tuned",
     **_: Any,
 ) -> dict[str, Any]:
     """Samples/s of the training loop's own optimiser step (``Trainer._train_step``: forward, backward,
@@ -174,7 +178,13 @@ def step_rate(
 
     import torch
 
-    train = {"compile": compile, "fused_attn": fused_attn, "channels_last": channels_last, "device": "auto"}
+    train = {
+        "compile": compile,
+        "fused_attn": fused_attn,
+        "channels_last": channels_last,
+        "device": "auto",
+        "host_allocator": host_allocator,
+    }
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = build_trainer(
             method,
@@ -212,12 +222,14 @@ def step_rate(
             torch.cuda.reset_peak_memory_stats()
         times = []
         n = 0
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(steps):
             t = time.perf_counter()
             n = trainer._train_step(batches)[2]
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
     per_step = statistics.median(times)
     x = first.get("input", first.get("view1"))
     frames = int(x.shape[2]) if x.ndim == 5 else 1  # [B, C, T, H, W] clips
@@ -237,9 +249,19 @@ def step_rate(
         "peak_memory_kind": "cuda max allocated" if cuda else "process max RSS",
         "device": str(trainer.device),
         "step_flops": step_flops,
-        "precision_used": str(trainer.autocast_dtype or "fp32").removeprefix("torch."),
+        "precision_used": precision_name(trainer),
         "fused_optim": bool(trainer.optimizer.param_groups[0].get("fused")),
+        "page_faults_per_step": faults,
+        "attention": trainer.run_info.get("attention"),
+        "host_allocator": host_allocator,
     }
+
+
+def precision_name(trainer: Any) -> str:
+    """The ``train.precision`` name (fp32, bf16, fp16) a set-up trainer runs in."""
+    from ultrassl.precision import DTYPES
+
+    return next(k for k, v in DTYPES.items() if v == trainer.autocast_dtype)
 
 
 def paired_rates(
@@ -248,9 +270,17 @@ def paired_rates(
     """Bare-step samples/s of several variants of one model in one process, taking turns step by step
     (the order rotating), each variant judged by the median ratio of its step time to the first
     variant's step in the same turn: a shared machine's load swings (15% between rounds of separate
-    processes here) cancel out of the ratios. Each variant has its own model copy and optimiser."""
+    processes here) cancel out of the ratios. Each variant has its own model copy and optimiser. The
+    host allocator is the process's: every variant of one call must ask for the same. A variant with
+    ``fused_attention_forced`` runs the fused attention kernel whatever its precision (the loop's
+    choice before ``ultrassl.attention``)."""
     import itertools
 
+    from ultrassl.attention import set_fused_attention
+
+    allocators = {v.get("host_allocator", "tuned") for v in variants}
+    if len(allocators) != 1:
+        raise ValueError(f"one host allocator per process, got {sorted(allocators)}")
     trainers, batches, tmp = [], [], tempfile.TemporaryDirectory()
     for k, v in enumerate(variants):
         trainer = build_trainer(
@@ -260,25 +290,32 @@ def paired_rates(
             f"{tmp.name}/{k}",
             precision=v["precision"],
             fused_optim=v.get("fused_optim"),
+            train={"host_allocator": v.get("host_allocator", "tuned")},
             **{key: common[key] for key in ("img_size", "in_chans", "modality") if common.get(key)},
         )
+        if v.get("fused_attention_forced"):
+            set_fused_attention(trainer.model, True)
+            trainer.run_info["attention"] = "fused"
         trainers.append(trainer)
         batches.append(itertools.repeat(next(iter(trainer._loader(0, 0)))))
     for _ in range(3):  # warm-up
         for t, b in zip(trainers, batches):
             t._train_step(b)
     times: list[list[float]] = [[] for _ in trainers]
+    faults = [0] * len(trainers)
     for i in range(steps):
         order = list(range(len(trainers)))
         order = order[i % len(order) :] + order[: i % len(order)]
         for k in order:
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             trainers[k]._train_step(batches[k])
             times[k].append(time.perf_counter() - t0)
+            faults[k] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
     tmp.cleanup()
     base = statistics.median(times[0])
     out = []
-    for v, t, trainer in zip(variants, times, trainers):
+    for v, t, trainer, f in zip(variants, times, trainers, faults):
         ratio = statistics.median(a / b for a, b in zip(t, times[0]))
         out.append(
             {
@@ -286,7 +323,9 @@ def paired_rates(
                 "samples_per_s": 32 / (base * ratio),
                 "vs_first": 1 / ratio,
                 "median_step_ms": 1000 * statistics.median(t),
-                "precision_used": str(trainer.autocast_dtype or "fp32").removeprefix("torch."),
+                "page_faults_per_step": f / steps,
+                "precision_used": precision_name(trainer),
+                "attention": trainer.run_info.get("attention"),
             }
         )
     return {"rows": out}
@@ -335,6 +374,8 @@ def pretrain_rate(
         "wall_s": wall,
         "steps": steps,
         "precision_used": (info.get("precision") or {}).get("chosen"),
+        "attention": info.get("attention"),
+        "host_allocator": info.get("host_allocator"),
     }
 
 
@@ -449,13 +490,79 @@ def step_rows(quick: bool, methods: set[str] | None = None) -> list[dict[str, An
 #: the issue's headline model: MAE at ViT-T/16, 112 px, batch 32, 3 channels (the reference's input)
 HEADLINE = {"method": "mae", "in_chans": 3}
 #: today's path (every speed-up off; the reference MAE code's speed), each kept speed-up alone, and the
-#: defaults a plain run gets
+#: defaults a plain run gets. ``lone`` rows run in a process of their own, as a user's run does: the
+#: allocator's effect shows only there (models side by side in one process keep each other's freed
+#: memory in use, so glibc's trimming, and its page faults, all but vanish). ``paired`` rows run side by
+#: side with the baseline in one process, taking turns step by step (``paired_rates``)
 DEFAULT_ROWS = (
-    {"option": "baseline: fp32, per-tensor AdamW", "precision": "fp32", "fused_optim": False},
-    {"option": "fused AdamW", "precision": "fp32", "fused_optim": True},
-    {"option": "bf16 autocast", "precision": "bf16", "fused_optim": False},
-    {"option": "default: precision auto, fused AdamW", "precision": "auto", "fused_optim": None},
+    {
+        "option": "baseline: fp32, per-tensor AdamW",
+        "precision": "fp32",
+        "fused_optim": False,
+        "host_allocator": "default",
+        "how": "lone",
+    },
+    {
+        "option": "fused AdamW",
+        "precision": "fp32",
+        "fused_optim": True,
+        "host_allocator": "default",
+        "how": "paired",
+    },
+    {
+        "option": "bf16 autocast, fused attention",
+        "precision": "bf16",
+        "fused_optim": False,
+        "host_allocator": "default",
+        "fused_attention_forced": True,
+        "how": "paired",
+    },
+    {
+        "option": "bf16 autocast",
+        "precision": "bf16",
+        "fused_optim": False,
+        "host_allocator": "default",
+        "how": "paired",
+    },
+    {
+        "option": "tuned allocator",
+        "precision": "fp32",
+        "fused_optim": False,
+        "host_allocator": "tuned",
+        "how": "lone",
+    },
+    {
+        "option": "default: precision auto, fused AdamW, tuned allocator",
+        "precision": "auto",
+        "fused_optim": None,
+        "host_allocator": "tuned",
+        "how": "lone",
+    },
 )
+
+
+def defaults_round(spec: dict[str, Any], steps: int, threads: int) -> list[dict[str, Any]] | str:
+    """One round of DEFAULT_ROWS: each ``lone`` row in its own process (in turn, a few seconds apart:
+    hence the rounds), set against the lone baseline; the ``paired`` rows in one process beside a copy
+    of the baseline, each by its paired ratio. Returns the rows with ``vs_baseline``, or the error."""
+    out: dict[str, dict[str, Any]] = {}
+    for v in DEFAULT_ROWS:
+        if v["how"] == "lone":
+            res = run_one("step", {**spec, **v, "steps": steps}, threads, NO_PRECISION_CACHE)
+            if "error" in res:
+                return str(res["error"])
+            out[v["option"]] = {**v, **res}
+    base = out[DEFAULT_ROWS[0]["option"]]
+    paired = [DEFAULT_ROWS[0]] + [v for v in DEFAULT_ROWS if v["how"] == "paired"]
+    res = run_one("paired", {**spec, "steps": steps, "variants": paired}, threads, NO_PRECISION_CACHE)
+    if "rows" not in res:
+        return str(res.get("error"))
+    for row in res["rows"][1:]:
+        out[row["option"]] = {**row, "samples_per_s": base["samples_per_s"] * row["vs_first"]}
+    rows = [out[v["option"]] for v in DEFAULT_ROWS]
+    for row in rows:
+        row["vs_baseline"] = row.get("vs_first") or row["samples_per_s"] / base["samples_per_s"]
+    return rows
 
 
 #: the defaults part's subprocesses: ``auto`` measures in every round, no cached figures
@@ -467,7 +574,7 @@ DEFAULT_OTHERS = (("ultramae", "images"), ("ultramae", "videos"), ("uscl", None)
 def defaults_others(
     manifest: Path, work: Path, steps: int, threads: int, rounds: int, methods: set[str] | None = None
 ) -> list[dict[str, Any]]:
-    """DEFAULT_ROWS side by side (``paired_rates``) for UltraMAE and USCL: medians over ``rounds``."""
+    """DEFAULT_ROWS side by side (``defaults_round``) for UltraMAE and USCL: medians over ``rounds``."""
     out = []
     for method, modality in DEFAULT_OTHERS:
         if methods and method not in methods:
@@ -475,17 +582,12 @@ def defaults_others(
         spec = {"manifest": str(manifest), "work": str(work), "method": method, "modality": modality}
         per_round = []
         for r in range(rounds):
-            res = run_one(
-                "paired",
-                {**spec, "steps": steps, "variants": list(DEFAULT_ROWS)},
-                threads,
-                NO_PRECISION_CACHE,
-            )
-            if "rows" not in res:
-                print(f"  [{r + 1}/{rounds}] {method} {modality or ''}: {res.get('error')}")
+            res = defaults_round(spec, steps, threads)
+            if isinstance(res, str):
+                print(f"  [{r + 1}/{rounds}] {method} {modality or ''}: {res}")
                 continue
-            per_round.append(res["rows"])
-            ratios = ", ".join(f"{row['vs_first']:.2f}x" for row in res["rows"])
+            per_round.append(res)
+            ratios = ", ".join(f"{row['vs_baseline']:.2f}x" for row in res)
             print(f"  [{r + 1}/{rounds}] {label(spec)}: {ratios}", flush=True)
         if per_round:
             out.append(
@@ -494,11 +596,11 @@ def defaults_others(
                     "modality": modality,
                     "baseline_samples_per_s": statistics.median(x[0]["samples_per_s"] for x in per_round),
                     "vs_baseline": {
-                        v["option"]: statistics.median(x[i]["vs_first"] for x in per_round)
+                        v["option"]: statistics.median(x[i]["vs_baseline"] for x in per_round)
                         for i, v in enumerate(DEFAULT_ROWS)
                     },
                     "rounds_vs_baseline": {
-                        v["option"]: [round(x[i]["vs_first"], 3) for x in per_round]
+                        v["option"]: [round(x[i]["vs_baseline"], 3) for x in per_round]
                         for i, v in enumerate(DEFAULT_ROWS)
                     },
                     "auto_chose": sorted({x[-1]["precision_used"] for x in per_round}),
@@ -516,6 +618,8 @@ def others_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         cells = [
             f"{r['vs_baseline'][n]:.2f}x ({', '.join(f'{x:.2f}' for x in r['rounds_vs_baseline'][n])})"
+            if n in r["vs_baseline"]
+            else "-"  # a row measured before this variant existed
             for n in names[1:]
         ]
         lines.append(
@@ -529,45 +633,42 @@ def others_table(rows: list[dict[str, Any]]) -> str:
 def defaults_part(
     manifest: Path, work: Path, steps: int, threads: int, rounds: int, quick: bool = False
 ) -> dict[str, Any]:
-    """Per round: the DEFAULT_ROWS variants side by side in one process (``paired_rates``), then a plain
+    """Per round: the DEFAULT_ROWS variants side by side (``defaults_round``), then a plain
     ``ultrassl pretrain`` run; each figure is the median over the rounds, the run set against the
     baseline's bare step of the same round."""
     spec = {"manifest": str(manifest), "work": str(work), **HEADLINE}
     paired, runs = [], []
     for r in range(rounds):
-        res = run_one(
-            "paired", {**spec, "steps": steps, "variants": list(DEFAULT_ROWS)}, threads, NO_PRECISION_CACHE
-        )
-        paired.append(res)
-        for row in res.get("rows", []):
-            print(
-                f"  [{r + 1}/{rounds}] {row['option']}: {_f(row['samples_per_s'])} ({row['vs_first']:.2f}x)"
-            )
-        if "error" in res:
-            print(f"  [{r + 1}/{rounds}] paired steps: {res['error']}")
+        res = defaults_round(spec, steps, threads)
+        if isinstance(res, str):
+            print(f"  [{r + 1}/{rounds}] paired steps: {res}")
+        else:
+            paired.append(res)
+            for row in res:
+                print(
+                    f"  [{r + 1}/{rounds}] {row['option']}: {_f(row['samples_per_s'])} "
+                    f"({row['vs_baseline']:.2f}x, {row['page_faults_per_step']:.0f} page faults/step)"
+                )
         run = run_one("pretrain", {**spec, "steps": 40 if quick else 150}, threads, NO_PRECISION_CACHE)
-        runs.append(run)
+        runs.append((run, None if isinstance(res, str) else res[0]["samples_per_s"]))
         print(f"  [{r + 1}/{rounds}] ultrassl pretrain: {run.get('error') or _f(run['samples_per_s'])}")
-    ok = [p["rows"] for p in paired if "rows" in p]
     rows = []
     for i, variant in enumerate(DEFAULT_ROWS):
-        per_round = [p[i] for p in ok]
+        per_round = [p[i] for p in paired]
         rows.append(
             {
                 **HEADLINE,
                 **variant,
                 "samples_per_s": statistics.median(x["samples_per_s"] for x in per_round),
-                "vs_baseline": statistics.median(x["vs_first"] for x in per_round),
+                "vs_baseline": statistics.median(x["vs_baseline"] for x in per_round),
                 "rounds_samples_per_s": [round(x["samples_per_s"], 1) for x in per_round],
-                "rounds_vs_baseline": [round(x["vs_first"], 3) for x in per_round],
+                "rounds_vs_baseline": [round(x["vs_baseline"], 3) for x in per_round],
+                "page_faults_per_step": statistics.median(x["page_faults_per_step"] for x in per_round),
                 "precision_used": ",".join(sorted({x["precision_used"] for x in per_round})),
+                "attention": ",".join(sorted({str(x["attention"]) for x in per_round})),
             }
         )
-    good = [
-        (run, p["rows"][0]["samples_per_s"])
-        for run, p in zip(runs, paired)
-        if "error" not in run and "rows" in p
-    ]
+    good = [(run, base) for run, base in runs if "error" not in run and base]
     rows.append(
         {
             **HEADLINE,
@@ -582,6 +683,7 @@ def defaults_part(
             "rounds_samples_per_s": [round(run["samples_per_s"], 1) for run, _ in good],
             "rounds_vs_baseline": [round(run["samples_per_s"] / base, 3) for run, base in good],
             "precision_used": ",".join(sorted({str(run.get("precision_used")) for run, _ in good})),
+            "attention": ",".join(sorted({str(run.get("attention")) for run, _ in good})),
         }
     )
     return {"rows": rows, "rounds": rounds, "steps": steps}
@@ -589,14 +691,17 @@ def defaults_part(
 
 def defaults_table(part: dict[str, Any]) -> str:
     lines = [
-        "| path | samples/s | vs baseline (each round) | vs baseline | precision |",
-        "| --- | --- | --- | --- | --- |",
+        "| path | samples/s | vs baseline (each round) | vs baseline | page faults/step | precision | attention |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in part["rows"]:
         rel = f"{r['vs_baseline']:.2f}x" if r.get("vs_baseline") else "-"
         rounds = ", ".join(f"{x:.2f}" for x in r.get("rounds_vs_baseline", []))
+        faults = r.get("page_faults_per_step")
         lines.append(
-            f"| {r['option']} | {_f(r.get('samples_per_s'))} | {rounds} | {rel} | {r.get('precision_used', '')} |"
+            f"| {r['option']} | {_f(r.get('samples_per_s'))} | {rounds} | {rel} | "
+            f"{'-' if faults is None else f'{faults:,.0f}'} | {r.get('precision_used', '')} | "
+            f"{r.get('attention', '')} |"
         )
     return "\n".join(lines)
 
@@ -893,6 +998,7 @@ def main() -> None:
         part["others"] = sorted(
             kept + others, key=lambda r: DEFAULT_OTHERS.index((r["method"], r["modality"]))
         )
+        part["git"] = current.get("git")  # the defaults' own: the other parts keep the hash they ran at
         doc["defaults"] = part
     if "step" in parts:
         print("training step, per method and option:", flush=True)
@@ -902,6 +1008,7 @@ def main() -> None:
         rows = run_models(todo, manifest, a.work, steps, a.threads, rounds)
         for r in rows:  # rows merged from runs on other machines say so in the table
             r["machine"] = current["cpu"]
+            r["git"] = current.get("git")
         if partial:  # replace the rows measured now, keep the others (in METHODS order)
 
             def key(r: dict[str, Any]) -> tuple[Any, ...]:
@@ -1103,17 +1210,24 @@ def defaults_section(doc: dict[str, Any]) -> list[str]:
     ratio = f"{rows[-1]['vs_baseline']:.2f}x" if rows[-1].get("vs_baseline") else "-"
     return [
         "### Defaults against today's path (MAE, ViT-T/16 + 128x2 decoder, 112 px, batch 32, 3 channels)\n",
-        f"The bare optimiser step on one repeated in-memory batch for the baseline (every speed-up off: "
-        "fp32 and torch's per-tensor AdamW, the path that ran at the reference MAE code's speed), each "
-        "kept speed-up alone, and the defaults, side by side in one process: the variants take turns step "
-        f"by step ({part['steps']} steps each, the order rotating), each judged by the median ratio of its "
-        "step time to the baseline's in the same turn (separate processes timed in turn differed by up to "
-        "15% between rounds on this shared VM, more than the effects measured); then a plain `ultrassl "
-        "pretrain --method mae --preset cpu-vit-t112 --batch-size 32 --set encoder.in_chans=3` (150 "
-        "steps; the median `samples_per_s` it logs after step 20: data loading, logging and checkpoint "
-        f"writes included), set against the baseline's bare step of the same round. {part['rounds']} "
-        "rounds; *samples/s* and *vs baseline* are medians over them; `precision` is what the row ran in "
-        "(auto measures in every round, no cache).\n",
+        "The bare optimiser step on one repeated in-memory batch for the baseline (every speed-up off: "
+        "fp32, torch's per-tensor AdamW, the fused attention kernel, glibc's allocator as the process "
+        "starts: the path that ran at the reference MAE code's speed), each kept speed-up alone, and the "
+        "defaults. The baseline, the tuned allocator and the defaults each run in a process of their own, "
+        "as a user's run does (several models in one process keep each other's freed memory in use, which "
+        "hides the allocator's page faults), one after the other, each set against the baseline of its "
+        "round. The other speed-ups run side by side with a copy of the baseline in one process, taking "
+        f"turns step by step ({part['steps']} steps each, the order rotating), each judged by the median "
+        "ratio of its step time to the baseline copy's in the same turn; their samples/s is the lone "
+        "baseline's times that ratio. *page faults/step* are the process's minor page faults per timed "
+        "step. Then a plain `ultrassl pretrain --method mae --preset cpu-vit-t112 --batch-size 32 --set "
+        "encoder.in_chans=3` (150 steps; the median `samples_per_s` it logs after step 20: data "
+        "loading, logging and checkpoint writes included), set against the baseline's bare step of the "
+        f"same round. {part['rounds']} rounds (git {part.get('git', '?')}); *samples/s* and *vs baseline* are "
+        "medians over them; "
+        "`precision` and `attention` are what the row ran with (auto measures in every round, no "
+        "cache). *bf16 autocast* runs the attention as the loop now does under CPU bf16 "
+        "(`ultrassl.attention`: the explicit path), *bf16 autocast, fused attention* as it did before.\n",
         defaults_table(part),
         f"\nThe plain run against the baseline's bare step: **{ratio}** (the issue's target: 1.3x)."
         + (
@@ -1129,9 +1243,24 @@ def defaults_others_section(doc: dict[str, Any]) -> list[str]:
     others = (doc.get("defaults") or {}).get("others")
     if not others:
         return []
+    lone = [v["option"] for v in DEFAULT_ROWS[1:] if v["how"] == "lone"]
+    spreads = [
+        max(r["rounds_vs_baseline"][n]) / min(r["rounds_vs_baseline"][n])
+        for r in others
+        for n in lone
+        if n in r["rounds_vs_baseline"] and min(r["rounds_vs_baseline"][n]) > 0
+    ]
     return [
-        "\nThe same variants side by side for the other methods' steps (CPU presets, 112 px, batch 32; "
-        "each cell the median ratio to the baseline over the rounds, the rounds in brackets):\n",
+        "\nThe same rows for the other methods' steps, measured the same way (CPU presets, 112 px, batch "
+        "32; each cell the median ratio to the baseline over the rounds, the rounds in brackets). The "
+        f"{' and '.join(f'*{n}*' for n in lone)} cells are separate processes set against the lone baseline "
+        "a few seconds apart"
+        + (
+            f": their rounds disagree by up to {max(spreads):.1f}x here, so read them as rough"
+            if spreads
+            else ""
+        )
+        + "; the other cells are paired step by step and agree within a few %.\n",
         others_table(others),
         "",
     ]
@@ -1160,7 +1289,10 @@ def write_docs(doc: dict[str, Any]) -> None:
         "`max_memory_allocated` on CUDA. `--precision auto` (the default) times fp32 and bf16 on the "
         "run's first batch and keeps fp32 unless the other is more than 3% faster (this CPU "
         + ("has" if info.get("native_bf16") else "has no")
-        + " native bf16); the `fp32` rows below are the loop's default optimiser (fused AdamW).\n",
+        + " native bf16). The defaults tables and this machine's step rows are current (each step row's "
+        "git hash is in the JSON); the scaling, data and torchrun tables were measured at the git hash "
+        "above, with fused AdamW, the fused attention kernel in every precision and glibc's allocator as "
+        "started.\n",
         *defaults_section(doc),
         *defaults_others_section(doc),
         "### Training step per method and option (batch 32, CPU presets: 112 px, ViT-T/16, ConvViT-T/16 or ResNet-18; "
@@ -1186,8 +1318,9 @@ def write_docs(doc: dict[str, Any]) -> None:
         "\n### What the numbers say (this machine)\n",
         findings(doc),
         "\nThe defaults follow these rows: `--precision auto` (measured per run, see above), fused AdamW, "
-        "fused attention on, `torch.compile` off (about a minute of compilation per input shape for no consistent "
-        "gain on this CPU, see above), channels-last on for CNN encoders. GPU rows are not in this table: no GPU was "
+        "the tuned host allocator, fused attention on (the explicit path under bf16 on a CPU), "
+        "`torch.compile` off (4-60 s of compilation per input shape at start-up for 1.0-1.3x in fp32 in "
+        "the rows above, where bf16 autocast alone gives 1.2-2x; the two together were not measured), channels-last on for CNN encoders. GPU rows are not in this table: no GPU was "
         "available to this project's runs; the same script writes them on a CUDA machine.",
     ]
     write_doc_section("SPEED", "\n".join(parts))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--fused-optim", default="default", choices=("default", "true", "false"))
     ap.add_argument("--in-chans", type=int, default=3)
+    ap.add_argument("--host-allocator", default="tuned", choices=("tuned", "default"))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--ops", action="store_true", help="also a torch.profiler table of 5 bare steps")
     a = ap.parse_args()
@@ -52,6 +54,7 @@ def main() -> None:
             precision=a.precision,
             fused_optim=fused,
             in_chans=a.in_chans,
+            train={"host_allocator": a.host_allocator},
         )
         batches = itertools.chain.from_iterable(trainer._loader(e, 0) for e in itertools.count())
 
@@ -79,8 +82,10 @@ def main() -> None:
 
         for _ in range(3):
             step(False)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(a.steps):
             step(True)
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / a.steps
         ops = None
         if a.ops:
             from torch.profiler import ProfilerActivity, profile
@@ -98,15 +103,18 @@ def main() -> None:
         "precision": a.precision,
         "fused_optim": fused_used,
         "in_chans": a.in_chans,
+        "host_allocator": a.host_allocator,
         "steps": a.steps,
         "ms": {k: 1000 * statistics.median(v) for k, v in times.items()},
         "samples_per_s": 32 / total,
+        "page_faults_per_step": faults,
     }
     out = ROOT / "bench" / "results" / "step_profile.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"{a.method} {a.precision} fused AdamW={fused_used}: {result['samples_per_s']:.1f} samples/s; "
+        f"{a.method} {a.precision} fused AdamW={fused_used}, allocator {a.host_allocator}: "
+        f"{result['samples_per_s']:.1f} samples/s, {faults:.0f} page faults/step; "
         + ", ".join(
             f"{k} {result['ms'][k]:.1f} ms ({100 * result['ms'][k] / (1000 * total):.0f}%)" for k in PARTS
         )
