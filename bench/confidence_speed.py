@@ -142,14 +142,78 @@ def table(rows: list[dict], info: dict) -> str:
     return "\n".join(lines)
 
 
+def precompute_rates(size: int, workers: list[int], repeats: int, patients: int) -> dict:
+    """Frames/s of ``ultrassl confidence DATA -o OUT --workers N --no-previews`` (``precompute``) on a
+    synthetic folder of ``size`` px stills and clips, from a cold cache each time; the worker counts
+    take turns, median of ``repeats``."""
+    from ultrassl.confidence_cache import precompute
+    from ultrassl.data.synthetic import make_synthetic_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        make_synthetic_dataset(data, n_patients=patients, size=(size, size), seed=0)
+        (data / "manifest.csv").unlink(missing_ok=True)  # the folder's media only
+        secs: dict[int, list[float]] = {w: [] for w in workers}
+        frames = 0
+        for r in range(repeats):
+            for w in workers if r % 2 == 0 else workers[::-1]:
+                out = Path(tmp) / f"out_{w}_{r}"
+                t0 = time.perf_counter()
+                res = precompute(data, out, workers=w, previews=False, progress=False)
+                secs[w].append(time.perf_counter() - t0)
+                frames = res.written
+                print(f"  workers {w}: {res.written} maps in {secs[w][-1]:.1f} s", flush=True)
+    return {
+        "size": size,
+        "frames": frames,
+        "frames_per_s": {str(w): frames / statistics.median(v) for w, v in secs.items()},
+        "seconds": {str(w): [round(x, 2) for x in v] for w, v in secs.items()},
+    }
+
+
+def workers_table(res: dict, info: dict) -> str:
+    one = res["frames_per_s"].get("1")
+    rows = "\n".join(
+        f"| {w} | {fps:.1f} | {fps / one:.2f}x | {', '.join(f'{x:.1f}' for x in res['seconds'][w])} |"
+        for w, fps in res["frames_per_s"].items()
+    )
+    return (
+        "### Confidence maps through the CLI: frames/s with worker processes\n\n"
+        f"{info['cpu']}, {info['cores']} cores (shared); `{info['command']}`: `ultrassl confidence DATA "
+        f"-o OUT --workers N --no-previews` (in-process `precompute`, a cold cache each time) over a "
+        f"synthetic folder of {res['size']} px stills and clips, {res['frames']} frames; the worker "
+        "counts take turns, median run. Each worker process has one thread; decoding, the solve and the "
+        ".npy writes are all in the figure.\n\n"
+        "| workers | frames/s | vs 1 worker | seconds (each run) |\n| --- | --- | --- | --- |\n" + rows
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=4, help="frames per batched clip solve")
     p.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        help="instead: frames/s of `ultrassl confidence --workers N` at the first --sizes, per N",
+    )
+    p.add_argument("--patients", type=int, default=2, help="--workers: synthetic patients in the folder")
     a = p.parse_args()
     torch.set_num_threads(1)
+    if a.workers:
+        info = machine_info()
+        info["command"] = "python bench/confidence_speed.py " + shlex.join(sys.argv[1:])
+        res = precompute_rates(a.sizes[0], a.workers, a.repeats, a.patients)
+        out = RESULTS.with_name("confidence_workers.json")
+        out.write_text(json.dumps({"machine": info, **res}, indent=2) + "\n")
+        section = workers_table(res, info)
+        print(section)
+        if not a.no_doc:
+            write_doc_section("CONFIDENCE_WORKERS", section)
+        return
     rows = []
     for size in a.sizes:
         rows.append(measure(size, a.repeats, a.batch))
