@@ -132,18 +132,27 @@ def test_auto_times_each_precision_with_the_kernel_it_would_run(tmp_path, monkey
 def test_a_resumed_run_keeps_the_kernel_its_checkpoint_recorded(tmp_path):
     """A bf16 run recorded with the fused kernel (as every run before the choice existed ran) resumes
     with it, bit-exactly; a checkpoint without the record resumes with ``train.fused_attn`` as given."""
-    for recorded, expected in (
-        ({"attention": "fused"}, True),
-        ({"attention": "explicit"}, False),
+    cases = (
+        ({"attention": "fused", "attention_device": "cpu"}, True),
+        ({"attention": "explicit", "attention_device": "cpu"}, False),
+        ({"attention": "fused"}, True),  # recorded without its device: kept
         ({}, True),
-    ):
+        # made on another kind of device (exact replay is gone anyway): chosen again for this one
+        ({"attention": "fused", "attention_device": "cuda"}, False),
+    )
+    for i, (recorded, expected) in enumerate(cases):
         model = ToyAttentionMethod()
-        trainer = _trainer(tmp_path / str(len(recorded)) / str(expected), model=model, precision="bf16")
+        trainer = _trainer(tmp_path / str(i), model=model, precision="bf16")
         trainer._setup()
         assert model.attn.fused_attn is False  # a new bf16 run on the CPU: the explicit path
         trainer._settle_attention((tmp_path / "last.pt", {"run_info": recorded}))
         assert model.attn.fused_attn is expected
         assert trainer.run_info["attention"] == ("fused" if expected else "explicit")
+
+
+def test_a_model_without_attention_records_none(tmp_path):
+    _trainer(tmp_path, epochs=1, precision="bf16").fit()  # the toy regression: no attention blocks
+    assert _run_info(tmp_path)["attention"] == "none"
 
 
 def test_a_bf16_run_resumed_after_a_crash_matches_the_uninterrupted_one(tmp_path):

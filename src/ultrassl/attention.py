@@ -13,6 +13,9 @@ docs/benchmarks.md hold the step figures.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -38,3 +41,30 @@ def set_fused_attention(model: nn.Module, enabled: bool) -> int:
             module.fused_attn = bool(enabled)
             n += 1
     return n
+
+
+def fused_attention_of(model: nn.Module) -> bool | None:
+    """Whether ``model``'s timm attention blocks run the fused kernel (the first block's flag; None
+    for a model without any)."""
+    for module in model.modules():
+        flag = getattr(module, "fused_attn", None)
+        if isinstance(flag, bool):
+            return flag
+    return None
+
+
+@contextlib.contextmanager
+def attention_kernel_for(
+    model: nn.Module, device: torch.device, autocast_dtype: torch.dtype | None
+) -> Iterator[None]:
+    """Inside: the kernel that is fast in ``autocast_dtype`` (the model's own setting is the request,
+    so a model built without the fused kernel keeps the explicit one); after: the model's own setting."""
+    own = fused_attention_of(model)
+    if own is None:
+        yield
+        return
+    set_fused_attention(model, fused_attention_for(own, device, autocast_dtype))
+    try:
+        yield
+    finally:
+        set_fused_attention(model, own)

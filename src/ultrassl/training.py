@@ -543,16 +543,24 @@ class Trainer:
             print(choice.describe(self.cfg.batch_size), file=sys.stderr)
 
     def _settle_attention(self, found: tuple[Path, dict[str, Any]] | None) -> None:
-        """The attention kernel for the run's precision (``attention.fused_attention_for``); a resumed
-        run keeps the one its checkpoint recorded (one recorded before the choice existed ran
-        ``train.fused_attn`` as given), so it replays bit-exactly."""
+        """The attention kernel for the run's precision (``attention.fused_attention_for``); a run
+        resumed on the same kind of device keeps the one its checkpoint recorded (one recorded before
+        the choice existed ran ``train.fused_attn`` as given), so it replays bit-exactly. Recorded as
+        ``none`` for a model without attention blocks."""
+        fused = fused_attention_for(self.cfg.fused_attn, self.device, self.autocast_dtype)
         if found is not None:
-            recorded = (found[1].get("run_info") or {}).get("attention")
-            fused = recorded == "fused" if recorded in ("fused", "explicit") else self.cfg.fused_attn
-        else:
-            fused = fused_attention_for(self.cfg.fused_attn, self.device, self.autocast_dtype)
-        set_fused_attention(self.model, fused)
-        self.run_info["attention"] = "fused" if fused else "explicit"
+            info = found[1].get("run_info") or {}
+            recorded = info.get("attention")
+            if recorded is None:
+                fused = self.cfg.fused_attn
+            elif (
+                recorded in ("fused", "explicit")
+                and info.get("attention_device", self.device.type) == self.device.type
+            ):
+                fused = recorded == "fused"
+        n = set_fused_attention(self.model, fused)
+        self.run_info["attention"] = ("fused" if fused else "explicit") if n else "none"
+        self.run_info["attention_device"] = self.device.type
 
     def _probe_precision(self) -> PrecisionChoice:
         batch = self._to_device(next(iter(self._loader(0, 0))))

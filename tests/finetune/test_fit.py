@@ -106,14 +106,21 @@ def test_bf16_autocast_and_clipping_train_in_float32_weights():
 
 
 @pytest.mark.parametrize("precision, fused", [("fp32", True), ("bf16", False)])
-def test_the_attention_kernel_follows_the_precision(precision, fused):
+def test_the_attention_kernel_follows_the_precision_while_training(precision, fused):
     """As pre-training's loop: the explicit attention path under CPU bf16, where torch's fused kernel is
-    the slow one (ultrassl.attention)."""
+    the slow one (ultrassl.attention); the model gets its own setting back afterwards."""
     from timm.models.vision_transformer import Attention
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Unflatten(1, (2, 2)), Attention(2, num_heads=1), nn.Flatten(), nn.Linear(4, 2))
     opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    seen = []
+
+    def loss(m: nn.Module, idx: np.ndarray) -> torch.Tensor:
+        seen.append(m[1].fused_attn)
+        return _loss(m, idx)
+
     settings = FitSettings(epochs=1, batch_size=8, patience=1, warmup_epochs=0, precision=precision)
-    fit(model, opt, np.arange(32), _loss, lambda m: None, settings, torch.Generator(), torch.device("cpu"))
-    assert model[1].fused_attn is fused
+    fit(model, opt, np.arange(32), loss, lambda m: None, settings, torch.Generator(), torch.device("cpu"))
+    assert seen and set(seen) == {fused}
+    assert model[1].fused_attn is True  # its own setting again

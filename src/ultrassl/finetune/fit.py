@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ultrassl.attention import fused_attention_for, set_fused_attention
+from ultrassl.attention import attention_kernel_for
 from ultrassl.errors import ConfigError, UltrasslError
 from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.training import WarmupCosine, resolve_precision
@@ -102,13 +102,44 @@ def fit(
     """Train ``model`` on ``train_items``; returns the epoch it ends at (restored to the best one).
 
     ``on_train`` runs after ``model.train()`` each epoch (e.g. to keep a frozen encoder in eval mode).
+    The attention blocks run the kernel that is fast in the chosen precision while it trains
+    (``ultrassl.attention``) and get their own setting back afterwards.
     """
+    dtype = resolve_precision(settings.precision, device)
+    with attention_kernel_for(model, device, dtype):
+        return _fit(
+            model,
+            optimizer,
+            train_items,
+            loss_fn,
+            validate,
+            settings,
+            generator,
+            device,
+            dtype,
+            on_train=on_train,
+            what=what,
+        )
+
+
+def _fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_items: np.ndarray,
+    loss_fn: LossFn,
+    validate: ValidateFn,
+    settings: FitSettings,
+    generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    *,
+    on_train: Callable[[nn.Module], None] | None,
+    what: str,
+) -> FitResult:
     s = settings
     steps_per_epoch = max(1, math.ceil(len(train_items) / s.batch_size))
     schedule = WarmupCosine(max(1, round(s.warmup_epochs * steps_per_epoch)), s.epochs * steps_per_epoch)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    dtype = resolve_precision(s.precision, device)
-    set_fused_attention(model, fused_attention_for(True, device, dtype))  # the fast kernel of this precision
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     stopper = EarlyStopping(s.patience)
     step, epoch = 0, 0
