@@ -2,13 +2,13 @@
 explicit ``softmax(q k^T) v`` (two matmuls and a softmax).
 
 The fused kernel is the faster in float32 and on CUDA, but torch's CPU kernel under bf16 (and fp16)
-autocast is not: on an AMD EPYC (torch 2.14, 2 threads, forward + backward) it took 5.5x the explicit
-path's time at MAE's visible tokens (batch 32, 3 heads, 13 tokens: 6.4 vs 1.2 ms), 4-9x at the 50-token
-decoder, 3x at 197 tokens, and only matched it at 785. The explicit path's matmuls run at bf16's full
-rate instead (2.2x float32's here), which is what a ViT step gains from bf16 on a CPU at all; with the
-fused kernel, bf16 autocast ran a MAE ViT-T/16 step (112 px, batch 32) at 0.99x float32's speed, with
-the explicit path at 1.52x (one process, the variants taking turns). ``bench/speed.py`` and
-docs/benchmarks.md hold the step figures.
+autocast is not: on an AMD EPYC (torch 2.14, 2 threads, forward + backward; ``bench/attention_kernels.py``)
+it took 4.2x the explicit path's time at MAE's visible tokens (batch 32, 3 heads, 13 tokens: 5.0 vs
+1.2 ms), 4.9x at the 50-token decoder, 2.4x at 197 tokens, and only matched it at 785. The explicit
+path's matmuls run at bf16's full rate instead (2.0-2.6x float32's here), which is what a ViT step gains
+from bf16 on a CPU at all; with the fused kernel, bf16 autocast ran a MAE ViT-T/16 step (112 px, batch
+32) at 0.96-1.03x float32's speed, with the explicit path at 1.40-1.46x (``bench/speed.py --parts
+defaults``: one process, the variants taking turns step by step).
 """
 
 from __future__ import annotations

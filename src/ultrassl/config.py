@@ -157,7 +157,7 @@ class TrainConfig:
     compile: bool = False
     #: attention through F.scaled_dot_product_attention (fused kernels) in every timm attention block
     #: where that is the fast path: not under bf16/fp16 autocast on a CPU, where torch's fused kernel is
-    #: 3-9x slower than the explicit path for ViT sequence lengths (ultrassl.attention);
+    #: 2.4-4.9x slower than the explicit path up to 197 tokens (ultrassl.attention);
     #: False = the explicit softmax(QK^T)V path everywhere (for comparison, or a backend without SDPA)
     fused_attn: bool = True
     #: channels-last memory format for CNN encoders (USCL's ResNet): faster convolutions on CUDA and
