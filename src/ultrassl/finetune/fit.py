@@ -107,73 +107,46 @@ def fit(
     """
     dtype = resolve_precision(settings.precision, device)
     with attention_kernel_for(model, device, dtype):
-        return _fit(
-            model,
-            optimizer,
-            train_items,
-            loss_fn,
-            validate,
-            settings,
-            generator,
-            device,
-            dtype,
-            on_train=on_train,
-            what=what,
-        )
-
-
-def _fit(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    train_items: np.ndarray,
-    loss_fn: LossFn,
-    validate: ValidateFn,
-    settings: FitSettings,
-    generator: torch.Generator,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    *,
-    on_train: Callable[[nn.Module], None] | None,
-    what: str,
-) -> FitResult:
-    s = settings
-    steps_per_epoch = max(1, math.ceil(len(train_items) / s.batch_size))
-    schedule = WarmupCosine(max(1, round(s.warmup_epochs * steps_per_epoch)), s.epochs * steps_per_epoch)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    stopper = EarlyStopping(s.patience)
-    step, epoch = 0, 0
-    for epoch in range(s.epochs):
-        model.train()
-        if on_train is not None:
-            on_train(model)
-        order = train_items[torch.randperm(len(train_items), generator=generator).numpy()]
-        for start in range(0, len(order), s.batch_size):
-            for g, base in zip(optimizer.param_groups, base_lrs):
-                g["lr"] = base * schedule(step)
-            autocast = (
-                torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-            )
-            with autocast:
-                loss = loss_fn(model, order[start : start + s.batch_size])
-            if not torch.isfinite(loss.detach()):
-                raise FineTuneDivergedError(
-                    f"{what}: the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
-                    "lower the lr, set clip_grad, or use precision fp32"
+        s = settings
+        steps_per_epoch = max(1, math.ceil(len(train_items) / s.batch_size))
+        schedule = WarmupCosine(max(1, round(s.warmup_epochs * steps_per_epoch)), s.epochs * steps_per_epoch)
+        base_lrs = [g["lr"] for g in optimizer.param_groups]
+        scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+        stopper = EarlyStopping(s.patience)
+        step, epoch = 0, 0
+        for epoch in range(s.epochs):
+            model.train()
+            if on_train is not None:
+                on_train(model)
+            order = train_items[torch.randperm(len(train_items), generator=generator).numpy()]
+            for start in range(0, len(order), s.batch_size):
+                for g, base in zip(optimizer.param_groups, base_lrs):
+                    g["lr"] = base * schedule(step)
+                autocast = (
+                    torch.autocast(device.type, dtype=dtype)
+                    if dtype is not None
+                    else contextlib.nullcontext()
                 )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss.float()).backward()
-            if s.clip_grad:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), s.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-        scored = validate(model)
-        if scored is None:
-            continue
-        if stopper.update(scored[0], epoch, model, tie_break=scored[1]):
-            break
-    if not stopper.restore(model):  # no validation (or never a defined score): the last epoch
-        return FitResult(epoch, None)
-    return FitResult(int(stopper.best_epoch), float(stopper.best_score))
+                with autocast:
+                    loss = loss_fn(model, order[start : start + s.batch_size])
+                if not torch.isfinite(loss.detach()):
+                    raise FineTuneDivergedError(
+                        f"{what}: the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
+                        "lower the lr, set clip_grad, or use precision fp32"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss.float()).backward()
+                if s.clip_grad:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), s.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+            scored = validate(model)
+            if scored is None:
+                continue
+            if stopper.update(scored[0], epoch, model, tie_break=scored[1]):
+                break
+        if not stopper.restore(model):  # no validation (or never a defined score): the last epoch
+            return FitResult(epoch, None)
+        return FitResult(int(stopper.best_epoch), float(stopper.best_score))
