@@ -9,24 +9,26 @@ Deblurring ConvMAE (Kang et al., openmedlab/DeblurringMIM ``models_dconvmae.py``
 a blurred image and trained to give the sharp one, MSE over every pixel, no per-patch normalisation.
 
 Both read the ``mae`` section (mask ratio, decoder, loss) and the ``blur`` section as MAE and
-Deblurring MAE do; the ConvViT sizes are the ``encoder`` section (``arch: convvit_base_patch16``).
+Deblurring MAE do; the ConvViT sizes are the ``encoder`` section (``arch: convvit_base_patch16``). Their
+configs, :class:`ConvMAEPretrainConfig` and :class:`DeblurConvMAEPretrainConfig`, are MAE's with that
+encoder.
 Everything else (masking, loss, previews, data) is MAE's: :class:`ConvMAE` is an :class:`MAE`
 with another encoder.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ultrassl import checkpoint as ckpt
-from ultrassl.config import PretrainConfig
 from ultrassl.errors import CheckpointError, ConfigError
 from ultrassl.methods.base import PretrainMethod
 from ultrassl.methods.frames import build_frames
-from ultrassl.methods.mae import MAE, MAEConfig
+from ultrassl.methods.mae import MAE, MAEConfig, MAEPretrainConfig, deblurring_blur
 from ultrassl.methods.registry import MethodSpec, PretrainData, register_method
 from ultrassl.models.convvit import ConvViT, MaskedConvViTEncoder, is_convvit_arch
 from ultrassl.models.decoders import MAEDecoder, init_linear_and_norm
@@ -114,17 +116,39 @@ def _init_convmae_weights_(encoder: MaskedConvViTEncoder, decoder: MAEDecoder) -
 # registration
 
 
-def build_model(cfg: PretrainConfig) -> ConvMAE:
+def convvit_b() -> EncoderSpec:
+    """ConvViT-B at 224 px, 1 channel; presets change the size (``convmae-convvit-b16``,
+    ``cpu-convvit-t112``)."""
+    return EncoderSpec(arch="convvit_base_patch16", img_size=(224, 224), patch_size=16)
+
+
+@dataclass
+class ConvMAEPretrainConfig(MAEPretrainConfig):
+    """Config of ``convmae``: MAE's (``mae``, ``blur`` none) with a ConvViT-B encoder."""
+
+    method: str = "convmae"
+    encoder: EncoderSpec = field(default_factory=convvit_b)
+
+
+@dataclass
+class DeblurConvMAEPretrainConfig(ConvMAEPretrainConfig):
+    """Config of ``deblur-convmae``, as DeblurringMIM's models_dconvmae: Gaussian sigma 1.1 on the
+    input, loss over all patches, no per-patch normalisation of the target."""
+
+    method: str = "deblur-convmae"
+    mae: MAEConfig = field(default_factory=MAEConfig.deblurring)
+    blur: BlurConfig = field(default_factory=deblurring_blur)
+
+
+def build_model(cfg: MAEPretrainConfig) -> ConvMAE:
     return ConvMAE(cfg.encoder, cfg.mae)
 
 
-def build_data(cfg: PretrainConfig, progress: bool = True) -> PretrainData:
+def build_data(cfg: MAEPretrainConfig, progress: bool = True) -> PretrainData:
     return build_frames(cfg, progress, Blur(cfg.blur) if cfg.blur.kind != "none" else None)
 
 
 _SECTIONS = {"mae": MAEConfig, "blur": BlurConfig}
-#: ConvViT-B at 224 px, 3 channels; presets change the size (``convmae-convvit-b16``, ``cpu-convvit-t112``)
-_ENCODER = {"arch": "convvit_base_patch16", "img_size": [224, 224], "patch_size": 16}
 
 register_method(
     MethodSpec(
@@ -133,7 +157,7 @@ register_method(
         sections=_SECTIONS,
         build_model=build_model,
         build_data=build_data,
-        defaults={"encoder": _ENCODER, "blur": {"kind": "none"}, "mae": {"loss_on": "masked"}},
+        config=ConvMAEPretrainConfig,
     )
 )
 register_method(
@@ -143,11 +167,6 @@ register_method(
         sections=_SECTIONS,
         build_model=build_model,
         build_data=build_data,
-        # DeblurringMIM's models_dconvmae: Gaussian sigma 1.1 on the input, loss.mean() over all patches
-        defaults={
-            "encoder": _ENCODER,
-            "blur": {"kind": "gaussian", "sigma": 1.1},
-            "mae": {"loss_on": "all", "norm_pix_loss": False},
-        },
+        config=DeblurConvMAEPretrainConfig,
     )
 )

@@ -8,12 +8,13 @@ Deblurring MAE (Kang et al. 2023, openmedlab/DeblurringMIM): the encoder sees a 
 over **all** patches with ``norm_pix_loss`` off; :meth:`MAEConfig.deblurring` gives that preset.
 
 Registers two methods that share this module: ``mae`` and ``deblur-mae`` (the same model; the blur on
-the input and the loss options are method defaults).
+the input and the loss options are method defaults, the field defaults of :class:`MAEPretrainConfig`
+and :class:`DeblurMAEPretrainConfig`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -219,11 +220,40 @@ class MAE(PretrainMethod):
 # registration
 
 
-def build_model(cfg: PretrainConfig) -> MAE:
+def no_blur() -> BlurConfig:
+    """Vanilla MAE's input: the frame as it is."""
+    return BlurConfig(kind="none")
+
+
+def deblurring_blur() -> BlurConfig:
+    """DeblurringMIM's input degradation: Gaussian blur, sigma 1.1."""
+    return BlurConfig(kind="gaussian", sigma=1.1)
+
+
+@dataclass
+class MAEPretrainConfig(PretrainConfig):
+    """Config of ``mae``: the common sections plus ``mae`` (MAE's ViT-B recipe) and ``blur`` (none)."""
+
+    method: str = "mae"
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    blur: BlurConfig = field(default_factory=no_blur)
+
+
+@dataclass
+class DeblurMAEPretrainConfig(MAEPretrainConfig):
+    """Config of ``deblur-mae``, as DeblurringMIM's code: Gaussian sigma 1.1 on the input, MSE over all
+    patches, no per-patch normalisation of the target."""
+
+    method: str = "deblur-mae"
+    mae: MAEConfig = field(default_factory=MAEConfig.deblurring)
+    blur: BlurConfig = field(default_factory=deblurring_blur)
+
+
+def build_model(cfg: MAEPretrainConfig) -> MAE:
     return MAE(cfg.encoder, cfg.mae)
 
 
-def build_data(cfg: PretrainConfig, progress: bool = True) -> PretrainData:
+def build_data(cfg: MAEPretrainConfig, progress: bool = True) -> PretrainData:
     return build_frames(cfg, progress, Blur(cfg.blur) if cfg.blur.kind != "none" else None)
 
 
@@ -236,7 +266,7 @@ register_method(
         sections=_SECTIONS,
         build_model=build_model,
         build_data=build_data,
-        defaults={"blur": {"kind": "none"}, "mae": {"loss_on": "masked", "norm_pix_loss": True}},
+        config=MAEPretrainConfig,
     )
 )
 register_method(
@@ -246,10 +276,6 @@ register_method(
         sections=_SECTIONS,
         build_model=build_model,
         build_data=build_data,
-        # DeblurringMIM's code: Gaussian sigma 1.1 on the input, MSE over all patches, no per-patch norm.
-        defaults={
-            "blur": {"kind": "gaussian", "sigma": 1.1},
-            "mae": {"loss_on": "all", "norm_pix_loss": False},
-        },
+        config=DeblurMAEPretrainConfig,
     )
 )

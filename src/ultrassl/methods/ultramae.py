@@ -11,7 +11,7 @@ patches are masked. The paper's ablations are switches: ``target: raw`` (no CWUS
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -266,11 +266,19 @@ class UltraMAE(PretrainMethod):
 # registration
 
 
-def build_model(cfg: PretrainConfig) -> UltraMAE:
+@dataclass
+class UltraMAEPretrainConfig(PretrainConfig):
+    """Config of ``ultramae``: the common sections plus ``ultramae`` (the paper's recipe)."""
+
+    method: str = "ultramae"
+    ultramae: UltraMAEConfig = field(default_factory=UltraMAEConfig)
+
+
+def build_model(cfg: UltraMAEPretrainConfig) -> UltraMAE:
     return UltraMAE(cfg.encoder, cfg.ultramae)
 
 
-def build_data(cfg: PretrainConfig, progress: bool = True) -> PretrainData:
+def build_data(cfg: UltraMAEPretrainConfig, progress: bool = True) -> PretrainData:
     """Images and clips of the manifest, each with its confidence map (for the CWUS target), decoded
     once and served in one-modality batches (:class:`~ultrassl.data.clips.ClipDataset`)."""
     if not cfg.data.manifest:
@@ -323,5 +331,6 @@ register_method(
         sections={"ultramae": UltraMAEConfig},
         build_model=build_model,
         build_data=build_data,
+        config=UltraMAEPretrainConfig,
     )
 )

@@ -11,13 +11,13 @@ the lowest validation NT-Xent keeps ``best.pt`` (the reference's ``best_model.pt
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ultrassl.config import DataConfig, PretrainConfig
+from ultrassl.config import DataConfig, OptimConfig, PretrainConfig, TrainConfig
 from ultrassl.data.datasets import load_frame_cache
 from ultrassl.data.manifest import ManifestRow, read_manifest
 from ultrassl.data.video_items import VideoItems, classes_of, group_items, keep_labels, split_items
@@ -221,18 +221,56 @@ def build_video_items(
     return PretrainData(train, val, list(cache.skipped))
 
 
-def build_data(cfg: PretrainConfig, progress: bool = True) -> PretrainData:
+def _uscl_encoder() -> EncoderSpec:
+    return EncoderSpec(arch="resnet18", img_size=(224, 224), in_chans=1)
+
+
+def _uscl_data() -> DataConfig:
+    return DataConfig(crop_scale=(0.8, 1.0), crop_ratio=(0.8, 1.25), mean=(0.5,), std=(0.25,))
+
+
+def _uscl_optim() -> OptimConfig:
+    return OptimConfig(
+        name="adam",
+        lr=3.0e-4,
+        weight_decay=1.0e-4,
+        betas=(0.9, 0.999),
+        warmup_epochs=0.0,
+        constant_epochs=10.0,
+        decay_all=True,
+    )
+
+
+def _uscl_train() -> TrainConfig:
+    return TrainConfig(batch_size=32, epochs=300)
+
+
+@dataclass
+class USCLPretrainConfig(PretrainConfig):
+    """Config of ``uscl``: the common sections at USCL's recipe plus ``uscl``. USCL's code: ResNet-18,
+    Adam lr 3e-4 wd 1e-4 on every parameter, 10 constant epochs then cosine, RandomResizedCrop(0.8-1,
+    0.8-1.25) + flip, normalise 0.5/0.25, batch 32, 300 epochs."""
+
+    method: str = "uscl"
+    encoder: EncoderSpec = field(default_factory=_uscl_encoder)
+    data: DataConfig = field(default_factory=_uscl_data)
+    optim: OptimConfig = field(default_factory=_uscl_optim)
+    train: TrainConfig = field(default_factory=_uscl_train)
+    uscl: USCLConfig = field(default_factory=USCLConfig)
+
+
+def build_data(cfg: USCLPretrainConfig, progress: bool = True) -> PretrainData:
     if not cfg.data.manifest:
         raise ConfigError("no data: pass --data MANIFEST (make one with `ultrassl index DATA_DIR`)")
     rows = read_manifest(cfg.data.manifest)
     return build_video_items(rows, cfg.data, cfg.encoder, cfg.uscl, cfg.train.seed, progress)
 
 
-def build_model(cfg: PretrainConfig) -> USCL:
+def build_model(cfg: USCLPretrainConfig) -> USCL:
     return USCL(cfg.encoder, cfg.uscl)
 
 
-def prepare(cfg: PretrainConfig) -> None:
+def prepare(cfg: USCLPretrainConfig) -> None:
     """The classifier's size comes from the manifest's labels: store the class names in the config."""
     if not cfg.uscl.classes and cfg.data.manifest:
         cfg.uscl.classes = classes_of(read_manifest(cfg.data.manifest))
@@ -247,21 +285,6 @@ register_method(
         build_data=build_data,
         prepare=prepare,
         val_key="nt_xent",
-        # USCL's code: ResNet-18, Adam lr 3e-4 wd 1e-4 on every parameter, 10 constant epochs then
-        # cosine, RandomResizedCrop(0.8-1, 0.8-1.25) + flip, normalise 0.5/0.25, batch 32, 300 epochs.
-        defaults={
-            "encoder": {"arch": "resnet18", "img_size": [224, 224], "in_chans": 1},
-            "data": {"crop_scale": [0.8, 1.0], "crop_ratio": [0.8, 1.25], "mean": [0.5], "std": [0.25]},
-            "optim": {
-                "name": "adam",
-                "lr": 3.0e-4,
-                "weight_decay": 1.0e-4,
-                "betas": [0.9, 0.999],
-                "warmup_epochs": 0.0,
-                "constant_epochs": 10.0,
-                "decay_all": True,
-            },
-            "train": {"batch_size": 32, "epochs": 300},
-        },
+        config=USCLPretrainConfig,
     )
 )
