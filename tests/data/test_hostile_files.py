@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from faults import png_claiming
 from media_helpers import index_frames, write_dicom, write_gif, write_mp4, write_png
+from PIL import ImageFile
 
 from ultrassl.cli import main
 from ultrassl.data.manifest import build_manifest, walk_files
@@ -70,23 +71,30 @@ def test_unreadable_folders_and_files_are_listed(tmp_path, monkeypatch):
     assert reasons["secret.png"] == "cannot open file (Permission denied)"
 
 
-def test_a_png_claiming_ten_billion_pixels_is_refused_before_decoding(tmp_path):
-    import time
+def test_a_png_claiming_ten_billion_pixels_is_refused_before_decoding(tmp_path, monkeypatch):
+    decoded = []  # every image whose pixels were asked for (Pillow decodes in ImageFile.load)
+    real_load = ImageFile.ImageFile.load
 
-    t0 = time.monotonic()
+    def load(self):
+        decoded.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
     with pytest.raises(
         UnreadableFileError, match=r"image too large \(Image size \(10000000000 pixels\)"
     ):  # Pillow's own guard
         probe(png_claiming(tmp_path / "bomb.png", 100_000, 100_000))
-    assert time.monotonic() - t0 < 2.0
+    assert decoded == []  # refused from the header: not a pixel decoded
     # below Pillow's guard, ours: the header's size against --max-pixels, before a pixel is decoded
     big = png_claiming(tmp_path / "big.png", 7_000, 7_000)
     with pytest.raises(
         UnreadableFileError, match=r"7000x7000 = 49,000,000 pixels exceed the limit of 40,000,000"
     ):
         probe(big)
+    assert decoded == []
     with pytest.raises(UnreadableFileError, match="truncated or corrupt image"):  # a raised limit decodes
         probe(big, ReadLimits(max_pixels=10**8))
+    assert decoded == [(7_000, 7_000)]  # the check above sees a decode when there is one
 
 
 def test_frame_count_limits_for_gif_video_and_dicom(tmp_path):
