@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -43,11 +43,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ultrassl.atomic import atomic_write
 from ultrassl.data.scan_area import Fan, detect_scan_area
 from ultrassl.distributed import select_device
 from ultrassl.errors import ConfigError
 
-__all__ = ["confidence_map", "confidence_maps", "laplacian_weights", "SectorGeometry", "fit_sector"]
+__all__ = [
+    "SOLVER_VERSION",
+    "ConfidenceMaps",
+    "MapStore",
+    "SectorGeometry",
+    "cache_key",
+    "confidence_fn",
+    "confidence_map",
+    "confidence_maps",
+    "fit_sector",
+    "laplacian_weights",
+]
 
 _EPS = float(np.finfo(np.float64).eps)
 #: MONAI's (and Karamalis') constant added to every edge weight; keeps the system non-singular
@@ -577,8 +589,120 @@ def confidence_map(
     return confidence_maps(a[None], alpha, beta, gamma, sector=sector, device=device)[0]
 
 
+# ------------------------------------------------------------------------------------------ the cache
+#: Names the numerics of every map this module returns (the solver, the sector resampling and
+#: :class:`ConfidenceMaps`' shrink and resize). It is part of every cache key, so bump it whenever a
+#: change moves a map by more than round-off: stored maps are then solved again instead of reused.
+SOLVER_VERSION = "karamalis-monai-1"
+
+
+def cache_key(
+    frame: np.ndarray,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    sector: str,
+    *,
+    solve_shape: tuple[int, int] | None = None,
+    device: str = "cpu",
+) -> str:
+    """SHA-1 naming one frame's map by all it depends on: the solver version, the parameters, where
+    it was solved (``solve_shape``: the size the frame was shrunk to first, None for its own size;
+    ``device``: a GPU's float32 factorisation rounds differently) and the frame's bytes, dtype, shape.
+
+    A frame solved at its own size on the CPU (what ``ultrassl confidence`` does) keeps the key text
+    the per-frame cache always had, so maps precomputed before are still found.
+    """
+    a = np.ascontiguousarray(frame)
+    text = f"{SOLVER_VERSION}|{a.dtype.str}|{a.shape}|{float(alpha)!r}|{float(beta)!r}|{float(gamma)!r}|{sector}|"
+    if solve_shape is not None:
+        text += f"solved_at={tuple(int(n) for n in solve_shape)}|"
+    if device != "cpu":
+        text += f"device={device}|"
+    h = hashlib.sha1(text.encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class MapStore:
+    """The one on-disk store of confidence maps: ``root/<key[:2]>/<key>.npy``, float32, one frame each.
+
+    Shared by :class:`ConfidenceMaps` (training) and ``ultrassl confidence`` (its ``--cache``), so a
+    map one of them solved is read by the other when :func:`cache_key` agrees. Writes are atomic (a
+    crash leaves no half file); a read is trusted only if it is a float32 ``.npy`` of the expected
+    shape with values in [0, 1], anything else is solved again and overwritten.
+    """
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"confidence cache {self.root}: not a folder")
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+    def load(self, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The stored map of ``key``, or None when it is missing or cannot be trusted."""
+        try:
+            m = np.load(self.path(key), allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None  # missing, torn or foreign: solve again and overwrite
+        if m.shape != tuple(shape) or m.dtype != np.float32:
+            return None
+        if not (np.isfinite(m).all() and m.min() >= 0.0 and m.max() <= 1.0):
+            return None
+        return m
+
+    def save(self, key: str, m: np.ndarray) -> None:
+        path = self.path(key)
+        try:
+            atomic_write(path, lambda tmp: _save_npy(tmp, np.asarray(m, np.float32)))
+        except OSError as exc:
+            raise ConfigError(f"confidence cache {path}: cannot write ({exc.strerror or exc})") from exc
+
+    def maps(
+        self, frames: np.ndarray, keys: list[str], solve: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[np.ndarray, bool]:
+        """(maps of ``frames`` ``[T, H, W]``, whether they were all read) given each frame's key.
+
+        One missing frame and the whole stack is solved again with ``solve`` and stored: a fan is
+        detected once per stack, so solving the missing frames alone could give maps that differ from
+        the stack's own.
+        """
+        if len(keys) != len(frames):
+            raise ValueError(f"confidence cache: {len(keys)} keys for {len(frames)} frames")
+        shape = tuple(np.shape(frames)[1:])
+        stored = [self.load(k, shape) for k in keys]
+        if stored and all(m is not None for m in stored):
+            return np.stack(stored), True
+        solved = solve(frames)
+        written: set[str] = set()
+        for k, m in zip(keys, solved):
+            if k not in written:  # a frame repeated in the stack is written once
+                self.save(k, m)
+                written.add(k)
+        return solved, False
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
 # ----------------------------------------------------------------------------------------------------
 # a picklable confidence function for data sets
+
+#: the sector mode :class:`ConfidenceMaps` solves with (confidence_maps' default: a fan when one is found)
+_SECTOR = "auto"
+
+
+def _shrunk_shape(h: int, w: int, max_side: int | None) -> tuple[int, int] | None:
+    """The size :class:`ConfidenceMaps` solves an ``h x w`` frame at, None when it is not shrunk."""
+    scale = 1.0 if not max_side else min(1.0, max_side / max(h, w))
+    return (max(2, round(h * scale)), max(2, round(w * scale))) if scale < 1.0 else None
 
 
 @dataclass(frozen=True)
@@ -586,9 +710,10 @@ class ConfidenceMaps:
     """Confidence maps from :func:`ultrassl.confidence.confidence_maps`, solved on frames shrunk to ``max_side``.
 
     A module-level callable (not a closure) so it pickles into decoding worker processes; its
-    :attr:`store_key` names it in the key of an on-disk frame store. With ``cache_dir``, each clip's
-    maps are kept there as uint8 (the precision data sets store them at), keyed by the clip's content
-    and these parameters, so k folds or re-runs over the same clips solve each clip once.
+    :attr:`store_key` names it (and the solver version) in the key of an on-disk frame store. With
+    ``cache_dir``, each frame's map is kept in a :class:`MapStore` there, keyed by :func:`cache_key`
+    (solver version, parameters, frame content), so k folds or re-runs over the same clips solve each
+    clip once, and maps ``ultrassl confidence`` wrote there for the same frames are read.
     """
 
     alpha: float = 2.0
@@ -601,37 +726,31 @@ class ConfidenceMaps:
     @property
     def store_key(self) -> str:
         return (
-            f"karamalis(alpha={float(self.alpha)!r},beta={float(self.beta)!r},gamma={float(self.gamma)!r},"
-            f"max_side={self.max_side!r},device={self.device!r})"
+            f"karamalis[{SOLVER_VERSION}](alpha={float(self.alpha)!r},beta={float(self.beta)!r},"
+            f"gamma={float(self.gamma)!r},max_side={self.max_side!r},device={self.device!r})"
         )
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        if self.cache_dir is None:
+        if self.cache_dir is None or np.ndim(frames) != 3:
             return self._solve(frames)
         a = np.ascontiguousarray(frames)
-        key = hashlib.sha1(f"{self.store_key}|{a.dtype.str}|{a.shape}|".encode() + a.tobytes()).hexdigest()
-        path = Path(self.cache_dir) / key[:2] / f"{key}.npz"
-        if path.exists():
-            try:
-                return np.load(path)["u8"].astype(np.float32) / 255.0
-            except (OSError, ValueError, KeyError):
-                pass  # a damaged entry is solved again and rewritten
-        u8 = np.clip(np.rint(self._solve(a) * 255.0), 0, 255).astype(np.uint8)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{key}.{os.getpid()}.tmp.npz")
-        np.savez_compressed(tmp, u8=u8)
-        os.replace(tmp, path)
-        return u8.astype(np.float32) / 255.0
+        solve_shape = _shrunk_shape(a.shape[1], a.shape[2], self.max_side)
+        device = "cpu" if self.device == "cpu" else select_device(self.device).type
+        keys = [
+            cache_key(f, self.alpha, self.beta, self.gamma, _SECTOR, solve_shape=solve_shape, device=device)
+            for f in a
+        ]
+        return MapStore(Path(self.cache_dir)).maps(a, keys, self._solve)[0]
 
     def _solve(self, frames: np.ndarray) -> np.ndarray:
         t, h, w = frames.shape
-        scale = 1.0 if not self.max_side else min(1.0, self.max_side / max(h, w))
+        size = _shrunk_shape(h, w, self.max_side)
         small = frames
-        if scale < 1.0:
-            size = (max(2, round(h * scale)), max(2, round(w * scale)))
+        if size is not None:
             small = F.interpolate(torch.from_numpy(frames)[:, None], size=size, mode="area")[:, 0].numpy()
         conf = np.asarray(
-            confidence_maps(small, self.alpha, self.beta, self.gamma, device=self.device), dtype=np.float32
+            confidence_maps(small, self.alpha, self.beta, self.gamma, sector=_SECTOR, device=self.device),
+            dtype=np.float32,
         )
         if conf.shape != (t, h, w):
             conf = F.interpolate(

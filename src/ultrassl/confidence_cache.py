@@ -1,14 +1,16 @@
-"""Confidence maps on disk: a content-addressed cache and the `ultrassl confidence` precompute.
+"""`ultrassl confidence` precompute, through the one on-disk map cache of :mod:`ultrassl.confidence`.
 
-A map depends only on the frame's pixels, the parameters and the solver version, so the cache key is a
-SHA-1 of exactly those: a frame seen again (another epoch, a copied file, a re-run) is read, not solved.
+A map depends only on the frame's pixels, the parameters and the solver version, so its cache key
+(:func:`~ultrassl.confidence.cache_key`) is a SHA-1 of exactly those and the store
+(:class:`~ultrassl.confidence.MapStore`) is the one training's :class:`~ultrassl.confidence.ConfidenceMaps`
+uses: a frame seen again (another epoch, a copied file, a re-run) is read, not solved, and a solver
+change (a new :data:`~ultrassl.confidence.SOLVER_VERSION`) makes every stored map miss.
 Precompute fans files out to worker processes with one torch/BLAS thread each (the solver is
 single-threaded work per frame; processes scale, threads inside one solve do not).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import sys
@@ -22,29 +24,18 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ultrassl.atomic import atomic_write, atomic_write_bytes
-from ultrassl.confidence import confidence_maps
+from ultrassl.confidence import MapStore, cache_key, confidence_maps
 from ultrassl.data.manifest import read_manifest
 from ultrassl.data.readers import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_frames
 from ultrassl.errors import ConfigError, UnreadableFileError
 
 __all__ = ["ConfidenceCache", "PrecomputeSummary", "cache_key", "media_files", "precompute"]
 
-#: bump when the solver's output changes, so old cache entries are not reused
-CACHE_VERSION = "karamalis-monai-1"
-
-
-def cache_key(frame: np.ndarray, alpha: float, beta: float, gamma: float, sector: str) -> str:
-    """SHA-1 of the frame's bytes, dtype and shape, the parameters and the solver version."""
-    a = np.ascontiguousarray(frame)
-    h = hashlib.sha1()
-    h.update(f"{CACHE_VERSION}|{a.dtype.str}|{a.shape}|{alpha!r}|{beta!r}|{gamma!r}|{sector}|".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
-
 
 @dataclass
 class ConfidenceCache:
-    """Maps stored as ``root/<key[:2]>/<key>.npy`` float32; a missing or unreadable entry is recomputed."""
+    """Full-size CPU maps of given parameters in the :class:`~ultrassl.confidence.MapStore` at ``root``,
+    counting the frames read (``hits``) and solved (``misses``)."""
 
     root: Path
     alpha: float = 2.0
@@ -57,44 +48,31 @@ class ConfidenceCache:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
 
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.npy"
+    @property
+    def store(self) -> MapStore:
+        return MapStore(self.root)
 
-    def _load(self, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
-        p = self.path(key)
-        if not p.is_file():
-            return None
-        try:
-            m = np.load(p, allow_pickle=False)
-        except (OSError, ValueError):
-            return None  # a torn or foreign file: recompute and overwrite
-        return m if m.shape == shape and m.dtype == np.float32 else None
+    def key(self, frame: np.ndarray) -> str:
+        return cache_key(frame, self.alpha, self.beta, self.gamma, self.sector)
+
+    def path(self, key: str) -> Path:
+        return self.store.path(key)
 
     def maps(self, frames: np.ndarray) -> np.ndarray:
-        """Maps of a clip ``[T, H, W]``: cached ones read, the others solved together and stored."""
+        """Maps of a clip ``[T, H, W]``: read when every frame is stored, else solved together and stored."""
         frames = np.asarray(frames)
-        keys = [cache_key(f, self.alpha, self.beta, self.gamma, self.sector) for f in frames]
-        out = np.empty(frames.shape, np.float32)
-        todo = []
-        for i, k in enumerate(keys):
-            m = self._load(k, frames.shape[1:])
-            if m is None:
-                todo.append(i)
-            else:
-                out[i] = m
-        self.hits += len(frames) - len(todo)
-        self.misses += len(todo)
-        if todo:
-            solved = confidence_maps(
-                frames[todo], self.alpha, self.beta, self.gamma, sector=self.sector, device="cpu"
-            )
-            for i, m in zip(todo, solved):
-                out[i] = m
-                atomic_write(self.path(keys[i]), lambda tmp, m=m: _save_npy(tmp, m))
+        out, read = self.store.maps(frames, [self.key(f) for f in frames], self._solve)
+        if read:
+            self.hits += len(frames)
+        else:
+            self.misses += len(frames)
         return out
 
     def map(self, frame: np.ndarray) -> np.ndarray:
         return self.maps(np.asarray(frame)[None])[0]
+
+    def _solve(self, frames: np.ndarray) -> np.ndarray:
+        return confidence_maps(frames, self.alpha, self.beta, self.gamma, sector=self.sector, device="cpu")
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
