@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
-import re
 import sys
 import time
 import types
@@ -209,44 +207,19 @@ _FLAG_ALIASES = {"label_fractions": ["--label-fraction"], "max_frames_per_video"
 _PREFIX = "cfg__"
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """Each field's comment in its dataclass's source (``#: text`` above it, or ``# text`` after it),
-    so the dataclass stays the one place an option is described."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            lines = inspect.getsource(klass).splitlines()
-        except (OSError, TypeError):
-            continue
-        above: list[str] = []
-        for line in lines:
-            text = line.strip()
-            if text.startswith("#:"):
-                above.append(text[2:].strip())
-                continue
-            match = re.match(r"(\w+)\s*:[^=]*=(.*)$", text)
-            if match and match.group(1) in names:
-                after = match.group(2).split("  # ", 1)[1].strip() if "  # " in match.group(2) else ""
-                docs[match.group(1)] = (" ".join(above) or after).replace("``", "")
-            above = []
-    return docs
-
-
 def _yaml_value(text: str) -> Any:
     """A flag's value as YAML (numbers, null, lists), as ``--set`` reads values."""
     return parse_set([f"v={text}"])["v"]
 
 
 def _task_flags(p: argparse.ArgumentParser, cls: type, task: str) -> None:
-    """One flag per field of the task's config dataclass, plus --preset, --set and --print-config."""
+    """One flag per field of the task's config dataclass, its help the field's ``metadata["help"]``
+    (kept with the dataclass, so it needs no source files), plus --preset, --set and --print-config."""
     p.add_argument("--preset", help=f"a {task} preset ({', '.join(preset_names('finetune'))}) or a YAML file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     group = p.add_argument_group(f"{task} options (fields of {cls.__name__}; also --set NAME=VALUE)")
-    hints, docs = typing.get_type_hints(cls), _field_docs(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         options = [t for t in typing.get_args(tp) if t is not type(None)] if _is_optional(tp) else [tp]
@@ -256,7 +229,7 @@ def _task_flags(p: argparse.ArgumentParser, cls: type, task: str) -> None:
             "dest": _PREFIX + f.name,
             "default": argparse.SUPPRESS,
             "metavar": "VALUE",
-            "help": f"{docs.get(f.name, '')} (default: {default})".strip(),
+            "help": f"{f.metadata.get('help', '')} (default: {default})".strip(),
         }
         if base is bool:
             kw["action"] = argparse.BooleanOptionalAction

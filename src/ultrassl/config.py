@@ -8,7 +8,9 @@ Values are checked once, on the final config: :func:`check` walks the tree and c
 saved as plain values (YAML in the run folder, a dict inside checkpoints).
 
 This module knows no method: :class:`PretrainConfig` holds the sections every method reads, and a
-method's own sections are added by the registry (:func:`ultrassl.methods.registry.config_class`).
+method's own sections are fields of its subclass (:func:`ultrassl.methods.registry.config_class`).
+A field is described by its ``metadata["help"]`` (the CLI's help text comes from there, not from the
+source, which an installed package may not have).
 """
 
 from __future__ import annotations
@@ -37,31 +39,69 @@ class DataConfig:
     """Where the frames come from and how they become model inputs."""
 
     manifest: str = ""
-    #: frames per second to sample from videos (None: every frame)
-    video_fps: float | None = None
-    #: at most this many frames per video (spread evenly over the clip); None: no limit
-    max_frames_per_video: int | None = 32
-    #: crop to the scan area (a DICOM's 2-D tissue regions or the manifest's scan_area column, else the
-    #: detected fan/rectangle) and zero burned-in text outside it
-    scan_area: bool = True
-    #: resample frames to this many mm per pixel (files whose spacing the manifest records); None: as is
-    spacing_mm: float | None = None
-    #: RandomResizedCrop scale range, shared by input and target
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    crop_ratio: tuple[float, float] = (0.75, 1.3333333333333333)
+    video_fps: float | None = field(
+        default=None, metadata={"help": "frames per second to sample from videos (None: every frame)"}
+    )
+    max_frames_per_video: int | None = field(
+        default=32,
+        metadata={"help": "at most this many frames per video (spread evenly over the clip); None: no limit"},
+    )
+    scan_area: bool = field(
+        default=True,
+        metadata={
+            "help": "crop to the scan area (a DICOM's 2-D tissue regions or the manifest's scan_area column, "
+            "else the detected fan/rectangle) and zero burned-in text outside it"
+        },
+    )
+    spacing_mm: float | None = field(
+        default=None,
+        metadata={
+            "help": "resample frames to this many mm per pixel (files whose spacing the manifest "
+            "records); None: as is"
+        },
+    )
+    crop_scale: tuple[float, float] = field(
+        default=(0.2, 1.0), metadata={"help": "RandomResizedCrop scale range, shared by input and target"}
+    )
+    crop_ratio: tuple[float, float] = field(
+        default=(0.75, 1.3333333333333333),
+        metadata={"help": "RandomResizedCrop aspect-ratio range, shared by input and target"},
+    )
     hflip: bool = True
-    #: normalisation applied to input and target (one value per channel, or one for all)
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.25,)
+    mean: tuple[float, ...] = field(
+        default=(0.5,),
+        metadata={
+            "help": "normalisation mean applied to input and target (one value per channel, or one for all)"
+        },
+    )
+    std: tuple[float, ...] = field(
+        default=(0.25,),
+        metadata={
+            "help": "normalisation std applied to input and target (one value per channel, or one for all)"
+        },
+    )
     num_workers: int = 0
-    #: folder of on-disk frame stores (memory-mapped), reused by later runs on the same files; auto:
-    #: ``RUN/frame_store``, used only once the decoded frames outgrow ``ram_cache_gb``; None: RAM only
-    frame_cache: str | None = "auto"
-    #: decoded frames stay in RAM up to this many GiB, past it they go to the ``frame_cache`` store;
-    #: None: AUTO_RAM_CACHE_GB with ``frame_cache: auto``, always the store with a folder named
-    ram_cache_gb: float | None = None
-    #: processes decoding the manifest at start-up (0: decode in the main process)
-    decode_workers: int = 0
+    frame_cache: str | None = field(
+        default="auto",
+        metadata={
+            "help": "folder of on-disk frame stores (memory-mapped), reused by later runs on the same files; "
+            "auto: RUN/frame_store, used only once the decoded frames outgrow ram_cache_gb; None: RAM "
+            "only"
+        },
+    )
+    ram_cache_gb: float | None = field(
+        default=None,
+        metadata={
+            "help": "decoded frames stay in RAM up to this many GiB, past it they go to the frame_cache "
+            "store; "
+            f"None: {AUTO_RAM_CACHE_GB:g} (AUTO_RAM_CACHE_GB) with frame_cache: auto, always the store "
+            "with a folder named"
+        },
+    )
+    decode_workers: int = field(
+        default=0,
+        metadata={"help": "processes decoding the manifest at start-up (0: decode in the main process)"},
+    )
 
     def check(self) -> None:
         if self.ram_cache_gb is not None and not 0 <= self.ram_cache_gb < float("inf"):
@@ -99,28 +139,41 @@ class OptimConfig:
     """AdamW with MAE's conventions: lr = base_lr * global_batch / 256, warm-up then half-cycle cosine."""
 
     base_lr: float = 1.5e-4
-    #: absolute lr; overrides base_lr scaling when set
-    lr: float | None = None
+    lr: float | None = field(
+        default=None, metadata={"help": "absolute lr; overrides base_lr scaling when set"}
+    )
     min_lr: float = 0.0
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_epochs: float = 40.0
-    #: warm-up in optimiser steps; overrides warmup_epochs when set
-    warmup_steps: int | None = None
-    #: clip the gradient norm to this value (None: no clipping)
-    clip_grad: float | None = None
-    #: micro-batches per optimiser step
-    accum_steps: int = 1
-    #: adamw (decoupled decay) | adam (L2 decay, as USCL's torch.optim.Adam)
-    name: str = "adamw"
-    #: constant lr for this many epochs after warm-up, before the cosine (USCL: 10)
-    constant_epochs: float = 0.0
-    #: weight decay on biases and norm weights too (USCL decays every parameter)
-    decay_all: bool = False
-    #: torch's fused Adam/AdamW kernel (one pass over each parameter) instead of its per-tensor loop;
-    #: None: fused on the CPU and CUDA. The same update to float32 rounding (within 1e-7 after 12 steps
-    #: of ViT-T); 2.5x faster optimiser step on 2 CPU cores. A resumed run keeps its checkpoint's choice.
-    fused: bool | None = None
+    warmup_steps: int | None = field(
+        default=None, metadata={"help": "warm-up in optimiser steps; overrides warmup_epochs when set"}
+    )
+    clip_grad: float | None = field(
+        default=None, metadata={"help": "clip the gradient norm to this value (None: no clipping)"}
+    )
+    accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
+    name: str = field(
+        default="adamw",
+        metadata={"help": "adamw (decoupled decay) | adam (L2 decay, as USCL's torch.optim.Adam)"},
+    )
+    constant_epochs: float = field(
+        default=0.0,
+        metadata={"help": "constant lr for this many epochs after warm-up, before the cosine (USCL: 10)"},
+    )
+    decay_all: bool = field(
+        default=False,
+        metadata={"help": "weight decay on biases and norm weights too (USCL decays every parameter)"},
+    )
+    fused: bool | None = field(
+        default=None,
+        metadata={
+            "help": "torch's fused Adam/AdamW kernel (one pass over each parameter) instead of its "
+            "per-tensor loop; None: fused on the CPU and CUDA. The same update up to float32 "
+            "rounding, a faster optimiser step (see docs/benchmarks.md). A resumed run keeps its "
+            "checkpoint's choice."
+        },
+    )
 
     def check(self) -> None:
         if self.name not in ("adamw", "adam"):
@@ -138,35 +191,67 @@ class TrainConfig:
     batch_size: int = 64
     epochs: int = 800
     max_steps: int | None = None
-    #: stop cleanly (with a checkpoint) after this many minutes
-    time_limit: float | None = None
+    time_limit: float | None = field(
+        default=None, metadata={"help": "stop cleanly (with a checkpoint) after this many minutes"}
+    )
     checkpoint_every: int = 500
-    #: checkpoints kept (last.pt and the ones before it): resume falls back to the newest that verifies
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = field(
+        default=2,
+        metadata={
+            "help": "checkpoints kept (last.pt and the ones before it): resume falls back to the newest that "
+            "verifies"
+        },
+    )
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
-    #: auto | fp32 | bf16 | fp16  (auto: the faster of fp32 and bf16 (fp16 on CUDA without bf16), timed
-    #: on the first batch; see ultrassl.precision)
-    precision: str = "auto"
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto | fp32 | bf16 | fp16 (auto: the faster of fp32 and bf16 (fp16 on CUDA without "
+            "bf16), timed on the first batch; see ultrassl.precision)"
+        },
+    )
     tensorboard: bool = True
-    #: validate every this many steps when the method holds data out (None: once per epoch)
-    val_every: int | None = None
-    #: torch.compile the model's training forward (costs about a minute per input shape at start-up;
-    #: measured in docs/benchmarks.md: pays off on GPUs, not on this 2-core CPU)
-    compile: bool = False
-    #: attention through F.scaled_dot_product_attention (fused kernels) in every timm attention block
-    #: where that is the fast path: not under bf16/fp16 autocast on a CPU, where torch's fused kernel is
-    #: 2.4-4.9x slower than the explicit path up to 197 tokens (ultrassl.attention);
-    #: False = the explicit softmax(QK^T)V path everywhere (for comparison, or a backend without SDPA)
-    fused_attn: bool = True
-    #: channels-last memory format for CNN encoders (USCL's ResNet): faster convolutions on CUDA and
-    #: oneDNN CPUs; auto = on for CNN encoders (measured on the CPU in docs/benchmarks.md)
-    channels_last: str = "auto"
-    #: the host memory allocator: tuned = glibc keeps freed memory for the next step instead of
-    #: page-faulting every activation buffer in afresh (ultrassl.host_allocator, measured in
-    #: docs/benchmarks.md; numerics untouched); default = glibc as the process started
-    host_allocator: str = "tuned"
+    val_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "validate every this many steps when the method holds data out (None: once per epoch)"
+        },
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the model's training forward (costs about a minute per input shape at "
+            "start-up; pays off on GPUs, not on a 2-core CPU: see docs/benchmarks.md)"
+        },
+    )
+    fused_attn: bool = field(
+        default=True,
+        metadata={
+            "help": "attention through F.scaled_dot_product_attention (fused kernels) in every timm "
+            "attention block where that is the fast path: not under bf16/fp16 autocast on a CPU, "
+            "where torch's fused kernel is slower than the explicit path at ViT token counts "
+            "(ultrassl.attention; see docs/benchmarks.md); False = the explicit softmax(QK^T)V "
+            "path everywhere (for comparison, or a backend without SDPA)"
+        },
+    )
+    channels_last: str = field(
+        default="auto",
+        metadata={
+            "help": "channels-last memory format for CNN encoders (USCL's ResNet): faster convolutions "
+            "on CUDA and oneDNN CPUs; auto = on for CNN encoders (see docs/benchmarks.md)"
+        },
+    )
+    host_allocator: str = field(
+        default="tuned",
+        metadata={
+            "help": "the host memory allocator: tuned = glibc keeps freed memory for the next step "
+            "instead of page-faulting every activation buffer in afresh "
+            "(ultrassl.host_allocator, see docs/benchmarks.md; numerics untouched); default = "
+            "glibc as the process started"
+        },
+    )
 
     def check(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -190,31 +275,64 @@ class ProbeConfig:
     """The online probe: every ``every`` steps the frozen encoder's features of a labelled manifest are
     scored by k-NN (and optionally a linear probe) on a by-group split; the best score picks best.pt."""
 
-    #: labelled manifest (columns label, group_id) to probe with; empty: no probe
-    data: str = ""
-    #: probe every this many optimiser steps (and at the start and the end); None: at most 10 times per
-    #: run and never more often than keeps the probe under ``max_share`` of the training time
-    every: int | None = None
-    #: with ``every: null``, the probe's time as a share of the training time between probes, at most
-    max_share: float = 0.05
-    #: at most this many frames (spread over the manifest's rows), decoded once at the start
-    max_frames: int = 512
-    #: neighbours of the cosine k-NN classifier
-    k: int = 20
-    #: also fit a logistic regression on the same split (slower; sklearn)
-    linear: bool = False
-    #: the score that picks best.pt: knn | linear (balanced accuracy on the held-out groups)
-    metric: str = "knn"
-    #: fraction of the groups (patients) held out for scoring
-    val_fraction: float = 0.25
-    #: frames per second sampled from videos, and at most this many per video (before the frame cap)
-    frame_fps: float | None = 3.0
-    max_frames_per_video: int = 30
-    #: seed of the group split and of the frame choice (its own generator: training's RNG is untouched)
-    seed: int = 0
-    #: processes that decode the probe set at start-up (nothing else runs then); None: one per usable
-    #: core, at most 4; 0: in the main process
-    decode_workers: int | None = None
+    data: str = field(
+        default="",
+        metadata={"help": "labelled manifest (columns label, group_id) to probe with; empty: no probe"},
+    )
+    every: int | None = field(
+        default=None,
+        metadata={
+            "help": "probe every this many optimiser steps (and at the start and the end); None: at most 10 "
+            "times per run and never more often than keeps the probe under max_share of the training "
+            "time"
+        },
+    )
+    max_share: float = field(
+        default=0.05,
+        metadata={
+            "help": "with every: null, the probe's time as a share of the training time between probes, "
+            "at most"
+        },
+    )
+    max_frames: int = field(
+        default=512,
+        metadata={
+            "help": "at most this many frames (spread over the manifest's rows), decoded once at the start"
+        },
+    )
+    k: int = field(default=20, metadata={"help": "neighbours of the cosine k-NN classifier"})
+    linear: bool = field(
+        default=False, metadata={"help": "also fit a logistic regression on the same split (slower; sklearn)"}
+    )
+    metric: str = field(
+        default="knn",
+        metadata={
+            "help": "the score that picks best.pt: knn | linear (balanced accuracy on the held-out groups)"
+        },
+    )
+    val_fraction: float = field(
+        default=0.25, metadata={"help": "fraction of the groups (patients) held out for scoring"}
+    )
+    frame_fps: float | None = field(
+        default=3.0, metadata={"help": "frames per second sampled from videos (None: every frame)"}
+    )
+    max_frames_per_video: int = field(
+        default=30, metadata={"help": "at most this many frames per video (before the max_frames cap)"}
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "seed of the group split and of the frame choice (its own generator: training's RNG is "
+            "untouched)"
+        },
+    )
+    decode_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "processes that decode the probe set at start-up (nothing else runs then); None: one per "
+            "usable core, at most 4; 0: in the main process"
+        },
+    )
 
     def check(self) -> None:
         if self.every is not None and self.every < 1:
@@ -242,10 +360,11 @@ class PreviewConfig:
     """Pictures of what the method sees and predicts, drawn while the run goes (the same frames and
     masks each time) into ``RUN/reconstructions/step_XXXXXX.png``."""
 
-    #: draw every this many steps (and at the end); None: 5 times per run; 0: never
-    every: int | None = None
-    #: frames (rows) per picture
-    n: int = 4
+    every: int | None = field(
+        default=None,
+        metadata={"help": "draw every this many steps (and at the end); None: 5 times per run; 0: never"},
+    )
+    n: int = field(default=4, metadata={"help": "frames (rows) per picture"})
 
     def check(self) -> None:
         if self.every is not None and self.every < 0:
@@ -257,7 +376,9 @@ class PreviewConfig:
 @dataclass
 class PretrainConfig:
     """The sections every method reads. A method's own sections (``mae``, ``blur``, ``uscl``, ...) are
-    fields of its subclass, made by :func:`ultrassl.methods.registry.config_class`."""
+    fields of its subclass, written out in the method's module (``MAEPretrainConfig`` in
+    ``ultrassl.methods.mae``) or, for a method registered with sections alone, made by
+    :func:`ultrassl.methods.registry.config_class`. A field's ``metadata["help"]`` describes it."""
 
     method: str = "mae"
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
@@ -266,8 +387,12 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     previews: PreviewConfig = field(default_factory=PreviewConfig)
-    #: a run folder, export folder or foreign checkpoint to start from (continued pre-training)
-    init_from: str | None = None
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "a run folder, export folder or foreign checkpoint to start from (continued pre-training)"
+        },
+    )
 
     def check(self) -> None:
         """Checks across sections (each section checks its own fields)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import inspect
+import linecache
 import re
 
 import pytest
@@ -122,3 +125,37 @@ def test_pretrain_refuses_a_bad_override_in_one_line(capsys, tmp_path):
     assert main([*argv, "--set", "mae.mask_ratio=0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "mae.mask_ratio 0" in err and not (tmp_path / "r").exists()
+
+
+def _task_parser(task: str) -> argparse.ArgumentParser:
+    def sub(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return action.choices[name]
+
+    return sub(sub(_parser(), "finetune"), task)
+
+
+@pytest.mark.parametrize("task, cls", [("classify", ClassifyConfig), ("segment", SegmentConfig)])
+def test_every_flag_field_has_help_text_and_its_flag_shows_it(task, cls):
+    fields = dataclasses.fields(cls)
+    assert [f.name for f in fields if not str(f.metadata.get("help", "")).strip()] == []
+    shown = {a.dest: a.help for a in _task_parser(task)._actions}
+    for f in fields:
+        assert shown["cfg__" + f.name].startswith(f.metadata["help"] + " (default: "), f.name
+
+
+def test_flag_help_needs_no_source_files(monkeypatch):
+    """An installed package may have no .py files (a wheel of .pyc, a zipapp): help text must not be read
+    from the source."""
+
+    def no_source(*args, **kwargs):
+        raise OSError("could not get source code")
+
+    for name in ("getsource", "getsourcelines", "findsource", "getsourcefile"):
+        monkeypatch.setattr(inspect, name, no_source)
+    monkeypatch.setattr(linecache, "getlines", lambda *args, **kwargs: [])
+    shown = {a.dest: a.help for a in _task_parser("classify")._actions}
+    assert shown["cfg__frame_fps"] == "frames sampled per second of video (None: every frame) (default: 3.0)"
+    assert shown["cfg__folds_file"].startswith("a folds.json (")
+    shown = {a.dest: a.help for a in _task_parser("segment")._actions}
+    assert shown["cfg__empty_policy"].startswith("one | nan | zero: Dice/IoU of an image")

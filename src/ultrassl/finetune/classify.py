@@ -67,51 +67,66 @@ class Phase(enum.Enum):
 
 @dataclass
 class ClassifyConfig(Protocol):
-    mode: str = "linear"  # linear (probe) | partial (last blocks) | full (layer-wise lr decay)
-    #: frames sampled per second of video (None: every frame)
-    frame_fps: float | None = 3.0
-    #: at most this many frames per video (None: no limit)
-    max_frames_per_video: int | None = 30
-    #: crop to the detected fan/rectangle (as pre-training does)
-    scan_area: bool = True
-    img_size: tuple[int, int] | None = None  # None: the encoder's own size
-    #: linear probe: inverse L2 strengths tried on validation
-    linear_c: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
-    #: --mode partial: trainable last blocks
-    train_blocks: int = 1
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    #: --mode full: layer-wise lr decay
-    layer_decay: float = 0.65
-    #: --mode full: stochastic depth rate
-    drop_path: float = 0.1
-    label_smoothing: float = 0.1
-    #: mixup alpha (0: off)
-    mixup: float = 0.0
-    #: cutmix alpha (0: off)
-    cutmix: float = 0.0
-    #: class-weighted cross-entropy (off: plain)
-    class_weighting: bool = True
+    """Classification fine-tuning options; ``ultrassl finetune classify`` makes one flag per field, its
+    help the field's ``metadata["help"]``."""
+
+    mode: str = field(
+        default="linear",
+        metadata={"help": "linear (probe) | partial (last blocks) | full (layer-wise lr decay)"},
+    )
+    frame_fps: float | None = field(
+        default=3.0, metadata={"help": "frames sampled per second of video (None: every frame)"}
+    )
+    max_frames_per_video: int | None = field(
+        default=30, metadata={"help": "at most this many frames per video (None: no limit)"}
+    )
+    scan_area: bool = field(
+        default=True, metadata={"help": "crop to the detected fan/rectangle (as pre-training does)"}
+    )
+    img_size: tuple[int, int] | None = field(
+        default=None, metadata={"help": "input size H W (None: the encoder's own size)"}
+    )
+    linear_c: tuple[float, ...] = field(
+        default=(0.01, 0.1, 1.0, 10.0),
+        metadata={"help": "linear probe: inverse L2 strengths tried on validation"},
+    )
+    train_blocks: int = field(default=1, metadata={"help": "--mode partial: trainable last blocks"})
+    epochs: int = field(
+        default=30, metadata={"help": "--mode partial/full: training epochs (early stopping may end sooner)"}
+    )
+    batch_size: int = field(default=32, metadata={"help": "frames per batch"})
+    lr: float = field(
+        default=1e-3,
+        metadata={"help": "--mode partial/full: AdamW learning rate (after warm-up, then cosine)"},
+    )
+    weight_decay: float = field(default=0.05, metadata={"help": "--mode partial/full: AdamW weight decay"})
+    layer_decay: float = field(default=0.65, metadata={"help": "--mode full: layer-wise lr decay"})
+    drop_path: float = field(default=0.1, metadata={"help": "--mode full: stochastic depth rate"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the cross-entropy"})
+    mixup: float = field(default=0.0, metadata={"help": "mixup alpha (0: off)"})
+    cutmix: float = field(default=0.0, metadata={"help": "cutmix alpha (0: off)"})
+    class_weighting: bool = field(
+        default=True, metadata={"help": "class-weighted cross-entropy (off: plain)"}
+    )
     # fine-tuning augmentation: crop area range, gain/offset range, gamma range (log; 0 = off). Measured
     # on the synthetic lung clips (ResNet-18 from scratch, 3 folds): (0.7-1, 0.1, 0) gave 0.85 accuracy,
     # these defaults 0.93: patients differ in depth, gain and probe, and few patients show little of it.
-    #: crop area range of the fine-tuning augmentation
-    aug_scale: tuple[float, float] = (0.4, 1.0)
-    #: gain/offset jitter (normalised units)
-    aug_intensity: float = 0.25
-    #: gamma jitter exp(+-x); 0 turns it off
-    aug_gamma: float = 0.4
-    #: early stopping on validation, in epochs
-    patience: int = 8
-    warmup_epochs: float = 2.0
-    #: max gradient norm (None: no clipping)
-    clip_grad: float | None = None
-    #: fp32 | bf16 | fp16 (CUDA, with a gradient scaler) | auto, as pre-training's train.precision
-    precision: str = "fp32"
-    #: auto | cpu | cuda
-    device: str = "auto"
+    aug_scale: tuple[float, float] = field(
+        default=(0.4, 1.0), metadata={"help": "crop area range of the fine-tuning augmentation"}
+    )
+    aug_intensity: float = field(default=0.25, metadata={"help": "gain/offset jitter (normalised units)"})
+    aug_gamma: float = field(default=0.4, metadata={"help": "gamma jitter exp(+-x); 0 turns it off"})
+    patience: int = field(default=8, metadata={"help": "early stopping on validation, in epochs"})
+    warmup_epochs: float = field(default=2.0, metadata={"help": "learning-rate warm-up, in epochs"})
+    clip_grad: float | None = field(default=None, metadata={"help": "max gradient norm (None: no clipping)"})
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp32 | bf16 | fp16 (CUDA, with a gradient scaler) | auto, as pre-training's "
+            "train.precision"
+        },
+    )
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
 
     def check(self) -> None:
         """Fail before any data is read, naming the bad option."""

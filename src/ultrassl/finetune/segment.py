@@ -69,36 +69,89 @@ SUMMARY_KEYS = ("dice", "iou")
 
 @dataclass
 class SegmentConfig(Protocol):
-    head: str = "auto"  # auto (mae for ViTs, upernet for ConvViTs, unet for ResNets) | mae | upernet | unet
-    epochs: int = 40
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    freeze_encoder: bool = False
-    img_size: tuple[int, int] | None = None  # None: the encoder's own size
-    empty_policy: str = "one"  # one | nan | zero: Dice/IoU of an image whose prediction and mask are empty
-    #: epochs without a better validation Dice before stopping (validation sets are a few images: at 10,
-    #: one synthetic-lesion fold stopped at epoch 16 with test Dice 0.60; at 25 it reached 0.79)
-    patience: int = 20
-    device: str = "auto"
-    #: fp32 | bf16 | fp16 (CUDA, with a gradient scaler) | auto, as pre-training's train.precision
-    precision: str = "fp32"
-    foreground_ids: tuple[int, ...] | None = None  # None: mask > 0 is foreground
-    encoder_lr_scale: float = 1.0  # encoder lr = lr * this (pre-trained encoders often like < 1)
-    warmup_epochs: float = 2.0
-    drop_path: float = 0.0
-    #: cross-entropy weight of foreground pixels (None: sqrt(background/foreground) of the training masks)
-    fg_weight: float | None = None
-    clip_grad: float | None = 1.0  # max gradient norm (None: no clipping); keeps scratch ViTs from collapsing
-    # head sizes: MAE-style decoder / UPerNet width (kept small: CPU-friendly defaults)
-    decoder_dim: int = 128
-    decoder_depth: int = 2
-    decoder_heads: int = 4
-    upernet_channels: int = 64
-    upernet_indices: tuple[int, ...] | None = None  # None: 4 evenly spaced blocks
-    # augmentation (identical for image and mask): horizontal flip + random resized crop of this area
-    crop_scale: tuple[float, float] = (0.8, 1.0)
-    n_overlays: int = 3  # test images drawn per fold (first seed, largest label fraction)
+    """Segmentation fine-tuning options; ``ultrassl finetune segment`` makes one flag per field, its
+    help the field's ``metadata["help"]``."""
+
+    head: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (mae for ViTs, upernet for ConvViTs, unet for ResNets) | mae | upernet | unet"
+        },
+    )
+    epochs: int = field(default=40, metadata={"help": "training epochs (early stopping may end sooner)"})
+    batch_size: int = field(default=8, metadata={"help": "images per batch"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (after warm-up, then cosine)"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
+    freeze_encoder: bool = field(
+        default=False, metadata={"help": "train the head only, the encoder kept as loaded (in eval mode)"}
+    )
+    img_size: tuple[int, int] | None = field(
+        default=None, metadata={"help": "input size H W (None: the encoder's own size)"}
+    )
+    empty_policy: str = field(
+        default="one",
+        metadata={"help": "one | nan | zero: Dice/IoU of an image whose prediction and mask are empty"},
+    )
+    # patience: at 10, one synthetic-lesion fold stopped at epoch 16 with test Dice 0.60; at 25 it
+    # reached 0.79 (validation sets are a few images)
+    patience: int = field(
+        default=20,
+        metadata={
+            "help": "epochs without a better validation Dice before stopping (kept long: validation sets "
+            "are a few images)"
+        },
+    )
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp32 | bf16 | fp16 (CUDA, with a gradient scaler) | auto, as pre-training's "
+            "train.precision"
+        },
+    )
+    foreground_ids: tuple[int, ...] | None = field(
+        default=None,
+        metadata={"help": "mask values that are foreground, for label-id masks (None: mask > 0)"},
+    )
+    encoder_lr_scale: float = field(
+        default=1.0,
+        metadata={"help": "encoder lr = lr * this (pre-trained encoders often like < 1)"},
+    )
+    warmup_epochs: float = field(default=2.0, metadata={"help": "learning-rate warm-up, in epochs"})
+    drop_path: float = field(default=0.0, metadata={"help": "stochastic depth rate of the encoder"})
+    fg_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "cross-entropy weight of foreground pixels (None: sqrt(background/foreground) of the "
+            "training masks)"
+        },
+    )
+    clip_grad: float | None = field(
+        default=1.0,
+        metadata={"help": "max gradient norm (None: no clipping); keeps scratch ViTs from collapsing"},
+    )
+    decoder_dim: int = field(
+        default=128, metadata={"help": "mae head (MAE-style decoder): width (kept small: CPU-friendly)"}
+    )
+    decoder_depth: int = field(default=2, metadata={"help": "mae head: transformer blocks"})
+    decoder_heads: int = field(default=4, metadata={"help": "mae head: attention heads"})
+    upernet_channels: int = field(
+        default=64, metadata={"help": "upernet head: width (kept small: CPU-friendly)"}
+    )
+    upernet_indices: tuple[int, ...] | None = field(
+        default=None,
+        metadata={"help": "upernet head: the 4 ViT blocks it reads (None: 4 evenly spaced blocks)"},
+    )
+    crop_scale: tuple[float, float] = field(
+        default=(0.8, 1.0),
+        metadata={
+            "help": "augmentation (identical for image and mask): horizontal flip + random resized crop "
+            "of this area range"
+        },
+    )
+    n_overlays: int = field(
+        default=3, metadata={"help": "test images drawn per fold (first seed, largest label fraction)"}
+    )
 
     def check(self) -> None:
         """Fail before any data is read, naming the bad option."""

@@ -431,15 +431,41 @@ class Protocol:
     """The evaluation protocol classification and segmentation share: which folds, seeds and label
     fractions, and how much of each training part becomes validation."""
 
-    folds: int = 5
-    #: a folds.json (``{"folds": [{"train_groups", "val_groups", "test_groups"}, ...]}``) to use instead of
-    #: the seeded grouped k-fold, e.g. a data set's official split; checked for leakage
-    folds_file: str | None = None
-    #: run only these fold numbers (None: all)
-    only_folds: tuple[int, ...] | None = None
-    seeds: tuple[int, ...] = (0,)
-    label_fractions: tuple[float, ...] = (1.0,)
-    val_fraction: float = 0.2
+    folds: int = field(
+        default=5,
+        metadata={"help": "folds of the grouped k-fold (whole groups per fold; not with --folds-file)"},
+    )
+    folds_file: str | None = field(
+        default=None,
+        metadata={
+            "help": 'a folds.json ({"folds": [{"train_groups", "val_groups", "test_groups"}, ...]}) to use '
+            "instead of the seeded grouped k-fold, e.g. a data set's official split; checked for leakage"
+        },
+    )
+    only_folds: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "run only these fold numbers (None: all)"}
+    )
+    seeds: tuple[int, ...] = field(
+        default=(0,),
+        metadata={
+            "help": "each seed repeats every fold (its few-label subset and its training); the first also "
+            "draws the folds"
+        },
+    )
+    label_fractions: tuple[float, ...] = field(
+        default=(1.0,),
+        metadata={
+            "help": "few-label curve: train on these fractions of each class's training groups, one run "
+            "each (the smaller subsets inside the larger)"
+        },
+    )
+    val_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "share of each fold's training groups held out for validation (model selection, early "
+            "stopping)"
+        },
+    )
 
     def check(self) -> None:
         """The protocol's own values (a task's ``check`` calls this first)."""
