@@ -195,9 +195,9 @@ def _fold_column(csv_path: Path, prefix: str) -> tuple[dict[str, int], dict[str,
 
 def prepare_pocus(opt: Options) -> Dataset:
     from ultrassl import api
+    from ultrassl.data.group_folds import folds_from_assignment, read_folds, write_folds
     from ultrassl.data.manifest import read_manifest
     from ultrassl.data.public import write_pocus_labels
-    from ultrassl.finetune.splits import folds_from_assignment, read_folds, write_folds
 
     src = opt.data / "pocus"
     work = opt.work / "pocus"
@@ -219,8 +219,8 @@ def prepare_pocus(opt: Options) -> Dataset:
 
 def prepare_hc18(opt: Options) -> Dataset:
     from ultrassl import api
+    from ultrassl.data.group_folds import folds_from_assignment, read_folds, write_folds
     from ultrassl.data.manifest import read_manifest, write_manifest
-    from ultrassl.finetune.splits import folds_from_assignment, read_folds, write_folds
 
     src = opt.data / "hc18"
     work = opt.work / "hc18"
@@ -437,9 +437,10 @@ def scratch_spec(arch: str, opt: Options):
 
 def classify_eval(weights: str | Path, data: Path, out: Path, cfg: Any, spec: Any = None) -> dict[str, Any]:
     """``finetune_classify`` with the labelled frames decoded (and resized) once for all evaluations."""
+    from ultrassl.data.frameset import load_frameset
     from ultrassl.data.manifest import read_manifest
     from ultrassl.finetune.backbones import resolve_backbone
-    from ultrassl.finetune.classify import finetune_classify, load_frameset
+    from ultrassl.finetune.classify import finetune_classify
 
     report = out / "report.json"
     if report.exists():
@@ -983,10 +984,10 @@ def run(opt: Options) -> Results:
     import torch
 
     from ultrassl.distributed import select_device
-    from ultrassl.training import resolve_precision
+    from ultrassl.precision import flag_rule_dtype
 
     # the CPU computes bf16 natively (a machine fact; `--precision auto` measures, per run)
-    bf16 = resolve_precision("auto", select_device("auto")) is torch.bfloat16
+    bf16 = flag_rule_dtype(select_device("auto")) is torch.bfloat16
     res.doc["machine"] = machine_info(native_bf16=bf16)
     machines = res.doc.setdefault("machines", [])
     same = ("cpu", "cores", "gpu", "torch", "timm", "python", "native_bf16")

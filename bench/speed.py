@@ -16,6 +16,7 @@ and the SPEED_* sections of ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -140,10 +141,7 @@ def build_trainer(
         model.encoder.skip_masked = False
     dataset = build_pretrain_data(cfg, progress=False).train
     trainer = Trainer(model, dataset, optim=cfg.optim, train=cfg.train, run_dir=run_dir, config={})
-    trainer._setup()
-    if precision == "auto":  # the loop's own choice, measured on the first batch
-        trainer._settle_precision(None)
-        trainer._settle_attention(None)  # the kernel that precision runs with
+    trainer.prepare()  # auto: the loop's own choice, measured on the first batch, with its kernel
     return trainer
 
 
@@ -203,18 +201,18 @@ def step_rate(
             dense_stages=dense_stages,
             train=train,
         )
-        first = next(iter(trainer._loader(0, 0)))
+        first = next(iter(trainer.loader(0, 0)))
         batches = itertools.repeat(first)
         t0 = time.perf_counter()
         for _ in range(warmup):
-            trainer._train_step(batches)
+            trainer.train_step(batches)
         warmup_s = time.perf_counter() - t0
         step_flops = None
         if flops:  # one more step under the FLOP counter (matmuls and convolutions, forward + backward)
             from torch.utils.flop_counter import FlopCounterMode
 
             with FlopCounterMode(display=False) as counter:
-                trainer._train_step(batches)
+                trainer.train_step(batches)
             step_flops = counter.get_total_flops()
         cuda = trainer.device.type == "cuda"
         if cuda:
@@ -225,7 +223,7 @@ def step_rate(
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(steps):
             t = time.perf_counter()
-            n = trainer._train_step(batches)[2]
+            n = trainer.train_step(batches)[2]
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
@@ -297,7 +295,7 @@ def paired_rates(
             set_fused_attention(trainer.model, True)
             trainer.run_info["attention"] = "fused"
         trainers.append(trainer)
-        batches.append(itertools.repeat(next(iter(trainer._loader(0, 0)))))
+        batches.append(itertools.repeat(next(iter(trainer.loader(0, 0)))))
     for _ in range(3):  # warm-up
         for t, b in zip(trainers, batches):
             t._train_step(b)
@@ -397,7 +395,7 @@ def loader_rate(
 
     from ultrassl.api import build_pretrain_data, prepare_config
     from ultrassl.methods import build_pretrain_config
-    from ultrassl.training import Trainer, _batch_size
+    from ultrassl.training import Trainer, batch_size_of
 
     flags = {
         "data": {
@@ -419,12 +417,12 @@ def loader_rate(
             torch.nn.Linear(1, 1),
             dataset,
             optim=cfg.optim,
-            train=cfg.train,
+            train=dataclasses.replace(cfg.train, precision="fp32"),  # a stand-in model: nothing to measure
             run_dir=run_dir,
             config={},
             num_workers=workers,
         )
-        trainer._setup()
+        trainer.prepare()
         # steady state: the first batch of each epoch (worker start-up, first prefetch) is timed apart,
         # as a long epoch of a real data set pays it once
         n, seconds, starts = 0, 0.0, []
@@ -432,12 +430,12 @@ def loader_rate(
             if n >= batches * 8:
                 break
             t = time.perf_counter()
-            for i, batch in enumerate(trainer._loader(epoch, 0)):
+            for i, batch in enumerate(trainer.loader(epoch, 0)):
                 now = time.perf_counter()
                 if i == 0:
                     starts.append(now - t)
                 else:
-                    n, seconds = n + _batch_size(batch), seconds + (now - t)
+                    n, seconds = n + batch_size_of(batch), seconds + (now - t)
                 t = time.perf_counter()
     return {
         "samples_per_s": n / seconds if seconds else None,
@@ -978,7 +976,7 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     manifest = synthetic_manifest(a.work)
     doc = json.loads(a.out.read_text()) if a.out.exists() else {}
-    from ultrassl.training import cpu_has_native_bf16
+    from ultrassl.precision import cpu_has_native_bf16
 
     for r in doc.get("step", []):  # rows from an earlier run keep the machine they were measured on
         r.setdefault("machine", doc.get("machine", {}).get("cpu"))

@@ -56,14 +56,14 @@ def main() -> None:
             in_chans=a.in_chans,
             train={"host_allocator": a.host_allocator},
         )
-        batches = itertools.chain.from_iterable(trainer._loader(e, 0) for e in itertools.count())
+        batches = itertools.chain.from_iterable(trainer.loader(e, 0) for e in itertools.count())
 
         def step(record: bool) -> None:
             t = [time.perf_counter()]
             trainer.optimizer.zero_grad(set_to_none=True)
-            batch = trainer._to_device(next(batches))
+            batch = trainer.to_device(next(batches))
             t.append(time.perf_counter())
-            with trainer._autocast():
+            with trainer.autocast():
                 loss = trainer.ddp_model(batch)["loss"].float()
             t.append(time.perf_counter())
             loss.backward()
@@ -93,7 +93,7 @@ def main() -> None:
             first = itertools.repeat(next(batches))
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(5):
-                    trainer._train_step(first)
+                    trainer.train_step(first)
             ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
         fused_used = bool(trainer.optimizer.param_groups[0].get("fused"))
     total = statistics.median(times["step"])

@@ -143,9 +143,9 @@ def test_a_resumed_run_keeps_the_kernel_its_checkpoint_recorded(tmp_path):
     for i, (recorded, expected) in enumerate(cases):
         model = ToyAttentionMethod()
         trainer = _trainer(tmp_path / str(i), model=model, precision="bf16")
-        trainer._setup()
+        trainer.prepare()
         assert model.attn.fused_attn is False  # a new bf16 run on the CPU: the explicit path
-        trainer._settle_attention((tmp_path / "last.pt", {"run_info": recorded}))
+        trainer.prepare((tmp_path / "last.pt", {"run_info": recorded}))
         assert model.attn.fused_attn is expected
         assert trainer.run_info["attention"] == ("fused" if expected else "explicit")
 

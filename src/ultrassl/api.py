@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -202,11 +201,10 @@ def pretrain(
         if dist_info.is_main:
             print(f"initialised from {cfg.init_from}: {report}", file=sys.stderr)
     data = _build_data_rank0_first(cfg, progress and dist_info.is_main, dist_info.is_main, device)
-    info = {**run_info(), "host_allocator": allocator}
+    info = {**run_info(), "host_allocator": allocator}  # the trainer adds what it settles, then writes it
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-        ckpt.atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
         if data.skipped:
             ckpt.atomic_write_text(run_dir / "skipped_files.csv", skipped_csv(data.skipped))
     watch = build_watchers(cfg, model, data.train, run_dir, is_main=dist_info.is_main, progress=progress)
@@ -217,7 +215,6 @@ def pretrain(
         train=cfg.train,
         run_dir=run_dir,
         config=config,
-        resume=found is not None,
         resume_state=found,
         run_info=info,
         num_workers=cfg.data.num_workers,

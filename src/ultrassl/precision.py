@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ultrassl.attention import fused_attention_for, set_fused_attention
+from ultrassl.errors import ConfigError
 from ultrassl.rng import capture_rng, restore_rng
 
 #: the names ``train.precision`` takes, and the autocast dtype of each (None: no autocast)
@@ -70,6 +71,50 @@ class PrecisionChoice:
         return f"precision auto: {rates} -> {self.chosen} ({how})"
 
 
+#: (model, batch) -> the scalar loss of one step; by default a pre-training method's ``forward(batch)["loss"]``
+LossOf = Callable[[nn.Module, Any], torch.Tensor]
+
+
+def _method_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    return model(batch)["loss"]
+
+
+def fixed_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a precision given by name (None: fp32); ``auto`` is settled elsewhere."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("fp16 autocast needs CUDA; use --precision bf16 or fp32 on the CPU")
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    raise ConfigError(f"precision must be fp32|bf16|fp16|auto, got {precision!r}")
+
+
+def flag_rule_dtype(device: torch.device) -> torch.dtype | None:
+    """The ``auto`` rule of runs saved before the probe existed: bf16 where the device computes it
+    natively. Only a resumed old checkpoint uses it, so that it replays as it ran."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def name_of(dtype: torch.dtype | None) -> str:
+    """``DTYPES``'s name for an autocast dtype."""
+    return next(k for k, v in DTYPES.items() if v == dtype)
+
+
 def candidates(device: torch.device) -> tuple[str, ...]:
     """fp32 and bf16; on a CUDA device without bf16, fp16 (with the loss scaler) instead."""
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -97,12 +142,14 @@ def time_precisions(
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
     steps: int = PROBE_STEPS,
     fused_attn: bool = True,
+    loss_of: LossOf = _method_loss,
 ) -> dict[str, float]:
     """Seconds per optimiser step (forward, backward, step) of a copy of ``model`` in each precision,
     ``steps`` of each taken in turns (see ``PROBE_STEPS``), each with the attention kernel the loop
     would run it with (``attention.fused_attention_for`` of ``fused_attn``).
 
-    ``model`` is not touched; the random streams are restored afterwards.
+    ``model`` is not touched; the random streams are restored afterwards. ``loss_of(model, batch)``
+    gives a step's loss (a fine-tuning task's loss function; by default the method's own).
     """
     state = capture_rng()
     try:
@@ -114,7 +161,7 @@ def time_precisions(
             set_fused_attention(probe, fused_attention_for(fused_attn, device, DTYPES[name]))
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, name):
-                loss = probe(batch)["loss"].float()
+                loss = loss_of(probe, batch).float()
             scalers[name].scale(loss).backward()
             scalers[name].step(optimizer)
             scalers[name].update()
@@ -226,6 +273,7 @@ def choose_precision(
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
     extra_key: str = "",
     fused_attn: bool = True,
+    loss_of: LossOf = _method_loss,
 ) -> PrecisionChoice:
     """Measure (or look up) each candidate precision for this model and batch and pick the fastest."""
     names = candidates(device)
@@ -239,7 +287,9 @@ def choose_precision(
             figures = {k: float(v) for k, v in hit["seconds_per_step"].items()}
             return PrecisionChoice(pick(figures), figures, 0.0, "cache")
     t0 = time.perf_counter()
-    figures = time_precisions(model, batch, device, names, make_optimizer, fused_attn=fused_attn)
+    figures = time_precisions(
+        model, batch, device, names, make_optimizer, fused_attn=fused_attn, loss_of=loss_of
+    )
     choice = PrecisionChoice(pick(figures), figures, time.perf_counter() - t0, "probe")
     if path is not None:
         _write_cache(path, key, {"seconds_per_step": figures, "machine": _machine(device)})

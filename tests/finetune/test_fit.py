@@ -124,3 +124,41 @@ def test_the_attention_kernel_follows_the_precision_while_training(precision, fu
     fit(model, opt, np.arange(32), loss, lambda m: None, settings, torch.Generator(), torch.device("cpu"))
     assert seen and set(seen) == {fused}
     assert model[1].fused_attn is True  # its own setting again
+
+
+def test_auto_precision_is_measured_as_pre_training_measures_it_and_changes_nothing_else(monkeypatch):
+    """``precision=auto`` times fp32 and bf16 on the task's own loss (pre-training's rule, not the CPU's
+    flags), and the fit is then the one the chosen precision given by hand makes: the model, optimiser
+    and the fit's generator are untouched by the measurement."""
+    import ultrassl.finetune.fit as fit_module
+    from ultrassl import precision
+
+    monkeypatch.setenv("ULTRASSL_PRECISION_CACHE", "off")
+    choices = []
+
+    def measured(*args, **kwargs):
+        choices.append(precision.choose_precision(*args, **kwargs))
+        return choices[-1]
+
+    monkeypatch.setattr(fit_module, "choose_precision", measured)
+
+    def run(how: str) -> tuple[torch.Tensor, list[torch.dtype]]:
+        model, opt = _setup(lr=0.05)
+        gen = torch.Generator().manual_seed(3)
+        seen = []
+
+        def noisy_loss(m: nn.Module, idx: np.ndarray) -> torch.Tensor:  # draws from the fit's generator
+            out = m(X[idx] + 0.1 * torch.randn(len(idx), 4, generator=gen))
+            seen.append(out.dtype)
+            return nn.functional.cross_entropy(out.float(), Y[idx])
+
+        settings = FitSettings(epochs=3, batch_size=8, patience=3, warmup_epochs=1, precision=how)
+        fit(model, opt, np.arange(32), noisy_loss, lambda m: None, settings, gen, torch.device("cpu"))
+        return model.weight.detach().clone(), seen
+
+    auto_weights, auto_seen = run("auto")
+    assert len(choices) == 1 and choices[0].source == "probe"
+    assert set(choices[0].seconds_per_step) == {"fp32", "bf16"}
+    by_hand_weights, by_hand_seen = run(choices[0].chosen)
+    assert torch.equal(auto_weights, by_hand_weights)
+    assert auto_seen[-12:] == by_hand_seen  # the probe's own steps came first, then the same fit

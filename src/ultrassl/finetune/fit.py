@@ -10,6 +10,7 @@ what differs: how a batch is made, the loss, and the validation score.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ultrassl.attention import attention_kernel_for
+from ultrassl.attention import attention_kernel_for, fused_attention_of
 from ultrassl.errors import ConfigError, UltrasslError
 from ultrassl.finetune.selection import EarlyStopping
-from ultrassl.training import WarmupCosine, resolve_precision
+from ultrassl.precision import DTYPES, choose_precision, fixed_dtype
+from ultrassl.training.optim import WarmupCosine
 
 #: (model, batch indices) -> scalar loss (called under autocast)
 LossFn = Callable[[nn.Module, np.ndarray], torch.Tensor]
@@ -105,7 +107,11 @@ def fit(
     The attention blocks run the kernel that is fast in the chosen precision while it trains
     (``ultrassl.attention``) and get their own setting back afterwards.
     """
-    dtype = resolve_precision(settings.precision, device)
+    dtype = (
+        _measured_precision(model, optimizer, train_items, loss_fn, settings, generator, device, what)
+        if settings.precision == "auto"
+        else fixed_dtype(settings.precision, device)
+    )
     with attention_kernel_for(model, device, dtype):
         s = settings
         steps_per_epoch = max(1, math.ceil(len(train_items) / s.batch_size))
@@ -150,3 +156,42 @@ def fit(
         if not stopper.restore(model):  # no validation (or never a defined score): the last epoch
             return FitResult(epoch, None)
         return FitResult(int(stopper.best_epoch), float(stopper.best_score))
+
+
+def _measured_precision(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_items: np.ndarray,
+    loss_fn: LossFn,
+    settings: FitSettings,
+    generator: torch.Generator,
+    device: torch.device,
+    what: str,
+) -> torch.dtype | None:
+    """``precision=auto``: the faster of fp32 and bf16 (fp16 on CUDA without bf16) on a few steps of a
+    copy of ``model`` over the first ``batch_size`` items, as pre-training's ``auto`` decides. The
+    model, the optimiser and every random stream (``generator`` included) are left as they were, so
+    the fit is the one that precision given by hand would make."""
+    batch = train_items[: settings.batch_size]
+    state = generator.get_state()
+    try:
+        choice = choose_precision(
+            model,
+            batch,
+            device,
+            lambda m: _same_optimizer(optimizer, m),
+            # the cache key holds the model and the batch's size, not the input's pixel size
+            extra_key=f"finetune,{what.split(',')[0]},batch={len(batch)},{type(optimizer).__name__}",
+            fused_attn=bool(fused_attention_of(model)),
+            loss_of=loss_fn,
+        )
+    finally:
+        generator.set_state(state)
+    return DTYPES[choice.chosen]
+
+
+def _same_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.optim.Optimizer:
+    """A throw-away optimiser of ``optimizer``'s class and options over ``model``'s parameters."""
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    options = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return type(optimizer)(model.parameters(), **options)

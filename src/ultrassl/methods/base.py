@@ -29,6 +29,9 @@ class PretrainMethod(nn.Module):
     preview_columns: tuple[str, ...] = ()
     #: column titles beyond the usual ones (``{"target": "target x confidence"}``)
     preview_titles: Mapping[str, str] = MappingProxyType({})
+    #: batch entries the loop leaves on the host: per-sample seeds read into CPU generators (reading
+    #: them from a GPU would make every step wait for the device)
+    host_keys: tuple[str, ...] = ("mask_seed",)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One batch -> at least ``{"loss": float32 scalar}``; other entries are logged or read by
