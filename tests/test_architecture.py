@@ -15,6 +15,16 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ultrassl"
 LOWER = ("ultrassl.data", "ultrassl.models", "ultrassl.transforms", "ultrassl.checkpoint")
 #: the only modules that may import the facade (the command line and the demo script use it)
 FACADE_USERS = {"ultrassl.cli", "ultrassl.__main__", "ultrassl.demo"}
+#: engines that stand side by side, and what each must not import: the online probe (monitor) shares
+#: fine-tuning's frames, features, folds and scores through the floors below both, never ``finetune``
+#: itself; and those shared floors know neither engine
+MUST_NOT_IMPORT = {
+    "ultrassl.monitor": ("ultrassl.finetune",),
+    **{
+        low: ("ultrassl.finetune", "ultrassl.monitor")
+        for low in (*LOWER, "ultrassl.feature_scores", "ultrassl.metrics")
+    },
+}
 
 
 def _module_name(path: Path) -> str:
@@ -106,6 +116,31 @@ def test_lower_floors_import_neither_the_facade_nor_a_method():
         if dep == "ultrassl.api" or dep == "ultrassl.runs" or dep.startswith("ultrassl.methods")
     ]
     assert bad == []
+
+
+def _forbidden_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{mod} imports {dep}"
+        for mod, deps in graph.items()
+        for floor, banned in MUST_NOT_IMPORT.items()
+        if mod == floor or mod.startswith(floor + ".")
+        for dep in deps
+        if dep.startswith(banned)
+    )
+
+
+def test_the_probe_and_the_shared_floors_do_not_import_finetune():
+    graph = import_graph()
+    assert _forbidden_imports(graph) == []
+    # the rule catches the edge the probe once had (monitor.probe importing finetune.classify for its
+    # frame loading), and one from a shared floor back up
+    old = {
+        **graph,
+        "ultrassl.monitor.probe": graph["ultrassl.monitor.probe"] | {"ultrassl.finetune.classify"},
+    }
+    assert _forbidden_imports(old) == ["ultrassl.monitor.probe imports ultrassl.finetune.classify"]
+    up = {**graph, "ultrassl.data.frameset": graph["ultrassl.data.frameset"] | {"ultrassl.monitor.probe"}}
+    assert _forbidden_imports(up) == ["ultrassl.data.frameset imports ultrassl.monitor.probe"]
 
 
 def test_only_the_command_line_and_the_demo_import_the_facade():

@@ -23,8 +23,9 @@ from ultrassl import api
 from ultrassl.checkpoint import safe_load
 from ultrassl.cli import main
 from ultrassl.config import ProbeConfig
+from ultrassl.feature_scores import knn_score, linear_score
 from ultrassl.methods import build_pretrain_config, load_plugin, method_names
-from ultrassl.monitor import build_watchers, knn_score, linear_score, load_probe_set
+from ultrassl.monitor import build_watchers, load_probe_set
 from ultrassl.training import Trainer
 
 TOY = Path(__file__).resolve().parent / "toy_method.py"

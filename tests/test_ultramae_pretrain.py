@@ -89,7 +89,7 @@ def test_mixed_batches_train_and_loss_falls_over_50_steps(manifest: Path, tmp_pa
     # downstream: the export is a timm ViT without CLS token that loads like any other
     export_dir = api.export(tmp_path / "run", tmp_path / "export")
     from ultrassl.finetune.backbones import load_backbone
-    from ultrassl.finetune.classify import pooled_features
+    from ultrassl.models.pooling import pooled_features
 
     backbone = load_backbone(export_dir)
     assert backbone.encoder.num_prefix_tokens == 0 and backbone.spec.img_size == (32, 32)

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from tiny import tiny_vit_spec
 
+from ultrassl.data.frameset import load_frameset
+from ultrassl.data.group_folds import read_folds
 from ultrassl.data.manifest import read_manifest
 from ultrassl.finetune.backbones import load_backbone
-from ultrassl.finetune.classify import Classifier, ClassifyConfig, Phase, finetune_classify, load_frameset
-from ultrassl.finetune.splits import group_indices, read_folds
+from ultrassl.finetune.classify import Classifier, ClassifyConfig, Phase, finetune_classify
+from ultrassl.finetune.splits import group_indices
 
 SPEC = tiny_vit_spec((32, 32))
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from tiny import tiny_vit_spec
 
+from ultrassl.data.group_folds import read_folds
 from ultrassl.data.manifest import read_manifest
 from ultrassl.finetune.backbones import load_backbone
 from ultrassl.finetune.classify import Phase
@@ -22,7 +23,6 @@ from ultrassl.finetune.segment import (
     load_segdata,
     read_mask,
 )
-from ultrassl.finetune.splits import read_folds
 from ultrassl.models.seg_heads import SegModel, build_seg_head, evenly_spaced_blocks
 from ultrassl.models.vit import EncoderSpec, create_encoder
 from ultrassl.transforms.finetune import augment_pair

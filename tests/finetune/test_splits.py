@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ultrassl.errors import UltrasslError
-from ultrassl.finetune.splits import (
+from ultrassl.data.group_folds import (
     Fold,
     check_no_leakage,
     group_majority_labels,
@@ -19,6 +18,7 @@ from ultrassl.finetune.splits import (
     subsample_groups,
     write_folds,
 )
+from ultrassl.errors import UltrasslError
 
 
 def _manifest(groups_per_class: dict[str, int], frames: int = 3) -> tuple[list[str], list[str]]:
@@ -212,7 +212,8 @@ def test_subsample_groups_deterministic_nested_and_seeded() -> None:
 
 
 def test_plan_runs_covers_every_fold_seed_and_fraction(tmp_path):
-    from ultrassl.finetune.splits import group_indices, plan_runs, read_folds
+    from ultrassl.data.group_folds import read_folds
+    from ultrassl.finetune.splits import group_indices, plan_runs
 
     groups = [f"g{i // 3}" for i in range(60)]  # 20 groups of 3 samples
     labels = [(i // 3) % 2 for i in range(60)]
@@ -231,7 +232,7 @@ def test_plan_runs_covers_every_fold_seed_and_fraction(tmp_path):
 
 
 def test_folds_from_a_given_assignment_keep_groups_whole_and_carve_validation_from_training():
-    from ultrassl.finetune.splits import folds_from_assignment
+    from ultrassl.data.group_folds import folds_from_assignment
 
     groups = [f"g{i}" for i in range(20) for _ in range(3)]  # 3 frames per group
     labels = [i % 2 for i in range(20) for _ in range(3)]
@@ -247,7 +248,8 @@ def test_folds_from_a_given_assignment_keep_groups_whole_and_carve_validation_fr
 
 
 def test_plan_runs_uses_given_folds_and_can_run_folds_apart():
-    from ultrassl.finetune.splits import folds_from_assignment, plan_runs
+    from ultrassl.data.group_folds import folds_from_assignment
+    from ultrassl.finetune.splits import plan_runs
 
     groups = [f"g{i}" for i in range(12)]
     labels = [i % 3 for i in range(12)]

@@ -135,15 +135,6 @@ def with_image_size(backbone: Backbone, img_size: tuple[int, int]) -> Backbone:
 # what differs between ViTs and CNNs
 
 
-def pooled_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``[B, D]`` features: the mean of a ViT's final-norm patch tokens (MAE's fine-tuning pooling; no
-    CLS token needed), or a headless CNN's global-average-pooled output."""
-    if is_vit(encoder):
-        tokens = encoder.forward_features(x)
-        return tokens[:, encoder.num_prefix_tokens :].mean(dim=1)
-    return encoder(x)
-
-
 def trainable_tail(model: nn.Module, n_blocks: int) -> list[nn.Module]:
     """The modules a partial fine-tune trains besides the head: a ViT's last ``n_blocks`` transformer
     blocks and its final norm, or a ResNet's last ``n_blocks`` residual blocks (USCL trains layer4[-1])."""
@@ -164,7 +155,7 @@ def trainable_tail(model: nn.Module, n_blocks: int) -> list[nn.Module]:
 
 def classifier_architecture(spec: EncoderSpec, n_classes: int, drop_path: float = 0.0) -> nn.Module:
     """An untrained timm classifier: the encoder of ``spec`` + a linear head on average-pooled features
-    (a ViT's patch tokens, no CLS token: :func:`pooled_features`)."""
+    (a ViT's patch tokens, no CLS token: :func:`ultrassl.models.pooling.pooled_features`)."""
     model = create_encoder(spec, drop_path_rate=drop_path)
     if is_vit(model):
         model.global_pool = "avg"

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import enum
 import sys
-import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,22 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from torch import nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from ultrassl.config import check
-from ultrassl.data.datasets import FrameCache, load_frame_cache
-from ultrassl.data.manifest import ManifestRow, read_manifest
-from ultrassl.data.skipped import report_skipped
+from ultrassl.data.frameset import FrameSet, load_frameset
+from ultrassl.data.manifest import read_manifest
 from ultrassl.distributed import select_device
-from ultrassl.errors import ConfigError, UltrasslError
+from ultrassl.errors import ConfigError
+from ultrassl.feature_scores import balanced_accuracy, fit_linear_probe
 from ultrassl.finetune.backbones import (
     Backbone,
     classification_model,
-    pooled_features,
     resolve_backbone,
     trainable_tail,
     with_image_size,
@@ -52,8 +45,10 @@ from ultrassl.finetune.splits import (
 )
 from ultrassl.jsonable import jsonable
 from ultrassl.metrics import classification_metrics, summarize
+from ultrassl.models.pooling import pooled_features
 from ultrassl.models.vit import EncoderSpec
 from ultrassl.transforms.finetune import augment
+from ultrassl.transforms.model_input import to_tensor_batch
 
 
 class Phase(enum.Enum):
@@ -154,95 +149,6 @@ class ClassifyConfig(Protocol):
             aug_intensity=(0.0, None),
             aug_gamma=(0.0, None),
         )
-
-
-@dataclass
-class FrameSet:
-    """Every labelled frame, decoded once: the cache plus per-frame labels, groups and source rows."""
-
-    cache: FrameCache
-    rows: list[ManifestRow]
-    class_names: list[str]
-    labels: np.ndarray  # [F] int
-    groups: list[str]  # [F]
-    record: Callable[[Phase, np.ndarray], None] | None = None
-
-    @property
-    def row_ids(self) -> np.ndarray:
-        return np.asarray(self.cache.row_index)
-
-    def frames(self, index: np.ndarray, phase: Phase) -> list[np.ndarray]:
-        if self.record is not None:
-            self.record(phase, np.asarray(index))
-        return [self.cache.frames[i] for i in index]
-
-
-def load_frameset(
-    rows: Sequence[ManifestRow],
-    cfg: ClassifyConfig,
-    in_chans: int,
-    progress: bool = True,
-    size: tuple[int, int] | None = None,
-    workers: int = 0,
-) -> FrameSet:
-    """The labelled rows' frames, decoded once (``workers > 0``: files in that many processes, same
-    frames); with ``size``, also resized once to the model's input (uint8, bicubic, antialiased), so no
-    epoch resizes full-size frames again."""
-    rows = [r for r in rows if r.label not in (None, "")]
-    if not rows:
-        raise UltrasslError("the manifest has no labelled rows (label column empty)")
-    cache = load_frame_cache(
-        rows,
-        rgb=in_chans == 3,
-        video_fps=cfg.frame_fps,
-        max_frames_per_video=cfg.max_frames_per_video,
-        scan_area=cfg.scan_area,
-        spread=False,
-        progress=progress,
-        workers=workers,
-    )
-    report_skipped(cache.skipped)
-    if size is not None:
-        cache.frames = [resize_frame(f, size) for f in cache.frames]
-    class_names = sorted({r.label for r in rows})
-    index = {c: i for i, c in enumerate(class_names)}
-    labels = np.array([index[rows[i].label] for i in cache.row_index])
-    groups = [rows[i].group_id for i in cache.row_index]
-    return FrameSet(cache, list(rows), class_names, labels, groups)
-
-
-# ----------------------------------------------------------------------------------------------------
-# tensors
-
-
-def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A uint8 frame ([H, W] or [H, W, 3]) at ``size`` (bicubic, antialiased, rounded back to uint8)."""
-    if frame.shape[:2] == tuple(size):
-        return frame
-    t = torch.from_numpy(np.ascontiguousarray(frame)).float()
-    t = t.permute(2, 0, 1) if t.ndim == 3 else t[None]
-    t = TF.resize(t, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
-    u8 = t.round_().clamp_(0, 255).to(torch.uint8)
-    return (u8.permute(1, 2, 0) if frame.ndim == 3 else u8[0]).numpy()
-
-
-def to_tensor_batch(
-    frames: list[np.ndarray], size: tuple[int, int], in_chans: int, mean, std
-) -> torch.Tensor:
-    """uint8 frames (any size) -> normalised ``[B, C, H, W]`` at ``size`` (bicubic, antialiased)."""
-    out = []
-    for f in frames:
-        t = torch.from_numpy(f).float().div_(255.0)
-        t = t.permute(2, 0, 1) if t.ndim == 3 else t.unsqueeze(0)
-        if t.shape[0] != in_chans:
-            t = t.mean(0, keepdim=True) if in_chans == 1 else t.expand(in_chans, -1, -1)
-        if tuple(t.shape[-2:]) != tuple(size):
-            t = TF.resize(t, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
-        out.append(t)
-    x = torch.stack(out).clamp_(0, 1)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (x - m) / s
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -422,21 +328,16 @@ class Classifier:
     # -- linear probe --------------------------------------------------------------------------------
 
     def _fit_linear(self, tr, va, seed):
-        from sklearn.metrics import balanced_accuracy_score
-
         xtr, xva = self.features(tr, Phase.TRAIN), self.features(va, Phase.VALIDATE)
         ytr, yva = self.data.labels[tr], self.data.labels[va]
-        scaler = StandardScaler().fit(xtr)
         best = None
         for c in self.cfg.linear_c:
-            clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced", random_state=seed)
-            clf.fit(scaler.transform(xtr), ytr)
-            with warnings.catch_warnings():  # a small validation split may miss a class
-                warnings.simplefilter("ignore", UserWarning)
-                score = balanced_accuracy_score(yva, clf.predict(scaler.transform(xva)))
+            scaler, clf = fit_linear_probe(xtr, ytr, c, max_iter=3000, seed=seed)
+            # quiet when a small validation split misses a class
+            score = balanced_accuracy(yva, clf.predict(scaler.transform(xva)))
             if best is None or score > best[0]:
-                best = (score, c, clf)
-        score, _, clf = best
+                best = (score, scaler, clf)
+        score, scaler, clf = best
         n_classes = len(self.data.class_names)
 
         def predict(te: np.ndarray) -> np.ndarray:
@@ -469,7 +370,6 @@ class Classifier:
         return model.to(self.device)
 
     def _fit_finetune(self, tr, va, seed):
-        from sklearn.metrics import balanced_accuracy_score
         from timm.optim import create_optimizer_v2
 
         cfg = self.cfg
@@ -518,9 +418,7 @@ class Classifier:
         def validate(model: nn.Module) -> tuple[float, float]:
             prob_va = self._predict(model, xva_cache)
             yva = self.data.labels[va]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                score = balanced_accuracy_score(yva, prob_va.argmax(1))
+            score = balanced_accuracy(yva, prob_va.argmax(1))
             val_loss = float(-np.log(np.clip(prob_va[np.arange(len(va)), yva], 1e-12, None)).mean())
             return score, -val_loss
 

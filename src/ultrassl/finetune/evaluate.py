@@ -27,13 +27,13 @@ from ultrassl.data.readers import read_frames
 from ultrassl.data.skipped import report_skipped
 from ultrassl.distributed import select_device
 from ultrassl.errors import UltrasslError, UnreadableFileError
-from ultrassl.finetune.classify import resize_frame, to_tensor_batch
 from ultrassl.finetune.saved import classifier_architecture, load_fold_models, read_card, spec_of
 from ultrassl.finetune.segment import read_mask
 from ultrassl.jsonable import jsonable
 from ultrassl.metrics import classification_metrics, segmentation_metrics
 from ultrassl.models.seg_heads import SegModel, build_seg_head
 from ultrassl.models.vit import create_encoder
+from ultrassl.transforms.model_input import resize_frame, to_tensor_batch
 
 
 def evaluate(

@@ -5,8 +5,9 @@ decoded once (at most ``max_frames`` frames, kept in RAM as uint8 at the encoder
 group folds so no patient is on both sides of any, and every so often the encoder's pooled features are
 scored by a cosine k-NN classifier (and optionally a logistic regression): balanced accuracy on the
 held-out groups, averaged over the folds (every group held out once; the features are computed once).
-Frame sampling, features and the group split are the fine-tuning engine's own, so the probe measures
-what ``finetune classify --mode linear`` would, only faster.
+Frame sampling (:mod:`ultrassl.data.frameset`), pooled features (:mod:`ultrassl.models.pooling`), the
+group folds (:mod:`ultrassl.data.group_folds`) and the scores (:mod:`ultrassl.feature_scores`) are the
+ones fine-tuning uses, so the probe measures what ``finetune classify --mode linear`` would, only faster.
 """
 
 from __future__ import annotations
@@ -21,18 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from ultrassl.config import ProbeConfig
+from ultrassl.data.frameset import load_frameset
+from ultrassl.data.group_folds import make_folds
 from ultrassl.data.manifest import read_manifest
 from ultrassl.errors import UltrasslError
-from ultrassl.finetune.backbones import pooled_features
-from ultrassl.finetune.classify import load_frameset, to_tensor_batch
-from ultrassl.finetune.splits import make_folds
+from ultrassl.feature_scores import knn_score, linear_score
+from ultrassl.models.pooling import pooled_features
+from ultrassl.transforms.model_input import to_tensor_batch
 
 #: times per run the probe runs when ``probe.every`` is not set (besides the start and the end)
 DEFAULT_TIMES = 10
@@ -42,7 +41,7 @@ CHUNK = 128
 
 @dataclass(frozen=True)
 class _Sampling:
-    """The fields of a classification config that :func:`load_frameset` reads."""
+    """What :func:`load_frameset` reads (a :class:`~ultrassl.data.frameset.FrameSampling`)."""
 
     frame_fps: float | None
     max_frames_per_video: int
@@ -163,50 +162,6 @@ def load_probe_set(
         fingerprint,
         splits,
     )
-
-
-def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """sklearn's balanced accuracy, quiet when a prediction names a class the held-out groups lack."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return float(balanced_accuracy_score(y_true, y_pred))
-
-
-def knn_score(
-    train: np.ndarray,
-    y_train: np.ndarray,
-    val: np.ndarray,
-    y_val: np.ndarray,
-    k: int,
-    temperature: float = 0.07,
-) -> float:
-    """Balanced accuracy of a cosine k-NN classifier, votes weighted by exp(similarity / T) (DINO's).
-
-    Features are standardised with the training frames' mean and std first: pooled features of a young
-    encoder share one large common direction, which makes every raw cosine similarity close to 1 and
-    the vote a plain majority vote."""
-    with torch.autocast("cpu", enabled=False):  # float32 similarities whatever the loop's autocast
-        train_t = torch.as_tensor(train, dtype=torch.float32)
-        mean, std = train_t.mean(0), train_t.std(0, unbiased=False).clamp_min(1e-6)
-        a = F.normalize((train_t - mean) / std, dim=1)
-        b = F.normalize((torch.as_tensor(val, dtype=torch.float32) - mean) / std, dim=1)
-        sim, idx = (b @ a.T).topk(min(k, len(a)), dim=1)
-        n_classes = int(max(y_train.max(), y_val.max())) + 1
-        votes = torch.zeros(len(b), n_classes)
-        votes.scatter_add_(1, torch.as_tensor(y_train, dtype=torch.int64)[idx], (sim / temperature).exp())
-    return _balanced_accuracy(y_val, votes.argmax(1).numpy())
-
-
-def linear_score(
-    train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_val: np.ndarray, seed: int = 0
-) -> float:
-    """Balanced accuracy of a standardised, class-balanced logistic regression (the quick linear probe)."""
-    scaler = StandardScaler().fit(train)
-    clf = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced", random_state=seed)
-    with warnings.catch_warnings():  # few iterations may not converge; the score is still a fair signal
-        warnings.simplefilter("ignore")
-        clf.fit(scaler.transform(train), y_train)
-        return _balanced_accuracy(y_val, clf.predict(scaler.transform(val)))
 
 
 class OnlineProbe:
