@@ -37,12 +37,12 @@ def test_a_killed_classification_continues_and_reports_as_if_never_killed(
     cfg = ClassifyConfig(mode=mode, folds=3, seeds=(0, 1), epochs=2, max_frames_per_video=2)
     finetune_classify("scratch", manifest, tmp_path / "ref", cfg, scratch_spec=SPEC, progress=False)
     # killed in the 4th of 6 runs (fold 1, seed 1)
-    _kill_at_call(monkeypatch, Classifier, "_fit_select", 4)
+    _kill_at_call(monkeypatch, Classifier, "fit", 4)
     with pytest.raises(Killed):
         finetune_classify("scratch", manifest, tmp_path / "run", cfg, scratch_spec=SPEC, progress=False)
     monkeypatch.undo()
     assert len(list((tmp_path / "run" / "runs").glob("fold*.json"))) == 3
-    calls = _kill_at_call(monkeypatch, Classifier, "_fit_select", 99)
+    calls = _kill_at_call(monkeypatch, Classifier, "fit", 99)
     finetune_classify("scratch", manifest, tmp_path / "run", cfg, scratch_spec=SPEC, progress=False)
     assert len(calls) == 3  # only the interrupted run and the two after it were trained
     assert "read back 3 finished runs" in capsys.readouterr().err

@@ -11,8 +11,7 @@ Protocol (leakage-free by construction):
 
 from __future__ import annotations
 
-import enum
-import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,28 +35,17 @@ from ultrassl.finetune.backbones import (
     with_image_size,
 )
 from ultrassl.finetune.fit import COMMON_RANGES, FitSettings, check_device_and_precision, check_ranges, fit
-from ultrassl.finetune.journal import RUNS_DIR, RunJournal, evaluation_fingerprint, file_identity
+from ultrassl.finetune.journal import RunJournal, evaluation_fingerprint, file_identity
+from ultrassl.finetune.kfold import EvaluationResult, Fitted, Phase, run_kfold
 from ultrassl.finetune.report import FoldResult, build_summary, write_classification_report
-from ultrassl.finetune.saved import fold_model_path, linear_probe_head, save_fold_model, write_card
-from ultrassl.finetune.splits import (
-    Fold,
-    Protocol,
-)
+from ultrassl.finetune.saved import linear_probe_head, write_card
+from ultrassl.finetune.splits import Fold, IndexedRun, Protocol
 from ultrassl.jsonable import jsonable
 from ultrassl.metrics import classification_metrics, summarize
 from ultrassl.models.pooling import pooled_features
 from ultrassl.models.vit import EncoderSpec
 from ultrassl.transforms.finetune import augment
 from ultrassl.transforms.model_input import to_tensor_batch
-
-
-class Phase(enum.Enum):
-    """What the engine is doing; a data set may record it with every access (tests do)."""
-
-    FEATURES = "features"
-    TRAIN = "train"
-    VALIDATE = "validate"
-    TEST = "test"
 
 
 @dataclass
@@ -180,8 +168,9 @@ class ClassifyOutput:
 class Classifier:
     """Runs one classification evaluation (all folds x seeds x label fractions)."""
 
-    def __init__(self, backbone: Backbone, data: FrameSet, cfg: ClassifyConfig):
+    def __init__(self, backbone: Backbone, data: FrameSet, cfg: ClassifyConfig, progress: bool = False):
         self.cfg = check(cfg)
+        self.progress = progress
         self.backbone = with_image_size(backbone, cfg.img_size) if cfg.img_size else backbone
         self.data = data
         self.size = tuple(self.backbone.spec.img_size)
@@ -214,41 +203,58 @@ class Classifier:
 
     def run(self, out_dir: Path | None = None) -> ClassifyOutput:
         """Every planned run; with ``out_dir``, finished runs are journalled and read back on a re-run."""
-        cfg = self.cfg
-        folds, runs = cfg.indexed_runs(self.data.groups, self.data.labels.tolist(), out_dir)
-        out = ClassifyOutput(folds=folds, class_names=self.data.class_names)
-        journal = RunJournal(out_dir, self._fingerprint())
-        if cfg.mode == "linear":
-            self._features.update(journal.load_arrays("features"))
-        saved: list[int] = []
-        for planned in runs:
-            run, tr, va, te = planned.run, planned.train, planned.val, planned.test
-            kept_model = fold_model_path(out_dir, run.fold) if planned.keep and out_dir is not None else None
-            stored = journal.get(run, kept_model)
-            if stored is not None:
-                out.results += [RunResult(**r) for r in stored["results"]]
-                out.predictions += stored["predictions"]
-                saved += [run.fold] if planned.keep else []
-                continue
-            self.current_fold = run.fold
-            model, predict_test, best_epoch, val_score = self._fit_select(tr, va, run.seed)
-            prob = predict_test(te)  # the one and only look at this fold's test frames
-            n_results, n_predictions = len(out.results), len(out.predictions)
-            self._record(out, run.fold, run.seed, run.label_fraction, tr, va, te, prob, best_epoch, val_score)
-            if out_dir is not None and planned.keep:
-                save_fold_model(out_dir, run.fold, model)
-                saved.append(run.fold)
-            if cfg.mode == "linear":
-                journal.save_arrays("features", self._features)
-            results = [asdict(r) for r in out.results[n_results:]]
-            journal.put(run, {"results": results, "predictions": out.predictions[n_predictions:]}, kept_model)
-        if journal.read_back:
-            print(f"read back {journal.read_back} finished runs from {out_dir}/{RUNS_DIR}", file=sys.stderr)
-        if out_dir is not None and saved:
-            self._write_card(out_dir, saved)
-        return out
+        self.out = ClassifyOutput(class_names=self.data.class_names)
+        self.out.folds = run_kfold(self, self.cfg.indexed_runs, out_dir, progress=self.progress)
+        return self.out
 
-    def _fingerprint(self) -> str:
+    # -- what the k-fold engine asks of the task (finetune.kfold.KFoldTask) -----------------------------
+
+    def plan_inputs(self) -> tuple[list[str], list[int]]:
+        return self.data.groups, self.data.labels.tolist()
+
+    def start(self, journal: RunJournal) -> None:
+        if self.cfg.mode == "linear":
+            self._features.update(journal.load_arrays("features"))
+
+    def read_back(self, entry: Mapping[str, Any]) -> None:
+        self.out.results += [RunResult(**r) for r in entry["results"]]
+        self.out.predictions += entry["predictions"]
+
+    def fit(self, train: np.ndarray, val: np.ndarray, seed: int) -> Fitted:
+        if self.cfg.mode == "linear":
+            return self._fit_linear(train, val, seed)
+        return self._fit_finetune(train, val, seed)
+
+    def test(self, fitted: Fitted, planned: IndexedRun, out_dir: Path | None) -> dict[str, Any]:
+        run, tr, va, te = planned.run, planned.train, planned.val, planned.test
+        prob = fitted.predict(te)  # the one and only look at this fold's test frames
+        n_results, n_predictions = len(self.out.results), len(self.out.predictions)
+        self._record(
+            self.out,
+            run.fold,
+            run.seed,
+            run.label_fraction,
+            tr,
+            va,
+            te,
+            prob,
+            fitted.best_epoch,
+            fitted.val_score,
+        )
+        results = [asdict(r) for r in self.out.results[n_results:]]
+        return {"results": results, "predictions": self.out.predictions[n_predictions:]}
+
+    def after_run(self, journal: RunJournal) -> None:
+        if self.cfg.mode == "linear":
+            journal.save_arrays("features", self._features)
+
+    def describe(self, entry: Mapping[str, Any]) -> str:
+        frame = entry["results"][0]
+        m, score = frame["metrics"], frame["val_score"]
+        val = "-" if score is None else f"{score:.3f}"
+        return f"test balanced accuracy {m['balanced_accuracy']:.3f} per frame (val {val})"
+
+    def fingerprint(self) -> str:
         """What decides this evaluation's results: config, encoder weights, the labelled frames."""
         data = (
             self.data.class_names,
@@ -259,7 +265,7 @@ class Classifier:
         )
         return evaluation_fingerprint("classify", asdict(self.cfg), self.backbone.fingerprint, data)
 
-    def _write_card(self, out_dir: Path, folds: list[int]) -> None:
+    def write_card(self, out_dir: Path, folds: list[int]) -> None:
         """What ``ultrassl evaluate`` needs to rebuild the fold models and feed them like here."""
         cfg = self.cfg
         write_card(
@@ -320,14 +326,9 @@ class Classifier:
             entry.update({f"prob_{c}": float(p) for c, p in zip(names, prob[j])})
             out.predictions.append(entry)
 
-    def _fit_select(self, tr: np.ndarray, va: np.ndarray, seed: int):
-        if self.cfg.mode == "linear":
-            return self._fit_linear(tr, va, seed)
-        return self._fit_finetune(tr, va, seed)
-
     # -- linear probe --------------------------------------------------------------------------------
 
-    def _fit_linear(self, tr, va, seed):
+    def _fit_linear(self, tr: np.ndarray, va: np.ndarray, seed: int) -> Fitted:
         xtr, xva = self.features(tr, Phase.TRAIN), self.features(va, Phase.VALIDATE)
         ytr, yva = self.data.labels[tr], self.data.labels[va]
         best = None
@@ -350,7 +351,7 @@ class Classifier:
         linear_probe_head(
             model.get_classifier(), clf.coef_, clf.intercept_, clf.classes_, scaler.mean_, scaler.scale_
         )
-        return model.eval(), predict, None, float(score)
+        return Fitted(model.eval(), None, float(score), predict)
 
     # -- fine-tuning ---------------------------------------------------------------------------------
 
@@ -369,7 +370,7 @@ class Classifier:
                     p.requires_grad_(True)
         return model.to(self.device)
 
-    def _fit_finetune(self, tr, va, seed):
+    def _fit_finetune(self, tr: np.ndarray, va: np.ndarray, seed: int) -> Fitted:
         from timm.optim import create_optimizer_v2
 
         cfg = self.cfg
@@ -431,7 +432,7 @@ class Classifier:
         def predict(te: np.ndarray) -> np.ndarray:
             return self._predict(model, self._tensor(te, Phase.TEST))
 
-        return model.eval(), predict, done.epoch, done.score
+        return Fitted(model.eval(), done.epoch, done.score, predict)
 
     @torch.no_grad()
     def _predict(self, model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -457,7 +458,7 @@ def finetune_classify(
     scratch_spec: EncoderSpec | None = None,
     progress: bool = True,
     frameset: FrameSet | None = None,
-) -> dict[str, Any]:
+) -> EvaluationResult:
     """Evaluate ``weights`` on the labelled rows of ``data``; writes folds, report and predictions.
 
     ``frameset`` (from :func:`load_frameset` on ``data`` with this config) skips decoding, for callers
@@ -471,7 +472,7 @@ def finetune_classify(
         frameset = load_frameset(
             read_manifest(data), cfg, backbone.spec.in_chans, progress=progress, size=size
         )
-    result = Classifier(backbone, frameset, cfg).run(out)
+    result = Classifier(backbone, frameset, cfg, progress=progress).run(out)
     fold_results = [FoldResult(**asdict(r)) for r in result.results]
     summary = build_summary(fold_results, summarize)
     config = {
@@ -489,4 +490,4 @@ def finetune_classify(
         predictions=result.predictions,
         title=f"Classification ({cfg.mode}) of {weights}",
     )
-    return {"summary": summary, "paths": paths, "n_frames": len(frameset.labels)}
+    return EvaluationResult("classify", summary, paths, len(frameset.labels))

@@ -12,10 +12,8 @@ Protocol (the same as classification, leakage-free by construction):
 
 from __future__ import annotations
 
-import json
 import math
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,6 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ultrassl.checkpoint import atomic_write_text
 from ultrassl.config import check
 from ultrassl.data.manifest import ManifestRow, read_manifest
 from ultrassl.data.readers import read_frames
@@ -36,17 +33,18 @@ from ultrassl.data.skipped import report_skipped
 from ultrassl.distributed import select_device
 from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
 from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
-from ultrassl.finetune.classify import Phase
 from ultrassl.finetune.fit import COMMON_RANGES, FitSettings, check_device_and_precision, check_ranges, fit
-from ultrassl.finetune.journal import RUNS_DIR, RunJournal, evaluation_fingerprint, file_identity
-from ultrassl.finetune.report import format_mean_std
-from ultrassl.finetune.saved import fold_model_path, save_fold_model, write_card
-from ultrassl.finetune.splits import (
-    Fold,
-    Protocol,
+from ultrassl.finetune.journal import RunJournal, evaluation_fingerprint, file_identity
+from ultrassl.finetune.kfold import EvaluationResult, Fitted, Phase, run_kfold
+from ultrassl.finetune.report.segmentation import (
+    SegRunResult,
+    fmt_score,
+    save_overlay,
+    write_segmentation_report,
 )
-from ultrassl.jsonable import jsonable
-from ultrassl.metrics import EMPTY_POLICIES, segmentation_metrics, summarize
+from ultrassl.finetune.saved import write_card
+from ultrassl.finetune.splits import Fold, IndexedRun, Protocol
+from ultrassl.metrics import EMPTY_POLICIES, segmentation_metrics
 from ultrassl.models.convvit import ConvViT
 from ultrassl.models.seg_heads import HEADS, SegModel, build_seg_head
 from ultrassl.models.vit import EncoderSpec, create_encoder, is_vit
@@ -63,8 +61,6 @@ __all__ = [
     "read_mask",
     "save_overlay",
 ]
-
-SUMMARY_KEYS = ("dice", "iou")
 
 
 @dataclass
@@ -314,20 +310,6 @@ def dice_ce_loss(
 
 
 @dataclass
-class SegRunResult:
-    fold: int
-    seed: int
-    label_fraction: float
-    metrics: dict[str, Any]
-    n_train: int
-    n_val: int
-    n_test: int
-    best_epoch: int
-    val_dice: float | None
-    test_paths: list[str] = field(default_factory=list)
-
-
-@dataclass
 class SegmentOutput:
     results: list[SegRunResult] = field(default_factory=list)
     folds: list[Fold] = field(default_factory=list)
@@ -353,74 +335,72 @@ class Segmenter:
         self.current_fold: int | None = None
 
     def run(self, out_dir: Path | None = None) -> SegmentOutput:
-        cfg = self.cfg
-        labels = self.data.has_foreground
-        folds, runs = cfg.indexed_runs(self.data.groups, labels, out_dir)
-        out = SegmentOutput(folds=folds)
-        journal = RunJournal(out_dir, self._fingerprint())
-        saved: list[int] = []
-        for planned in runs:
-            run, tr, va, te = planned.run, planned.train, planned.val, planned.test
-            kept_model = fold_model_path(out_dir, run.fold) if planned.keep and out_dir is not None else None
-            stored = journal.get(run, kept_model)
-            if stored is not None:
-                out.results.append(SegRunResult(**stored["result"]))
-                out.overlays += [Path(p) for p in stored["overlays"]]
-                saved += [run.fold] if planned.keep else []
-                continue
-            self.current_fold = k = run.fold
-            seed, fraction = run.seed, run.label_fraction
-            n_overlays = len(out.overlays)
-            model, best_epoch, val_dice = self._fit(tr, va, seed)
-            logits = self._predict(model, self.data.batch(te, Phase.TEST)[0])  # the one look at test
-            preds = [self._full_res_pred(lg, self.data.full_masks[i]) for lg, i in zip(logits, te)]
-            targets = [self.data.full_masks[i] for i in te]
-            metrics = segmentation_metrics(preds, targets, empty=cfg.empty_policy)
-            out.results.append(
-                SegRunResult(
-                    k,
-                    seed,
-                    fraction,
-                    metrics,
-                    len(tr),
-                    len(va),
-                    len(te),
-                    best_epoch,
-                    val_dice,
-                    [self.data.rows[i].path for i in te],
-                )
-            )
-            if out_dir is not None and planned.keep:
-                out.overlays += self._overlays(out_dir, k, te, logits)
-                save_fold_model(out_dir, k, model)
-                saved.append(k)
-            journal.put(
-                run, {"result": asdict(out.results[-1]), "overlays": out.overlays[n_overlays:]}, kept_model
-            )
-            if self.progress:
-                print(
-                    f"fold {k} seed {seed} fraction {fraction:g}: test dice {_fmt(metrics['dice'])} "
-                    f"(best epoch {best_epoch}, val dice {_fmt(val_dice)})",
-                    file=sys.stderr,
-                )
-        if journal.read_back:
-            print(f"read back {journal.read_back} finished runs from {out_dir}/{RUNS_DIR}", file=sys.stderr)
-        if out_dir is not None and saved:
-            write_card(
-                out_dir,
-                "segment",
-                self.backbone.spec,
-                saved,
-                head=self.head_name,
-                head_args=self.head_args(),
-                mean=self.backbone.mean,
-                std=self.backbone.std,
-                foreground_ids=cfg.foreground_ids,
-                weights=self.backbone.source,
-            )
-        return out
+        """Every planned run; with ``out_dir``, finished runs are journalled and read back on a re-run."""
+        self.out = SegmentOutput()
+        self.out.folds = run_kfold(self, self.cfg.indexed_runs, out_dir, progress=self.progress)
+        return self.out
 
-    def _fingerprint(self) -> str:
+    # -- what the k-fold engine asks of the task (finetune.kfold.KFoldTask) -----------------------------
+
+    def plan_inputs(self) -> tuple[list[str], list[int]]:
+        return self.data.groups, self.data.has_foreground
+
+    def start(self, journal: RunJournal) -> None:
+        pass
+
+    def read_back(self, entry: Mapping[str, Any]) -> None:
+        self.out.results.append(SegRunResult(**entry["result"]))
+        self.out.overlays += [Path(p) for p in entry["overlays"]]
+
+    def fit(self, train: np.ndarray, val: np.ndarray, seed: int) -> Fitted:
+        model, best_epoch, val_dice = self._fit(train, val, seed)
+        return Fitted(model, best_epoch, val_dice)
+
+    def test(self, fitted: Fitted, planned: IndexedRun, out_dir: Path | None) -> dict[str, Any]:
+        run, tr, va, te = planned.run, planned.train, planned.val, planned.test
+        logits = self._predict(fitted.model, self.data.batch(te, Phase.TEST)[0])  # the one look at test
+        preds = [self._full_res_pred(lg, self.data.full_masks[i]) for lg, i in zip(logits, te)]
+        targets = [self.data.full_masks[i] for i in te]
+        metrics = segmentation_metrics(preds, targets, empty=self.cfg.empty_policy)
+        result = SegRunResult(
+            run.fold,
+            run.seed,
+            run.label_fraction,
+            metrics,
+            len(tr),
+            len(va),
+            len(te),
+            fitted.best_epoch,
+            fitted.val_score,
+            [self.data.rows[i].path for i in te],
+        )
+        self.out.results.append(result)
+        overlays = self._overlays(out_dir, run.fold, te, logits) if out_dir is not None else []
+        self.out.overlays += overlays
+        return {"result": asdict(result), "overlays": overlays}
+
+    def after_run(self, journal: RunJournal) -> None:
+        pass
+
+    def describe(self, entry: Mapping[str, Any]) -> str:
+        r = entry["result"]
+        return f"test dice {fmt_score(r['metrics']['dice'])} (best epoch {r['best_epoch']}, val dice {fmt_score(r['val_dice'])})"
+
+    def write_card(self, out_dir: Path, folds: list[int]) -> None:
+        write_card(
+            out_dir,
+            "segment",
+            self.backbone.spec,
+            folds,
+            head=self.head_name,
+            head_args=self.head_args(),
+            mean=self.backbone.mean,
+            std=self.backbone.std,
+            foreground_ids=self.cfg.foreground_ids,
+            weights=self.backbone.source,
+        )
+
+    def fingerprint(self) -> str:
         """What decides this evaluation's results: config, encoder weights, the images and masks."""
         files = file_identity(
             [str(r.path) for r in self.data.rows] + [str(r.mask_path) for r in self.data.rows]
@@ -533,98 +513,6 @@ class Segmenter:
         return paths
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
-
-
-# ----------------------------------------------------------------------------------------------------
-# outputs
-
-
-def save_overlay(
-    image: np.ndarray, pred: np.ndarray, target: np.ndarray, path: str | Path, title: str = ""
-) -> Path:
-    """Gray image, prediction filled + outlined in red, ground truth outlined in green (Agg canvas, no pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    h, w = image.shape
-    fig = Figure(figsize=(3.2, 3.2 * h / w + 0.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
-    ax.imshow(np.ma.masked_where(~pred, pred), cmap=ListedColormap(["red"]), alpha=0.3, vmin=0, vmax=1)
-    for m, colour in ((pred, "red"), (target, "lime")):
-        if m.any() and not m.all():
-            ax.contour(m.astype(float), levels=[0.5], colors=[colour], linewidths=1.2)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.legend(
-        handles=[
-            Line2D([], [], color="red", label="prediction"),
-            Line2D([], [], color="lime", label="truth"),
-        ],
-        loc="lower right",
-        fontsize=6,
-        framealpha=0.6,
-    )
-    if title:
-        ax.set_title(title, fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
-
-
-def build_seg_summary(results: Sequence[SegRunResult]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(headline summary at the largest label fraction over folds x seeds, the same per label fraction)."""
-    fractions = sorted({r.label_fraction for r in results})
-    by_fraction = {
-        f"{f:g}": summarize([r.metrics for r in results if r.label_fraction == f], SUMMARY_KEYS)
-        for f in fractions
-    }
-    return by_fraction[f"{fractions[-1]:g}"], by_fraction
-
-
-def _markdown(
-    title: str, summary: dict, by_fraction: dict, results: Sequence[SegRunResult], cfg: SegmentConfig
-) -> str:
-    lines = [f"# {title}", ""]
-    lines += [
-        f"Grouped {cfg.folds}-fold cross-validation, head `{cfg.head}`, empty-mask policy `{cfg.empty_policy}` "
-        f"(Dice/IoU per image at the mask's resolution, then averaged; mean ± sample std over folds x seeds).",
-        "",
-        "| label fraction | Dice | IoU | n |",
-        "|---|---|---|---|",
-    ]
-    for f, s in by_fraction.items():
-        lines.append(
-            f"| {float(f) * 100:g}% | {format_mean_std(s['dice'])} | {format_mean_std(s['iou'])} | {s['dice']['n']} |"
-        )
-    lines += [
-        "",
-        "## Per fold",
-        "",
-        "| fold | seed | fraction | Dice | IoU | test images | both empty | best epoch | val Dice |",
-    ]
-    lines.append("|" + "---|" * 9)
-    for r in results:
-        m = r.metrics
-        lines.append(
-            f"| {r.fold} | {r.seed} | {r.label_fraction * 100:g}% | {_fmt(m['dice'])} | {_fmt(m['iou'])} | "
-            f"{r.n_test} | {m['n_both_empty']} | {r.best_epoch} | {_fmt(r.val_dice)} |"
-        )
-    lines += [
-        "",
-        f"Headline: Dice {format_mean_std(summary['dice'])}, IoU {format_mean_std(summary['iou'])}.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------------------------------
 # the command
 
@@ -639,9 +527,9 @@ def finetune_segment(
     scratch_like: str | Path | None = None,
     progress: bool = True,
     segdata: SegData | None = None,
-) -> dict[str, Any]:
+) -> EvaluationResult:
     """Fine-tune ``weights`` + a segmentation head on the masked images of ``data``; writes folds.json,
-    report.json, report.md and overlays/ into ``out_dir``. Returns {"summary", "paths", "n_images"}.
+    report.json, report.md and overlays/ into ``out_dir``; returns the summary, the paths and ``n_images``.
     ``segdata`` (from :func:`load_segdata` at the encoder's size and normalisation) skips decoding."""
     cfg = check(cfg or SegmentConfig())
     out = Path(out_dir)
@@ -661,28 +549,8 @@ def finetune_segment(
             progress=progress,
         )
     result = Segmenter(backbone, segdata, cfg, progress=progress).run(out)
-    summary, by_fraction = build_seg_summary(result.results)
     config = {"weights": str(weights), "data": str(data), **asdict(cfg), "encoder": asdict(spec)}
-    folds = [
-        {k: v for k, v in asdict(r).items() if k != "metrics"} | {"metrics": r.metrics}
-        for r in result.results
-    ]
-    report = {
-        "summary": summary,
-        "by_label_fraction": by_fraction,
-        "folds": folds,
-        "n_images": len(segdata.rows),
-        "config": config,
-    }
-    paths = {
-        "folds": out / "folds.json",
-        "report_json": atomic_write_text(
-            out / "report.json", json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n"
-        ),
-        "report_md": atomic_write_text(
-            out / "report.md",
-            _markdown(f"Segmentation of {weights}", summary, by_fraction, result.results, cfg),
-        ),
-        "overlays": out / "overlays",
-    }
-    return {"summary": summary, "paths": {k: str(v) for k, v in paths.items()}, "n_images": len(segdata.rows)}
+    summary, paths = write_segmentation_report(
+        out, f"Segmentation of {weights}", result.results, cfg, config, len(segdata.rows)
+    )
+    return EvaluationResult("segment", summary, paths, len(segdata.rows))

@@ -28,7 +28,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from ultrassl.atomic import atomic_write_bytes, atomic_write_text
+from ultrassl.atomic import atomic_write_text
+from ultrassl.finetune.report.formatting import (
+    finite,
+    flatten_config,
+    fmt,
+    fmt_fraction,
+    format_mean_std,
+    md_table,
+    mean_std,
+    save_figure,
+)
 from ultrassl.jsonable import jsonable
 
 __all__ = [
@@ -60,7 +70,6 @@ METRIC_NAMES = {
 PER_FOLD_BARS = ("accuracy", "balanced_accuracy", "macro_f1")
 PER_CLASS_METRICS = ("precision", "recall", "f1", "specificity", "auroc")
 PER_CLASS_NAMES = {"f1": "F1", "auroc": "AUROC"}
-DASH = "—"
 #: Config entries shown in report.md (the full config is in report.json).
 MAX_CONFIG_LINES = 40
 
@@ -195,88 +204,13 @@ def _metric_order(tables: Iterable[Mapping[str, Any]]) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _finite(x: Any) -> float | None:
-    """A float, or None for None / NaN / inf / non-numbers (they print as a dash and plot as gaps)."""
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def format_mean_std(d: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """``"0.912 ± 0.031"``; just the mean when std is missing/NaN; a dash when there is no mean."""
-    if not isinstance(d, Mapping):
-        return DASH
-    mean = _finite(d.get("mean"))
-    if mean is None:
-        return DASH
-    std = _finite(d.get("std"))
-    if std is None:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    f = _finite(x)
-    return DASH if f is None else f"{f:.{digits}f}"
-
-
-def _fmt_fraction(f: float) -> str:
-    return f"{f * 100:g}%"
-
-
 def _metric_label(name: str) -> str:
     return METRIC_NAMES.get(name, name)
-
-
-def _cell(x: Any) -> str:
-    """A Markdown table cell: pipes escaped, newlines flattened."""
-    return str(x).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
-
-
-def _mean_std(values: Sequence[float]) -> dict[str, Any]:
-    """Mean and sample std (0 for one value); used where no summary dict exists (per class, curves)."""
-    n = len(values)
-    if n == 0:
-        return {"mean": None, "std": None, "n": 0}
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "n": n}
-
-
-def _flatten_config(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """Dotted ``key: value`` pairs of scalars and short scalar lists, for the Markdown config section."""
-    out: list[tuple[str, str]] = []
-    for k, v in config.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out += _flatten_config(v, key + ".")
-        elif isinstance(v, (list, tuple)):
-            if len(v) <= 8 and all(x is None or isinstance(x, (bool, int, float, str)) for x in v):
-                out.append((key, "[" + ", ".join(str(x) for x in v) + "]"))
-        elif v is None or isinstance(v, (bool, int, float, str, os.PathLike)):
-            out.append((key, str(v)))
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
 # Atomic writes
 # --------------------------------------------------------------------------------------------------
-
-
-def _save_figure(fig: Figure, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,8 +247,8 @@ def _per_class(group: Sequence[FoldResult], class_names: Sequence[str]) -> dict[
         entries = [e for e in entries if isinstance(e, Mapping)]
         row: dict[str, Any] = {}
         for m in PER_CLASS_METRICS:
-            row[m] = _mean_std([v for e in entries if (v := _finite(e.get(m))) is not None])
-        supports = [_finite(e.get("support")) for e in entries]
+            row[m] = mean_std([v for e in entries if (v := finite(e.get(m))) is not None])
+        supports = [finite(e.get("support")) for e in entries]
         row["support"] = int(sum(s for s in supports if s is not None))
         out[name] = row
     return out
@@ -324,8 +258,8 @@ def _accuracy_curve(results: Sequence[FoldResult]) -> dict[str, dict[float, dict
     """``{level: {fraction: mean/std of accuracy}}`` computed from the folds (sample std)."""
     out: dict[str, dict[float, dict[str, Any]]] = {}
     for (level, frac), group in sorted(_group(results).items()):
-        values = [v for r in group if (v := _finite(r.metrics.get("accuracy"))) is not None]
-        out.setdefault(level, {})[frac] = _mean_std(values)
+        values = [v for r in group if (v := finite(r.metrics.get("accuracy"))) is not None]
+        out.setdefault(level, {})[frac] = mean_std(values)
     return out
 
 
@@ -370,7 +304,7 @@ def _plot_confusion(cm: list[list[int]], class_names: Sequence[str], title: str,
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_per_fold(group: Sequence[FoldResult], title: str, path: Path) -> Path:
@@ -384,7 +318,7 @@ def _plot_per_fold(group: Sequence[FoldResult], title: str, path: Path) -> Path:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for k, metric in enumerate(PER_FOLD_BARS):
-        values = [_finite(r.metrics.get(metric)) for r in group]
+        values = [finite(r.metrics.get(metric)) for r in group]
         xs = [i + (k - (len(PER_FOLD_BARS) - 1) / 2) * width for i in range(n)]
         ax.bar(xs, [math.nan if v is None else v for v in values], width, label=_metric_label(metric))
     ax.set_xticks(range(n))
@@ -396,7 +330,7 @@ def _plot_per_fold(group: Sequence[FoldResult], title: str, path: Path) -> Path:
     ax.legend(loc="upper center", ncol=len(PER_FOLD_BARS), fontsize=8, frameon=False)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_curve(
@@ -413,15 +347,15 @@ def _plot_curve(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for label, level, points in series:
-        xs = sorted(f for f, p in points.items() if _finite(p.get("mean")) is not None)
+        xs = sorted(f for f, p in points.items() if finite(p.get("mean")) is not None)
         if not xs:
             continue
         ys = [float(points[f]["mean"]) for f in xs]
-        es = [_finite(points[f].get("std")) or 0.0 for f in xs]
+        es = [finite(points[f].get("std")) or 0.0 for f in xs]
         style = "--" if level == "video" else "-"
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, linestyle=style, label=label)
     ax.set_xscale("log")
-    ax.set_xticks(list(fractions), labels=[_fmt_fraction(f) for f in fractions])
+    ax.set_xticks(list(fractions), labels=[fmt_fraction(f) for f in fractions])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("label fraction (log scale)")
     ax.set_ylabel("accuracy (mean ± std over folds)")
@@ -429,7 +363,7 @@ def _plot_curve(
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,12 +391,12 @@ def _markdown(
     lines = [f"# {title}", ""]
 
     headline_metrics = _metric_order([summary])
-    lines += [f"Headline: **{level} level, {_fmt_fraction(frac)} of labels**, {runs} (mean ± std)."]
+    lines += [f"Headline: **{level} level, {fmt_fraction(frac)} of labels**, {runs} (mean ± std)."]
     lines += [""]
     lines += [f"- {_metric_label(m)}: {format_mean_std(summary[m])}" for m in headline_metrics]
     lines += ["", f"Classes: {', '.join(class_names)}", ""]
 
-    config_items = _flatten_config(config)
+    config_items = flatten_config(config)
     if config_items:
         lines += ["## Configuration", ""]
         lines += [f"- `{k}`: {v}" for k, v in config_items[:MAX_CONFIG_LINES]]
@@ -477,11 +411,11 @@ def _markdown(
             lines += [f"### {lv.capitalize()} level", ""]
             fracs = list(by_fraction)
             metrics = _metric_order(by_fraction.values())
-            header = ["metric"] + [_fmt_fraction(f) + " labels" for f in fracs]
+            header = ["metric"] + [fmt_fraction(f) + " labels" for f in fracs]
             rows = [
                 [_metric_label(m)] + [format_mean_std(by_fraction[f].get(m)) for f in fracs] for m in metrics
             ]
-            lines += _md_table(header, rows) + [""]
+            lines += md_table(header, rows) + [""]
 
     lines += ["## Folds", ""]
     header = [
@@ -501,17 +435,17 @@ def _markdown(
             r.seed,
             f"{r.label_fraction:g}",
             r.level,
-            _fmt(r.metrics.get("accuracy")),
-            _fmt(r.metrics.get("balanced_accuracy")),
-            _fmt(r.metrics.get("macro_f1")),
-            _fmt(r.metrics.get("auroc")),
+            fmt(r.metrics.get("accuracy")),
+            fmt(r.metrics.get("balanced_accuracy")),
+            fmt(r.metrics.get("macro_f1")),
+            fmt(r.metrics.get("auroc")),
             r.n_test,
         ]
         for r in sorted(results, key=_fold_sort_key)
     ]
-    lines += _md_table(header, rows) + [""]
+    lines += md_table(header, rows) + [""]
 
-    lines += [f"## Per class ({level} level, {_fmt_fraction(frac)} labels; mean ± std over folds)", ""]
+    lines += [f"## Per class ({level} level, {fmt_fraction(frac)} labels; mean ± std over folds)", ""]
     header = ["class"] + [PER_CLASS_NAMES.get(m, m) for m in PER_CLASS_METRICS] + ["support (total)"]
     rows = [
         [name]
@@ -519,14 +453,14 @@ def _markdown(
         + [per_class[name]["support"]]
         for name in class_names
     ]
-    lines += _md_table(header, rows) + [""]
+    lines += md_table(header, rows) + [""]
 
     if confusion is not None:
-        lines += [f"## Confusion matrix ({level} level, {_fmt_fraction(frac)} labels; summed over folds)", ""]
+        lines += [f"## Confusion matrix ({level} level, {fmt_fraction(frac)} labels; summed over folds)", ""]
         lines += ["Rows: true class; columns: predicted class.", ""]
         header = ["true \\ predicted"] + list(class_names) + ["total"]
         rows = [[name] + confusion[i] + [sum(confusion[i])] for i, name in enumerate(class_names)]
-        lines += _md_table(header, rows) + [""]
+        lines += md_table(header, rows) + [""]
 
     lines += ["## Figures", ""]
     captions = {
@@ -598,7 +532,7 @@ def write_classification_report(
             summary.setdefault(name, value)
 
     paths: dict[str, Path] = {}
-    setting = f"{level} level, {_fmt_fraction(frac)} labels"
+    setting = f"{level} level, {fmt_fraction(frac)} labels"
 
     confusion = _summed_confusion(head_group, len(class_names))
     if confusion is not None:
