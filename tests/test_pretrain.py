@@ -215,6 +215,8 @@ def test_two_process_torchrun_matches_one_process(synth_manifest, tmp_path):
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert two.returncode == 0, two.stderr[-3000:]
+    # below ram_cache_gb the processes decoded shares and then kept all the frames in RAM: no store stays
+    assert not list((tmp_path / "two" / "frame_store").rglob("*"))
     a = safe_load(tmp_path / "one" / "checkpoints" / "last.pt")
     b = safe_load(tmp_path / "two" / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 4
@@ -369,9 +371,9 @@ def test_resume_accepts_a_run_saved_before_new_options_existed_but_not_a_changed
 
 
 @pytest.mark.slow
-def test_under_torchrun_rank0_builds_the_frame_store_and_the_others_map_it(synth_manifest, tmp_path):
-    """Past ``ram_cache_gb`` (0 here) the frames go to RUN/frame_store: one process decodes and writes
-    it, the other maps it (no second decode racing for the store's lock)."""
+def test_under_torchrun_past_the_ram_limit_the_processes_share_one_frame_store(synth_manifest, tmp_path):
+    """Past ``ram_cache_gb`` (0 here) the frames go to RUN/frame_store: the processes decode their shares
+    into it, rank 0 says so once, and all of them map the one store."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "ultrassl", "pretrain", "--method", "mae", *TINY, "--data", str(synth_manifest)]
@@ -384,3 +386,98 @@ def test_under_torchrun_rank0_builds_the_frame_store_and_the_others_map_it(synth
     stores = [p for p in (run / "frame_store").iterdir() if p.is_dir()]
     assert len(stores) == 1 and (stores[0] / "index.npz").is_file()
     assert safe_load(run / "checkpoints" / "last.pt")["step"] == 2
+
+
+def _torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+@pytest.mark.slow
+def test_under_torchrun_each_process_decodes_half_the_files_into_the_store_of_a_one_process_build(
+    synth_manifest, tmp_path, monkeypatch
+):
+    """Two processes decode alternate files into one store (build.json says which decoded which); it
+    holds the same arrays, bytes, metadata and skipped files in the same order as a store one process
+    built, and one-process training from either store gives bit-identical weights."""
+    import shutil
+
+    import ultrassl.data.datasets as datasets_mod
+    from ultrassl.data.frame_store import FrameStore
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_manifest.parent, data)
+    victim = sorted(data.glob("*/*.mp4"))[1]
+    victim.write_bytes(victim.read_bytes()[:200])  # broken after indexing: a skipped file in one share
+    manifest = data / "manifest.csv"
+    two = _torchrun(
+        "-m", "ultrassl", "pretrain", "--method", "mae", *TINY, "--data", str(manifest), "--max-steps", "3",
+        "--precision", "fp32", "--batch-size", "4", "--out", str(tmp_path / "two"),
+        "--set", f"data.frame_cache={tmp_path / 'fc2'}",
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def one_process(frame_cache: Path, out: Path) -> dict[str, torch.Tensor]:
+        flags = {
+            "data": {"manifest": str(manifest), "frame_cache": str(frame_cache)},
+            "train": {"max_steps": 3, "batch_size": 8, "precision": "fp32", "log_every": 1},
+        }
+        api.pretrain(build_pretrain_config(method="mae", preset="tiny", flags=flags), out, progress=False)
+        return safe_load(out / "checkpoints" / "last.pt")["model"]
+
+    one = one_process(tmp_path / "fc1", tmp_path / "one")
+    (built1,) = (tmp_path / "fc1").iterdir()
+    (built2,) = (tmp_path / "fc2").iterdir()
+    assert built1.name == built2.name  # one key: the same files and parameters
+    a, b = FrameStore(built1), FrameStore(built2)
+    assert len(b.files) == 2 and len(a) == len(b) > 0
+    assert b.skipped == a.skipped and [Path(p).name for p, _ in a.skipped] == [victim.name]
+    assert a.info == b.info and a.names == b.names
+    for name in a.names[0]:
+        assert a.column(name).tolist() == b.column(name).tolist(), name
+    for name in a.names[1]:
+        assert a.ragged(name) == b.ragged(name), name
+    assert [x.shape for x in a] == [x.shape for x in b]
+    assert b"".join(x.tobytes() for x in b) == (built1 / "data.u8").read_bytes()  # byte for byte
+
+    record = json.loads((built2 / "build.json").read_text())
+    n_files = record["files"]
+    assert record["processes"] == 2 and record["decoded_by"] == [i % 2 for i in range(n_files)]
+    ranks = record["ranks"]
+    assert len({r["pid"] for r in ranks}) == 2  # two processes, each with about half of the files
+    assert sorted(r["files"] for r in ranks) == [n_files // 2, n_files - n_files // 2]
+    assert sum(r["skipped"] for r in ranks) == 1 and sum(r["entries"] for r in ranks) == len(b)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although the store was complete")
+
+    monkeypatch.setattr(datasets_mod, "read_frames", no_decoding)
+    again = one_process(tmp_path / "fc2", tmp_path / "again")  # maps the two-process store
+    assert one.keys() == again.keys()
+    for k in one:
+        assert torch.equal(one[k], again[k]), k
+    assert _losses(tmp_path / "again") == _losses(tmp_path / "one")
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_under_torchrun_an_error_in_one_process_is_one_error_in_every_process(synth_manifest, tmp_path):
+    """A reader that breaks in rank 1 only (not a bad file: a bug, a dead disk) fails the build in both
+    processes with the same message, which names the process and the error; no process waits for ever,
+    and no part of the store is left behind."""
+    script = Path(__file__).parent / "shared_decode.py"
+    out = tmp_path / "out"
+    out.mkdir()
+    done = _torchrun(str(script), str(synth_manifest), str(tmp_path / "fc"), str(out), "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert seen[0] == seen[1] and "error" in seen[0], seen
+    message = seen[0]["error"]
+    assert message.startswith("UltrasslError: ") and "process 1 of 2 could not decode its share" in message
+    assert "RuntimeError: the disk under this process is gone" in message and "\n" not in message
+    assert not list((tmp_path / "fc").rglob("*"))  # no part, no index, no lock: nothing of the build

@@ -145,23 +145,6 @@ def clear_run(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "reconstructions", ignore_errors=True)
 
 
-def _build_data_rank0_first(
-    cfg: PretrainConfig, progress: bool, is_main: bool, device: torch.device
-) -> PretrainData:
-    """The pre-training data, built by rank 0 before the other processes when frames may go to an
-    on-disk store: one process decodes and writes it, the others then map it (instead of every process
-    decoding up to ``ram_cache_gb`` and racing for the store's lock). An error on rank 0 reaches all."""
-    if cfg.data.store_args()["cache_dir"] is None or not distributed.is_distributed():
-        return build_pretrain_data(cfg, progress=progress)
-    built: list[PretrainData] = []
-    distributed.on_main(
-        lambda: built.append(build_pretrain_data(cfg, progress=progress)),
-        device,
-        UltrasslError("rank 0 could not build the pre-training data (its error is in rank 0's log)"),
-    )
-    return built[0] if is_main else build_pretrain_data(cfg, progress=False)
-
-
 def pretrain(
     cfg: PretrainConfig, out_dir: str | Path, *, resume: bool | str = "auto", progress: bool = True
 ) -> TrainResult:
@@ -200,7 +183,9 @@ def pretrain(
         report = init_from(model, cfg.init_from)
         if dist_info.is_main:
             print(f"initialised from {cfg.init_from}: {report}", file=sys.stderr)
-    data = _build_data_rank0_first(cfg, progress and dist_info.is_main, dist_info.is_main, device)
+    # under torchrun every process builds the data at once: with a frame store, each decodes its share of
+    # the files into it (data.decode_pipeline), and an error in any process is raised in all of them
+    data = build_pretrain_data(cfg, progress=progress and dist_info.is_main)
     info = {**run_info(), "host_allocator": allocator}  # the trainer adds what it settles, then writes it
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -135,16 +137,40 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def gather_objects(obj: object) -> list[object]:
+def gather_objects(obj: object, group: dist.ProcessGroup | None = None) -> list[object]:
     """``obj`` from every process, in rank order, on every process (``[obj]`` when not distributed).
 
     For small picklable values, e.g. each process's RNG state, which a checkpoint must hold per rank for
-    a restarted job to replay exactly what an uninterrupted one does."""
+    a restarted job to replay exactly what an uninterrupted one does. ``group``: another process group
+    of all the processes (:func:`patient_group`)."""
     if not is_distributed():
         return [obj]
     out: list[object] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=group)
     return out
+
+
+#: how long a :func:`patient_group` collective waits for the slowest process
+PATIENT_TIMEOUT = timedelta(days=7)
+
+
+@contextlib.contextmanager
+def patient_group(timeout: timedelta = PATIENT_TIMEOUT) -> Iterator[dist.ProcessGroup | None]:
+    """A gloo group of all the processes whose collectives wait up to ``timeout`` (None when not
+    distributed), removed at the end of the block; every process must enter it at the same point.
+
+    For phases of uneven length before training, such as decoding each process's share of a data set
+    or waiting for another job that builds the same frame store: the main group's timeout (30 min for
+    gloo, 10 min for nccl) would end the job while the other processes are still working. A process
+    that dies is noticed by torchrun, which stops the others, so the long wait is never a hang."""
+    if not is_distributed():
+        yield None
+        return
+    group = dist.new_group(backend="gloo", timeout=timeout)
+    try:
+        yield group
+    finally:
+        dist.destroy_process_group(group)
 
 
 def broadcast_object(obj: object) -> object:

@@ -21,7 +21,6 @@ Why this shape:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,16 +30,23 @@ import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
-from tqdm.auto import tqdm
 
-from ultrassl.data.datasets import DECODE_ERRORS, can_send_to_workers, decode_map, to_u8
+from ultrassl.data.decode_pipeline import (
+    DECODE_ERRORS,
+    DecodePlan,
+    Skipped,
+    can_send_to_workers,
+    decode_and_cache,
+    skip_reason,
+    to_u8,
+)
 from ultrassl.data.epochs import EpochDataset
 from ultrassl.data.frame_prep import frame_preps, prep_params
-from ultrassl.data.frame_store import FrameStore, keep_or_spill, store_key
+from ultrassl.data.frame_store import FrameStore
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.data.readers import read_frames
 from ultrassl.data.sampling import clip_indices, clip_step
-from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
+from ultrassl.errors import ConfigError
 from ultrassl.rng import sample_seed
 from ultrassl.transforms.pairs import random_resized_crop_params
 
@@ -95,27 +101,29 @@ def _confidence_key(confidence: ConfidenceFn | None) -> str | None:
     return f"{getattr(confidence, '__module__', '?')}.{name}"
 
 
-def _decode_clip_row(job: tuple, confidence: ConfidenceFn | None) -> tuple:
-    """(uint8 frames, maps, None) of one file's ``unique`` frames, cropped and resampled by its
-    :class:`~ultrassl.data.frame_prep.FramePrep`, or (None, None, why it was skipped).
+def _decode_clip_row(
+    job: tuple, confidence: ConfidenceFn | None, read: Callable = read_frames
+) -> tuple[np.ndarray, np.ndarray | None] | Skipped:
+    """(uint8 frames, maps) of one file's ``unique`` frames, cropped and resampled by its
+    :class:`~ultrassl.data.frame_prep.FramePrep`, or why it was skipped.
 
     The maps are uint8 when ``confidence`` is given, float32 gray frames when the caller computes
     them itself (``want_gray``: a function that cannot reach worker processes), else None.
     """
     path, unique, rgb, prep, want_gray = job
     try:
-        frames = read_frames(path, unique, rgb=rgb)
+        frames = read(path, unique, rgb=rgb)
         gray = frames.mean(axis=-1) if rgb else frames
         area = prep.area(gray, rgb=False)
         frames, gray = prep.apply(frames, area), prep.apply(gray, area)
     except DECODE_ERRORS as exc:
-        return None, None, exc.reason if isinstance(exc, UnreadableFileError) else str(exc)
+        return Skipped(skip_reason(exc))
     gray = np.ascontiguousarray(gray, dtype=np.float32)
     if confidence is not None:
         maps = to_u8(confidence(gray))
     else:
         maps = gray if want_gray else None
-    return to_u8(frames), maps, None
+    return to_u8(frames), maps
 
 
 def load_clip_cache(
@@ -133,6 +141,8 @@ def load_clip_cache(
     cache_dir: str | Path | None = None,
     ram_limit: int | None = None,
     workers: int = 0,
+    timeout: float | None = None,
+    reader: Callable[..., np.ndarray] | None = None,
 ) -> ClipCache:
     """Decode stills into image items and videos into clips (see the module docstring).
 
@@ -144,15 +154,19 @@ def load_clip_cache(
     ``cache_dir``: keep frames and maps in an on-disk store ``cache_dir/<key>/`` (see
     :mod:`ultrassl.data.frame_store`) and return views of it; a later call with the same files and
     parameters maps it without decoding; with ``ram_limit`` (bytes) only once the items take more than
-    that in RAM (:func:`~ultrassl.data.frame_store.keep_or_spill`). ``workers > 0`` decodes files in that many processes, with
-    the same items in the same order. Maps are computed in the workers too, except for a function on
-    a GPU, or one that cannot reach them (a closure where processes cannot fork): those run here.
+    that in RAM (:func:`~ultrassl.data.frame_store.keep_or_spill`); under torchrun every process decodes
+    its share of the files into the one store (:mod:`~ultrassl.data.decode_pipeline`). ``workers > 0``
+    decodes files in that many processes, with the same items in the same order; ``timeout`` and
+    ``reader``: as for :func:`~ultrassl.data.datasets.load_frame_cache`. Maps are computed in the
+    workers too, except for a function on a GPU, or one that cannot reach them (a closure where
+    processes cannot fork): those run here.
     """
     if modality not in ("both", "images", "videos"):
         raise ConfigError(f"modality must be both|images|videos, got {modality!r}")
+    in_workers = workers > 0 or timeout is not None
     in_parent = (
         confidence is not None
-        and workers > 0
+        and in_workers
         and (str(getattr(confidence, "device", "cpu")) != "cpu" or not can_send_to_workers(confidence))
     )
     plan = []  # (row, is_clip, frame indices of each item, job)
@@ -168,45 +182,24 @@ def load_clip_cache(
             per_clip = [[0]]
         unique = sorted({int(j) for clip in per_clip for j in clip})
         plan.append((i, is_clip, per_clip, (row.path, unique, rgb, prep, in_parent)))
-    jobs = [p[3] for p in plan]
-    skipped: list[tuple[str, str]] = []
 
-    def clip_items() -> Iterator[tuple[bool, ClipItem]]:
-        n = 0
-        decoded = decode_map(_decode_clip_row, jobs, workers, (None if in_parent else confidence,))
-        bar = tqdm(
-            total=len(jobs), desc="decode", disable=not progress or not sys.stderr.isatty(), unit="file"
-        )
-        try:
-            for (i, is_clip, per_clip, job), (frames_u8, maps, reason) in zip(plan, decoded):
-                bar.update(1)
-                if frames_u8 is None:
-                    skipped.append((str(job[0]), reason))
-                    continue
-                conf = to_u8(confidence(maps)) if in_parent else maps
-                where = {j: k for k, j in enumerate(job[1])}
-                for clip in per_clip:
-                    pos = [where[int(j)] for j in clip]
-                    n += 1
-                    yield (
-                        is_clip,
-                        ClipItem(
-                            np.ascontiguousarray(frames_u8[pos]),
-                            None if conf is None else np.ascontiguousarray(conf[pos]),
-                            i,
-                            [int(j) for j in clip],
-                        ),
-                    )
-        finally:
-            bar.close()
-        if not n:
-            detail = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
-            kinds = {"both": "images or videos", "images": "still images", "videos": "videos"}[modality]
-            raise UltrasslError(f"no usable {kinds} in the manifest ({len(rows)} rows). {detail}")
+    def entries(k: int, decoded: tuple[np.ndarray, np.ndarray | None]) -> Iterator[tuple[np.ndarray, dict]]:
+        """A file's clip items as store entries (the maps computed here where they must be)."""
+        i, is_clip, per_clip, job = plan[k]
+        frames_u8, maps = decoded
+        conf = to_u8(confidence(maps)) if in_parent else maps
+        where = {j: n for n, j in enumerate(job[1])}
+        for clip in per_clip:
+            pos = [where[int(j)] for j in clip]
+            item = ClipItem(
+                np.ascontiguousarray(frames_u8[pos]),
+                None if conf is None else np.ascontiguousarray(conf[pos]),
+                i,
+                [int(j) for j in clip],
+            )
+            yield from _as_arrays([(is_clip, item)])
 
-    if cache_dir is None:
-        return _ram_clip_cache(clip_items(), skipped)
-
+    kinds = {"both": "images or videos", "images": "still images", "videos": "videos"}[modality]
     params = {
         "kind": "clips",
         "rgb": bool(rgb),
@@ -218,8 +211,23 @@ def load_clip_cache(
         "confidence": _confidence_key(confidence),
         **prep_params([preps[p[0]] for p in plan]),
     }
-    folder = Path(cache_dir) / store_key(rows, params)
-    kept = keep_or_spill(folder, _as_arrays(clip_items()), ram_limit, skipped=skipped, info=params)
+    kept, skipped = decode_and_cache(
+        DecodePlan(
+            paths=[str(p[3][0]) for p in plan],
+            jobs=[p[3] for p in plan],
+            decode=_decode_clip_row,
+            extra=(None if in_parent else confidence, read_frames if reader is None else reader),
+            entries=entries,
+            params=params,
+            nothing=f"no usable {kinds} in the manifest ({len(rows)} rows)",
+        ),
+        rows,
+        cache_dir=cache_dir,
+        ram_limit=ram_limit,
+        workers=workers,
+        timeout=timeout,
+        progress=progress,
+    )
     if isinstance(kept, FrameStore):
         return _clip_cache_of(kept)
     return _ram_clip_cache(_as_items(kept), skipped)

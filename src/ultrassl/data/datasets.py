@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
-import itertools
-import multiprocessing
-import pickle
-import sys
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ultrassl.data.decode_pipeline import (
+    DECODE_ERRORS,
+    DecodePlan,
+    Skipped,
+    decode_and_cache,
+    skip_reason,
+    to_u8,
+)
 from ultrassl.data.epochs import EpochDataset
 from ultrassl.data.frame_prep import frame_preps, prep_params
-from ultrassl.data.frame_store import FrameStore, keep_or_spill, store_key
+from ultrassl.data.frame_store import FrameStore
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.data.readers import read_frames
 from ultrassl.data.sampling import sample_indices_at_fps
-from ultrassl.errors import UltrasslError, UnreadableFileError
 from ultrassl.rng import sample_seed
-
-#: the decoding errors that skip a file (listed in ``skipped``) instead of failing the run
-DECODE_ERRORS = (UnreadableFileError, OSError, ValueError, IndexError)
 
 
 @dataclass
@@ -76,77 +73,15 @@ class StoreFrames(Sequence[np.ndarray]):
         return (self[i] for i in range(len(self)))
 
 
-# ------------------------------------------------------------------------------------ parallel decoding
-_WORKER_EXTRA: tuple = ()
-
-
-def _init_decode_worker(extra: tuple) -> None:
-    global _WORKER_EXTRA
-    torch.set_num_threads(1)  # processes scale; threads inside one decode or solve do not
-    _WORKER_EXTRA = extra
-
-
-def _call_in_worker(fn: Callable, job: Any) -> Any:
-    return fn(job, *_WORKER_EXTRA)
-
-
-def _fork_context() -> multiprocessing.context.BaseContext | None:
-    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-
-
-def can_send_to_workers(obj: Any) -> bool:
-    """Whether ``obj`` reaches decode workers: always with fork (not pickled), else only if picklable."""
-    if _fork_context() is not None:
-        return True
-    try:
-        pickle.dumps(obj)
-    except Exception:  # noqa: BLE001 - closures, lambdas, local classes
-        return False
-    return True
-
-
-def decode_map(fn: Callable, jobs: Sequence, workers: int = 0, extra: tuple = ()) -> Iterator:
-    """``fn(job, *extra)`` for every job, in the order of ``jobs``.
-
-    ``workers > 0``: in that many processes ("fork" where the OS has it: ``extra`` is inherited, not
-    pickled; elsewhere ``fn``, jobs and ``extra`` must pickle), one torch thread each, with at most
-    four jobs per worker in flight so finished results never pile up in memory. ``fn`` must be a
-    module-level function.
-    """
-    if workers <= 0:
-        for job in jobs:
-            yield fn(job, *extra)
-        return
-    pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=_fork_context(), initializer=_init_decode_worker, initargs=(extra,)
-    )
-    try:
-        it = iter(jobs)
-        pending = deque(pool.submit(_call_in_worker, fn, job) for job in itertools.islice(it, 4 * workers))
-        while pending:
-            result = pending.popleft().result()
-            for job in itertools.islice(it, 1):
-                pending.append(pool.submit(_call_in_worker, fn, job))
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def to_u8(x: np.ndarray) -> np.ndarray:
-    """[0, 1] floats -> uint8 (1/255 steps, rounded)."""
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-
-
-def _decode_frames_row(job: tuple) -> tuple[np.ndarray | None, str | None]:
-    """(uint8 frames of one file, cropped to its scan area and resampled, None) or (None, why it was
-    skipped)."""
+def _decode_frames_row(job: tuple, read: Callable = read_frames) -> np.ndarray | Skipped:
+    """uint8 frames of one file, cropped to its scan area and resampled, or why it was skipped."""
     path, indices, rgb, prep = job
     try:
-        frames = read_frames(path, indices, rgb=rgb)
+        frames = read(path, indices, rgb=rgb)
         frames = prep.apply(frames, prep.area(frames, rgb))
     except DECODE_ERRORS as exc:
-        return None, exc.reason if isinstance(exc, UnreadableFileError) else str(exc)
-    return to_u8(frames), None
+        return Skipped(skip_reason(exc))
+    return to_u8(frames)
 
 
 def load_frame_cache(
@@ -162,6 +97,8 @@ def load_frame_cache(
     cache_dir: str | Path | None = None,
     ram_limit: int | None = None,
     workers: int = 0,
+    timeout: float | None = None,
+    reader: Callable[..., np.ndarray] | None = None,
 ) -> FrameCache:
     """Decode the sampled frames of every row once (contiguously per video) and crop to the scan area
     (the row's ``scan_area`` rectangles, else detected; ``scan_area=False``: whole frames), then, with
@@ -175,8 +112,13 @@ def load_frame_cache(
     :mod:`ultrassl.data.frame_store`) and return views of it: a later call with the same files and
     parameters maps it without decoding. ``ram_limit`` (bytes, with ``cache_dir``): keep the frames in
     RAM while they take at most this much, and only past it in the store (see
-    :func:`~ultrassl.data.frame_store.keep_or_spill`). ``workers > 0`` decodes files in that many
-    processes; the frames and their order are the same as with ``workers=0``.
+    :func:`~ultrassl.data.frame_store.keep_or_spill`). Under torchrun with ``cache_dir``, every process
+    calls this and decodes its share of the files into the one store
+    (:mod:`~ultrassl.data.decode_pipeline`). ``workers > 0`` decodes files in that many processes;
+    ``timeout`` (seconds per file) skips a file whose decoding hangs, killing its process (with
+    ``workers=0``, one process decodes); the frames and their order are the same either way.
+    ``reader(path, indices, rgb=...)``: what reads a file's frames (default
+    :func:`~ultrassl.data.readers.read_frames`; a module-level function where processes cannot fork).
     """
     jobs = []
     preps = frame_preps(rows, scan_area, spacing_mm)
@@ -185,31 +127,6 @@ def load_frame_cache(
             row.n_frames, row.fps, video_fps, max_frames=max_frames_per_video, spread=spread
         )
         jobs.append((row.path, [int(j) for j in indices], rgb, prep))
-    skipped: list[tuple[str, str]] = []
-
-    def items() -> Iterator[tuple[np.ndarray, dict]]:
-        n = 0
-        bar = tqdm(
-            total=len(jobs), desc="decode", disable=not progress or not sys.stderr.isatty(), unit="file"
-        )
-        try:
-            for i, (job, (frames, reason)) in enumerate(
-                zip(jobs, decode_map(_decode_frames_row, jobs, workers))
-            ):
-                bar.update(1)
-                if frames is None:
-                    skipped.append((str(job[0]), reason))
-                    continue
-                n += len(frames)
-                yield frames, {"row_index": i, "frame_index": job[1]}
-        finally:
-            bar.close()
-        if not n:
-            detail = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
-            raise UltrasslError(f"no usable frames in the manifest ({len(rows)} rows). {detail}")
-
-    if cache_dir is None:
-        return _ram_frame_cache(items(), skipped)
     params = {
         "kind": "frames",
         "rgb": bool(rgb),
@@ -219,17 +136,32 @@ def load_frame_cache(
         "spread": bool(spread),
         **prep_params(preps),
     }
-    store = keep_or_spill(
-        Path(cache_dir) / store_key(rows, params), items(), ram_limit, skipped=skipped, info=params
+    plan = DecodePlan(
+        paths=[str(row.path) for row in rows],
+        jobs=jobs,
+        decode=_decode_frames_row,
+        extra=(read_frames if reader is None else reader,),
+        entries=lambda i, frames: [(frames, {"row_index": i, "frame_index": jobs[i][1]})],
+        params=params,
+        nothing=f"no usable frames in the manifest ({len(rows)} rows)",
     )
-    if not isinstance(store, FrameStore):
-        return _ram_frame_cache(store, skipped)
-    frames = StoreFrames(store)
+    kept, skipped = decode_and_cache(
+        plan,
+        rows,
+        cache_dir=cache_dir,
+        ram_limit=ram_limit,
+        workers=workers,
+        timeout=timeout,
+        progress=progress,
+    )
+    if not isinstance(kept, FrameStore):
+        return _ram_frame_cache(kept, skipped)
+    frames = StoreFrames(kept)
     return FrameCache(
         frames=frames,
-        row_index=np.repeat(store.column("row_index"), frames.counts).tolist(),
-        frame_index=store.ragged_values("frame_index").tolist(),
-        skipped=list(store.skipped),
+        row_index=np.repeat(kept.column("row_index"), frames.counts).tolist(),
+        frame_index=kept.ragged_values("frame_index").tolist(),
+        skipped=skipped,
     )
 
 
