@@ -100,7 +100,18 @@ class DataConfig:
     )
     decode_workers: int = field(
         default=0,
-        metadata={"help": "processes decoding the manifest at start-up (0: decode in the main process)"},
+        metadata={
+            "help": "processes decoding the manifest at start-up, in each torchrun process (0: one, or the "
+            "main process itself when decode_timeout is null)"
+        },
+    )
+    decode_timeout: float | None = field(
+        default=600.0,
+        metadata={
+            "help": "seconds one file may take to decode (with its confidence maps) before its decode process "
+            "is killed and the file skipped as 'decode timed out' (a decoder hung inside PyAV or pydicom); "
+            "null: no limit"
+        },
     )
 
     def check(self) -> None:
@@ -114,6 +125,10 @@ class DataConfig:
             raise ConfigError("frame_cache must be auto, a folder or null, got ''")
         if self.decode_workers < 0:
             raise ConfigError(f"decode_workers must be >= 0, got {self.decode_workers}")
+        if self.decode_timeout is not None and not 0 < self.decode_timeout < float("inf"):
+            raise ConfigError(
+                f"decode_timeout must be a finite number of seconds > 0 or null, got {self.decode_timeout}"
+            )
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
 

@@ -64,6 +64,7 @@ RESUMABLE_CHANGES = {
     "data.frame_cache",
     "data.ram_cache_gb",
     "data.decode_workers",
+    "data.decode_timeout",
     "ultramae.confidence_cache",
 }
 #: whole sections that only watch the run (probe, pictures) and may change between a run and its resumption

@@ -27,6 +27,7 @@ def build_frames(cfg: PretrainConfig, progress: bool = True, degrade: Blur | Non
         progress=progress,
         **cfg.data.store_args(),
         workers=cfg.data.decode_workers,
+        timeout=cfg.data.decode_timeout,
     )
     transform = PairTransform(
         size=tuple(cfg.encoder.img_size),

@@ -307,6 +307,7 @@ def build_data(cfg: UltraMAEPretrainConfig, progress: bool = True) -> PretrainDa
         progress=progress,
         **data.store_args(),
         workers=data.decode_workers,
+        timeout=data.decode_timeout,
     )
     clips = ClipDataset(
         cache,

@@ -184,6 +184,7 @@ def build_video_items(
         progress=progress,
         **data.store_args(),
         workers=data.decode_workers,
+        timeout=data.decode_timeout,
     )
     items = group_items(cache, rows, cfg.group_by)
     classes = cfg.classes or classes_of(rows)
