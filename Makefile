@@ -33,6 +33,7 @@ format: setup
 
 bench: setup
 	$(BIN)/python bench/speed.py
+	$(BIN)/python bench/render_docs.py
 
 clean:
 	rm -rf demo .pytest_cache .ruff_cache

@@ -4,28 +4,27 @@ Forward + backward of one attention call at the shapes a ViT step meets (MAE ViT
 decoder, a 224 px ViT's 197 tokens, a long 785-token sequence), torch's fused
 ``F.scaled_dot_product_attention`` against timm's explicit ``softmax(q k^T) v``, in float32 and bfloat16;
 and the matmul rate in both dtypes (what bf16 can gain at all). The kernels take turns, median of
-``--repeats``. Writes ``bench/results/attention_kernels.json`` and the ATTENTION_KERNELS section of
-docs/benchmarks.md; ``ultrassl.attention`` quotes it.
+``--repeats``. Writes ``bench/results/attention_kernels.json`` (``python bench/render_docs.py``: the
+ATTENTION_KERNELS section of docs/benchmarks.md); ``ultrassl.attention`` quotes it.
 
-    OMP_NUM_THREADS=2 python bench/attention_kernels.py [--repeats 30]
+    OMP_NUM_THREADS=2 python bench/attention_kernels.py [--repeats 30] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from benchlib import ROOT, machine_info, write_doc_section
+from benchlib import RESULTS, command_line, machine_info, write_results
+from pages.attention_kernels import table
 
-RESULTS = ROOT / "bench" / "results" / "attention_kernels.json"
 #: (what, batch, heads, tokens, head dim)
 SHAPES = (
     ("MAE ViT-T encoder, visible tokens", 32, 3, 13, 64),
@@ -104,52 +103,15 @@ def matmul_rows(repeats: int) -> list[dict]:
     return rows
 
 
-def section(doc: dict) -> str:
-    info = doc["machine"]
-    lines = [
-        "## Attention kernels under bf16 on a CPU\n",
-        f"`{info['command']}` on {info['cpu']} ({info['torch_threads']} threads), torch {info['torch']}, "
-        f"git {info['git']}. Forward + backward of one attention call, torch's fused "
-        "`scaled_dot_product_attention` against the explicit softmax(QK^T)V path (timm's `fused_attn=False`), "
-        "the kernels taking turns, median ms. This is why the training loop runs the explicit path under "
-        "bf16/fp16 autocast on a CPU (`ultrassl.attention`) and keeps the fused kernel in float32 and on "
-        "CUDA.\n",
-        "| shape (batch x heads x tokens x head dim) | fp32 fused | fp32 explicit | bf16 fused | bf16 explicit | bf16: fused / explicit |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in doc["attention"]:
-        f, b = r["float32"], r["bfloat16"]
-        lines.append(
-            f"| {r['shape']} ({r['batch']}x{r['heads']}x{r['tokens']}x{r['head_dim']}) | {f['fused']:.2f} | "
-            f"{f['explicit']:.2f} | {b['fused']:.2f} | {b['explicit']:.2f} | {b['fused_over_explicit']:.1f}x |"
-        )
-    lines += [
-        "\nMatmul rate, GFLOP/s (what bf16 can gain at all):\n",
-        "| m x k x n | float32 | bfloat16 | bf16 / fp32 |",
-        "| --- | --- | --- | --- |",
-    ]
-    for r in doc["matmul"]:
-        g = r["gflop_s"]
-        lines.append(
-            f"| {r['m']}x{r['k']}x{r['n']} | {g['float32']:.0f} | {g['bfloat16']:.0f} | {r['bf16_over_fp32']:.1f}x |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--no-doc", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS / "attention_kernels.json")
     a = p.parse_args()
-    info = machine_info()
-    info["command"] = "python bench/attention_kernels.py " + shlex.join(sys.argv[1:])
+    info = machine_info(command=command_line(__file__))
     doc = {"machine": info, "attention": attention_rows(a.repeats), "matmul": matmul_rows(a.repeats)}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
-    text = section(doc)
-    print(text)
-    if not a.no_doc:
-        write_doc_section("ATTENTION_KERNELS", text)
+    print(table(doc))
+    print(f"wrote {write_results(a.out, doc)}")
 
 
 if __name__ == "__main__":

@@ -49,13 +49,16 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import cpu_name, git_revision  # noqa: E402
 
 #: the test sizes of tests/tiny.py (copied, so the snapshot does not depend on the test helpers)
 TINY_VIT_OVERRIDES = [
@@ -101,16 +104,6 @@ MARKER = ".behaviour_snapshot"
 # helpers
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> str:
     import torch
 
@@ -124,17 +117,7 @@ def package_commit() -> str:
     ``+dirty`` when its ``src/`` has uncommitted changes."""
     import ultrassl
 
-    where = Path(ultrassl.__file__).resolve().parent
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "."], cwd=where, capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return rev + ("+dirty" if dirty else "") if rev else "unknown"
+    return git_revision(Path(ultrassl.__file__).resolve().parent, short=False, scope=".") or "unknown"
 
 
 def tensor_digest(tensors: Mapping[str, Any], per_tensor: bool = False) -> dict[str, Any]:

@@ -10,8 +10,9 @@
 4. Confidence maps (UltraMAE's target weights) per frame on the GPU, for a 16-frame 256-px clip.
 
 Without CUDA (or with ``--smoke``) every part runs small on the CPU (tiny images, few steps), so CI
-keeps the script working; its figures there mean nothing. Writes ``--out`` (JSON) and prints a table;
-``--doc`` also writes the GPU_CHECK section of ``docs/benchmarks.md``.
+keeps the script working; its figures there mean nothing. Writes ``--out`` (JSON; on a GPU by default
+``bench/results/gpu_check.json``, from which ``python bench/render_docs.py`` renders the GPU_CHECK
+section of docs/benchmarks.md) and prints a table.
 
     bash bench/gpu_check.sh                     # on a GPU machine
     bash bench/gpu_check.sh --smoke --out /tmp/gpu_check.json
@@ -20,7 +21,6 @@ keeps the script working; its figures there mean nothing. Writes ``--out`` (JSON
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -32,11 +32,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import speed  # noqa: E402
-from benchlib import METHOD_NAMES, machine_info, write_doc_section  # noqa: E402
+from benchlib import (  # noqa: E402
+    RESULTS,
+    ROOT,
+    command_line,
+    loader_rate,
+    machine_info,
+    run_one,
+    step_rate,
+    synthetic_manifest,
+    write_results,
+)
+from pages.gpu_check import line, table  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "gpu_check.json"
 #: method (UltraMAE per modality) -> its paper preset
 PAPER_PRESETS = (
     ("mae", None, "mae-vit-b16"),
@@ -105,8 +113,8 @@ def measure(kind: str, spec: dict[str, Any], threads: int, smoke: bool) -> dict[
     """One step or loader measurement: in a fresh subprocess on a GPU (its own peak memory), in this
     process in smoke mode (the figures are not kept; 21 interpreter start-ups cost CI minutes)."""
     if not smoke:
-        return speed.run_one(kind, spec, threads)
-    fn = {"step": speed.step_rate, "loader": speed.loader_rate}[kind]
+        return run_one(kind, spec, threads)
+    fn = {"step": step_rate, "loader": loader_rate}[kind]
     try:
         return fn(**spec)
     except Exception as exc:  # noqa: BLE001 - reported in the table like a failed subprocess
@@ -121,8 +129,9 @@ def main() -> None:
     ap.add_argument("--workers", default=None, help="loader worker counts, e.g. 0,2,4,8")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--methods", default=None, help="a subset, e.g. mae,uscl")
-    ap.add_argument("--out", type=Path, default=None, help=f"results JSON (default {RESULTS} on a GPU)")
-    ap.add_argument("--doc", action="store_true", help="write the GPU_CHECK section of docs/benchmarks.md")
+    ap.add_argument(
+        "--out", type=Path, default=None, help=f"results JSON (default {RESULTS / 'gpu_check.json'} on a GPU)"
+    )
     ap.add_argument("--skip-tests", action="store_true")
     a = ap.parse_args()
     cuda = torch.cuda.is_available()
@@ -134,7 +143,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name(0) if cuda else "cpu"
     peak = None if smoke or not cuda else peak_tflops(device_name)
     doc: dict[str, Any] = {
-        "machine": machine_info(),
+        "machine": machine_info(command=command_line(__file__)),
         "device": device_name,
         "smoke": smoke,
         "peak_bf16_tflops": peak,
@@ -145,7 +154,7 @@ def main() -> None:
         print(f"CUDA tests: {doc['cuda_tests']['summary']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        manifest = str(speed.synthetic_manifest(work))
+        manifest = str(synthetic_manifest(work))
         rows = []
         for method, modality, preset in PAPER_PRESETS:
             if wanted and method not in wanted:
@@ -200,62 +209,9 @@ def main() -> None:
     )
     doc["seconds"] = time.perf_counter() - t_start
     print(table(doc))
-    out = a.out or (None if smoke else RESULTS)
+    out = a.out or (None if smoke else RESULTS / "gpu_check.json")
     if out is not None:
-        out.write_text(json.dumps(doc, indent=2) + "\n")
-    if a.doc and not smoke:
-        write_doc_section("GPU_CHECK", section(doc))
-
-
-def _n(x: float | None, fmt: str = ".0f") -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def line(r: dict[str, Any]) -> str:
-    if "error" in r:
-        return f"{r['method']}: error {r['error']}"
-    return (
-        f"{r['method']}{'/' + r['modality'] if r['modality'] else ''}: {r['samples_per_s']:.1f} samples/s, "
-        f"peak {r['peak_memory_mb']:.0f} MiB, MFU {_n(r.get('mfu'), '.1%')}"
-    )
-
-
-def table(doc: dict[str, Any]) -> str:
-    workers = sorted({w for r in doc["steps"] for w in r.get("loader_samples_per_s", {})}, key=int)
-    head = "| method | preset | step samples/s | peak MiB | TFLOP/s | MFU | " + " | ".join(
-        f"loader {w} workers" for w in workers
-    )
-    lines = [head + " |", "|" + " --- |" * (6 + len(workers))]
-    for r in doc["steps"]:
-        name = METHOD_NAMES.get(r["method"], r["method"]) + (f" ({r['modality']})" if r["modality"] else "")
-        if "error" in r:
-            lines.append(f"| {name} | {r['preset']} | error: {r['error'][:80]} |")
-            continue
-        loaders = " | ".join(_n(r["loader_samples_per_s"].get(w), ".0f") for w in workers)
-        lines.append(
-            f"| {name} | `{r['preset']}` | {r['samples_per_s']:.1f} | {r['peak_memory_mb']:.0f} | "
-            f"{_n(r.get('tflops'), '.1f')} | {_n(r.get('mfu'), '.1%')} | {loaders} |"
-        )
-    return "\n".join(lines)
-
-
-def section(doc: dict[str, Any]) -> str:
-    tests = doc.get("cuda_tests", {}).get("summary", "not run")
-    return "\n".join(
-        [
-            f"## GPU check: {doc['device']}",
-            "",
-            f"`bash bench/gpu_check.sh` ({doc['seconds'] / 60:.1f} min). CUDA tests: {tests}. Each method's "
-            "step at its paper preset, 224 px, batch 64, bf16; MFU against a dense bf16 peak of "
-            f"{_n(doc['peak_bf16_tflops'])} TFLOP/s; loaders in samples/s per worker count (one CPU "
-            "thread each) at 224 px.",
-            "",
-            table(doc),
-            "",
-            f"Confidence maps on the GPU: {doc['confidence']['ms_per_frame']:.1f} ms/frame "
-            f"({doc['confidence']['frames']}-frame clip, {doc['confidence']['size']} px).",
-        ]
-    )
+        print(f"wrote {write_results(out, doc)}")
 
 
 if __name__ == "__main__":

@@ -2,16 +2,16 @@
 
 Runs the same ``ultrassl pretrain`` command with and without ``--probe-data``, alternating, ``--rounds``
 times each, and writes the wall-clock times (the whole command: start-up, decoding the probe set, every
-probe, the pictures both runs draw) into docs/benchmarks.md and bench/results/probe_overhead.json.
+probe, the pictures both runs draw) into ``bench/results/probe_overhead.json`` (``python
+bench/render_docs.py``: the PROBE_OVERHEAD section of docs/benchmarks.md).
 
-    OMP_NUM_THREADS=2 python bench/probe_overhead.py --steps 100 --batch-size 32 --rounds 1
+    OMP_NUM_THREADS=2 python bench/probe_overhead.py --steps 100 --batch-size 32 --rounds 1 [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import re
 import statistics
@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import ROOT, machine_info, write_doc_section
+from benchlib import RESULTS, command_line, machine_info, write_results
+from pages.probe_overhead import table
 
 
 def run(
@@ -55,13 +56,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--preset", default="cpu-vit-t112")
     p.add_argument("--method", default="deblur-mae")
+    p.add_argument("--out", type=Path, default=RESULTS / "probe_overhead.json")
     a = p.parse_args()
-    from ultrassl.data.synthetic import make_synthetic_dataset
+    from ultrassl.api import synth
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         # ~500 labelled frames at 3 Hz (the probe's default cap is 512): 24 patients x 2 clips + 24 stills
-        manifest = make_synthetic_dataset(
+        manifest = synth(
             tmp / "data", n_patients=24, clips_per_patient=2, n_frames=32, size=(128, 128), n_lesion_images=24
         )
         times: dict[str, list[float]] = {"without": [], "with": []}
@@ -79,7 +81,7 @@ def main() -> None:
                     decodes.append(decode)
     base, probed = statistics.median(times["without"]), statistics.median(times["with"])
     result = {
-        "machine": machine_info(),
+        "machine": machine_info(command=command_line(__file__)),
         "command": f"ultrassl pretrain --method {a.method} --preset {a.preset} --max-steps {a.steps} "
         f"--batch-size {a.batch_size} [--probe-data LABELLED.csv]",
         "times_s": times,
@@ -88,36 +90,8 @@ def main() -> None:
         "probe_s_total": probes[1],
         "decode_s": decodes,
     }
-    out_json = ROOT / "bench" / "results" / "probe_overhead.json"
-    out_json.parent.mkdir(exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=2))
-    m = result["machine"]
-    section = "\n".join(
-        [
-            "## Online probe: what it adds to a CPU pre-training run",
-            "",
-            f"`OMP_NUM_THREADS={m['omp_num_threads']} python bench/probe_overhead.py --preset {a.preset} "
-            f"--method {a.method} --steps {a.steps} --batch-size {a.batch_size} --rounds {a.rounds}` on {m['cpu']} ({m['cores']} cores), torch {m['torch']}, git {m['git']}: "
-            f"`{result['command']}` on synthetic data (24 lung patients x 2 clips of 32 frames + 24 lesion "
-            "stills, 128 px; the same manifest is the probe set), alternating runs, median wall-clock time of "
-            "the whole command.",
-            "",
-            "| run | wall-clock s (each round) | median s |",
-            "| --- | --- | --- |",
-            *(
-                f"| {n} probe | {', '.join(f'{t:.1f}' for t in ts)} | {statistics.median(ts):.1f} |"
-                for n, ts in times.items()
-            ),
-            "",
-            f"Overhead at the probe's defaults (512-frame cap, k-NN only, at most 10 probes per run and at "
-            "most 5% of the training time between them, plus the start and the end): "
-            f"**{100 * result['overhead']:+.1f}%**; the {probes[0]} probes themselves took {probes[1]:.1f} s "
-            "in all (`probe_s` in metrics.csv, last round); decoding the probe set once at start-up took "
-            f"{statistics.median(decodes):.1f} s (median; {len(decodes)} rounds).",
-        ]
-    )
-    write_doc_section("PROBE_OVERHEAD", section)
-    print(section)
+    print(table(result))
+    print(f"wrote {write_results(a.out, result)}")
 
 
 if __name__ == "__main__":

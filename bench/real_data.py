@@ -19,9 +19,9 @@ exists is read instead of re-run, and the results JSON is rewritten atomically a
 
     OMP_NUM_THREADS=2 python bench/real_data.py --pretrain-minutes 1 --finetune-epochs 3 --folds 0,1
 
-Outputs: ``bench/results/real_data.json``, ``docs/real_data_fewlabel.png`` and the section between the
-REAL_DATA markers of ``docs/benchmarks.md``. Run folders go to ``--work`` (default ``bench/work/``,
-ignored by git; never commit data or runs).
+Outputs: ``bench/results/real_data.json`` (``python bench/render_docs.py`` renders the REAL_DATA section
+of ``docs/benchmarks.md`` and ``docs/real_data_fewlabel.png`` from it). Run folders go to ``--work``
+(default ``bench/work/``, ignored by git; never commit data or runs).
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ import contextlib
 import csv
 import json
 import math
-import shlex
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,30 +38,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchlib import METHOD_NAMES, machine_info, write_doc_section
+from benchlib import (
+    DATA,
+    HYBRID_VS_VIT,
+    RESULTS,
+    ROOT,
+    SCRATCH_ONLY,
+    command_line,
+    machine_info,
+    paired_diff,
+    scratch_of,
+)
 
 from ultrassl.jsonable import jsonable
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
-PLOT = ROOT / "docs" / "real_data_fewlabel.png"
-
 SSL_METHODS = ("mae", "deblur-mae", "ultramae", "convmae", "deblur-convmae", "uscl")
 ALL_METHODS = ("scratch", *SSL_METHODS)
-#: one of the two random-init baselines alone ("scratch" runs both)
-SCRATCH_ONLY = ("scratch-vit", "scratch-convvit", "scratch-r18")
-#: the order of rows in every table: each architecture's scratch baseline, then its SSL methods
-ROW_ORDER = (
-    "scratch-vit",
-    "mae",
-    "deblur-mae",
-    "ultramae",
-    "scratch-convvit",
-    "convmae",
-    "deblur-convmae",
-    "scratch-r18",
-    "uscl",
-)
 #: POCUS evaluation modes per architecture unless ``--modes`` names them: the ViTs are probed and fully
 #: fine-tuned (the MAE papers' protocols), ResNet-18 probed and fine-tuned from its last block (USCL's)
 MODES_BY_ARCH = {
@@ -83,14 +73,6 @@ PRESETS = {
     "deblur-convmae": "cpu-convvit-t112",
     "uscl": "uscl-cpu",
 }
-#: the hybrid encoder's methods and the plain-ViT method each is compared with, fold by fold
-HYBRID_VS_VIT = {"convmae": "mae", "deblur-convmae": "deblur-mae"}
-NAMES = {
-    "scratch-vit": "scratch (ViT-T)",
-    "scratch-r18": "scratch (ResNet-18)",
-    "scratch-convvit": "scratch (ConvViT-T)",
-    **METHOD_NAMES,
-}
 CLS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 #: options that define the budget: runs merged into one results file must share them
 BUDGET_KEYS = (
@@ -107,8 +89,8 @@ BUDGET_KEYS = (
 
 @dataclass
 class Options:
-    data: Path = ROOT.parent / "shared" / "data"
-    out: Path = ROOT / "bench" / "results" / "real_data.json"
+    data: Path = DATA
+    out: Path = RESULTS / "real_data.json"
     work: Path = ROOT / "bench" / "work" / "real_data"
     tasks: tuple[str, ...] = ("pocus", "hc18", "fewlabel")
     methods: tuple[str, ...] = ALL_METHODS
@@ -133,7 +115,6 @@ class Options:
     #: the online probe (k-NN on fold k's labelled training groups) during pre-training; best.pt is then
     #: evaluated beside the last checkpoint as "<method>@best"
     probe: bool = False
-    write_doc: bool = True
     command: str = ""
     progress: bool = False
     log: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
@@ -487,7 +468,7 @@ def fold_metrics(report: dict[str, Any], fraction: float = 1.0) -> dict[str, dic
 
 def scratch_names(methods: Sequence[str]) -> list[str]:
     """What ``scratch`` runs: the ViT-T and ResNet-18 baselines, and ConvViT-T's when a ConvMAE is named."""
-    convvit = any(_scratch_of(m) == "scratch-convvit" for m in methods)
+    convvit = any(scratch_of(m) == "scratch-convvit" for m in methods)
     return ["scratch-vit", *(["scratch-convvit"] if convvit else []), "scratch-r18"]
 
 
@@ -502,7 +483,7 @@ def pocus_eval_names(methods: Sequence[str], probe: bool = False) -> list[str]:
 
 def pocus_modes(name: str, opt: Options) -> tuple[str, ...]:
     """The POCUS evaluation modes of one encoder: ``--modes`` if given, else its architecture's."""
-    return opt.modes or MODES_BY_ARCH[_scratch_of(name.removesuffix("@best"))]
+    return opt.modes or MODES_BY_ARCH[scratch_of(name.removesuffix("@best"))]
 
 
 def weights_for(name: str, ds: Dataset, k: int, opt: Options, res: Results) -> tuple[str | Path, Any]:
@@ -560,7 +541,7 @@ def seg_eval_names(methods: Sequence[str], heads: Sequence[str]) -> list[tuple[s
     out = []
     for m in methods:
         for name in scratch_names(methods) if m == "scratch" else (m,):
-            out += [(name, h) for h in SEG_HEADS_BY_ARCH.get(_scratch_of(name), heads)]
+            out += [(name, h) for h in SEG_HEADS_BY_ARCH.get(scratch_of(name), heads)]
     return out
 
 
@@ -611,7 +592,7 @@ def run_fewlabel(ds: Dataset, opt: Options, res: Results) -> None:
     if best is None:
         opt.log("fewlabel: no SSL method evaluated on POCUS yet; skipped")
         return
-    baseline = _scratch_of(best)
+    baseline = scratch_of(best)
     curve = res.doc.setdefault("fewlabel", {})
     curve["best"], curve["baseline"] = best, baseline
     fractions = tuple(f for f in opt.fewlabel_fractions if f < 1.0)
@@ -672,14 +653,6 @@ def _stat(per_fold: dict[str, Any], level: str | None, metric: str) -> dict[str,
     }
 
 
-def _pm(s: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
-    if s["mean"] is None:
-        return "-"
-    if s.get("n", 2) < 2:  # one fold: no spread to report
-        return f"{s['mean'] * scale:.{digits}f}"
-    return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}"
-
-
 def summarize_results(res: Results) -> dict[str, Any]:
     out: dict[str, Any] = {"pocus": {}, "hc18": {}, "fewlabel": {}}
     for name, modes in res.doc.get("pocus", {}).items():
@@ -698,47 +671,10 @@ def summarize_results(res: Results) -> dict[str, Any]:
     return out
 
 
-def _scratch_of(method: str) -> str:
-    """The random-init baseline with the method's architecture (USCL is a ResNet-18, the ConvMAEs
-    ConvViT-T, the other MAEs ViT-T); a baseline is its own."""
-    if method in ("uscl", "scratch-r18"):
-        return "scratch-r18"
-    if method in ("convmae", "deblur-convmae", "scratch-convvit"):
-        return "scratch-convvit"
-    return "scratch-vit"
-
-
-def _paired_diff(
-    a: dict[str, Any], b: dict[str, Any], value: Callable[[dict[str, Any]], float]
-) -> tuple[float | None, int]:
-    """Mean difference (points) of ``value`` between two per-fold tables, over the folds both have run."""
-    folds = sorted(set(a) & set(b))
-    if not folds:
-        return None, 0
-    return round(100 * float(np.mean([value(a[k]) - value(b[k]) for k in folds])), 1), len(folds)
-
-
 def _paired_gap(table: dict[str, Any], name: str, base: str, mode: str) -> tuple[float | None, int]:
     """Mean accuracy difference (points) of ``name`` over ``base`` on the folds both have run."""
     a, b = table.get(name, {}).get(mode, {}), table.get(base, {}).get(mode, {})
-    return _paired_diff(a, b, lambda fold: fold["frame"]["accuracy"])
-
-
-def _seg_rows_in_order(table: dict[str, Any]) -> list[str]:
-    """HC18 rows ``encoder/head`` in ``ROW_ORDER`` (grouped by architecture, scratch first)."""
-    rank = {name: i for i, name in enumerate(ROW_ORDER)}
-    return sorted(table, key=lambda key: (rank.get(key.split("/")[0], len(ROW_ORDER)), key))
-
-
-def _paired_dice_gap(table: dict[str, Any], key: str) -> tuple[float | None, int]:
-    """Mean Dice difference (points) of ``encoder/head`` over scratch with the same architecture and
-    head, on the folds both have run; (None, 0) for the scratch rows themselves."""
-    name, head = key.split("/")
-    if name in SCRATCH_ONLY:
-        return None, 0
-    return _paired_diff(
-        table.get(key, {}), table.get(f"{_scratch_of(name)}/{head}", {}), lambda fold: fold["dice"]
-    )
+    return paired_diff(a, b, lambda fold: fold["frame"]["accuracy"])
 
 
 def acceptance(res: Results) -> dict[str, Any]:
@@ -747,7 +683,7 @@ def acceptance(res: Results) -> dict[str, Any]:
     table = res.doc.get("pocus", {})
     rows, folds = {}, {}
     for m in SSL_METHODS:
-        base = _scratch_of(m)
+        base = scratch_of(m)
         gap = {}
         for mode in ("linear", "partial", "full"):
             g, n = _paired_gap(table, m, base, mode)
@@ -789,190 +725,11 @@ def hybrid_vs_vit(res: Results) -> dict[str, Any]:
     return out
 
 
-def _hybrid_sentence(acc: dict[str, Any], task: str) -> list[str]:
-    rows = acc.get("hybrid_vs_vit") or {}
-    parts = []
-    for hybrid, row in rows.items():
-        for key, per in row.items():
-            if not key.startswith(task + "/"):
-                continue
-            vals = list(per.values())
-            folds = ", ".join(f"{v:+.1f}" for v in vals)
-            parts.append(
-                f"{NAMES[hybrid]} vs {NAMES[HYBRID_VS_VIT[hybrid]]} ({key.split('/')[1]}): "
-                f"mean {float(np.mean(vals)):+.1f}, per fold {folds}"
-            )
-    if not parts:
-        return []
-    return ["", "Hybrid vs plain ViT (points, paired by fold): " + "; ".join(parts) + "."]
-
-
-def plot_fewlabel(summary: dict[str, Any], path: Path) -> Path | None:
-    fl = summary.get("fewlabel") or {}
-    if not fl:
-        return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    modes = sorted({mode for v in fl.values() for mode in v})
-    fig = Figure(figsize=(4.2 * len(modes), 3.4), dpi=110)
-    FigureCanvasAgg(fig)
-    for i, mode in enumerate(modes):
-        ax = fig.add_subplot(1, len(modes), i + 1)
-        for name, by_mode in fl.items():
-            pts = sorted((float(f), s) for f, s in by_mode.get(mode, {}).items() if s["mean"] is not None)
-            if not pts:
-                continue
-            x = [100 * f for f, _ in pts]
-            y = np.array([100 * s["mean"] for _, s in pts])
-            e = np.array([100 * s["std"] for _, s in pts])
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=NAMES.get(name, name))
-        ax.set_xscale("log")
-        ax.set_xticks([10, 25, 50, 100], labels=["10", "25", "50", "100"])
-        ax.set_xlabel("training patients with labels (%)")
-        ax.set_ylabel("frame accuracy (%)")
-        ax.set_title(f"POCUS few-label ({mode})", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
-
-
-def markdown(res: Results, summary: dict[str, Any]) -> str:
-    doc = res.doc
-    cfg = doc.get("config", {})
-    mach = doc.get("machine", {})
-    lines = [
-        "## Real data: POCUS classification, HC18 segmentation",
-        "",
-        "Commands (their results merge into one file; the budget below is the same for all): "
-        + ", ".join(f"`{c}`" for c in doc.get("commands") or [doc.get("command", "")]),
-        "",
-        "Machines (in the order the commands ran): "
-        + "; ".join(
-            f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('gpu') or 'no GPU'}, torch {m.get('torch')}, "
-            f"timm {m.get('timm')}, Python {m.get('python')}, git {m.get('git')}"
-            + {True: ", bf16 autocast", False: ", fp32", None: ""}[m.get("native_bf16")]
-            for m in doc.get("machines") or [mach]
-        )
-        + " (`--precision auto`: bf16 autocast where the CPU computes bf16 natively). Step counts are fixed "
-        "by the calibration (one per data set and method, on the machine that first ran it), so every "
-        f"fold trains the same number of steps whichever machine runs it. Total wall time {sum(s['seconds'] for s in doc.get('steps', {}).values()) / 60:.0f} min.",
-        "",
-        f"Budgets: pre-training {cfg.get('pretrain_minutes')} min per method per fold (calibrated to a step "
-        f"count per method, see `calibration` in the JSON), {cfg.get('img_size')} px, 1 channel; "
-        f"fine-tuning {cfg.get('finetune_epochs')} epochs (POCUS), {cfg.get('seg_epochs')} epochs (HC18); "
-        f"seed {cfg.get('seed')}; test folds from the data's own `fold` column (each row says how many "
-        "it has run; a resumed or extended run adds folds). Pre-training for test fold k sees only "
-        "the dev files of the other folds (no labels, except USCL's cross-entropy on the training groups). "
-        "Raw numbers: `bench/results/real_data.json`.",
-        "",
-    ]
-    pocus = summary.get("pocus") or {}
-    if pocus:
-        lines += [
-            "### POCUS (convex; covid / pneumonia / regular; 3 Hz, ≤ 30 frames per video)",
-            "",
-            "Mean ± std over folds (%; a single value where one fold has run): frame-level accuracy, balanced accuracy, macro-F1, and video-level "
-            "accuracy (mean probability over a video's frames).",
-            "",
-            "| method | mode | accuracy | balanced acc. | macro-F1 | video accuracy | folds |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for name in ROW_ORDER:
-            for mode in ("linear", "partial", "full"):
-                s = pocus.get(name, {}).get(mode)
-                if not s:
-                    continue
-                fr, vi = s["frame"], s["video"]
-                lines.append(
-                    f"| {NAMES[name]} | {mode} | {_pm(fr['accuracy'])} | {_pm(fr['balanced_accuracy'])} | "
-                    f"{_pm(fr['macro_f1'])} | {_pm(vi['accuracy'])} | {fr['accuracy']['n']} |"
-                )
-        acc = doc.get("acceptance") or {}
-        gaps = acc.get("gap_points_vs_scratch") or {}
-        if gaps:
-            paired = acc.get("paired_folds") or {}
-            parts = "; ".join(
-                f"{NAMES[m]} "
-                + ", ".join(
-                    f"{mode} {v:+.1f} ({paired.get(m, {}).get(mode, '?')} folds)" for mode, v in g.items()
-                )
-                for m, g in gaps.items()
-            )
-            lines += [
-                "",
-                f"Accuracy gain over scratch of the same architecture, points, paired over the folds both ran: "
-                f"{parts}. Acceptance (≥ 10 points linear and better fine-tuned): "
-                f"**{'holds' if acc.get('holds') else 'does not hold (yet)'}**.",
-            ]
-        lines += _hybrid_sentence(acc, "pocus")
-        lines.append("")
-    hc = summary.get("hc18") or {}
-    if hc:
-        lines += [
-            "### HC18 fetal head segmentation",
-            "",
-            "Dice and IoU per image at the mask's resolution, mean ± std over folds (%); the Dice gain over "
-            "scratch of the same encoder architecture and head is paired over the folds both ran (points).",
-            "",
-            "| encoder | head | Dice | IoU | Dice gain vs scratch | folds |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for key in _seg_rows_in_order(hc):
-            s, (name, head) = hc[key], key.split("/")
-            gain, n = _paired_dice_gap(doc.get("hc18", {}), key)
-            cell = f"{gain:+.1f} ({n} fold{'s' if n > 1 else ''})" if n else "-"
-            lines.append(
-                f"| {NAMES.get(name, name)} | {head} | {_pm(s['dice'])} | {_pm(s['iou'])} | {cell} | "
-                f"{s['dice']['n']} |"
-            )
-        lines += _hybrid_sentence(doc.get("acceptance") or {}, "hc18")
-        lines.append("")
-    fl = summary.get("fewlabel") or {}
-    if fl:
-        lines += [
-            "### Few-label curve (POCUS)",
-            "",
-            "Frame accuracy (%) with 10 / 25 / 50 / 100 % of the training patients' labels (sub-sampled per "
-            "class by patient, nested), best pre-trained method vs scratch of its architecture; "
-            "pre-training itself is unchanged.",
-            "",
-            "| method | mode | " + " | ".join(f"{100 * f:g} %" for f in (0.1, 0.25, 0.5, 1.0)) + " |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for name, by_mode in fl.items():
-            for mode, by_f in by_mode.items():
-                cells = [_pm(by_f[k]) if k in by_f else "-" for k in ("0.1", "0.25", "0.5", "1")]
-                lines.append(f"| {NAMES.get(name, name)} | {mode} | " + " | ".join(cells) + " |")
-        if PLOT.exists():
-            lines += ["", f"![few-label curve]({PLOT.name})"]
-        lines.append("")
-    steps = doc.get("steps", {})
-    if steps:
-        stages: dict[str, float] = {}
-        for name, s in steps.items():
-            stage = "/".join(name.split("/")[:2])
-            stages[stage] = stages.get(stage, 0.0) + s["seconds"]
-        lines += [
-            "Wall time per stage (min): "
-            + ", ".join(f"{k} {v / 60:.1f}" for k, v in sorted(stages.items()))
-            + ".",
-            "",
-        ]
-    return "\n".join(lines).rstrip()
-
-
 def finish(opt: Options, res: Results) -> None:
     summary = summarize_results(res)
     res.doc["summary"] = summary
     res.doc["acceptance"] = acceptance(res)
     res.save()
-    if opt.write_doc:
-        plot_fewlabel(summary, PLOT)
-        write_doc_section("REAL_DATA", markdown(res, summary))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -993,9 +750,7 @@ def run(opt: Options) -> Results:
     same = ("cpu", "cores", "gpu", "torch", "timm", "python", "native_bf16")
     if not machines or any(machines[-1].get(k) != res.doc["machine"].get(k) for k in same):
         machines.append(res.doc["machine"])
-    cfg = jsonable(
-        {k: v for k, v in asdict(opt).items() if k not in ("log", "command", "progress", "write_doc")}
-    )
+    cfg = jsonable({k: v for k, v in asdict(opt).items() if k not in ("log", "command", "progress")})
     old = res.doc.get("config") or {}
     changed = [k for k in BUDGET_KEYS if k in old and old[k] != cfg[k]]
     if changed:
@@ -1080,11 +835,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="online probe on fold k's labelled training groups while pre-training; best.pt evaluated too",
     )
-    p.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
     p.add_argument("--progress", action="store_true")
-    p.add_argument("--doc-only", action="store_true", help="rewrite the docs section from --out and stop")
+    p.add_argument(
+        "--summary-only", action="store_true", help="recompute the summary and acceptance of --out and stop"
+    )
     a = p.parse_args(argv)
-    if a.doc_only:
+    if a.summary_only:
         finish(Options(out=a.out), Results(a.out))
         return
     unknown = set(_strs(a.methods)) - set(ALL_METHODS) - set(SCRATCH_ONLY)
@@ -1111,8 +867,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         precision=a.precision,
         scan_area=not a.no_scan_area,
         probe=a.probe,
-        write_doc=not a.no_doc,
-        command="python bench/real_data.py " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
+        command=command_line(__file__, argv),
         progress=a.progress,
     )
     if not (opt.data / "pocus" / "manifest.csv").exists():

@@ -3,11 +3,12 @@
 no model will see) and the share it adds (background, overlays), for stills and clips separately.
 
 Frames are read as pre-training reads them (gray, up to 32 spread over a clip); the detected mask is
-the one ``detect_scan_area`` crops with. Writes ``bench/results/scan_area.json``, the SCAN_AREA section
-of ``docs/benchmarks.md`` and ``docs/scan_area_overlays.png`` (the worst files: detected outline in
-yellow, annotated in red).
+the one ``detect_scan_area`` crops with. Writes ``bench/results/scan_area.json`` (``python
+bench/render_docs.py``: the SCAN_AREA section of ``docs/benchmarks.md``) and the picture that section
+shows, ``docs/scan_area_overlays.png`` (the worst files: detected outline in yellow, annotated in red;
+drawn here, as it needs the data).
 
-    python bench/scan_area.py
+    python bench/scan_area.py [--out FILE] [--figure PNG]
 """
 
 from __future__ import annotations
@@ -26,12 +27,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scan_area_truth as truth  # noqa: E402
-from benchlib import ROOT, machine_info, write_doc_section  # noqa: E402
+from benchlib import RESULTS, ROOT, command_line, machine_info, write_results  # noqa: E402
+from benchlib import SCAN_AREA_TARGETS as TARGETS  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "scan_area.json"
 FIGURE = ROOT / "docs" / "scan_area_overlays.png"
-#: the targets of the scan-area issue, for stills and clips alike
-TARGETS = {"median_iou": 0.95, "min_iou": 0.85, "median_lost": 0.01}
 
 
 def detected_mask(path: Path) -> tuple[np.ndarray, str, np.ndarray]:
@@ -93,7 +92,8 @@ def overlay(frame: np.ndarray, ann: dict[str, Any], found: np.ndarray, side: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--annotations", type=Path, default=truth.ANNOTATIONS)
-    ap.add_argument("--no-doc", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS / "scan_area.json")
+    ap.add_argument("--figure", type=Path, default=FIGURE, help="the overlays of the worst files (PNG)")
     opt = ap.parse_args()
     rows, pictures = [], []
     for path in sorted(opt.annotations.glob("*.json")):
@@ -114,66 +114,20 @@ def main() -> None:
         pictures.append((row["iou"], overlay(frame, ann, found)))
         print(f"{row['iou']:.3f} lost {row['lost']:.3f} extra {row['extra']:.3f}  {ann['file']}", flush=True)
     res = {
-        "machine": machine_info(),
+        "machine": machine_info(command=command_line(__file__)),
         "rows": rows,
         "stills": summary([r for r in rows if r["kind"] == "still"]),
         "clips": summary([r for r in rows if r["kind"] == "clip"]),
     }
-    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
+    write_results(opt.out, res)
     worst = sorted(pictures, key=lambda p: p[0])[:8]
     tile = max(p.size[1] for _, p in worst)
     sheet = Image.new("RGB", (4 * 300, 2 * tile), (30, 30, 30))
     for k, (_, img) in enumerate(worst):
         sheet.paste(img, ((k % 4) * 300, (k // 4) * tile))
-    sheet.save(FIGURE)
-    if not opt.no_doc:
-        write_doc_section("SCAN_AREA", doc_section(res))
+    sheet.save(opt.figure)
     for kind in ("stills", "clips"):
         print(kind, json.dumps(res[kind]))
-
-
-def doc_section(res: dict[str, Any]) -> str:
-    lines = [
-        "## Scan area: the detector against hand annotations",
-        "",
-        "`python bench/scan_area.py` on "
-        f"{res['machine']['cpu']}: the annotations of `bench/scan_area/` ({len(res['rows'])} dev files; how they were made "
-        "is in its README), frames read as pre-training reads them. IoU of the detected and the annotated "
-        "area; *lost*: share of the annotated area outside the detected one (tissue no model sees); "
-        "*extra*: share of the detected area outside the annotation (background, overlays). Targets "
-        f"(each for stills and clips): median IoU ≥ {TARGETS['median_iou']}, no file below "
-        f"{TARGETS['min_iou']}, median lost < {TARGETS['median_lost']:.0%}.",
-        "",
-        "The detector before the fan fit (a convex hull of a brightness threshold, eroded at the frame's "
-        "border; commit 8938e01): median IoU 0.864 / 0.864, lowest 0.413 / 0.377, median lost 13% / 13% "
-        "(stills / clips).",
-        "",
-        "| files | median IoU | lowest IoU | files below 0.85 | median lost | targets met |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for kind in ("stills", "clips"):
-        s = res[kind]
-        lines.append(
-            f"| {s['files']} {kind} | {s['median_iou']:.3f} | {s['min_iou']:.3f} | {s['below_0.85']} | "
-            f"{s['median_lost']:.1%} | {'yes' if s['meets_targets'] else 'no'} |"
-        )
-    lines += [
-        "",
-        "| file | annotated | detected | IoU | lost | extra |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in sorted(res["rows"], key=lambda r: r["iou"]):
-        lines.append(
-            f"| `{r['file']}` | {r['annotated']} | {r['detected']} | {r['iou']:.3f} | {r['lost']:.1%} | "
-            f"{r['extra']:.1%} |"
-        )
-    lines += [
-        "",
-        "The eight lowest, detected outline in yellow, annotated in red:",
-        "",
-        "![scan-area overlays](scan_area_overlays.png)",
-    ]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

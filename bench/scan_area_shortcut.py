@@ -10,7 +10,9 @@ logistic regression on each view is scored on the data's own patient-grouped ``f
 four folds, test on the fifth); accuracy per frame and per file (mean of its frames' probabilities).
 Chance is the majority class.
 
-    python bench/scan_area_shortcut.py        # -> bench/results/scan_area_shortcut.json, docs section
+    python bench/scan_area_shortcut.py [--out FILE]     # -> bench/results/scan_area_shortcut.json
+
+``python bench/render_docs.py`` renders the SCAN_AREA_SHORTCUT section of docs/benchmarks.md from it.
 """
 
 from __future__ import annotations
@@ -26,10 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import ROOT, machine_info, write_doc_section  # noqa: E402
+from benchlib import DATA, RESULTS, command_line, machine_info, write_results  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "bench" / "results" / "scan_area_shortcut.json"
 VIEWS = ("whole", "area", "outside", "shape")
 SIDE = 32
 
@@ -87,7 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--frames-per-file", type=int, default=8)
-    ap.add_argument("--no-doc", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS / "scan_area_shortcut.json")
     opt = ap.parse_args()
     rows = list(csv.DictReader((opt.data / "pocus" / "manifest.csv").open()))
     feats: dict[str, list[np.ndarray]] = {v: [] for v in VIEWS}
@@ -104,37 +104,15 @@ def main() -> None:
     y, fold, file_id = np.array(labels), np.array(folds), np.array(files)
     classes, counts = np.unique([r["class"] for r in rows], return_counts=True)
     res: dict[str, Any] = {
-        "machine": machine_info(),
+        "machine": machine_info(command=command_line(__file__)),
         "files": len(rows),
         "frames": len(y),
         "chance_file_accuracy": float(counts.max() / counts.sum()),
         "median_outside_share": float(np.median(outside_share)),
         "views": {v: grouped_scores(np.concatenate(feats[v]), y, fold, file_id) for v in VIEWS},
     }
-    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res["views"], indent=1), "chance", res["chance_file_accuracy"])
-    if not opt.no_doc:
-        write_doc_section("SCAN_AREA_SHORTCUT", doc_section(res))
-
-
-def doc_section(res: dict[str, Any]) -> str:
-    lines = [
-        "### Shortcut check: the labels outside the scan area",
-        "",
-        f"`python bench/scan_area_shortcut.py` on {res['machine']['cpu']}: {res['files']} labelled POCUS "
-        f"files ({res['frames']} frames), a logistic regression on 32x32 views, trained on four of the "
-        "data's patient-grouped folds and tested on the fifth. *outside*: only the pixels the detected "
-        f"area leaves out (a median {res['median_outside_share']:.0%} of the frame); *area*: only the "
-        f"pixels kept; *shape*: the area's mask alone (what any crop still shows). Chance (the majority "
-        f"class): {res['chance_file_accuracy']:.1%} of files.",
-        "",
-        "| view | frame accuracy | file accuracy |",
-        "| --- | --- | --- |",
-    ]
-    for v in VIEWS:
-        s = res["views"][v]
-        lines.append(f"| {v} | {s['frame_accuracy']:.1%} | {s['file_accuracy']:.1%} |")
-    return "\n".join(lines)
+    print(f"wrote {write_results(opt.out, res)}")
 
 
 if __name__ == "__main__":

@@ -3,16 +3,16 @@
 The training loop's own pieces (its loader, ``autocast``, model, clip and optimiser) are timed one by
 one around the real loader, and ``--ops`` adds a ``torch.profiler`` table of the bare step's top
 operators. Prints the figures and writes ``bench/results/step_profile.json``; the profile in
-docs/benchmarks.md ("Where a MAE step's time goes") was made with it.
+docs/benchmarks.md ("Where a MAE step's time goes", written by hand) was made with it.
 
     OMP_NUM_THREADS=2 python bench/step_profile.py --method mae --precision fp32 [--fused-optim false] [--ops]
+    OMP_NUM_THREADS=2 python bench/step_profile.py --steps 2 --out /tmp/step_profile.json   # a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import resource
 import statistics
 import sys
@@ -22,8 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import speed  # noqa: E402
-from benchlib import ROOT, machine_info  # noqa: E402
+from benchlib import (  # noqa: E402
+    RESULTS,
+    WORK,
+    build_trainer,
+    command_line,
+    machine_info,
+    synthetic_manifest,
+    write_results,
+)
 
 PARTS = ("data", "forward", "backward", "clip", "optimiser")
 
@@ -39,14 +46,16 @@ def main() -> None:
     ap.add_argument("--host-allocator", default="tuned", choices=("tuned", "default"))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--ops", action="store_true", help="also a torch.profiler table of 5 bare steps")
+    ap.add_argument("--work", type=Path, default=WORK / "speed", help="synthetic data and frame store")
+    ap.add_argument("--out", type=Path, default=RESULTS / "step_profile.json")
     a = ap.parse_args()
     fused = {"default": None, "true": True, "false": False}[a.fused_optim]
-    work = speed.WORK
+    work = a.work
     work.mkdir(parents=True, exist_ok=True)
-    manifest = speed.synthetic_manifest(work)
+    manifest = synthetic_manifest(work)
     times: dict[str, list[float]] = {k: [] for k in (*PARTS, "step")}
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = speed.build_trainer(
+        trainer = build_trainer(
             a.method,
             str(manifest),
             str(work),
@@ -98,7 +107,7 @@ def main() -> None:
         fused_used = bool(trainer.optimizer.param_groups[0].get("fused"))
     total = statistics.median(times["step"])
     result = {
-        "machine": machine_info(),
+        "machine": machine_info(command=command_line(__file__)),
         "method": a.method,
         "precision": a.precision,
         "fused_optim": fused_used,
@@ -109,9 +118,7 @@ def main() -> None:
         "samples_per_s": 32 / total,
         "page_faults_per_step": faults,
     }
-    out = ROOT / "bench" / "results" / "step_profile.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(a.out, result)
     print(
         f"{a.method} {a.precision} fused AdamW={fused_used}, allocator {a.host_allocator}: "
         f"{result['samples_per_s']:.1f} samples/s, {faults:.0f} page faults/step; "

@@ -1,4 +1,5 @@
-"""bench/real_data.py end to end on a sliver of the real data (../shared/data); skipped when it is absent."""
+"""bench/real_data.py end to end on a sliver of the real data (../shared/data); skipped when it is absent;
+its HC18 table as bench/pages/real_data.py renders it."""
 
 from __future__ import annotations
 
@@ -67,7 +68,6 @@ def test_real_data_bench_two_folds_resumes(tmp_path):
         modes=("linear",),
         calib_steps=3,
         pretrain_batch=8,
-        write_doc=False,
         log=lambda s: None,
     )
     res = bench.run(opt)
@@ -96,7 +96,9 @@ def test_hc18_table_orders_rows_and_pairs_dice_gains_by_fold(tmp_path):
         "scratch-r18/unet": {"0": {"dice": 0.88, "iou": 0.8}},
         "scratch-vit/upernet": {"0": {"dice": 0.90, "iou": 0.8}, "1": {"dice": 0.70, "iou": 0.6}},
     }
-    text = bench.markdown(res, bench.summarize_results(res))
+    from pages.real_data import markdown
+
+    text = markdown({**res.doc, "summary": bench.summarize_results(res)})
     rows = [
         line
         for line in text.splitlines()
@@ -122,4 +124,6 @@ def test_pocus_modes_follow_each_architecture_unless_named():
     assert bench.pocus_modes("scratch-r18", default) == ("linear", "partial")
     assert bench.pocus_modes("uscl", default) == ("linear", "partial")
     named = bench.Options(modes=("linear",))
-    assert {bench.pocus_modes(n, named) for n in bench.ROW_ORDER} == {("linear",)}
+    from benchlib import ROW_ORDER
+
+    assert {bench.pocus_modes(n, named) for n in ROW_ORDER} == {("linear",)}

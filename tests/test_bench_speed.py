@@ -1,4 +1,5 @@
-"""bench/speed.py's defaults round: how its rows are set against the baseline (the subprocesses faked)."""
+"""bench/speed_defaults.py's round: how its rows are set against the baseline (the subprocesses faked), and
+bench/speed_step.py's merge of some rows into a results file."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-import speed  # noqa: E402
+import speed_defaults as speed  # noqa: E402
+import speed_step  # noqa: E402
 
 LONE_RATES = {"fp32/default": 100.0, "fp32/tuned": 110.0, "auto/tuned": 150.0}
 PAIRED_RATIOS = {"fused AdamW": 1.05, "bf16 autocast, fused attention": 0.98, "bf16 autocast": 1.4}
@@ -48,3 +50,25 @@ def test_lone_rows_against_the_lone_baseline_paired_rows_by_their_ratio(monkeypa
 def test_a_failed_process_fails_the_round(monkeypatch):
     monkeypatch.setattr(speed, "run_one", lambda kind, spec, threads, env=None: {"error": f"{kind} broke"})
     assert speed.defaults_round({"method": "mae"}, steps=3, threads=1) == "step broke"
+
+
+def test_measured_rows_replace_their_own_and_keep_the_others_in_order():
+    def row(method, option, machine="A", rate=1.0):
+        return {
+            "method": method,
+            "modality": None,
+            "option": option,
+            "machine": machine,
+            "samples_per_s": rate,
+        }
+
+    kept = [row("mae", "fp32"), row("mae", "bf16 autocast"), row("uscl", "fp32"), row("mae", "fp32", "B")]
+    new = [row("uscl", "fp32", rate=2.0), row("mae", "bf16 autocast", rate=3.0), row("convmae", "fp32")]
+    merged = speed_step.merge_rows(kept, new)
+    assert [(r["method"], r["option"], r["machine"], r["samples_per_s"]) for r in merged] == [
+        ("mae", "fp32", "A", 1.0),
+        ("mae", "fp32", "B", 1.0),  # another machine's row of the same option stays
+        ("mae", "bf16 autocast", "A", 3.0),
+        ("convmae", "fp32", "A", 1.0),
+        ("uscl", "fp32", "A", 2.0),
+    ]

@@ -1,40 +1,36 @@
-"""What the scan-area crop does to the models, and which checkpoint the online probe picks (POCUS).
+"""The SCAN_AREA_MODELS and PROBE_POCUS sections of docs/benchmarks.md: what the scan-area crop does to
+the models, and which checkpoint the online probe picks (POCUS), from three runs of
+``bench/real_data.py`` on POCUS (Deblurring MAE and a random ViT-T, 5 patient-grouped folds, 4-minute
+pre-training budget at the stored step counts, linear probe):
 
-Reads three runs of ``bench/real_data.py`` on POCUS (Deblurring MAE and a random ViT-T, 5 patient-grouped
-folds, 4-minute pre-training budget at the stored step counts, linear probe):
-
-- the stored figures (``bench/results/real_data.json``: the detector before the fan fit);
+- ``real_data.json``: the stored figures (the detector before the fan fit);
 - ``real_data_crop_new.json``: the current detector, with the online probe on each fold's labelled
   *training* groups (``--probe``), so ``deblur-mae@best`` is the checkpoint it picked;
 - ``real_data_crop_off.json``: ``--no-scan-area`` (whole frames, overlays and all);
 - ``real_data_probe_cv.json``: Deblurring MAE again with the probe as it is now (scores averaged over
   group folds), for the best.pt figures.
 
-and writes the SCAN_AREA_MODELS and PROBE_POCUS sections of ``docs/benchmarks.md``.
+The commands::
 
     python bench/real_data.py --tasks pocus --methods scratch-vit,deblur-mae --modes linear \\
-        --pretrain-minutes 4 --work bench/work/crop_new --out bench/results/real_data_crop_new.json \\
-        --no-doc --probe                                  # (and --no-scan-area into crop_off)
-    python bench/crop_effect.py
+        --pretrain-minutes 4 --work bench/work/crop_new --out bench/results/real_data_crop_new.json --probe
+    python bench/real_data.py ... --no-scan-area --work bench/work/crop_off \\
+        --out bench/results/real_data_crop_off.json
 """
 
 from __future__ import annotations
 
-import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import read_results
 
-from benchlib import ROOT, write_doc_section  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
+#: the rows of the crop table and the file each reads
 RUNS = {
-    "before (stored)": RESULTS / "real_data.json",
-    "new detector": RESULTS / "real_data_crop_new.json",
-    "crop off": RESULTS / "real_data_crop_off.json",
+    "before (stored)": "real_data.json",
+    "new detector": "real_data_crop_new.json",
+    "crop off": "real_data_crop_off.json",
 }
 FOLDS = ("0", "1", "2", "3", "4")
 
@@ -46,7 +42,7 @@ def accuracies(doc: dict[str, Any], name: str, level: str = "frame") -> list[flo
     return [100 * per_fold[k][level]["accuracy"] for k in FOLDS]
 
 
-def _ms(values: list[float] | None) -> str:
+def mean_sd(values: list[float] | None) -> str:
     if values is None:
         return "-"
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
@@ -59,7 +55,7 @@ def crop_section(docs: dict[str, dict[str, Any]]) -> str:
         "Deblurring MAE and a random ViT-T, 5 patient-grouped folds (pre-training on the other folds' files "
         "at the stored step counts: the 4-minute budget), linear probe on the test fold; frame accuracy "
         "% and per-video accuracy %, mean ± std over the folds. *Lift*: Deblurring MAE minus the random "
-        "encoder, paired by fold. Commands in `bench/crop_effect.py`.",
+        "encoder, paired by fold. Commands in `bench/pages/crop_effect.py`.",
         "",
         "| crop | random ViT-T (frames) | Deblurring MAE (frames) | lift (points) | random (videos) | "
         "Deblurring MAE (videos) |",
@@ -69,8 +65,8 @@ def crop_section(docs: dict[str, dict[str, Any]]) -> str:
         scratch, deblur = accuracies(doc, "scratch-vit"), accuracies(doc, "deblur-mae")
         lift = [d - s for d, s in zip(deblur, scratch, strict=True)] if scratch and deblur else None
         lines.append(
-            f"| {label} | {_ms(scratch)} | {_ms(deblur)} | {_ms(lift)} | "
-            f"{_ms(accuracies(doc, 'scratch-vit', 'video'))} | {_ms(accuracies(doc, 'deblur-mae', 'video'))} |"
+            f"| {label} | {mean_sd(scratch)} | {mean_sd(deblur)} | {mean_sd(lift)} | "
+            f"{mean_sd(accuracies(doc, 'scratch-vit', 'video'))} | {mean_sd(accuracies(doc, 'deblur-mae', 'video'))} |"
         )
     lifts = {}
     for label, doc in docs.items():
@@ -107,7 +103,7 @@ def probe_rows(doc: dict[str, Any]) -> list[str]:
         verdict = "at least" if statistics.mean(diff) >= 0 else "below"
         lines += [
             "",
-            f"Mean over the folds: last {_ms(last)}, best.pt {_ms(best)} ({statistics.mean(diff):+.1f} points, "
+            f"Mean over the folds: last {mean_sd(last)}, best.pt {mean_sd(best)} ({statistics.mean(diff):+.1f} points, "
             f"best.pt {verdict} the last checkpoint on average; better on "
             f"{sum(d > 0 for d in diff)}, equal on {sum(d == 0 for d in diff)} of 5 folds).",
         ]
@@ -138,15 +134,15 @@ def probe_section(cv: dict[str, Any] | None, single: dict[str, Any] | None) -> s
     return "\n".join(lines)
 
 
-def main() -> None:
-    docs = {label: json.loads(path.read_text()) for label, path in RUNS.items() if path.exists()}
-    write_doc_section("SCAN_AREA_MODELS", crop_section(docs))
-    cv = RESULTS / "real_data_probe_cv.json"
-    probe = probe_section(json.loads(cv.read_text()) if cv.exists() else None, docs.get("new detector"))
-    write_doc_section("PROBE_POCUS", probe)
-    print(crop_section(docs))
-    print(probe)
+def runs(results: Path) -> dict[str, dict[str, Any]]:
+    return {label: doc for label, name in RUNS.items() if (doc := read_results(results / name))}
 
 
-if __name__ == "__main__":
-    main()
+def models_section(results: Path) -> str | None:
+    docs = runs(results)
+    return crop_section(docs) if docs else None
+
+
+def probe_pocus_section(results: Path) -> str | None:
+    cv, single = read_results(results / "real_data_probe_cv.json"), runs(results).get("new detector")
+    return probe_section(cv or None, single) if cv or single else None
