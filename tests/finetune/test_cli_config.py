@@ -26,6 +26,7 @@ FOR_NONE = {
     "upernet_indices": (["0", "1"], (0, 1)),
     "fg_weight": (["2.5"], 2.5),
     "clip_grad": (["1.5"], 1.5),
+    "workers": (["2"], 2),
 }
 
 

@@ -162,3 +162,32 @@ def test_auto_precision_is_measured_as_pre_training_measures_it_and_changes_noth
     by_hand_weights, by_hand_seen = run(choices[0].chosen)
     assert torch.equal(auto_weights, by_hand_weights)
     assert auto_seen[-12:] == by_hand_seen  # the probe's own steps came first, then the same fit
+
+
+def test_the_fit_reads_the_loss_from_the_device_once_per_epoch(monkeypatch):
+    """No wait for the device inside an epoch: the NaN guard reads the loss once, at the epoch's end.
+    Reads of host-side tensors by torch itself do not count: the DataLoader's seeds, and the per-tensor
+    optimiser's step counters (kept on the CPU unless ``capturable``)."""
+    import sys
+
+    reads = []
+
+    def counting(name):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if "torch/utils/data" not in caller and "torch/optim" not in caller:
+                reads.append(name)
+            return real(self, *args, **kwargs)
+
+        return counted
+
+    model, opt = _setup()
+    settings = FitSettings(epochs=3, batch_size=8, patience=1, warmup_epochs=1, clip_grad=1.0)
+    for name in ("item", "__float__", "__int__", "__bool__", "__index__", "tolist", "numpy", "cpu"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    # the order's permutation is one host read per epoch too (numpy() of the CPU randperm)
+    fit(model, opt, np.arange(32), _loss, lambda m: None, settings, torch.Generator(), torch.device("cpu"))
+    monkeypatch.undo()
+    assert reads == ["numpy", "tolist"] * 3  # per epoch: the item order, then the NaN guard's one read

@@ -12,12 +12,15 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from ultrassl.attention import attention_kernel_for, fused_attention_of
 from ultrassl.errors import ConfigError, UltrasslError
@@ -25,14 +28,64 @@ from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.precision import DTYPES, choose_precision, fixed_dtype
 from ultrassl.training.optim import WarmupCosine
 
-#: (model, batch indices) -> scalar loss (called under autocast)
-LossFn = Callable[[nn.Module, np.ndarray], torch.Tensor]
+#: (model, batch) -> scalar loss (called under autocast); the batch is what the :class:`BatchSource`
+#: made of the batch's indices (by default the indices themselves)
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
 #: model -> (score, tie-break) on the validation items, or None when there are none
 ValidateFn = Callable[[nn.Module], "tuple[float, float] | None"]
 
 
 class FineTuneDivergedError(UltrasslError):
     """The fine-tuning loss became NaN/inf."""
+
+
+class BatchSource(Protocol):
+    """How a task turns a batch's item indices into a batch: ``draw`` takes the batch's random numbers
+    (augmentation) from the fit's generator, in batch order, in the fit's own process; ``make`` does
+    the work (decode, resize, augment with those numbers) and may run in a DataLoader worker. So the
+    fit repeats with any number of workers."""
+
+    def draw(self, items: np.ndarray, generator: torch.Generator) -> Any: ...
+
+    def make(self, items: np.ndarray, drawn: Any) -> Any: ...
+
+
+class IndicesOnly:
+    """The default source: the batch is its indices (the loss function reads its data itself)."""
+
+    def draw(self, items: np.ndarray, generator: torch.Generator) -> None:
+        return None
+
+    def make(self, items: np.ndarray, drawn: Any) -> np.ndarray:
+        return items
+
+
+class _EpochBatches(Dataset):
+    """One epoch's batches for a DataLoader with ``batch_size=None``: item k is batch k, made."""
+
+    def __init__(self, chunks: list[np.ndarray], drawn: list[Any], source: BatchSource):
+        self.chunks, self.drawn, self.source = chunks, drawn, source
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: int) -> Any:
+        return self.source.make(self.chunks[k], self.drawn[k])
+
+
+def _as_made(batch: Any) -> Any:
+    return batch
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)  # a worker per core; more threads each collapse throughput
+
+
+def default_workers(device: torch.device) -> int:
+    """``workers`` left unset: none on a CPU (the cores train), up to 4 feeding a GPU."""
+    if device.type != "cuda":
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 @dataclass
@@ -100,15 +153,25 @@ def fit(
     *,
     on_train: Callable[[nn.Module], None] | None = None,
     what: str = "fine-tuning",
+    source: BatchSource | None = None,
+    workers: int | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train_items``; returns the epoch it ends at (restored to the best one).
 
     ``on_train`` runs after ``model.train()`` each epoch (e.g. to keep a frozen encoder in eval mode).
-    The attention blocks run the kernel that is fast in the chosen precision while it trains
-    (``ultrassl.attention``) and get their own setting back afterwards.
+    ``source`` makes each batch from its indices, in ``workers`` DataLoader processes (None:
+    :func:`default_workers`). The loss is read from the device once per epoch (the NaN guard), not
+    every step. The attention blocks run the kernel that is fast in the chosen precision while it
+    trains (``ultrassl.attention``) and get their own setting back afterwards.
     """
+    source = source or IndicesOnly()
+    workers = default_workers(device) if workers is None else workers
+
+    def loss_of(m: nn.Module, items: np.ndarray) -> torch.Tensor:
+        return loss_fn(m, source.make(items, source.draw(items, generator)))
+
     dtype = (
-        _measured_precision(model, optimizer, train_items, loss_fn, settings, generator, device, what)
+        _measured_precision(model, optimizer, train_items, loss_of, settings, generator, device, what)
         if settings.precision == "auto"
         else fixed_dtype(settings.precision, device)
     )
@@ -120,12 +183,25 @@ def fit(
         scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
         stopper = EarlyStopping(s.patience)
         step, epoch = 0, 0
+        #: (step, epoch, loss) of the first non-finite loss, kept on the device until the epoch ends
+        bad = torch.zeros(3, dtype=torch.float64, device=device)
         for epoch in range(s.epochs):
             model.train()
             if on_train is not None:
                 on_train(model)
             order = train_items[torch.randperm(len(train_items), generator=generator).numpy()]
-            for start in range(0, len(order), s.batch_size):
+            chunks = [order[i : i + s.batch_size] for i in range(0, len(order), s.batch_size)]
+            drawn = [source.draw(c, generator) for c in chunks]  # in batch order, as one process would
+            loader = DataLoader(
+                _EpochBatches(chunks, drawn, source),
+                batch_size=None,
+                num_workers=workers,
+                collate_fn=_as_made,
+                pin_memory=device.type == "cuda",
+                worker_init_fn=_one_thread if workers > 0 else None,
+                generator=torch.Generator(),  # the global generator is the model's (dropout, drop path)
+            )
+            for batch in loader:
                 for g, base in zip(optimizer.param_groups, base_lrs):
                     g["lr"] = base * schedule(step)
                 autocast = (
@@ -134,12 +210,11 @@ def fit(
                     else contextlib.nullcontext()
                 )
                 with autocast:
-                    loss = loss_fn(model, order[start : start + s.batch_size])
-                if not torch.isfinite(loss.detach()):
-                    raise FineTuneDivergedError(
-                        f"{what}: the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
-                        "lower the lr, set clip_grad, or use precision fp32"
-                    )
+                    loss = loss_fn(model, batch)
+                value = loss.detach().double().reshape(())
+                here = torch.stack([torch.tensor(step + 1.0), torch.tensor(epoch + 1.0)]).to(device)
+                newly = (bad[0] == 0) & ~torch.isfinite(value)
+                bad.copy_(torch.where(newly, torch.cat([here.double(), value.reshape(1)]), bad))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss.float()).backward()
                 if s.clip_grad:
@@ -148,6 +223,12 @@ def fit(
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
+            bad_step, bad_epoch, bad_loss = bad.tolist()  # the one read of the epoch
+            if bad_step:
+                raise FineTuneDivergedError(
+                    f"{what}: the loss became {bad_loss} at epoch {int(bad_epoch)}, step {int(bad_step)}; "
+                    "lower the lr, set clip_grad, or use precision fp32"
+                )
             scored = validate(model)
             if scored is None:
                 continue
@@ -162,7 +243,7 @@ def _measured_precision(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     train_items: np.ndarray,
-    loss_fn: LossFn,
+    loss_of: Callable[[nn.Module, np.ndarray], torch.Tensor],
     settings: FitSettings,
     generator: torch.Generator,
     device: torch.device,
@@ -183,7 +264,7 @@ def _measured_precision(
             # the cache key holds the model and the batch's size, not the input's pixel size
             extra_key=f"finetune,{what.split(',')[0]},batch={len(batch)},{type(optimizer).__name__}",
             fused_attn=bool(fused_attention_of(model)),
-            loss_of=loss_fn,
+            loss_of=loss_of,
         )
     finally:
         generator.set_state(state)

@@ -9,6 +9,7 @@ The records are plain JSON, so the report built from them equals an uninterrupte
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,6 +24,15 @@ from ultrassl.jsonable import jsonable
 
 RUNS_DIR = "runs"
 FORMAT = "ultrassl-eval-run/1"
+
+
+#: options that do not change an evaluation's results (a journal written with others is still read back)
+RESULT_NEUTRAL = ("workers",)
+
+
+def results_config(cfg: Any) -> dict[str, Any]:
+    """``cfg`` as a dict without the options that do not change results, for the fingerprint."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESULT_NEUTRAL}
 
 
 def evaluation_fingerprint(*parts: Any) -> str:

@@ -34,7 +34,7 @@ from ultrassl.distributed import select_device
 from ultrassl.errors import ConfigError, UltrasslError, UnreadableFileError
 from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
 from ultrassl.finetune.fit import COMMON_RANGES, FitSettings, check_device_and_precision, check_ranges, fit
-from ultrassl.finetune.journal import RunJournal, evaluation_fingerprint, file_identity
+from ultrassl.finetune.journal import RunJournal, evaluation_fingerprint, file_identity, results_config
 from ultrassl.finetune.kfold import EvaluationResult, Fitted, Phase, run_kfold
 from ultrassl.finetune.report.segmentation import (
     SegRunResult,
@@ -48,7 +48,7 @@ from ultrassl.metrics import EMPTY_POLICIES, segmentation_metrics
 from ultrassl.models.convvit import ConvViT
 from ultrassl.models.seg_heads import HEADS, SegModel, build_seg_head
 from ultrassl.models.vit import EncoderSpec, create_encoder, is_vit
-from ultrassl.transforms.finetune import augment_pair
+from ultrassl.transforms.finetune import apply_pair, augment_pair, draw_crop_flip
 
 __all__ = [
     "SegData",
@@ -98,6 +98,13 @@ class SegmentConfig(Protocol):
         },
     )
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "DataLoader processes that decode and augment training batches (unset: none on a CPU, "
+            "up to 4 feeding a GPU); results are the same with any number"
+        },
+    )
     precision: str = field(
         default="fp32",
         metadata={
@@ -159,6 +166,8 @@ class SegmentConfig(Protocol):
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be >= 1")
         check_device_and_precision(self.device, self.precision)
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers must be >= 0 (or unset), got {self.workers}")
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise ConfigError(f"crop_scale must satisfy 0 < low <= high <= 1; got {self.crop_scale}")
@@ -316,6 +325,21 @@ class SegmentOutput:
     overlays: list[Path] = field(default_factory=list)
 
 
+class AugmentedPairs:
+    """Training batches of segmentation (a :class:`~ultrassl.finetune.fit.BatchSource`): images and
+    masks with the same random crop and flip."""
+
+    def __init__(self, data: SegData, size: tuple[int, int], crop_scale: tuple[float, float]):
+        self.data, self.size, self.crop_scale = data, size, crop_scale
+
+    def draw(self, items: np.ndarray, generator: torch.Generator) -> list:
+        return draw_crop_flip(len(items), self.size, generator, self.crop_scale)
+
+    def make(self, items: np.ndarray, drawn: list) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.data.batch(items, Phase.TRAIN)
+        return apply_pair(x, y, drawn)
+
+
 class Segmenter:
     """Runs one segmentation evaluation (all folds x seeds x label fractions)."""
 
@@ -406,7 +430,7 @@ class Segmenter:
             [str(r.path) for r in self.data.rows] + [str(r.mask_path) for r in self.data.rows]
         )
         data = (self.data.groups, files, list(map(bool, self.data.has_foreground)))
-        return evaluation_fingerprint("segment", asdict(self.cfg), self.backbone.fingerprint, data)
+        return evaluation_fingerprint("segment", results_config(self.cfg), self.backbone.fingerprint, data)
 
     # -- model ---------------------------------------------------------------------------------------
 
@@ -449,10 +473,9 @@ class Segmenter:
         xva, yva = self.data.batch(va, Phase.VALIDATE)
         fg_weight = self.foreground_weight(tr)
 
-        def loss_fn(model: nn.Module, idx: np.ndarray) -> torch.Tensor:
-            x, y = self.data.batch(idx, Phase.TRAIN)
-            x, y = augment_pair(x, y, gen, cfg.crop_scale)
-            return dice_ce_loss(model(x.to(self.device)), y.to(self.device), fg_weight=fg_weight)
+        def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            x, y = (t.to(self.device, non_blocking=True) for t in batch)
+            return dice_ce_loss(model(x), y, fg_weight=fg_weight)
 
         def validate(model: nn.Module) -> tuple[float, float] | None:
             if not len(va):
@@ -467,7 +490,18 @@ class Segmenter:
         on_train = (lambda m: m.encoder.eval()) if cfg.freeze_encoder else None
         what = f"segmentation fine-tuning, fold {self.current_fold}"
         done = fit(
-            model, optimizer, tr, loss_fn, validate, settings, gen, self.device, on_train=on_train, what=what
+            model,
+            optimizer,
+            tr,
+            loss_fn,
+            validate,
+            settings,
+            gen,
+            self.device,
+            on_train=on_train,
+            what=what,
+            source=AugmentedPairs(self.data, self.size, cfg.crop_scale),
+            workers=cfg.workers,
         )
         return model, done.epoch, done.score
 
