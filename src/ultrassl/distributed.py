@@ -102,12 +102,30 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
 
 
 def broadcast_flags(flags: list[bool], device: torch.device) -> list[bool]:
-    """Rank 0's decisions (stop now, which watcher is due) in one broadcast."""
+    """Rank 0's decisions (stop now, which watcher is due) in one broadcast. The loop asks every step,
+    so on NCCL the flags go over a gloo group on the host: a broadcast on the GPU would make each
+    step wait for the device to read the answer back."""
     if not (dist.is_available() and dist.is_initialized()):
         return list(flags)
-    t = torch.tensor([1 if f else 0 for f in flags], device=device)
-    dist.broadcast(t, src=0)
+    group = _host_group()
+    t = torch.tensor([1 if f else 0 for f in flags], device=device if group is None else "cpu")
+    dist.broadcast(t, src=0, group=group)
     return [bool(v) for v in t.tolist()]
+
+
+_HOST_GROUP: tuple[object, object] | None = None
+
+
+def _host_group() -> dist.ProcessGroup | None:
+    """A gloo group of every process for small host-side exchanges (None when the main group is gloo);
+    made on first use, which every process reaches at the same call, and again for a new main group."""
+    global _HOST_GROUP
+    if dist.get_backend() == "gloo":
+        return None
+    world = dist.group.WORLD
+    if _HOST_GROUP is None or _HOST_GROUP[0] is not world:
+        _HOST_GROUP = (world, dist.new_group(backend="gloo"))
+    return _HOST_GROUP[1]
 
 
 def is_distributed() -> bool:

@@ -165,13 +165,11 @@ def fit(
     trains (``ultrassl.attention``) and get their own setting back afterwards.
     """
     source = source or IndicesOnly()
-    workers = default_workers(device) if workers is None else workers
-
-    def loss_of(m: nn.Module, items: np.ndarray) -> torch.Tensor:
-        return loss_fn(m, source.make(items, source.draw(items, generator)))
+    if workers is None:  # no worker processes only to hand indices back
+        workers = 0 if isinstance(source, IndicesOnly) else default_workers(device)
 
     dtype = (
-        _measured_precision(model, optimizer, train_items, loss_of, settings, generator, device, what)
+        _measured_precision(model, optimizer, train_items, loss_fn, source, settings, generator, device, what)
         if settings.precision == "auto"
         else fixed_dtype(settings.precision, device)
     )
@@ -212,9 +210,11 @@ def fit(
                 with autocast:
                     loss = loss_fn(model, batch)
                 value = loss.detach().double().reshape(())
-                here = torch.stack([torch.tensor(step + 1.0), torch.tensor(epoch + 1.0)]).to(device)
+                # (step, epoch, loss) made on the device: no copy from the host, so no wait
+                here = torch.full((3,), float(step + 1), dtype=torch.float64, device=device)
+                here[1], here[2] = float(epoch + 1), value
                 newly = (bad[0] == 0) & ~torch.isfinite(value)
-                bad.copy_(torch.where(newly, torch.cat([here.double(), value.reshape(1)]), bad))
+                bad.copy_(torch.where(newly, here, bad))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss.float()).backward()
                 if s.clip_grad:
@@ -243,28 +243,30 @@ def _measured_precision(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     train_items: np.ndarray,
-    loss_of: Callable[[nn.Module, np.ndarray], torch.Tensor],
+    loss_fn: LossFn,
+    source: BatchSource,
     settings: FitSettings,
     generator: torch.Generator,
     device: torch.device,
     what: str,
 ) -> torch.dtype | None:
     """``precision=auto``: the faster of fp32 and bf16 (fp16 on CUDA without bf16) on a few steps of a
-    copy of ``model`` over the first ``batch_size`` items, as pre-training's ``auto`` decides. The
-    model, the optimiser and every random stream (``generator`` included) are left as they were, so
-    the fit is the one that precision given by hand would make."""
-    batch = train_items[: settings.batch_size]
+    copy of ``model`` over a batch made of the first ``batch_size`` items, as pre-training's ``auto``
+    decides (its cache key holds the model and the batch's shapes). The model, the optimiser and every
+    random stream (``generator`` included) are left as they were, so the fit is the one that precision
+    given by hand would make."""
+    items = train_items[: settings.batch_size]
     state = generator.get_state()
     try:
+        batch = source.make(items, source.draw(items, generator))
         choice = choose_precision(
             model,
             batch,
             device,
             lambda m: _same_optimizer(optimizer, m),
-            # the cache key holds the model and the batch's size, not the input's pixel size
-            extra_key=f"finetune,{what.split(',')[0]},batch={len(batch)},{type(optimizer).__name__}",
+            extra_key=f"finetune,{what.split(',')[0]},batch={len(items)},{type(optimizer).__name__}",
             fused_attn=bool(fused_attention_of(model)),
-            loss_of=loss_of,
+            loss_of=loss_fn,
         )
     finally:
         generator.set_state(state)

@@ -305,8 +305,9 @@ def dice_ce_loss(
     (pooled over the batch, so an image with an empty mask adds false-positive mass instead of an
     undefined ratio)."""
     weight = None
-    if fg_weight != 1.0:
-        weight = torch.tensor([1.0, float(fg_weight)], device=logits.device, dtype=logits.dtype)
+    if fg_weight != 1.0:  # filled on the device (a tensor copied from the host would wait for it)
+        weight = torch.full((2,), float(fg_weight), device=logits.device, dtype=logits.dtype)
+        weight[0] = 1.0
     ce = F.cross_entropy(logits, target.long(), weight=weight)
     prob = torch.softmax(logits.float(), dim=1)[:, 1:].sum(1)
     fg = (target > 0).float()

@@ -144,7 +144,7 @@ class MAE(PretrainMethod):
         n = self.encoder.num_patches
         noise = None
         if generator is None and "mask_seed" in batch:
-            noise = noise_from_seeds(batch["mask_seed"], n).to(x.device)
+            noise = noise_from_seeds(batch["mask_seed"], n, x.device)
         idx_keep, idx_mask = random_token_mask(
             x.shape[0], n, self.cfg.mask_ratio, device=x.device, generator=generator, noise=noise
         )

@@ -203,7 +203,7 @@ class UltraMAE(PretrainMethod):
         n_noise = space if tube else nt * space
         noise = None
         if generator is None and seeds is not None:
-            noise = noise_from_seeds(seeds, n_noise).to(device)
+            noise = noise_from_seeds(seeds, n_noise, device)
         if tube:
             idx_keep, idx_mask = tube_token_mask(
                 batch_size, nt, space, ratio, device=device, generator=generator, noise=noise

@@ -44,14 +44,23 @@ def random_token_mask(
     return ids_shuffle[:, :k], ids_shuffle[:, k:]
 
 
-def noise_from_seeds(seeds: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """Masking noise ``[B, N]`` from one seed per sample (CPU generators).
+def noise_from_seeds(
+    seeds: torch.Tensor, num_tokens: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Masking noise ``[B, N]`` from one seed per sample (CPU generators), on ``device``.
 
     A sample's mask then depends on its own seed only, not on the batch it lands in, the process that
-    loads it or the device: 1 process with batch 8 masks exactly as 2 processes with batch 4 each.
+    loads it or the device: 1 process with batch 8 masks exactly as 2 processes with batch 4 each. To
+    a GPU the noise goes from pinned memory without waiting (the seeds stay on the host:
+    ``PretrainMethod.host_keys``).
     """
     rows = [torch.rand(num_tokens, generator=torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
-    return torch.stack(rows)
+    noise = torch.stack(rows)
+    if device is None or torch.device(device).type == "cpu":
+        return noise if device is None else noise.to(device)
+    if torch.device(device).type == "cuda":
+        return noise.pin_memory().to(device, non_blocking=True)
+    return noise.to(device)
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

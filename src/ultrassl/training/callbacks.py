@@ -130,6 +130,7 @@ class StopOnSignal(Callback):
         self._old: dict[Any, Any] = {}
 
     def on_start(self, info: StepInfo) -> None:
+        self.hit = False
         if threading.current_thread() is not threading.main_thread():
             return
 

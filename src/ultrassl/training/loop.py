@@ -160,6 +160,10 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
         if cfg.compile:  # the (DDP-wrapped) forward; state_dict() and checkpoints still use self.model
             self.ddp_model = torch.compile(self.ddp_model)
+        # the kernel of the requested precision (auto: fp32 until settled); again once it is settled
+        self.run_info.update(
+            setup.settle_attention(self.model, cfg.fused_attn, self.device, self.autocast_dtype, None)
+        )
         self.sampler = ResumableSampler(self.dataset, self.dist.world_size, self.dist.rank, cfg.seed)
         #: (first step with a non-finite loss, that loss), kept on the device until the loss is read
         self._bad = torch.zeros(2, dtype=torch.float64, device=self.device)
@@ -220,13 +224,15 @@ class Trainer:
         spe, total = self.steps_per_epoch, self.total_steps
         info = StepInfo(self.step, total, spe, self.dist.is_main)
         t_start = time.monotonic()
-        for cb in self.callbacks:
-            cb.on_start(info)
+        started: list[Callback] = []
         stopped_by = "done"
         window_t, window_n = time.monotonic(), 0
         loss: torch.Tensor | None = None
         grad_norm: torch.Tensor | None = None
         try:
+            for cb in self.callbacks:
+                cb.on_start(info)
+                started.append(cb)
             if not resumed:  # the untrained model's score: where the curves start
                 window_t += self._watch(0, distributed.broadcast_flags(self._due(total == 0), self.device))
             while self.step < total and stopped_by == "done":
@@ -270,7 +276,7 @@ class Trainer:
                 self.last_loss = self._read(loss, grad_norm)[0]
             self.save(self.step // spe)
         finally:
-            for cb in self.callbacks:
+            for cb in started:
                 cb.on_end(info)
         return TrainResult(
             step=self.step,
@@ -303,7 +309,8 @@ class Trainer:
         mean_loss = distributed.all_reduce_mean(total_loss / accum)
         # the first non-finite step and its loss, noted without waiting for the device
         newly = (self._bad[0] == 0) & ~torch.isfinite(mean_loss)
-        here = torch.stack([torch.tensor(self.step + 1.0, device=self.device), mean_loss.double()])
+        step = torch.full((), float(self.step + 1), dtype=torch.float64, device=self.device)  # no copy
+        here = torch.stack([step, mean_loss.double()])
         self._bad.copy_(torch.where(newly, here, self._bad))
         grad_norm = None
         if self.optim_cfg.clip_grad is not None:
