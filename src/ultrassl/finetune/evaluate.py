@@ -24,11 +24,11 @@ from ultrassl.atomic import atomic_write_bytes, atomic_write_text
 from ultrassl.data.datasets import load_frame_cache
 from ultrassl.data.manifest import ManifestRow, read_manifest
 from ultrassl.data.readers import read_frames
+from ultrassl.data.segdata import read_mask
 from ultrassl.data.skipped import report_skipped
 from ultrassl.distributed import select_device
 from ultrassl.errors import UltrasslError, UnreadableFileError
 from ultrassl.finetune.saved import classifier_architecture, load_fold_models, read_card, spec_of
-from ultrassl.finetune.segment import read_mask
 from ultrassl.jsonable import jsonable
 from ultrassl.metrics import classification_metrics, segmentation_metrics
 from ultrassl.models.seg_heads import SegModel, build_seg_head
