@@ -3,5 +3,8 @@
 __version__ = "0.1.0"
 
 # timm's registry learns ConvMAE's ConvViT (``convvit_*_patch16``) here, so an export of it loads with
-# ``timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...))`` after ``import ultrassl``.
-from ultrassl.models import convvit as _convvit  # noqa: E402, F401
+# ``timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...))`` after ``import ultrassl``:
+# at once if timm is imported, else at ``import timm`` (so ``import ultrassl`` itself loads no torch).
+from ultrassl.models.timm_registration import register_convvit_with_timm as _register  # noqa: E402
+
+_register()

@@ -27,7 +27,7 @@ from typing import Any, Union
 import yaml
 
 from ultrassl.errors import ConfigError
-from ultrassl.models.vit import EncoderSpec
+from ultrassl.models.spec import EncoderSpec
 
 #: GiB of decoded frames a run keeps in RAM with ``data.frame_cache: auto`` before it uses an on-disk
 #: store (each torchrun process holds its own copy in RAM, one shared store on disk)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import KFold, StratifiedGroupKFold
 
 from ultrassl.atomic import atomic_write_text
 from ultrassl.errors import ConfigError, UltrasslError
@@ -87,6 +86,8 @@ def _stratified_group_split(
     One row per group makes the stratification count groups (patients), not frames, and makes the result
     independent of how many frames each group has and of the order of the manifest.
     """
+    from sklearn.model_selection import StratifiedGroupKFold  # here: the fine-tuning flags need no sklearn
+
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     try:
         with warnings.catch_warnings():
@@ -191,6 +192,8 @@ def make_folds(
     y = np.array([code[label_of[g]] for g in names])
     held_out = _stratified_group_split(np.arange(len(names)), y, n_folds, seed)
     if held_out is None:  # no class has n_folds groups: stratification is impossible, split groups plainly
+        from sklearn.model_selection import KFold
+
         kfold = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
         held_out = [test for _, test in kfold.split(np.zeros(len(names)))]
 

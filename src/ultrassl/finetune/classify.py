@@ -25,7 +25,6 @@ from ultrassl.config import check
 from ultrassl.data.frameset import FrameSet, load_frameset
 from ultrassl.data.manifest import read_manifest
 from ultrassl.distributed import select_device
-from ultrassl.errors import ConfigError
 from ultrassl.feature_scores import balanced_accuracy, fit_linear_probe
 from ultrassl.finetune.backbones import (
     Backbone,
@@ -34,119 +33,19 @@ from ultrassl.finetune.backbones import (
     trainable_tail,
     with_image_size,
 )
-from ultrassl.finetune.fit import COMMON_RANGES, FitSettings, check_device_and_precision, check_ranges, fit
+from ultrassl.finetune.fit import FitSettings, fit
 from ultrassl.finetune.journal import RunJournal, evaluation_fingerprint, file_identity, results_config
 from ultrassl.finetune.kfold import EvaluationResult, Fitted, Phase, run_kfold
+from ultrassl.finetune.options import ClassifyConfig
 from ultrassl.finetune.report import FoldResult, build_summary, write_classification_report
 from ultrassl.finetune.saved import linear_probe_head, write_card
-from ultrassl.finetune.splits import Fold, IndexedRun, Protocol
+from ultrassl.finetune.splits import Fold, IndexedRun
 from ultrassl.jsonable import jsonable
 from ultrassl.metrics import classification_metrics, summarize
 from ultrassl.models.pooling import pooled_features
 from ultrassl.models.vit import EncoderSpec
 from ultrassl.transforms.finetune import apply_augment, draw_augment
 from ultrassl.transforms.model_input import to_tensor_batch
-
-
-@dataclass
-class ClassifyConfig(Protocol):
-    """Classification fine-tuning options; ``ultrassl finetune classify`` makes one flag per field, its
-    help the field's ``metadata["help"]``."""
-
-    mode: str = field(
-        default="linear",
-        metadata={"help": "linear (probe) | partial (last blocks) | full (layer-wise lr decay)"},
-    )
-    frame_fps: float | None = field(
-        default=3.0, metadata={"help": "frames sampled per second of video (None: every frame)"}
-    )
-    max_frames_per_video: int | None = field(
-        default=30, metadata={"help": "at most this many frames per video (None: no limit)"}
-    )
-    scan_area: bool = field(
-        default=True, metadata={"help": "crop to the detected fan/rectangle (as pre-training does)"}
-    )
-    img_size: tuple[int, int] | None = field(
-        default=None, metadata={"help": "input size H W (None: the encoder's own size)"}
-    )
-    linear_c: tuple[float, ...] = field(
-        default=(0.01, 0.1, 1.0, 10.0),
-        metadata={"help": "linear probe: inverse L2 strengths tried on validation"},
-    )
-    train_blocks: int = field(default=1, metadata={"help": "--mode partial: trainable last blocks"})
-    epochs: int = field(
-        default=30, metadata={"help": "--mode partial/full: training epochs (early stopping may end sooner)"}
-    )
-    batch_size: int = field(default=32, metadata={"help": "frames per batch"})
-    lr: float = field(
-        default=1e-3,
-        metadata={"help": "--mode partial/full: AdamW learning rate (after warm-up, then cosine)"},
-    )
-    weight_decay: float = field(default=0.05, metadata={"help": "--mode partial/full: AdamW weight decay"})
-    layer_decay: float = field(default=0.65, metadata={"help": "--mode full: layer-wise lr decay"})
-    drop_path: float = field(default=0.1, metadata={"help": "--mode full: stochastic depth rate"})
-    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the cross-entropy"})
-    mixup: float = field(default=0.0, metadata={"help": "mixup alpha (0: off)"})
-    cutmix: float = field(default=0.0, metadata={"help": "cutmix alpha (0: off)"})
-    class_weighting: bool = field(
-        default=True, metadata={"help": "class-weighted cross-entropy (off: plain)"}
-    )
-    # fine-tuning augmentation: crop area range, gain/offset range, gamma range (log; 0 = off). Measured
-    # on the synthetic lung clips (ResNet-18 from scratch, 3 folds): (0.7-1, 0.1, 0) gave 0.85 accuracy,
-    # these defaults 0.93: patients differ in depth, gain and probe, and few patients show little of it.
-    aug_scale: tuple[float, float] = field(
-        default=(0.4, 1.0), metadata={"help": "crop area range of the fine-tuning augmentation"}
-    )
-    aug_intensity: float = field(default=0.25, metadata={"help": "gain/offset jitter (normalised units)"})
-    aug_gamma: float = field(default=0.4, metadata={"help": "gamma jitter exp(+-x); 0 turns it off"})
-    patience: int = field(default=8, metadata={"help": "early stopping on validation, in epochs"})
-    warmup_epochs: float = field(default=2.0, metadata={"help": "learning-rate warm-up, in epochs"})
-    clip_grad: float | None = field(default=None, metadata={"help": "max gradient norm (None: no clipping)"})
-    precision: str = field(
-        default="fp32",
-        metadata={
-            "help": "fp32 | bf16 | fp16 (CUDA, with a gradient scaler) | auto, as pre-training's "
-            "train.precision"
-        },
-    )
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    workers: int | None = field(
-        default=None,
-        metadata={
-            "help": "DataLoader processes that decode and augment training batches (unset: none on a CPU, "
-            "up to 4 feeding a GPU); results are the same with any number"
-        },
-    )
-
-    def check(self) -> None:
-        """Fail before any data is read, naming the bad option."""
-        super().check()
-        if self.mode not in ("linear", "partial", "full"):
-            raise ConfigError(f"mode must be linear|partial|full, got {self.mode!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.train_blocks < 1:
-            raise ConfigError("epochs, batch_size and train_blocks must be >= 1")
-        if self.frame_fps is not None and self.frame_fps <= 0:
-            raise ConfigError(f"frame_fps must be > 0 or null, got {self.frame_fps}")
-        if not self.linear_c or any(c <= 0 for c in self.linear_c):
-            raise ConfigError(f"linear_c must be positive values, got {list(self.linear_c)}")
-        lo, hi = self.aug_scale
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ConfigError(f"aug_scale must satisfy 0 < low <= high <= 1; got {self.aug_scale}")
-        check_device_and_precision(self.device, self.precision)
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"workers must be >= 0 (or unset), got {self.workers}")
-        check_ranges(
-            self,
-            **COMMON_RANGES,
-            layer_decay=(1e-6, 1.0),
-            label_smoothing=(0.0, 0.99),
-            mixup=(0.0, None),
-            cutmix=(0.0, None),
-            max_frames_per_video=(1, None),
-            aug_intensity=(0.0, None),
-            aug_gamma=(0.0, None),
-        )
-
 
 # ----------------------------------------------------------------------------------------------------
 # the engine

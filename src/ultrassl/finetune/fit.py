@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ultrassl.attention import attention_kernel_for, fused_attention_of
-from ultrassl.errors import ConfigError, UltrasslError
+from ultrassl.errors import UltrasslError
 from ultrassl.finetune.selection import EarlyStopping
 from ultrassl.precision import DTYPES, choose_precision, fixed_dtype
 from ultrassl.training.optim import WarmupCosine
@@ -105,40 +105,6 @@ class FitSettings:
     clip_grad: float | None = None
     #: fp32 | bf16 | fp16 | auto (as the pre-training loop's ``train.precision``)
     precision: str = "fp32"
-
-
-def check_device_and_precision(device: str, precision: str) -> None:
-    """The ``device`` and ``precision`` options every fine-tuning config has."""
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"device must be auto|cpu|cuda, got {device!r}")
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"precision must be auto|fp32|bf16|fp16, got {precision!r}")
-    if precision == "fp16" and device == "cpu":
-        raise ConfigError("precision fp16 needs CUDA (a gradient scaler); use bf16 or fp32 on the CPU")
-
-
-def check_ranges(cfg: object, **ranges: tuple[float | None, float | None]) -> None:
-    """Numeric options within (low, high), both ends included; None leaves an end open, and an option
-    whose value is None (off) is not checked. Names the option and its value in the error."""
-    for name, (low, high) in ranges.items():
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        if not ((low is None or value >= low) and (high is None or value <= high)):  # NaN fails too
-            lo = "-inf" if low is None else f"{low:g}"
-            hi = "inf" if high is None else f"{high:g}"
-            raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value}")
-
-
-#: the optimisation options both fine-tuning tasks have, and their ranges
-COMMON_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "lr": (1e-12, None),
-    "weight_decay": (0.0, None),
-    "warmup_epochs": (0.0, None),
-    "patience": (1, None),
-    "clip_grad": (1e-12, None),
-    "drop_path": (0.0, 0.99),
-}
 
 
 def fit(

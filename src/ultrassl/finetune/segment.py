@@ -29,9 +29,10 @@ from ultrassl.data.segdata import SegData, load_segdata, read_mask
 from ultrassl.distributed import select_device
 from ultrassl.errors import ConfigError
 from ultrassl.finetune.backbones import Backbone, resolve_backbone, with_image_size
-from ultrassl.finetune.fit import COMMON_RANGES, FitSettings, check_device_and_precision, check_ranges, fit
+from ultrassl.finetune.fit import FitSettings, fit
 from ultrassl.finetune.journal import RunJournal, evaluation_fingerprint, file_identity, results_config
 from ultrassl.finetune.kfold import EvaluationResult, Fitted, Phase, run_kfold
+from ultrassl.finetune.options import SegmentConfig
 from ultrassl.finetune.report.segmentation import (
     SegRunResult,
     fmt_score,
@@ -39,10 +40,10 @@ from ultrassl.finetune.report.segmentation import (
     write_segmentation_report,
 )
 from ultrassl.finetune.saved import write_card
-from ultrassl.finetune.splits import Fold, IndexedRun, Protocol
-from ultrassl.metrics import EMPTY_POLICIES, segmentation_metrics
+from ultrassl.finetune.splits import Fold, IndexedRun
+from ultrassl.metrics import segmentation_metrics
 from ultrassl.models.convvit import ConvViT
-from ultrassl.models.seg_heads import HEADS, SegModel, build_seg_head
+from ultrassl.models.seg_heads import SegModel, build_seg_head
 from ultrassl.models.vit import EncoderSpec, create_encoder, is_vit
 from ultrassl.transforms.finetune import apply_pair, augment_pair, draw_crop_flip
 
@@ -57,127 +58,6 @@ __all__ = [
     "read_mask",
     "save_overlay",
 ]
-
-
-@dataclass
-class SegmentConfig(Protocol):
-    """Segmentation fine-tuning options; ``ultrassl finetune segment`` makes one flag per field, its
-    help the field's ``metadata["help"]``."""
-
-    head: str = field(
-        default="auto",
-        metadata={
-            "help": "auto (mae for ViTs, upernet for ConvViTs, unet for ResNets) | mae | upernet | unet"
-        },
-    )
-    epochs: int = field(default=40, metadata={"help": "training epochs (early stopping may end sooner)"})
-    batch_size: int = field(default=8, metadata={"help": "images per batch"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (after warm-up, then cosine)"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
-    freeze_encoder: bool = field(
-        default=False, metadata={"help": "train the head only, the encoder kept as loaded (in eval mode)"}
-    )
-    img_size: tuple[int, int] | None = field(
-        default=None, metadata={"help": "input size H W (None: the encoder's own size)"}
-    )
-    empty_policy: str = field(
-        default="one",
-        metadata={"help": "one | nan | zero: Dice/IoU of an image whose prediction and mask are empty"},
-    )
-    # patience: at 10, one synthetic-lesion fold stopped at epoch 16 with test Dice 0.60; at 25 it
-    # reached 0.79 (validation sets are a few images)
-    patience: int = field(
-        default=20,
-        metadata={
-            "help": "epochs without a better validation Dice before stopping (kept long: validation sets "
-            "are a few images)"
-        },
-    )
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    workers: int | None = field(
-        default=None,
-        metadata={
-            "help": "DataLoader processes that decode and augment training batches (unset: none on a CPU, "
-            "up to 4 feeding a GPU); results are the same with any number"
-        },
-    )
-    precision: str = field(
-        default="fp32",
-        metadata={
-            "help": "fp32 | bf16 | fp16 (CUDA, with a gradient scaler) | auto, as pre-training's "
-            "train.precision"
-        },
-    )
-    foreground_ids: tuple[int, ...] | None = field(
-        default=None,
-        metadata={"help": "mask values that are foreground, for label-id masks (None: mask > 0)"},
-    )
-    encoder_lr_scale: float = field(
-        default=1.0,
-        metadata={"help": "encoder lr = lr * this (pre-trained encoders often like < 1)"},
-    )
-    warmup_epochs: float = field(default=2.0, metadata={"help": "learning-rate warm-up, in epochs"})
-    drop_path: float = field(default=0.0, metadata={"help": "stochastic depth rate of the encoder"})
-    fg_weight: float | None = field(
-        default=None,
-        metadata={
-            "help": "cross-entropy weight of foreground pixels (None: sqrt(background/foreground) of the "
-            "training masks)"
-        },
-    )
-    clip_grad: float | None = field(
-        default=1.0,
-        metadata={"help": "max gradient norm (None: no clipping); keeps scratch ViTs from collapsing"},
-    )
-    decoder_dim: int = field(
-        default=128, metadata={"help": "mae head (MAE-style decoder): width (kept small: CPU-friendly)"}
-    )
-    decoder_depth: int = field(default=2, metadata={"help": "mae head: transformer blocks"})
-    decoder_heads: int = field(default=4, metadata={"help": "mae head: attention heads"})
-    upernet_channels: int = field(
-        default=64, metadata={"help": "upernet head: width (kept small: CPU-friendly)"}
-    )
-    upernet_indices: tuple[int, ...] | None = field(
-        default=None,
-        metadata={"help": "upernet head: the 4 ViT blocks it reads (None: 4 evenly spaced blocks)"},
-    )
-    crop_scale: tuple[float, float] = field(
-        default=(0.8, 1.0),
-        metadata={
-            "help": "augmentation (identical for image and mask): horizontal flip + random resized crop "
-            "of this area range"
-        },
-    )
-    n_overlays: int = field(
-        default=3, metadata={"help": "test images drawn per fold (first seed, largest label fraction)"}
-    )
-
-    def check(self) -> None:
-        """Fail before any data is read, naming the bad option."""
-        super().check()
-        if self.head not in (*HEADS, "auto"):
-            raise ConfigError(f"head must be auto or one of {HEADS} (segmentation heads); got {self.head!r}")
-        if self.empty_policy not in EMPTY_POLICIES:
-            raise ConfigError(f"empty_policy must be one of {EMPTY_POLICIES}; got {self.empty_policy!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch_size must be >= 1")
-        check_device_and_precision(self.device, self.precision)
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"workers must be >= 0 (or unset), got {self.workers}")
-        lo, hi = self.crop_scale
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ConfigError(f"crop_scale must satisfy 0 < low <= high <= 1; got {self.crop_scale}")
-        check_ranges(
-            self,
-            **COMMON_RANGES,
-            encoder_lr_scale=(0.0, None),
-            fg_weight=(1e-12, None),
-            decoder_dim=(1, None),
-            decoder_depth=(1, None),
-            decoder_heads=(1, None),
-            upernet_channels=(1, None),
-            n_overlays=(0, None),
-        )
 
 
 # ----------------------------------------------------------------------------------------------------

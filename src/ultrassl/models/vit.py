@@ -3,15 +3,13 @@ exported weights load straight into ``timm.create_model``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import timm
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ultrassl.errors import ConfigError
 from ultrassl.models.convvit import ConvViT
+from ultrassl.models.spec import EncoderSpec
 
 #: ViT sizes we know, by timm architecture name. Any other timm ViT name works too.
 VIT_ARCHS = {
@@ -21,27 +19,6 @@ VIT_ARCHS = {
     "large": "vit_large_patch16_224",
     "huge": "vit_huge_patch14_224",
 }
-
-
-@dataclass
-class EncoderSpec:
-    """Everything needed to rebuild an encoder with ``timm.create_model`` (stored in config.json)."""
-
-    arch: str = "vit_tiny_patch16_224"
-    img_size: tuple[int, int] = (224, 224)
-    patch_size: int = 16
-    in_chans: int = 1
-    #: extra timm kwargs that override the architecture's defaults (e.g. embed_dim/depth/num_heads
-    #: for the test-size model).
-    model_args: dict[str, Any] = field(default_factory=dict)
-
-    def timm_kwargs(self) -> dict[str, Any]:
-        return dict(
-            img_size=tuple(self.img_size),
-            patch_size=self.patch_size,
-            in_chans=self.in_chans,
-            **self.model_args,
-        )
 
 
 def resolve_arch(arch: str) -> str:
