@@ -1,4 +1,8 @@
-"""Command line: parse arguments into configs and call :mod:`ultrassl.api`. No logic lives here."""
+"""Command line: parse arguments into configs and call :mod:`ultrassl.api`. No logic lives here.
+
+The parser is built from light modules only (the configs' dataclasses, the read limits, the preset
+files' names), and each command imports what it runs: ``--help`` answers without loading torch,
+scikit-learn or matplotlib (tests/test_cli.py)."""
 
 from __future__ import annotations
 
@@ -14,17 +18,24 @@ from typing import Any
 
 import yaml
 
-from ultrassl import api
-from ultrassl.config import check, load_preset, merge, parse_set, preset_names, to_dict
-from ultrassl.data.readers import ReadLimits
+from ultrassl.config import (
+    TrainConfig,
+    check,
+    load_preset,
+    merge,
+    parse_set,
+    preset_names,
+    to_dict,
+)
+from ultrassl.data.limits import ReadLimits
 from ultrassl.data.skipped import report_skipped
-from ultrassl.demo import run_demo
 from ultrassl.errors import ConfigError, UltrasslError
-from ultrassl.finetune.classify import ClassifyConfig, finetune_classify
-from ultrassl.finetune.evaluate import evaluate
-from ultrassl.finetune.segment import SegmentConfig, finetune_segment
-from ultrassl.methods import load_plugin
-from ultrassl.models.vit import EncoderSpec
+from ultrassl.finetune.options import ClassifyConfig, SegmentConfig
+from ultrassl.models.spec import EncoderSpec
+
+#: the methods ``import ultrassl.methods`` registers, named here so that ``--help`` needs no torch
+#: (tests/test_cli.py checks it against the registry); a --plugin adds its own
+BUILTIN_METHODS = ("convmae", "deblur-convmae", "deblur-mae", "mae", "ultramae", "uscl")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,13 +50,22 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write the built-in synthetic ultrasound data set")
-    s.add_argument("out_dir", type=Path)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("out_dir", type=Path, help="folder to write the data set and its manifest.csv into")
+    s.add_argument("--seed", type=int, default=0, help="seed of the generator (default: %(default)s)")
     s.add_argument("--patients", type=int, default=12, help="patients (each has its own clips)")
-    s.add_argument("--size", type=int, nargs=2, default=(96, 96), metavar=("H", "W"))
+    s.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(96, 96),
+        metavar=("H", "W"),
+        help="frame size in pixels (default: 96 96)",
+    )
 
     s = sub.add_parser("index", help="scan a folder of images/videos/DICOM into a manifest CSV")
-    s.add_argument("data_dir", type=Path)
+    s.add_argument(
+        "data_dir", type=Path, help="folder to scan (sub-folders too; a top folder's name is a label)"
+    )
     s.add_argument("-o", "--out", type=Path, required=True, help="manifest.csv to write")
     s.add_argument("--labels", type=Path, help="CSV with columns path,label")
     s.add_argument("--group-pattern", help="regex on the file name giving the patient/group id")
@@ -62,10 +82,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     limits = ReadLimits()
     s.add_argument(
-        "--max-pixels", type=int, default=limits.max_pixels, help="pixels per frame; larger files are skipped"
+        "--max-pixels",
+        type=int,
+        default=limits.max_pixels,
+        help="limit: pixels per frame; files with larger frames are skipped (default: %(default)s)",
     )
-    s.add_argument(
-        "--max-frames", type=int, default=limits.max_frames, help="frames per clip; longer are skipped"
+    _renamed(
+        s,
+        "--max-frames-per-file",
+        "--max-frames",
+        type=int,
+        default=limits.max_frames,
+        metavar="N",
+        help="limit: frames in one file (video, GIF, multi-frame DICOM); longer files are skipped "
+        "(default: %(default)s)",
     )
     s.add_argument(
         "--file-timeout",
@@ -73,23 +103,48 @@ def _parser() -> argparse.ArgumentParser:
         default=limits.max_seconds,
         metavar="SECONDS",
         help="seconds one video may take to decode while indexing; slower files are skipped (images and "
-        "DICOM are bounded by --max-pixels/--max-frames)",
+        "DICOM are bounded by --max-pixels/--max-frames-per-file)",
     )
 
     s = sub.add_parser("pretrain", help="self-supervised pre-training")
     s.add_argument(
-        "--method", help="a registered method (see `ultrassl methods`; default: the preset's, else mae)"
+        "--method",
+        help=f"a registered method: {', '.join(BUILTIN_METHODS)}, or a --plugin's (see `ultrassl methods`; "
+        "default: the preset's, else mae)",
     )
-    s.add_argument("--preset", help="preset name (see `ultrassl presets`) or a YAML file")
-    s.add_argument("--data", help="manifest CSV")
+    s.add_argument(
+        "--preset", help=f"preset name ({', '.join(preset_names())}; see `ultrassl presets`) or a YAML file"
+    )
+    s.add_argument("--data", help="manifest CSV (`ultrassl index FOLDER -o manifest.csv` writes one)")
     s.add_argument("--out", type=Path, required=True, help="run folder")
     s.add_argument("--from", dest="init_from", help="run folder, export folder or checkpoint to start from")
-    s.add_argument("--max-steps", type=int)
-    s.add_argument("--epochs", type=int)
-    s.add_argument("--time-limit", type=float, metavar="MINUTES")
-    s.add_argument("--checkpoint-every", type=int, metavar="STEPS")
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--workers", type=int)
+    s.add_argument(
+        "--max-steps",
+        type=int,
+        help="stop after this many optimisation steps (train.max_steps; default: none)",
+    )
+    s.add_argument(
+        "--epochs", type=int, help="passes over the training data (train.epochs; the schedule's length)"
+    )
+    s.add_argument("--time-limit", type=float, metavar="MINUTES", help=_field_help(TrainConfig, "time_limit"))
+    s.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="STEPS",
+        help="write checkpoints/last.pt every STEPS steps (train.checkpoint_every; also at the end)",
+    )
+    s.add_argument(
+        "--batch-size",
+        type=int,
+        help="samples per step in each process (train.batch_size): under torchrun the global batch is "
+        "this x processes, and the learning rate scales with the global batch",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        help="DataLoader processes feeding the training loop, in each process (data.num_workers; 0: the "
+        "loop's own process)",
+    )
     again = s.add_mutually_exclusive_group()
     again.add_argument(
         "--resume",
@@ -100,9 +155,15 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument(
         "--fresh", action="store_true", help="start over: remove the checkpoints and metrics in --out first"
     )
-    s.add_argument("--seed", type=int)
-    s.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    s.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    s.add_argument("--seed", type=int, help="seed of the model's init, masks and augmentation (train.seed)")
+    s.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), help="where to train (train.device; auto: cuda if there)"
+    )
+    s.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="train.precision: " + _field_help(TrainConfig, "precision"),
+    )
     s.add_argument(
         "--compile",
         action="store_true",
@@ -112,7 +173,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     s.add_argument(
-        "--label-fraction", type=float, help="uscl: keep the labels of this fraction of training videos"
+        "--label-fraction",
+        type=float,
+        metavar="F",
+        help="uscl: keep the labels of this fraction of the training videos (one value in [0, 1]; "
+        "uscl.label_fraction)",
     )
     s.add_argument(
         "--probe-data",
@@ -124,15 +189,17 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     s = sub.add_parser("reconstruct", help="draw input / masked / reconstruction / target")
-    s.add_argument("run", type=Path)
+    s.add_argument("run", type=Path, help="a pre-training run folder")
     s.add_argument("--data", type=Path, required=True, help="manifest CSV")
     s.add_argument("-o", "--out", type=Path, required=True, help="PNG to write")
-    s.add_argument("-n", type=int, default=8)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-n", type=int, default=8, help="frames to draw, one row each (default: %(default)s)")
+    s.add_argument(
+        "--seed", type=int, default=0, help="seed of the frames and masks drawn (default: %(default)s)"
+    )
 
     s = sub.add_parser("export", help="export a run's encoder for timm (model.safetensors + config.json)")
-    s.add_argument("run", type=Path)
-    s.add_argument("-o", "--out", type=Path, required=True)
+    s.add_argument("run", type=Path, help="a pre-training run folder")
+    s.add_argument("-o", "--out", type=Path, required=True, help="export folder to write")
     s.add_argument(
         "--checkpoint",
         choices=("last", "best"),
@@ -141,10 +208,20 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     s = sub.add_parser("convert", help="import a MAE/DeblurringMIM/timm/USCL checkpoint as an export")
-    s.add_argument("checkpoint", type=Path)
-    s.add_argument("-o", "--out", type=Path, required=True)
-    s.add_argument("--in-chans", type=int)
-    s.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"))
+    s.add_argument("checkpoint", type=Path, help="the checkpoint file (.pth, .pt, .safetensors)")
+    s.add_argument("-o", "--out", type=Path, required=True, help="export folder to write")
+    s.add_argument(
+        "--in-chans",
+        type=int,
+        help="input channels of the export (3 -> 1 sums the RGB kernels; default: as is)",
+    )
+    s.add_argument(
+        "--img-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="input size of the export (position embeddings resampled to it; default: as is)",
+    )
 
     s = sub.add_parser("finetune", help="downstream evaluation with grouped k-fold cross-validation")
     task = s.add_subparsers(dest="task", required=True)
@@ -170,9 +247,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("data", type=Path, help="an image/video/DICOM file, a folder, or a manifest CSV")
     s.add_argument("-o", "--out", type=Path, required=True, help="folder for <stem>_fNNNN.npy/.png")
     s.add_argument("--workers", type=int, default=1, help="parallel processes (1 thread each)")
-    s.add_argument("--alpha", type=float, default=2.0)
-    s.add_argument("--beta", type=float, default=90.0)
-    s.add_argument("--gamma", type=float, default=0.05)
+    s.add_argument(
+        "--alpha",
+        type=float,
+        default=2.0,
+        help="depth attenuation: intensities x (1 - exp(-alpha x depth)) (default: %(default)s)",
+    )
+    s.add_argument(
+        "--beta",
+        type=float,
+        default=90.0,
+        help="edge weights exp(-beta x intensity step): larger, edges cut the walk more (default: %(default)s)",
+    )
+    s.add_argument(
+        "--gamma",
+        type=float,
+        default=0.05,
+        help="cost added to horizontal and diagonal edges (default: %(default)s)",
+    )
     s.add_argument("--sector", choices=("auto", "on", "off"), default="auto", help="solve along scan lines")
     s.add_argument("--cache", type=Path, help="cache folder (default OUT/.cache)")
     s.add_argument("--no-previews", action="store_true", help="write only the .npy maps")
@@ -181,15 +273,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", type=Path, required=True, help="a finetune output folder (or its models/)")
     s.add_argument("--data", type=Path, required=True, help="manifest CSV (labels/masks optional)")
     s.add_argument("--out", type=Path, help="default: MODEL/evaluate_<manifest name>")
-    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to predict (default: auto)"
+    )
 
     sub.add_parser("presets", help="list the built-in presets")
     sub.add_parser("methods", help="list the registered pre-training methods")
 
     s = sub.add_parser("demo", help="the whole story on built-in synthetic data")
-    s.add_argument("--out", type=Path, default=Path("demo"))
-    s.add_argument("--max-steps", type=int, default=1500, help="pre-training steps")
-    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--out", type=Path, default=Path("demo"), help="folder to write into (default: demo)")
+    s.add_argument("--max-steps", type=int, default=1500, help="pre-training steps (default: %(default)s)")
+    s.add_argument(
+        "--folds", type=int, default=5, help="folds of the fine-tuning evaluations (default: %(default)s)"
+    )
     return p
 
 
@@ -202,9 +298,46 @@ def _scratch_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-chans", type=int, default=1, help="with --arch: input channels")
 
 
-#: older flag names kept working beside the ones made from the field names
-_FLAG_ALIASES = {"label_fractions": ["--label-fraction"], "max_frames_per_video": ["--max-frames"]}
+#: older flag names of fine-tuning fields: they still work, with a deprecation note on stderr
+#: (``--label-fraction`` is pre-training's one uscl fraction, ``--max-frames`` index's limit per file)
+_DEPRECATED_FIELD_FLAGS = {"label_fractions": "--label-fraction", "max_frames_per_video": "--max-frames"}
 _PREFIX = "cfg__"
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An older name of a flag: stores what the new flag would, after a one-line note on stderr. Left out
+    of ``--help``."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any):
+        self.new = new
+        super().__init__(option_strings, dest, **{**kwargs, "help": argparse.SUPPRESS})
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"{parser.prog}: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _renamed(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, new: str, old: str, **kw: Any
+) -> argparse.Action:
+    """Add the (storing) flag ``new`` with ``kw`` as ``add_argument`` takes them, and keep its older name
+    ``old`` working as a hidden alias (added first: the flag's own action is the last one of its dest)."""
+    assert "action" not in kw, "only flags that store their value can have a deprecated alias"
+    dest = kw.get("dest") or new.lstrip("-").replace("-", "_")
+    same = {k: kw[k] for k in ("type", "nargs", "metavar") if k in kw}
+    p.add_argument(old, action=_DeprecatedAlias, new=new, dest=dest, default=argparse.SUPPRESS, **same)
+    return p.add_argument(new, **kw)
+
+
+def _field_help(cls: type, name: str) -> str:
+    """A config field's ``metadata["help"]`` (one text for the flag and the config)."""
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
 
 def _yaml_value(text: str) -> Any:
@@ -240,7 +373,11 @@ def _task_flags(p: argparse.ArgumentParser, cls: type, task: str) -> None:
             kw["type"] = _yaml_value
         else:  # a plain string stays as typed; an optional one reads "null" as None, as --set does
             kw["type"] = str if base is str and not _is_optional(tp) else _yaml_value
-        group.add_argument("--" + f.name.replace("_", "-"), *_FLAG_ALIASES.get(f.name, []), **kw)
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in _DEPRECATED_FIELD_FLAGS:
+            _renamed(group, flag, _DEPRECATED_FIELD_FLAGS[f.name], **kw)
+        else:
+            group.add_argument(flag, **kw)
 
 
 def _is_optional(tp: Any) -> bool:
@@ -303,13 +440,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def load_plugin(name: str) -> None:
+    """Import a --plugin's module (the method registry, and with it torch, loads only for one)."""
+    from ultrassl.methods import load_plugin as load
+
+    load(name)
+
+
+# Each command imports what it runs (the parser above needs none of it: --help stays quick).
+
+
 def _synth(a: argparse.Namespace) -> int:
+    from ultrassl import api
+
     manifest = api.synth(a.out_dir, seed=a.seed, n_patients=a.patients, size=tuple(a.size))
     print(f"wrote synthetic data set to {a.out_dir} (manifest {manifest})")
     return 0
 
 
 def _confidence(a: argparse.Namespace) -> int:
+    from ultrassl import api
+
     res = api.confidence(
         a.data,
         a.out,
@@ -327,6 +478,8 @@ def _confidence(a: argparse.Namespace) -> int:
 
 
 def _index(a: argparse.Namespace) -> int:
+    from ultrassl import api
+
     summary = api.index(
         a.data_dir,
         a.out,
@@ -334,7 +487,7 @@ def _index(a: argparse.Namespace) -> int:
         group_pattern=a.group_pattern,
         clear_patient_ids=a.clear_patient_ids,
         salt_file=a.salt_file,
-        limits=ReadLimits(a.max_pixels, a.max_frames, a.file_timeout),
+        limits=ReadLimits(a.max_pixels, a.max_frames_per_file, a.file_timeout),
     )
     report_skipped(summary.skipped)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary.by_kind.items()))
@@ -348,6 +501,8 @@ def _index(a: argparse.Namespace) -> int:
 
 
 def _pretrain(a: argparse.Namespace) -> int:
+    from ultrassl import api
+
     cfg = api.build_pretrain_config(a.method, a.preset, _pretrain_flags(a), a.set)
     if a.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -361,16 +516,22 @@ def _pretrain(a: argparse.Namespace) -> int:
 
 
 def _reconstruct(a: argparse.Namespace) -> int:
+    from ultrassl import api
+
     print(f"wrote {api.reconstruct(a.run, a.data, a.out, n=a.n, seed=a.seed)}")
     return 0
 
 
 def _export(a: argparse.Namespace) -> int:
+    from ultrassl import api
+
     print(f"wrote {api.export(a.run, a.out, checkpoint=a.checkpoint)}")
     return 0
 
 
 def _convert(a: argparse.Namespace) -> int:
+    from ultrassl import api
+
     kwargs: dict[str, Any] = {}
     if a.in_chans:
         kwargs["in_chans"] = a.in_chans
@@ -387,7 +548,10 @@ def _finetune(a: argparse.Namespace) -> int:
     if a.print_config:
         print(yaml.safe_dump(to_dict(tcfg), sort_keys=False))
         return 0
-    run = finetune_segment if a.task == "segment" else finetune_classify
+    if a.task == "segment":
+        from ultrassl.finetune.segment import finetune_segment as run
+    else:
+        from ultrassl.finetune.classify import finetune_classify as run
     out = run(
         a.weights, a.data, a.out, tcfg, scratch_like=a.like, scratch_spec=_scratch_spec(a, tcfg.img_size)
     )
@@ -408,6 +572,8 @@ def _finetune(a: argparse.Namespace) -> int:
 
 
 def _evaluate(a: argparse.Namespace) -> int:
+    from ultrassl.finetune.evaluate import evaluate
+
     out = evaluate(a.model, a.data, a.out, device=a.device)
     m = out["metrics"]
     if out["task"] == "classify" and m:
@@ -428,6 +594,8 @@ def _presets(a: argparse.Namespace) -> int:
 
 
 def _methods(a: argparse.Namespace) -> int:
+    from ultrassl import api
+
     names = api.method_names()
     width = max(map(len, names), default=0)
     for name in names:
@@ -436,6 +604,8 @@ def _methods(a: argparse.Namespace) -> int:
 
 
 def _demo(a: argparse.Namespace) -> int:
+    from ultrassl.demo import run_demo
+
     t0 = time.monotonic()
     r = run_demo(a.out, max_steps=a.max_steps, folds=a.folds)
     print(Path(r.report).read_text())

@@ -104,7 +104,7 @@ def test_frame_count_limits_for_gif_video_and_dicom(tmp_path):
     limits = ReadLimits(max_frames=10)
     for path in (gif, mp4):
         with pytest.raises(
-            UnreadableFileError, match=r"more than 10 frames \(11; --max-frames to raise it\)"
+            UnreadableFileError, match=r"more than 10 frames \(11; --max-frames-per-file to raise it\)"
         ):
             probe(path, limits)
         assert probe(path).n_frames == 30
@@ -131,7 +131,7 @@ def test_index_takes_the_limits_from_the_command_line(tmp_path, capsys):
     png_claiming(data / "bomb.png", 7_000, 7_000)
     (data / "nowhere.png").symlink_to(tmp_path / "missing.png")
     out = tmp_path / "m.csv"
-    assert main(["index", str(data), "-o", str(out), "--max-frames", "5"]) == 0
+    assert main(["index", str(data), "-o", str(out), "--max-frames-per-file", "5"]) == 0
     captured = capsys.readouterr()
     assert "indexed 0 files" in captured.out and "skipped 3" in captured.out
     skipped = (tmp_path / "m_skipped.csv").read_text()
