@@ -1,6 +1,6 @@
 """The command line answers at once and explains itself: building the parser and every ``--help`` loads
 no deep-learning or plotting library, every flag has help text, renamed flags keep their old names as
-aliases with a note."""
+aliases with a note, and a data folder given where a manifest goes says how to make one."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import sys
 
 import pytest
 
-from ultrassl.cli import BUILTIN_METHODS, _DeprecatedAlias, _parser
+from ultrassl.cli import BUILTIN_METHODS, _DeprecatedAlias, _parser, main
+from ultrassl.data.manifest import read_manifest
+from ultrassl.errors import UnreadableFileError
 
 #: what ``ultrassl --help`` must not import (each costs seconds on a small machine)
 HEAVY = ("torch", "sklearn", "matplotlib", "timm")
@@ -179,3 +181,29 @@ def test_index_reads_the_default_limit_and_pretrain_keeps_its_one_label_fraction
     assert a.label_fraction == 0.25 and capsys.readouterr().err == ""  # pre-training's own flag: no note
     with pytest.raises(SystemExit):  # fine-tuning's list is not pre-training's flag
         _parser().parse_args(["pretrain", "--out", "r", "--label-fractions", "0.25", "0.5"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# errors that say what to do next
+
+
+def test_a_folder_where_a_manifest_goes_says_to_index_it(tmp_path):
+    data = tmp_path / "my scans"
+    data.mkdir()
+    with pytest.raises(UnreadableFileError, match="a folder, not a manifest CSV") as info:
+        read_manifest(data)
+    assert info.value.path == str(data)
+    assert f"ultrassl index '{data}' -o manifest.csv" in str(info.value)
+
+
+def test_the_command_line_says_it_in_one_line(tmp_path, capsys):
+    data = tmp_path / "scans"
+    data.mkdir()
+    argv = ["finetune", "classify", "--weights", "scratch", "--arch", "tiny", "--img-size", "32", "32"]
+    assert main([*argv, "--data", str(data), "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err == (
+        f"ultrassl finetune: error: {data}: a folder, not a manifest CSV: index it first with "
+        f"`ultrassl index {data} -o manifest.csv`, then pass the manifest"
+    )

@@ -11,6 +11,7 @@ import csv
 import io
 import os
 import re
+import shlex
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -365,6 +366,12 @@ def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
     csv_path = Path(csv_path)
     base = csv_path.absolute().parent
     rows: list[ManifestRow] = []
+    if csv_path.is_dir():  # a data folder given where its manifest goes: say how to make one
+        raise UnreadableFileError(
+            csv_path,
+            f"a folder, not a manifest CSV: index it first with `ultrassl index {shlex.quote(str(csv_path))} "
+            "-o manifest.csv`, then pass the manifest",
+        )
     try:
         f = open(csv_path, newline="", encoding="utf-8-sig")
     except OSError as e:
