@@ -251,7 +251,7 @@ def fault_torchrun(manifest: Path, ref: Path, work: Path, rng: random.Random, wh
 def classify_cmd(manifest: Path, weights: Path, out: Path) -> list[str]:
     return ultrassl(
         "finetune", "classify", "--weights", str(weights), "--data", str(manifest), "--out", str(out),
-        "--mode", "full", "--folds", "3", "--seeds", "0", "1", "2", "--epochs", "25", "--max-frames", "2",
+        "--mode", "full", "--folds", "3", "--seeds", "0", "1", "2", "--epochs", "25", "--max-frames-per-video", "2",
         "--precision", "fp32",
     )  # fmt: skip
 
@@ -382,8 +382,8 @@ def hostile_files(work: Path) -> dict[str, Any]:
         "pipe.mp4": "a FIFO (opening it would block)",
         "bomb.png": "a PNG claiming 100,000 x 100,000 pixels",
         "big.png": "a PNG claiming 7,000 x 7,000 pixels (over --max-pixels)",
-        "long.gif": "a GIF of 30 frames (over --max-frames 20)",
-        "long.mp4": "an MP4 of 30 frames (over --max-frames 20)",
+        "long.gif": "a GIF of 30 frames (over --max-frames-per-file 20)",
+        "long.mp4": "an MP4 of 30 frames (over --max-frames-per-file 20)",
         "claims.dcm": "a DICOM claiming 10,000,000 frames",
         "garbage.mp4": "random bytes behind an MP4 signature",
         "cut.png": "a PNG cut in half",
@@ -409,7 +409,7 @@ def hostile_files(work: Path) -> dict[str, Any]:
     manifest = work / "hostile.csv"
     t0 = time.monotonic()
     done = subprocess.run(
-        ultrassl("index", str(data), "-o", str(manifest), "--max-frames", "20", "--file-timeout", "10"),
+        ultrassl("index", str(data), "-o", str(manifest), "--max-frames-per-file", "20", "--file-timeout", "10"),
         capture_output=True, text=True, env=ENV, timeout=300,
     )  # fmt: skip
     seconds = time.monotonic() - t0
