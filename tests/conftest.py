@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
+
 os.environ.setdefault(
     "ULTRASSL_PRECISION_CACHE", os.path.join(tempfile.mkdtemp(prefix="ultrassl-precision-"), "precision.json")
 )
@@ -18,3 +20,13 @@ try:
     torch.set_num_threads(1)
 except ImportError:  # pragma: no cover - torch is a hard dependency, but data tests do not need it
     pass
+
+
+@pytest.fixture
+def stderr_logging():
+    """The library's log lines (notes, warnings, progress) on stderr as the command line shows them: the
+    Python API prints nothing of its own, so a test that reads them from stderr asks for this."""
+    from ultrassl.logs import command_logging
+
+    with command_logging():
+        yield

@@ -79,7 +79,9 @@ def test_the_last_k_are_kept_newest_first(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
-def test_latest_passes_over_a_damaged_newest_checkpoint_with_one_warning(tmp_path, capsys, damage):
+def test_latest_passes_over_a_damaged_newest_checkpoint_with_one_warning(
+    tmp_path, capsys, stderr_logging, damage
+):
     store = CheckpointStore(tmp_path, keep=2)
     store.save(_state(1))
     store.save(_state(2))

@@ -107,6 +107,7 @@ def test_preset_from_yaml_file(tmp_path):
         ("mae", "optim.name=sgd", "optim.name must be adamw|adam"),
         ("mae", "data.decode_workers=-1", "data.decode_workers must be >= 0"),
         ("mae", "data.decode_timeout=0", "data.decode_timeout must be a finite number of seconds > 0"),
+        ("mae", "train.log_interval_s=-1", "train.log_interval_s must be a finite number of seconds >= 0"),
         ("uscl", "uscl.temperature=0", "uscl.temperature must be > 0"),
         ("ultramae", "ultramae.mask_ratio_video=1.0", "ultramae.mask_ratio_video must be in"),
     ],

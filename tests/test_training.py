@@ -209,7 +209,9 @@ def test_the_fused_optimiser_is_the_default_and_steps_as_the_plain_loop(tmp_path
     assert all(torch.equal(wr[k], wc[k]) for k in wr)
 
 
-def test_resume_passes_over_a_corrupt_last_checkpoint_and_stays_bit_identical(tmp_path, capsys):
+def test_resume_passes_over_a_corrupt_last_checkpoint_and_stays_bit_identical(
+    tmp_path, capsys, stderr_logging
+):
     ref = _trainer(tmp_path / "ref", checkpoint_every=3).fit()
     with pytest.raises(RuntimeError, match="simulated crash"):
         _trainer(tmp_path / "run", data=ToyData(fail_at=19 * 8), checkpoint_every=3).fit()
@@ -414,7 +416,7 @@ def _run_info(run):
     return json.loads((run / "run_info.json").read_text())
 
 
-def test_auto_records_its_choice_and_reuses_cached_figures(tmp_path, monkeypatch, capsys):
+def test_auto_records_its_choice_and_reuses_cached_figures(tmp_path, monkeypatch, capsys, stderr_logging):
     monkeypatch.setenv("ULTRASSL_PRECISION_CACHE", str(tmp_path / "cache.json"))
     _trainer(tmp_path / "a", epochs=1).fit()
     first = _run_info(tmp_path / "a")["precision"]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,8 @@ from ultrassl.monitor import build_watchers, finish_run, preview_batch, preview_
 from ultrassl.runs import build_model, check_resume_config, init_from, load_run, run_info
 from ultrassl.training import Trainer, TrainResult, agreed_latest
 from ultrassl.visualize import save_reconstruction_grid
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MethodSpec",
@@ -182,7 +184,7 @@ def pretrain(
     if cfg.init_from and found is None:
         report = init_from(model, cfg.init_from)
         if dist_info.is_main:
-            print(f"initialised from {cfg.init_from}: {report}", file=sys.stderr)
+            log.info(f"initialised from {cfg.init_from}: {report}")
     # under torchrun every process builds the data at once: with a frame store, each decodes its share of
     # the files into it (data.decode_pipeline), and an error in any process is raised in all of them
     data = build_pretrain_data(cfg, progress=progress and dist_info.is_main)

@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODULE_OR_FILE",
         help="import a module (dotted name or .py file) that registers its own methods; repeatable",
     )
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="on stderr only warnings and errors (no progress, no notes)",
+    )
+    talk.add_argument("-v", "--verbose", action="store_true", help="on stderr also debug lines")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write the built-in synthetic ultrasound data set")
@@ -430,14 +438,21 @@ def _pretrain_flags(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    from ultrassl.logs import command_logging
+
     args = _parser().parse_args(argv)
-    try:
-        for plugin in args.plugin:
-            load_plugin(plugin)
-        return _run(args)
-    except UltrasslError as exc:
-        print(f"ultrassl {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    # the library's notes and progress (logging, under "ultrassl") as plain lines on stderr
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    with command_logging(level):
+        try:
+            for plugin in args.plugin:
+                load_plugin(plugin)
+            return _run(args)
+        except UltrasslError as exc:
+            print(f"ultrassl {args.command}: error: {exc}", file=sys.stderr)
+            return 2
 
 
 def load_plugin(name: str) -> None:

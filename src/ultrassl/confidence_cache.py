@@ -12,8 +12,8 @@ single-threaded work per frame; processes scale, threads inside one solve do not
 from __future__ import annotations
 
 import io
+import logging
 import os
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -21,13 +21,15 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ultrassl.atomic import atomic_write, atomic_write_bytes
 from ultrassl.confidence import MapStore, cache_key, confidence_maps
 from ultrassl.data.manifest import read_manifest
 from ultrassl.data.readers import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_frames
 from ultrassl.errors import ConfigError, UnreadableFileError
+from ultrassl.progress import Progress
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ConfidenceCache", "PrecomputeSummary", "cache_key", "media_files", "precompute"]
 
@@ -181,9 +183,7 @@ def precompute(
         for f, s in zip(files, _unique_stems(files))
     ]
     summary = PrecomputeSummary()
-    bar = tqdm(
-        total=len(jobs), desc="confidence", unit="file", disable=not progress or not sys.stderr.isatty()
-    )
+    bar = Progress(log, "confidence", len(jobs), enabled=progress)
     if workers == 1:
         results = map(_one_file, jobs)
     else:
@@ -205,7 +205,12 @@ def precompute(
                 summary.skipped.append((job[0], err))
             summary.written += n
             summary.cached += hits
-            bar.update(1)
+            counts = {
+                "frames": summary.written,
+                "from the cache": summary.cached,
+                "skipped": len(summary.skipped),
+            }
+            bar.update(1, **counts)
     finally:
         bar.close()
         if workers > 1:

@@ -218,6 +218,13 @@ class TrainConfig:
         },
     )
     log_every: int = 10
+    log_interval_s: float | None = field(
+        default=None,
+        metadata={
+            "help": "seconds between the plain progress lines logged when stderr is not a terminal (a "
+            "log file, nohup, SLURM); None: $ULTRASSL_PROGRESS_INTERVAL, else 30 (a terminal shows a bar)"
+        },
+    )
     seed: int = 0
     device: str = "auto"
     precision: str = field(
@@ -283,6 +290,10 @@ class TrainConfig:
             raise ConfigError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.val_every is not None and self.val_every < 1:
             raise ConfigError(f"val_every must be >= 1 step or null, got {self.val_every}")
+        if self.log_interval_s is not None and not 0 <= self.log_interval_s < float("inf"):
+            raise ConfigError(
+                f"log_interval_s must be a finite number of seconds >= 0 or null, got {self.log_interval_s}"
+            )
 
 
 @dataclass

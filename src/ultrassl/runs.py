@@ -56,6 +56,7 @@ RESUMABLE_CHANGES = {
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.log_every",
+    "train.log_interval_s",
     "train.device",
     "train.tensorboard",
     "train.host_allocator",

@@ -108,7 +108,9 @@ def test_without_regions_the_detector_is_used_and_pixel_spacing_gives_the_spacin
     assert cache.frames[0].shape == detect_scan_area(frames).apply(frames)[0].shape
 
 
-def test_malformed_regions_are_left_out_with_a_note_and_the_detector_takes_over(tmp_path, capsys):
+def test_malformed_regions_are_left_out_with_a_note_and_the_detector_takes_over(
+    tmp_path, capsys, stderr_logging
+):
     manifest = _index(tmp_path, bad=[_region(60, 8, 10, 55)])  # MaxX1 < MinX0
     (row,) = read_manifest(manifest)
     assert row.scan_area is None
@@ -148,7 +150,7 @@ def test_regions_that_disagree_on_spacing_record_none(tmp_path):
 # -------------------------------------------------------------------------------------- resampling
 
 
-def test_resampling_to_a_fixed_spacing_sizes_frames_by_millimetres(tmp_path, capsys):
+def test_resampling_to_a_fixed_spacing_sizes_frames_by_millimetres(tmp_path, capsys, stderr_logging):
     data = tmp_path / "data"
     data.mkdir()
     _dicom(data / "one.dcm", [_region(10, 8, 69, 55)])  # 60x48 px of 0.2 mm

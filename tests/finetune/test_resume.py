@@ -32,7 +32,7 @@ def _kill_at_call(monkeypatch, cls, method: str, n: int) -> list[int]:
 
 @pytest.mark.parametrize("mode", ["linear", "full"])
 def test_a_killed_classification_continues_and_reports_as_if_never_killed(
-    manifest, tmp_path, monkeypatch, mode, capsys
+    manifest, tmp_path, monkeypatch, mode, capsys, stderr_logging
 ):
     cfg = ClassifyConfig(mode=mode, folds=3, seeds=(0, 1), epochs=2, max_frames_per_video=2)
     finetune_classify("scratch", manifest, tmp_path / "ref", cfg, scratch_spec=SPEC, progress=False)

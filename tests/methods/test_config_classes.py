@@ -34,7 +34,10 @@ from ultrassl.transforms.blur import BlurConfig
 TOY = Path(__file__).resolve().parents[1] / "toy_method.py"
 OLD = yaml.safe_load((Path(__file__).with_name("configs_before_typed_classes.yaml")).read_text())
 #: options added since the fixture was written: (section, the key it follows, its name, its default)
-ADDED_SINCE = [("data", "decode_workers", "decode_timeout", 600.0)]
+ADDED_SINCE = [
+    ("data", "decode_workers", "decode_timeout", 600.0),
+    ("train", "log_every", "log_interval_s", None),
+]
 
 
 def today(old: dict) -> dict:

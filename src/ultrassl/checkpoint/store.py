@@ -15,8 +15,8 @@ reads; the checksum is one more entry (``"checksum"``), so other tools still loa
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ import torch
 from ultrassl.atomic import atomic_write, fsync_dir
 from ultrassl.checkpoint.io import safe_load
 from ultrassl.errors import CheckpointError, UltrasslError
+
+log = logging.getLogger(__name__)
 
 #: how the checksum is computed; a file with another scheme is read without verification
 CHECKSUM_SCHEME = "ultrassl-content-sha256/1"
@@ -210,7 +212,7 @@ class CheckpointStore:
                     aside = path.with_name(path.name.lstrip(".") + ".corrupt")
                     os.replace(path, aside)
                     kept = f"; set aside as {aside.name}"
-                print(f"warning: {path}: {exc.reason}{kept}; trying the one before it", file=sys.stderr)
+                log.warning(f"warning: {path}: {exc.reason}{kept}; trying the one before it")
                 continue
             if path.name.startswith(".incoming-") and owner:
                 path = self._install(path)

@@ -32,13 +32,13 @@ per clip). The rest happens here, once:
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import pickle
 import secrets
 import shutil
 import signal
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -49,7 +49,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ultrassl import distributed
 from ultrassl.atomic import host_name
@@ -68,6 +67,9 @@ from ultrassl.data.frame_store import (
 )
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.errors import UltrasslError, UnreadableFileError
+from ultrassl.progress import Progress
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DECODE_ERRORS",
@@ -298,15 +300,16 @@ def _decode(
 ) -> Iterator[tuple[int, Entry]]:
     """(file, entry) of each of ``files`` (places in the plan) in order; each file that gives nothing
     is appended to ``skipped`` as (file, path, reason)."""
-    bar = tqdm(
-        total=len(files), desc="decode", disable=not opts.progress or not sys.stderr.isatty(), unit="file"
-    )
+    bar = Progress(log, "decode", len(files), enabled=opts.progress)
     try:
         jobs = [plan.jobs[i] for i in files]
+        n_skipped = 0
         for i, result in zip(files, decode_files(plan.decode, jobs, opts.workers, plan.extra, opts.timeout)):
-            bar.update(1)
             if isinstance(result, Skipped):
                 skipped.append((i, str(plan.paths[i]), result.reason))
+                n_skipped += 1
+            bar.update(1, skipped=n_skipped)
+            if isinstance(result, Skipped):
                 continue
             for entry in plan.entries(i, result):
                 yield i, entry
@@ -536,7 +539,7 @@ def _build_shared(
     def merge() -> tuple[None, None]:
         if rank == 0:
             if ram_limit is not None:
-                print(spill_message(ram_limit, folder), file=sys.stderr)
+                log.info(spill_message(ram_limit, folder))
             merge_parts(
                 folder,
                 parts,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +29,8 @@ from PIL import Image
 from ultrassl.data.dicom_regions import Rect
 from ultrassl.data.readers import DEFAULT_LIMITS
 from ultrassl.data.scan_area import ScanArea, detect_scan_area
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FramePrep",
@@ -170,10 +172,9 @@ def frame_preps(
     if spacing_mm is not None:
         missing = sum(p.spacing_mm is None for p in preps)
         if missing:
-            print(
+            log.warning(
                 f"data.spacing_mm={spacing_mm:g}: {missing} of {len(rows)} files have no pixel spacing in the "
-                "manifest (spacing_x_mm/spacing_y_mm); their frames are not resampled",
-                file=sys.stderr,
+                "manifest (spacing_x_mm/spacing_y_mm); their frames are not resampled"
             )
     return preps
 

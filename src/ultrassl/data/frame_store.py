@@ -33,9 +33,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +48,8 @@ from ultrassl.atomic import atomic_write
 from ultrassl.data.manifest import ManifestRow
 from ultrassl.data.store_lock import StoreLock
 from ultrassl.errors import UltrasslError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -492,7 +494,7 @@ def keep_or_spill(
         held.append(item)
         total += np.asarray(item[0]).nbytes
         if total > ram_limit:
-            print(spill_message(ram_limit, folder), file=sys.stderr)
+            log.info(spill_message(ram_limit, folder))
 
             def everything() -> Iterator[tuple[np.ndarray, ItemMeta]]:
                 while held:

@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import re
 import shlex
-import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from ultrassl.atomic import atomic_write_text
 from ultrassl.data.frame_prep import format_rects, parse_rects
 from ultrassl.data.pseudonyms import Pseudonymiser, salt_path_for
 from ultrassl.data.readers import DEFAULT_LIMITS, ReadLimits, probe
 from ultrassl.errors import UltrasslError, UnreadableFileError
+from ultrassl.progress import Progress
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "COLUMNS",
@@ -232,47 +233,50 @@ def build_manifest(
     files, skipped = walk_files(data_dir)
     used_masks: set[Path] = set()
     rows: list[ManifestRow] = []
-    show = progress and sys.stderr.isatty()
-    for path in tqdm(files, desc="indexing", unit="file", disable=not show):
-        if _is_mask(path):
-            continue
-        rel = path.relative_to(data_dir)
-        try:
-            info = probe(path, limits)
-        except UnreadableFileError as e:
-            skipped.append((str(path), e.reason))
-            continue
-        except Exception as e:  # an unexpected decoder failure must not stop indexing
-            reason = " ".join(f"{type(e).__name__}: {e}".split())
-            skipped.append((str(path), reason))
-            continue
-        key = rel.as_posix()
-        label: str | None = rel.parts[0] if len(rel.parts) > 1 else None
-        group = _group_id(rel, info.patient_id, pattern, pseudonym)
-        meta = by_rel.get(key, by_name.get(rel.name))
-        if meta is not None:
-            label = meta[0]
-            group = meta[1] or group
-        for note in info.notes:
-            tqdm.write(f"{path}: {note}", file=sys.stderr)
-        mask = _find_mask(path) if info.kind == "image" else None
-        if mask is not None:
-            used_masks.add(mask)
-        rows.append(
-            ManifestRow(
-                path=str(path.absolute()),
-                kind=info.kind,
-                label=label,
-                group_id=group,
-                n_frames=info.n_frames,
-                fps=info.fps,
-                width=info.width,
-                height=info.height,
-                mask_path=str(mask.absolute()) if mask is not None else None,
-                scan_area=info.scan_area,
-                spacing_mm=info.spacing_mm,
-            )
-        )
+    with Progress(log, "indexing", len(files), enabled=progress) as bar:
+        for path in files:
+            try:
+                if _is_mask(path):
+                    continue
+                rel = path.relative_to(data_dir)
+                try:
+                    info = probe(path, limits)
+                except UnreadableFileError as e:
+                    skipped.append((str(path), e.reason))
+                    continue
+                except Exception as e:  # an unexpected decoder failure must not stop indexing
+                    reason = " ".join(f"{type(e).__name__}: {e}".split())
+                    skipped.append((str(path), reason))
+                    continue
+                key = rel.as_posix()
+                label: str | None = rel.parts[0] if len(rel.parts) > 1 else None
+                group = _group_id(rel, info.patient_id, pattern, pseudonym)
+                meta = by_rel.get(key, by_name.get(rel.name))
+                if meta is not None:
+                    label = meta[0]
+                    group = meta[1] or group
+                for note in info.notes:
+                    log.warning(f"{path}: {note}")
+                mask = _find_mask(path) if info.kind == "image" else None
+                if mask is not None:
+                    used_masks.add(mask)
+                rows.append(
+                    ManifestRow(
+                        path=str(path.absolute()),
+                        kind=info.kind,
+                        label=label,
+                        group_id=group,
+                        n_frames=info.n_frames,
+                        fps=info.fps,
+                        width=info.width,
+                        height=info.height,
+                        mask_path=str(mask.absolute()) if mask is not None else None,
+                        scan_area=info.scan_area,
+                        spacing_mm=info.spacing_mm,
+                    )
+                )
+            finally:
+                bar.update(1, skipped=len(skipped))
     for path in files:
         if _is_mask(path) and path not in used_masks:
             skipped.append((str(path), "mask without a matching image"))

@@ -25,14 +25,16 @@ mix their stores. The lock exists so that concurrent jobs decode a data set once
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ultrassl.atomic import host_name, unique_suffix
+
+log = logging.getLogger(__name__)
 
 __all__ = ["StoreLock", "pid_alive"]
 
@@ -142,9 +144,8 @@ class StoreLock:
                     pass
                 return
             h = self.holder(seen)
-            print(
-                f"{self.path}: taking over the lock of {h.get('host', '?')} pid {h.get('pid', '?')} ({why})",
-                file=sys.stderr,
+            log.warning(
+                f"{self.path}: taking over the lock of {h.get('host', '?')} pid {h.get('pid', '?')} ({why})"
             )
         finally:
             aside.unlink(missing_ok=True)
@@ -179,10 +180,9 @@ class StoreLock:
             if timeout is not None and now - start >= timeout:
                 return False
             if not told:
-                print(
+                log.info(
                     f"{self.path}: waiting for {holder.get('host', '?')} pid {holder.get('pid', '?')} "
-                    f"(taken over if unchanged for {self.stale_after:g} s)",
-                    file=sys.stderr,
+                    f"(taken over if unchanged for {self.stale_after:g} s)"
                 )
                 told = True
             time.sleep(self.poll)

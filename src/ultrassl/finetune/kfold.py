@@ -11,7 +11,8 @@ differs (a :class:`KFoldTask`: the model, its fit, what is measured on the test 
 from __future__ import annotations
 
 import enum
-import sys
+import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ from torch import nn
 from ultrassl.finetune.journal import RUNS_DIR, RunJournal
 from ultrassl.finetune.saved import fold_model_path, save_fold_model
 from ultrassl.finetune.splits import Fold, IndexedRun
+from ultrassl.progress import duration, within
+
+log = logging.getLogger(__name__)
 
 
 class Phase(enum.Enum):
@@ -98,12 +102,16 @@ def run_kfold(
     progress: bool = False,
 ) -> list[Fold]:
     """Every planned run of ``task`` (``plan``: the protocol's ``indexed_runs``); with ``out_dir``,
-    finished runs are journalled and read back on a re-run, and kept fold models saved. Returns the folds."""
+    finished runs are journalled and read back on a re-run, and kept fold models saved. Returns the folds.
+
+    ``progress``: a line per finished run (logger ``ultrassl.finetune.kfold``, INFO) with the time left
+    at the pace of the runs fitted so far, and the fit's own lines within a run (``finetune.fit``)."""
     groups, labels = task.plan_inputs()
     folds, runs = plan(groups, labels, out_dir)
     journal = RunJournal(out_dir, task.fingerprint())
     task.start(journal)
     saved: list[int] = []
+    fitted_s: list[float] = []  # seconds of each run fitted here (not read back)
     for i, planned in enumerate(runs):
         run = planned.run
         keep = planned.keep and out_dir is not None
@@ -114,21 +122,25 @@ def run_kfold(
             saved += [run.fold] if planned.keep else []
             continue
         task.current_fold = run.fold
-        fitted = task.fit(planned.train, planned.val, run.seed)
+        t0 = time.monotonic()
+        left = len(runs) - i - 1
+        after = sum(fitted_s) / len(fitted_s) * left if fitted_s else None
+        where = f"fold {run.fold + 1}/{len(folds)}, seed {run.seed}"
+        where += f", fraction {run.label_fraction:g}" if run.label_fraction != 1 else ""
+        with within(f"{where} (run {i + 1}/{len(runs)})", after_s=after, on=progress):
+            fitted = task.fit(planned.train, planned.val, run.seed)
         entry = task.test(fitted, planned, out_dir if keep else None)
         if keep:
             save_fold_model(out_dir, run.fold, fitted.model)
             saved.append(run.fold)
         task.after_run(journal)
         journal.put(run, entry, kept_model)
+        fitted_s.append(time.monotonic() - t0)
         if progress:
-            print(
-                f"run {i + 1}/{len(runs)}: fold {run.fold} seed {run.seed} fraction "
-                f"{run.label_fraction:g}: {task.describe(entry)}",
-                file=sys.stderr,
-            )
+            eta = f"; ETA {duration(sum(fitted_s) / len(fitted_s) * left)}" if left else ""
+            log.info(f"run {i + 1}/{len(runs)}: {where}: {task.describe(entry)}{eta}")
     if journal.read_back:
-        print(f"read back {journal.read_back} finished runs from {out_dir}/{RUNS_DIR}", file=sys.stderr)
+        log.info(f"read back {journal.read_back} finished runs from {out_dir}/{RUNS_DIR}")
     if out_dir is not None and saved:
         task.write_card(out_dir, saved)
     return folds

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +14,8 @@ from ultrassl.config import PretrainConfig
 from ultrassl.monitor.curves import write_curves, write_summary
 from ultrassl.monitor.previews import PreviewPictures, preview_batch
 from ultrassl.monitor.probe import OnlineProbe, load_probe_set
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,11 +53,10 @@ def build_watchers(
                 scan_area=cfg.data.scan_area,
                 progress=progress,
             )
-            print(
+            log.info(
                 f"probe: {len(probe_set.frames)} frames of {len(set(probe_set.groups))} groups in "
                 f"{len(probe_set.splits)} folds by group (scores averaged over them); "
-                f"{len(probe_set.class_names)} classes; decoded in {time.monotonic() - t0:.1f} s",
-                file=sys.stderr,
+                f"{len(probe_set.class_names)} classes; decoded in {time.monotonic() - t0:.1f} s"
             )
         probe = OnlineProbe(cfg.probe, probe_set)
         out.watchers.append(probe)
@@ -102,4 +103,4 @@ def finish_run(
             best=best,
         )
     except Exception as exc:  # the run's own outcome matters more than its report
-        print(f"could not write curves.png / summary.md in {run_dir}: {exc}", file=sys.stderr)
+        log.warning(f"could not write curves.png / summary.md in {run_dir}: {exc}")

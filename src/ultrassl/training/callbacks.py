@@ -3,7 +3,9 @@
 
 A :class:`Callback` is told when the run starts, after every optimiser step and when it ends, and may
 ask it to stop. The loop reads the loss and gradient norm from the device only at logging steps
-(``StepInfo.loss`` is None elsewhere), so a callback never forces a host synchronisation.
+(``StepInfo.loss`` is None elsewhere), so a callback never forces a host synchronisation. Progress is a
+bar on a terminal (:class:`ProgressBar`) and a plain logged line every ``train.log_interval_s`` seconds
+elsewhere (:class:`ProgressLog`).
 
 A :class:`Watcher` looks at the model itself now and then; its contract (rank 0 alone, eval mode,
 ``no_grad``, random streams restored) is kept by the loop, so watching never changes the run.
@@ -11,8 +13,8 @@ A :class:`Watcher` looks at the model itself now and then; its contract (rank 0 
 
 from __future__ import annotations
 
+import logging
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -22,7 +24,10 @@ from typing import Any, Protocol
 from torch import nn
 from tqdm.auto import tqdm
 
+from ultrassl.progress import Ticker, duration, on_terminal
 from ultrassl.training.metrics_log import MetricsLog
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,6 +69,9 @@ class Callback:
         """A reason to stop after this step (``signal``, ``time_limit``), asked on every process."""
         return None
 
+    def on_scores(self, step: int, values: dict[str, float]) -> None:
+        """Validation's or the watchers' values at ``step`` (rank 0; numbers already on the host)."""
+
     def on_end(self, info: StepInfo) -> None:
         """When the run ends, normally or by an error."""
 
@@ -75,7 +83,7 @@ class ProgressBar(Callback):
         self.bar = tqdm(
             total=info.total_steps,
             initial=info.step,
-            disable=not info.is_main or not sys.stderr.isatty(),
+            disable=not info.is_main or not on_terminal(),
             desc="train",
             dynamic_ncols=True,
         )
@@ -87,6 +95,64 @@ class ProgressBar(Callback):
 
     def on_end(self, info: StepInfo) -> None:
         self.bar.close()
+
+
+class ProgressLog(Callback):
+    """The run's progress as a plain line every ``interval`` seconds on rank 0 when stderr is not a
+    terminal (logger ``ultrassl.training.callbacks``, INFO; DEBUG at the logging steps in between)::
+
+        train: step 1200/5000 (epoch 2.40), loss 0.4521 (step 1200), lr 1.20e-04, 35.2 samples/s,
+        ETA 12m05s, probe_knn 0.712 (step 1000)
+
+    Loss, lr and samples/s are those of the last logging step (the loop reads the device only there),
+    the scores the last validation's or watcher's. ``interval`` None: ``ULTRASSL_PROGRESS_INTERVAL``,
+    else 30 s. It reads the clock only.
+    """
+
+    def __init__(self, interval: float | None = None):
+        self.interval = interval
+
+    def on_start(self, info: StepInfo) -> None:
+        self.on = info.is_main and not on_terminal()
+        self.ticker = Ticker(self.interval) if self.on else None
+        self.first = info.step
+        self.logged: StepInfo | None = None
+        self.scores: dict[str, float] = {}
+        self.scored_at = 0
+
+    def on_step(self, info: StepInfo) -> None:
+        if self.ticker is None:
+            return
+        if info.logged:
+            self.logged = info
+        level = self.ticker.level()
+        if level == logging.DEBUG and not info.logged:
+            return  # -v: a line at each logging step
+        if log.isEnabledFor(level):
+            log.log(level, self.line(info))
+
+    def on_scores(self, step: int, values: dict[str, float]) -> None:
+        shown = {k: v for k, v in values.items() if not k.endswith("_s")}  # not the seconds they took
+        if shown:
+            self.scores.update(shown)
+            self.scored_at = step
+
+    def line(self, info: StepInfo) -> str:
+        parts = [f"train: step {info.step}/{info.total_steps} (epoch {info.epoch:.2f})"]
+        last = self.logged
+        if last is not None and last.loss is not None:
+            parts.append(f"loss {last.loss:.4f} (step {last.step})")
+            if last.lr is not None:
+                parts.append(f"lr {last.lr:.2e}")
+            if last.samples_per_s is not None:
+                parts.append(f"{last.samples_per_s:.1f} samples/s")
+        done = info.step - self.first
+        if done > 0 and info.total_steps > info.step:
+            parts.append(f"ETA {duration((info.total_steps - info.step) * info.elapsed_s / done)}")
+        if self.scores:
+            scores = " ".join(f"{k} {v:.4g}" for k, v in self.scores.items())
+            parts.append(f"{scores} (step {self.scored_at})")
+        return ", ".join(parts)
 
 
 class MetricsWriter(Callback):

@@ -7,8 +7,8 @@ generators are saved, so a restarted multi-process job resumes each rank's own s
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from ultrassl.checkpoint import atomic_save
 from ultrassl.checkpoint.store import CheckpointStore, CheckpointWriteError, load_checkpoint, seal
 from ultrassl.errors import CheckpointError
 from ultrassl.rng import capture_rng, restore_rng, seed_everything
+
+log = logging.getLogger(__name__)
 
 #: the format tag of ``last.pt`` and ``best.pt``
 FORMAT = "ultrassl-train/1"
@@ -79,9 +81,7 @@ class BestModel:
         self.score = float(state.get("best_score", -math.inf))
         if self.select_key is not None and state.get("best_select_id", "") != self.select_id:
             if is_main and self.info is not None:
-                print(
-                    "the probe changed since the last checkpoint: best.pt is chosen afresh", file=sys.stderr
-                )
+                log.warning("the probe changed since the last checkpoint: best.pt is chosen afresh")
             self.score = -math.inf
 
     def write(

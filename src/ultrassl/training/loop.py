@@ -19,8 +19,8 @@ from (run seed, epoch, sample index), so a resumed run replays exactly what an u
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,6 +45,7 @@ from ultrassl.training.callbacks import (
     Callback,
     MetricsWriter,
     ProgressBar,
+    ProgressLog,
     StepInfo,
     StopOnSignal,
     TimeLimit,
@@ -53,6 +54,8 @@ from ultrassl.training.callbacks import (
 from ultrassl.training.data_order import ResumableSampler, batch_size_of, epoch_loader, own_batches
 from ultrassl.training.metrics_log import MetricsLog
 from ultrassl.training.optim import build_optimizer, build_schedule, fused_optimizer
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(UltrasslError):
@@ -81,7 +84,8 @@ class Trainer:
 
     ``resume_state``: the checkpoint to resume from, already chosen (``api.pretrain`` decides it once);
     ``resume=True`` without it looks the newest good one up in ``run_dir``. ``callbacks`` are added
-    to the built-in ones (progress bar, metrics.csv, stop on SIGTERM/SIGINT, ``train.time_limit``).
+    to the built-in ones (progress bar on a terminal, a progress line every ``train.log_interval_s``
+    seconds elsewhere, metrics.csv, stop on SIGTERM/SIGINT, ``train.time_limit``).
     """
 
     def __init__(
@@ -126,7 +130,13 @@ class Trainer:
         self.best = ckpts.BestModel(self.run_dir / "checkpoints" / "best.pt", select_key, select_id)
         self.metrics = MetricsWriter(self.run_dir, train.tensorboard)
         self.signals = StopOnSignal()
-        self.callbacks: list[Callback] = [ProgressBar(), self.metrics, self.signals, *callbacks]
+        self.callbacks: list[Callback] = [
+            ProgressBar(),
+            ProgressLog(train.log_interval_s),
+            self.metrics,
+            self.signals,
+            *callbacks,
+        ]
         if train.time_limit is not None:
             self.callbacks.append(TimeLimit(train.time_limit))
         self.step = 0
@@ -172,7 +182,7 @@ class Trainer:
             self.autocast_dtype = DTYPES[choice.chosen]
             self.run_info["precision"] = {"requested": "auto", **choice.as_dict()}
             if self.dist.is_main:
-                print(choice.describe(cfg.batch_size), file=sys.stderr)
+                log.info(choice.describe(cfg.batch_size))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self.run_info.update(
             setup.settle_attention(self.model, cfg.fused_attn, self.device, self.autocast_dtype, found)
@@ -216,7 +226,7 @@ class Trainer:
         if found is not None:
             self._restore(found)
             if self.dist.is_main:
-                print(f"resumed from {found[0]} at step {self.step}", file=sys.stderr)
+                log.info(f"resumed from {found[0]} at step {self.step}")
         else:
             seed_everything(self.cfg.seed + self.dist.rank)
         resumed = found is not None
@@ -459,10 +469,18 @@ class Trainer:
             self.metrics.log.write(
                 {"step": self.step, "epoch": self.step / self.steps_per_epoch, "val_loss": value}
             )
+        if self.dist.is_main:
+            self._scores({"val_loss": value})
         if value < self.best.val:
             self.best.val = value
             if self.best.select_key is None:
                 self._write_best(epoch, "val_loss", value)
+
+    def _scores(self, values: dict[str, float]) -> None:
+        """Tell the callbacks validation's or the watchers' values (numbers already on the host)."""
+        if values:
+            for cb in self.callbacks:
+                cb.on_scores(self.step, values)
 
     # -- watchers ------------------------------------------------------------------------------------
 
@@ -483,7 +501,7 @@ class Trainer:
             return 0.0
         t0 = time.monotonic()
         values: dict[str, float] = {}
-        log: MetricsLog | None = self.metrics.log
+        metrics: MetricsLog | None = self.metrics.log
         if self.dist.is_main:
             was_training = self.model.training
             self.model.eval()
@@ -491,15 +509,14 @@ class Trainer:
                 with preserved_rng(), torch.no_grad(), self.autocast():
                     for watcher in due:
                         try:
-                            values.update(watcher.watch(self.model, self.step, log))
+                            values.update(watcher.watch(self.model, self.step, metrics))
                         except Exception as exc:  # watching must never end a run
-                            print(
-                                f"{type(watcher).__name__} failed at step {self.step}: {exc}", file=sys.stderr
-                            )
+                            log.warning(f"{type(watcher).__name__} failed at step {self.step}: {exc}")
             finally:
                 self.model.train(was_training)
-            if log is not None and values:
-                log.write({"step": self.step, "epoch": self.step / self.steps_per_epoch, **values})
+            if metrics is not None and values:
+                metrics.write({"step": self.step, "epoch": self.step / self.steps_per_epoch, **values})
+            self._scores(values)
         select_key = self.best.select_key
         score = values.get(select_key) if select_key is not None else None
         better = score is not None and math.isfinite(score) and score > self.best.score
