@@ -328,9 +328,7 @@ class Classifier:
             val_loss = float(-np.log(np.clip(prob_va[np.arange(len(va)), yva], 1e-12, None)).mean())
             return score, -val_loss
 
-        settings = FitSettings(
-            cfg.epochs, cfg.batch_size, cfg.patience, cfg.warmup_epochs, cfg.clip_grad, cfg.precision
-        )
+        settings = FitSettings.of(cfg)
         what = f"classification fine-tuning, fold {self.current_fold}"
         source = AugmentedFrames(
             self.data, self.size, self.in_chans, self.backbone.mean, self.backbone.std, cfg

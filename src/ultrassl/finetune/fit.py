@@ -109,6 +109,11 @@ class FitSettings:
     #: fp32 | bf16 | fp16 | auto (as the pre-training loop's ``train.precision``)
     precision: str = "fp32"
 
+    @classmethod
+    def of(cls, cfg: Any) -> FitSettings:
+        """The fit options of a task's config (ClassifyConfig, SegmentConfig)."""
+        return cls(cfg.epochs, cfg.batch_size, cfg.patience, cfg.warmup_epochs, cfg.clip_grad, cfg.precision)
+
 
 def fit(
     model: nn.Module,

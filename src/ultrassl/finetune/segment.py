@@ -251,9 +251,7 @@ class Segmenter:
             score = segmentation_metrics(pred, yva.numpy(), empty=cfg.empty_policy)["dice"]
             return (-math.inf if score is None else score), 0.0
 
-        settings = FitSettings(
-            cfg.epochs, cfg.batch_size, cfg.patience, cfg.warmup_epochs, cfg.clip_grad, cfg.precision
-        )
+        settings = FitSettings.of(cfg)
         on_train = (lambda m: m.encoder.eval()) if cfg.freeze_encoder else None
         what = f"segmentation fine-tuning, fold {self.current_fold}"
         done = fit(
