@@ -92,6 +92,19 @@ def test_import_ultrassl_registers_convvit_with_timm_when_timm_comes_later():
     assert all(f"convvit_{size}_patch16" in names for size in ("tiny", "small", "base"))
 
 
+def test_a_failed_convvit_registration_never_breaks_import_timm():
+    script = (
+        "import ultrassl, ultrassl.models.timm_registration as reg\n"
+        "reg.CONVVIT = 'ultrassl.no_such_module'\n"
+        "import timm\n"
+        "print(sorted(timm.list_models('convvit_*')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
 def test_every_flag_and_command_has_help_text():
     missing = []
     for words, parser in _commands(_parser()).items():

@@ -86,6 +86,17 @@ def test_a_hung_job_is_killed_its_worker_replaced_and_the_order_kept() -> None:
     assert not multiprocessing.active_children()  # killed, replaced, and all stopped at the end
 
 
+def test_a_daemonic_process_decodes_in_itself(monkeypatch) -> None:
+    """A multiprocessing.Pool worker (daemonic) may start no decode workers: the jobs run in it, in
+    order, without a timeout, instead of failing deep inside multiprocessing."""
+
+    class Daemon:
+        daemon = True
+
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: Daemon())
+    assert list(decode_files(double_or_hang, [1, 2, 3], workers=2, timeout=TIMEOUT)) == [2, 4, 6]
+
+
 def test_a_bug_in_a_decoder_is_raised_not_skipped() -> None:
     with pytest.raises(KeyError, match="a bug in the decoder"):
         list(decode_files(double_or_hang, [1, "bug", 2], workers=2, timeout=30.0))

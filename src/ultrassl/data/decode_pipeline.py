@@ -39,6 +39,7 @@ import pickle
 import secrets
 import shutil
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -131,7 +132,11 @@ class DecodePlan:
 
 # ---------------------------------------------------------------------------------- worker processes
 def _fork_context() -> multiprocessing.context.BaseContext | None:
-    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+    """ "fork" on Linux only: on macOS a forked child that touches system frameworks may crash (Python
+    itself moved macOS to "spawn"), so there the jobs are pickled to spawned workers."""
+    if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return None
 
 
 def can_send_to_workers(obj: Any) -> bool:
@@ -224,6 +229,10 @@ def decode_files(
     keep this process's torch threads, the others one each (processes scale, threads inside one
     decode do not). ``workers=0`` without a timeout: here, in this process.
     """
+    if (workers > 0 or timeout is not None) and multiprocessing.current_process().daemon:
+        # a daemonic process (e.g. a multiprocessing.Pool worker calling the API) may start no children
+        log.warning("decoding in this process: a daemonic process cannot start decode workers (no timeout)")
+        workers, timeout = 0, None
     if workers <= 0 and timeout is None:
         for job in jobs:
             yield fn(job, *extra)

@@ -14,6 +14,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import logging
 import sys
 from types import ModuleType
 
@@ -63,4 +64,9 @@ class _ThenConvViT(importlib.abc.Loader):
         if module.__spec__ is not None:
             module.__spec__.loader = self.loader
         self.loader.exec_module(module)
-        importlib.import_module(CONVVIT)
+        try:
+            importlib.import_module(CONVVIT)
+        except Exception as exc:  # noqa: BLE001 - never break the user's own `import timm`
+            logging.getLogger(__name__).warning(
+                f"ConvViT (convvit_*_patch16) not registered with timm: importing {CONVVIT} failed ({exc})"
+            )

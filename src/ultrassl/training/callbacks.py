@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from torch import nn
 from tqdm.auto import tqdm
 
-from ultrassl.progress import Ticker, duration, on_terminal
+from ultrassl.progress import Ticker, duration, interval_s, on_terminal
 from ultrassl.training.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,9 @@ class ProgressLog(Callback):
     """
 
     def __init__(self, interval: float | None = None):
-        self.interval = interval
+        # resolved here, on every process alike: a bad $ULTRASSL_PROGRESS_INTERVAL stops all ranks at
+        # once, not rank 0 alone while the others wait in a collective
+        self.interval = interval_s(interval)
 
     def on_start(self, info: StepInfo) -> None:
         self.on = info.is_main and not on_terminal()
