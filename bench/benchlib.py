@@ -268,6 +268,23 @@ def speed_arguments(p: argparse.ArgumentParser, out: Path) -> None:
     p.add_argument("--out", type=Path, default=out, help="results JSON (rows of some methods merge into it)")
 
 
+def run_speed_part(
+    part: str, script: str, description: str, title: str, measure: Callable[[argparse.Namespace], Any]
+) -> None:
+    """The ``main()`` of a speed part that writes one results file: the common options, ``measure``
+    under the key ``part``, then ``speed_<part>.json`` with the machine, the command and the wall time."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    speed_arguments(p, RESULTS / f"speed_{part}.json")
+    a = p.parse_args()
+    t0 = time.monotonic()
+    a.work.mkdir(parents=True, exist_ok=True)
+    command = command_line(script)
+    print(f"{title}:", flush=True)
+    doc = {"machine": speed_machine(command), part: measure(a)}
+    record_run(doc, part, command, time.monotonic() - t0)
+    print(f"wrote {write_results(a.out, doc)}")
+
+
 # ----------------------------------------------------------------------------------------------------
 # measurements (each runs in a fresh process through run_one, or in this one)
 

@@ -12,7 +12,6 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -24,13 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 
 from benchlib import (  # noqa: E402
     DATA,
-    RESULTS,
-    command_line,
-    record_run,
-    speed_arguments,
-    speed_machine,
+    run_speed_part,
     synthetic_manifest,
-    write_results,
 )
 
 #: frames per video: contiguous decoding from the start, as pre-training samples them
@@ -98,16 +92,7 @@ def decode_rates(work: Path, quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    speed_arguments(p, RESULTS / "speed_decode.json")
-    a = p.parse_args()
-    t0 = time.monotonic()
-    a.work.mkdir(parents=True, exist_ok=True)
-    command = command_line(__file__)
-    print("decoding:", flush=True)
-    doc = {"machine": speed_machine(command), "decode": decode_rates(a.work, a.quick)}
-    record_run(doc, "decode", command, time.monotonic() - t0)
-    print(f"wrote {write_results(a.out, doc)}")
+    run_speed_part("decode", __file__, __doc__, "decoding", lambda a: decode_rates(a.work, a.quick))
 
 
 if __name__ == "__main__":

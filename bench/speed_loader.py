@@ -14,37 +14,30 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (  # noqa: E402
     METHODS,
-    RESULTS,
-    command_line,
     fmt,
     label,
-    record_run,
     run_one,
-    speed_arguments,
-    speed_machine,
+    run_speed_part,
     synthetic_manifest,
-    write_results,
 )
 
 WORKERS = (0, 2)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    speed_arguments(p, RESULTS / "speed_loader.json")
-    a = p.parse_args()
-    t0 = time.monotonic()
-    a.work.mkdir(parents=True, exist_ok=True)
+    run_speed_part("loader", __file__, __doc__, "data loaders", loader_rows)
+
+
+def loader_rows(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """Samples/s of every method's loader with each worker count (one process each)."""
     manifest = synthetic_manifest(a.work)
-    command = command_line(__file__)
-    print("data loaders:", flush=True)
     rows = []
     for method, modality in METHODS[:1] if a.quick else METHODS:
         for workers in WORKERS:
@@ -55,9 +48,7 @@ def main() -> None:
             print(
                 f"  loader {label(rows[-1])} workers={workers}: {fmt(res.get('samples_per_s'))}", flush=True
             )
-    doc = {"machine": speed_machine(command), "loader": rows}
-    record_run(doc, "loader", command, time.monotonic() - t0)
-    print(f"wrote {write_results(a.out, doc)}")
+    return rows
 
 
 if __name__ == "__main__":

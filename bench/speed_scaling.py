@@ -14,21 +14,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (  # noqa: E402
-    RESULTS,
-    command_line,
-    record_run,
     run_models,
-    speed_arguments,
-    speed_machine,
+    run_speed_part,
     synthetic_manifest,
-    write_results,
 )
 
 
@@ -49,21 +43,11 @@ def scaling_rows(quick: bool) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    speed_arguments(p, RESULTS / "speed_scaling.json")
-    a = p.parse_args()
-    t0 = time.monotonic()
-    steps, rounds = (2, 1) if a.quick else (a.steps, a.rounds)
-    a.work.mkdir(parents=True, exist_ok=True)
-    manifest = synthetic_manifest(a.work)
-    command = command_line(__file__)
-    print("scaling:", flush=True)
-    doc = {
-        "machine": speed_machine(command),
-        "scaling": run_models(scaling_rows(a.quick), manifest, a.work, steps, a.threads, rounds),
-    }
-    record_run(doc, "scaling", command, time.monotonic() - t0)
-    print(f"wrote {write_results(a.out, doc)}")
+    def measure(a: argparse.Namespace) -> list[dict[str, Any]]:
+        steps, rounds = (2, 1) if a.quick else (a.steps, a.rounds)
+        return run_models(scaling_rows(a.quick), synthetic_manifest(a.work), a.work, steps, a.threads, rounds)
+
+    run_speed_part("scaling", __file__, __doc__, "scaling", measure)
 
 
 if __name__ == "__main__":

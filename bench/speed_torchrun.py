@@ -11,7 +11,6 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import shutil
@@ -25,13 +24,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (  # noqa: E402
-    RESULTS,
-    command_line,
-    record_run,
-    speed_arguments,
-    speed_machine,
+    run_speed_part,
     synthetic_manifest,
-    write_results,
 )
 
 
@@ -71,20 +65,13 @@ def torchrun_rates(manifest: Path, work: Path, steps: int) -> list[dict[str, Any
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    speed_arguments(p, RESULTS / "speed_torchrun.json")
-    a = p.parse_args()
-    t0 = time.monotonic()
-    a.work.mkdir(parents=True, exist_ok=True)
-    manifest = synthetic_manifest(a.work)
-    command = command_line(__file__)
-    print("torchrun:", flush=True)
-    doc = {
-        "machine": speed_machine(command),
-        "torchrun": torchrun_rates(manifest, a.work, 10 if a.quick else 30),
-    }
-    record_run(doc, "torchrun", command, time.monotonic() - t0)
-    print(f"wrote {write_results(a.out, doc)}")
+    run_speed_part(
+        "torchrun",
+        __file__,
+        __doc__,
+        "torchrun",
+        lambda a: torchrun_rates(synthetic_manifest(a.work), a.work, 10 if a.quick else 30),
+    )
 
 
 if __name__ == "__main__":
