@@ -44,8 +44,11 @@ def draw_augment(
     intensity: float = 0.1,
     gamma: float = 0.0,
 ) -> list[tuple[Crop, IntensityChange]]:
-    """The random draws of :func:`augment` for ``n`` images of ``size``, in its order (cheap: the caller
-    draws them in sequence, the work of :func:`apply_augment` may run elsewhere, e.g. in a worker)."""
+    """The random draws of the classification augmentation for ``n`` images of ``size``, in a fixed
+    order (cheap: the caller draws them in sequence, the work of :func:`apply_augment` may run elsewhere,
+    e.g. in a worker). Grayscale-safe: a crop of ``scale`` of the area resized back, a flip, gain and
+    offset of +-``intensity`` (normalised units) and, with ``gamma`` > 0, a gamma of exp(+-``gamma``) on
+    the [0, 1]-range image (brightness curves vary between scanners and presets)."""
     h, w = size
     lo, hi = scale
     out = []
@@ -63,7 +66,8 @@ def draw_augment(
 
 
 def apply_augment(x: torch.Tensor, drawn: list[tuple[Crop, IntensityChange]]) -> torch.Tensor:
-    """:func:`augment` with its draws given: crop resized back, flip, gamma, then gain and offset."""
+    """The classification augmentation with its draws given: crop resized back, flip, gamma, then gain
+    and offset."""
     _, _, h, w = x.shape
     out = torch.empty_like(x)
     for i, (c, v) in enumerate(drawn):
@@ -76,19 +80,6 @@ def apply_augment(x: torch.Tensor, drawn: list[tuple[Crop, IntensityChange]]) ->
             img = ((img - lo_v) / span).pow(v.gamma) * span + lo_v
         out[i] = img * v.gain + v.bias
     return out
-
-
-def augment(
-    x: torch.Tensor,
-    gen: torch.Generator,
-    scale: tuple[float, float] = (0.7, 1.0),
-    intensity: float = 0.1,
-    gamma: float = 0.0,
-) -> torch.Tensor:
-    """Grayscale-safe augmentation for fine-tuning: a crop of ``scale`` of the area resized back, flip,
-    gain and offset of +-``intensity`` (in normalised units) and, with ``gamma`` > 0, a gamma of
-    exp(+-``gamma``) on the [0, 1]-range image (brightness curves vary between scanners and presets)."""
-    return apply_augment(x, draw_augment(x.shape[0], tuple(x.shape[-2:]), gen, scale, intensity, gamma))
 
 
 def draw_crop_flip(
