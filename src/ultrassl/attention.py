@@ -2,12 +2,14 @@
 explicit ``softmax(q k^T) v`` (two matmuls and a softmax).
 
 The fused kernel is the faster in float32 and on CUDA, but torch's CPU kernel under bf16 (and fp16)
-autocast is not: on an AMD EPYC (torch 2.14, 2 threads, forward + backward; ``bench/attention_kernels.py``)
-it took 4.2x the explicit path's time at MAE's visible tokens (batch 32, 3 heads, 13 tokens: 5.0 vs
-1.2 ms), 4.9x at the 50-token decoder, 2.4x at 197 tokens, and only matched it at 785. The explicit
-path's matmuls run at bf16's full rate instead (2.0-2.6x float32's here), which is what a ViT step gains
-from bf16 on a CPU at all; with the fused kernel, bf16 autocast ran a MAE ViT-T/16 step (112 px, batch
-32) at 0.96-1.03x float32's speed, with the explicit path at 1.40-1.46x (``bench/speed.py --parts
+autocast is not: at the short sequences of a masked ViT (MAE's visible tokens, its decoder, up to a
+ViT/16 at 224 px) it is several times slower than the explicit path, and only catches up at sequences
+far longer than these models use. The explicit path's matmuls run at bf16's full rate instead, which is
+what a ViT step gains from bf16 on a CPU at all; with the fused kernel, bf16 autocast barely moved a MAE
+step against float32, with the explicit path it is clearly faster. The figures, with the machine and
+command that measured them: docs/benchmarks.md#attention-kernels-under-bf16-on-a-cpu
+(``bench/attention_kernels.py``) and the defaults table in
+docs/benchmarks.md#speed-training-step-scaling-data-pipeline-processes (``bench/speed.py --parts
 defaults``: one process, the variants taking turns step by step).
 """
 

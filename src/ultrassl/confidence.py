@@ -7,18 +7,18 @@ diagonal edges, scaled again; weights ``exp(-beta * cost) + 1e-5``; top row = so
 sink (0); the map is the harmonic function of the graph Laplacian with those boundary values.
 
 Why a solver of our own. The weights span five decades (the 1e-5 floor against 1 in flat regions), so
-the system is hard for iterative methods (column-preconditioned CG needs 400+ iterations at 256 px,
-pyamg-preconditioned CG 140-190). Direct it is: nested dissection of the grid into equal boxes (a side
+the system is hard for iterative methods (column-preconditioned and pyamg-preconditioned CG both need
+over a hundred iterations). Direct it is: nested dissection of the grid into equal boxes (a side
 of even length is cut by a 2-thick line, the grid padded by up to 3 dummy rows / columns), so the boxes
 of one tree depth share one set of local indices and each level is a few batched dense calls
 (``torch.linalg.cholesky`` / ``solve_triangular`` / ``baddbmm``). Near the root the boxes are grouped by
-the grid sides they touch, so their fronts leave out ring nodes on the absent border (half the flops;
-the solve 1.4-1.5x faster at 256-512 px). The per-shape plan takes ~50 ms at 256 px and is cached. The
+the grid sides they touch, so their fronts leave out ring nodes on the absent border (about half the
+flops of the factorisation). The per-shape plan is made once and cached per process. The
 factorisation runs in float32, which halves the memory traffic that bounds it; float64 iterative
-refinement (usually one step) brings the map back to MONAI's to ~3e-8. bench/confidence_speed.py, on
-one idle core of this project's CPU: 3.2x / 4.7x / 5.4x MONAI at 128 / 256 / 512 px (MONAI slows more
-than ours when the cores are shared: 4.8x / 7.2x / 5.1x then); MKL PARDISO would be ~10x at 256 px
-but needs an ~800 MB wheel; CHOLMOD ~13x but is GPL; the 20x target is not reached.
+refinement (usually one step) brings the map back to MONAI's. How much faster than MONAI's transform
+it is per size, how far from MONAI's maps, and the sparse solvers tried instead (MKL PARDISO: a large
+wheel; CHOLMOD's supernodal solver: GPL), with the machine and command of each figure:
+docs/benchmarks.md#confidence-maps-karamalis-random-walk-vs-monai (``bench/confidence_speed.py``).
 Batching the frames of a clip into one factorisation does not pay on CPU (bigger working set), so
 ``batch`` defaults to 1; on CUDA larger batches fill the device.
 
@@ -381,7 +381,7 @@ def _substitute(plan: _Plan, factors: list, rhs: torch.Tensor) -> torch.Tensor:
                 chol, g.index_select(1, grp.sep).view(-1, grp.n_sep, 1), upper=False
             )
             zs.append(z)
-            if x is not None:  # (index_add_ with alpha=-1 is ~70x slower on CPU: negate instead)
+            if x is not None:  # (index_add_ with alpha=-1 takes a slow path on CPU: negate instead)
                 g.index_add_(1, grp.ring, torch.bmm(x.mT, z).neg_().view(t, -1))
     sol = torch.zeros_like(rhs)
     flat = [(grp, fac) for level, facs in zip(plan.levels, factors) for grp, fac in zip(level, facs)]

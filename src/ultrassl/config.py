@@ -244,8 +244,9 @@ class TrainConfig:
     compile: bool = field(
         default=False,
         metadata={
-            "help": "torch.compile the model's training forward (costs about a minute per input shape at "
-            "start-up; pays off on GPUs, not on a 2-core CPU: see docs/benchmarks.md)"
+            "help": "torch.compile the model's training forward (compiles once per input shape at "
+            "start-up; on a CPU the gain was small against that cost: "
+            "see docs/benchmarks.md#speed-training-step-scaling-data-pipeline-processes)"
         },
     )
     fused_attn: bool = field(

@@ -1,8 +1,9 @@
 """Training precision chosen by measurement, not by CPU flags.
 
 Whether bf16 autocast pays depends on the chip *and* the model: on this project's Intel Xeons with
-AMX-BF16 it is 15-22% slower than fp32 for every ViT step yet 1.6x faster for ResNet-18; on an AMD EPYC
-it won 1.17x for ViTs. So ``--precision auto`` times a few optimiser steps of the run's own model on its
+AMX-BF16 it was slower than fp32 for the ViT steps yet faster for ResNet-18, and on an AMD EPYC faster
+for both (docs/benchmarks.md#--precision-auto-chosen-by-measurement and the step table of
+docs/benchmarks.md#speed-training-step-scaling-data-pipeline-processes). So ``--precision auto`` times a few optimiser steps of the run's own model on its
 first batch in each candidate precision and trains in the faster one.
 
 The probe works on a copy of the model with a throw-away optimiser of the run's class, so the run's
@@ -39,8 +40,9 @@ from ultrassl.rng import capture_rng, restore_rng
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: timed optimiser steps per candidate, after two untimed warm-up steps each; the candidates take turns
 #: step by step (the order flips every pair) and each is judged by the median of its step times over
-#: fp32's neighbouring ones. Rounds of three steps per candidate, fastest round kept, still chose wrong
-#: on 2 of 7 method presets on this project's shared 2-core VM (0.83x and 0.91x of the faster).
+#: fp32's neighbouring ones. Rounds of three steps per candidate, fastest round kept, still chose the
+#: slower precision on some method presets on this project's shared 2-core VM (the noise of separate
+#: rounds; docs/benchmarks.md#--precision-auto-chosen-by-measurement has what this probe chooses).
 PROBE_STEPS = 8
 WARMUP_STEPS = 2
 #: part of the cache key: a changed probe measures again

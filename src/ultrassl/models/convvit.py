@@ -457,7 +457,7 @@ class MaskedConvViTEncoder(nn.Module):
         index = idx_keep.unsqueeze(-1).expand(-1, -1, cells * c)
         grid = t.new_zeros(b, gh * gw, cells * c).scatter(1, index, t.reshape(b, k, cells * c))
         # channels-last throughout: the cells already hold C last, and oneDNN's depthwise conv (and its
-        # backward, 3x slower on a permuted NCHW gradient) runs fastest so
+        # backward, which takes a much slower path on a permuted NCHW gradient) runs fastest so
         grid = grid.view(b, gh, gw, f, f, c).transpose(2, 3).reshape(b, gh * f, gw * f, c)
         out = conv(grid.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         out = out.reshape(b, gh, f, gw, f, c).transpose(2, 3).reshape(b, gh * gw, cells * c)

@@ -101,8 +101,8 @@ class ProgressLog(Callback):
     """The run's progress as a plain line every ``interval`` seconds on rank 0 when stderr is not a
     terminal (logger ``ultrassl.training.callbacks``, INFO; DEBUG at the logging steps in between)::
 
-        train: step 1200/5000 (epoch 2.40), loss 0.4521 (step 1200), lr 1.20e-04, 35.2 samples/s,
-        ETA 12m05s, probe_knn 0.712 (step 1000)
+        train: step STEP/TOTAL (epoch EPOCH), loss LOSS (step LOGGED), lr LR, RATE samples/s,
+        ETA 12m05s, probe_knn SCORE (step SCORED)
 
     Loss, lr and samples/s are those of the last logging step (the loop reads the device only there),
     the scores the last validation's or watcher's. ``interval`` None: ``ULTRASSL_PROGRESS_INTERVAL``,

@@ -29,7 +29,7 @@ def finite(x: Any) -> float | None:
 
 
 def format_mean_std(d: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """``"0.912 ± 0.031"``; just the mean when std is missing/NaN; a dash when there is no mean."""
+    """``"MEAN ± STD"`` (``digits`` decimals each); just the mean when std is missing/NaN; a dash when there is no mean."""
     if not isinstance(d, Mapping):
         return DASH
     mean = finite(d.get("mean"))
