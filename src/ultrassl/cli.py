@@ -20,14 +20,18 @@ import yaml
 
 from ultrassl.config import (
     TrainConfig,
+    check,
+    load_preset,
+    merge,
     parse_set,
     preset_names,
     to_dict,
 )
 from ultrassl.data.limits import ReadLimits
 from ultrassl.data.skipped import report_skipped
-from ultrassl.errors import UltrasslError
-from ultrassl.finetune.options import ClassifyConfig, SegmentConfig, scratch_encoder, task_config
+from ultrassl.errors import ConfigError, UltrasslError
+from ultrassl.finetune.options import ClassifyConfig, SegmentConfig
+from ultrassl.models.spec import EncoderSpec
 
 #: the methods ``import ultrassl.methods`` registers, named here so that ``--help`` needs no torch
 #: (tests/test_cli.py checks it against the registry); a --plugin adds its own
@@ -390,13 +394,22 @@ def _is_optional(tp: Any) -> bool:
 
 def _task_config(a: argparse.Namespace, cls: type) -> Any:
     """defaults <- --preset <- flags <- --set, then one check of the final values."""
-    options = {k.removeprefix(_PREFIX): v for k, v in vars(a).items() if k.startswith(_PREFIX)}
-    return task_config(cls, a.preset, options, a.set)
+    cfg = cls()
+    if a.preset:
+        merge(cfg, load_preset(a.preset, "finetune"), "")
+    merge(cfg, {k.removeprefix(_PREFIX): v for k, v in vars(a).items() if k.startswith(_PREFIX)})
+    merge(cfg, parse_set(a.set))
+    return check(cfg)
 
 
 def _scratch_spec(a: argparse.Namespace, img_size: tuple[int, int] | None = None) -> Any:
     """The EncoderSpec of ``--weights scratch --arch NAME`` (at --img-size, default 224), or None."""
-    return scratch_encoder(a.weights, a.arch, patch_size=a.patch_size, in_chans=a.in_chans, img_size=img_size)
+    if not a.arch:
+        return None
+    if str(a.weights) != "scratch":
+        raise ConfigError("--arch only applies to --weights scratch (pre-trained weights bring their own)")
+    size = tuple(img_size) if img_size else (224, 224)
+    return EncoderSpec(arch=a.arch, img_size=size, patch_size=a.patch_size, in_chans=a.in_chans)
 
 
 def _pretrain_flags(a: argparse.Namespace) -> dict[str, Any]:
