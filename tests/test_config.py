@@ -1,4 +1,6 @@
+import dataclasses
 import re
+import typing
 
 import pytest
 import yaml
@@ -151,3 +153,46 @@ def test_a_broken_plugin_is_a_one_line_error(tmp_path):
         load_plugin(str(bad))
     with pytest.raises(ConfigError, match="no such file"):
         load_plugin(str(tmp_path / "missing.py"))
+
+
+def _keys_without_help(cls: type, prefix: str = "", owned=lambda c: c.__module__.startswith("ultrassl")):
+    """``key (Class)`` of every leaf field of config dataclass ``cls`` (sections walked) that has no
+    ``metadata["help"]``, in the classes ``owned`` picks (a user's plugin sections are the user's)."""
+    hints = typing.get_type_hints(cls)
+    missing = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            missing += _keys_without_help(tp, f"{prefix}{f.name}.", owned)
+        elif owned(cls) and not str(f.metadata.get("help", "")).strip():
+            missing.append(f"{prefix}{f.name} ({cls.__name__})")
+    return missing
+
+
+def test_the_help_check_walks_sections_and_names_each_key_without_help():
+    @dataclasses.dataclass
+    class Inner:
+        a: int = 0
+        b: int = dataclasses.field(default=0, metadata={"help": "b"})
+
+    @dataclasses.dataclass
+    class Outer:
+        inner: Inner = dataclasses.field(default_factory=Inner)
+        c: str = dataclasses.field(default="", metadata={"help": " "})
+
+    assert _keys_without_help(Outer, owned=lambda c: True) == ["inner.a (Inner)", "c (Outer)"]
+
+
+def test_every_config_key_has_a_help_text():
+    """The CLI's help and the documentation's "Configuration keys" page (docs/gen_reference.py) read a
+    key's meaning from its field's ``metadata["help"]``: every key of every method's config class and of
+    the fine-tuning options has one."""
+    from ultrassl.cli import BUILTIN_METHODS
+    from ultrassl.finetune.options import ClassifyConfig, SegmentConfig
+    from ultrassl.methods import config_class, get_method, method_names
+
+    roots = {f"--method {name}": get_method(name).config or config_class(name) for name in method_names()}
+    assert {f"--method {name}" for name in BUILTIN_METHODS} <= set(roots)
+    roots |= {"finetune classify": ClassifyConfig, "finetune segment": SegmentConfig}
+    missing = [f"{where}: {key}" for where, cls in roots.items() for key in _keys_without_help(cls)]
+    assert not missing, "config keys without metadata['help']:\n" + "\n".join(missing)

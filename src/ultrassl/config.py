@@ -34,11 +34,29 @@ from ultrassl.models.spec import EncoderSpec
 AUTO_RAM_CACHE_GB = 1.0
 
 
+def method_field(name: str) -> Any:
+    """The ``method`` field of a config class whose method is ``name`` (with its help): every method's
+    config class redefines the field to change its default, and keeps its help this way."""
+    return field(
+        default=name,
+        metadata={
+            "help": "the pre-training method, which decides the config's own sections and defaults "
+            "(--method; `ultrassl methods` lists the registered ones)"
+        },
+    )
+
+
 @dataclass
 class DataConfig:
     """Where the frames come from and how they become model inputs."""
 
-    manifest: str = ""
+    manifest: str = field(
+        default="",
+        metadata={
+            "help": "manifest CSV of the training files (--data; `ultrassl index FOLDER -o manifest.csv` "
+            "writes one); empty: no data, pre-training refuses to start"
+        },
+    )
     video_fps: float | None = field(
         default=None, metadata={"help": "frames per second to sample from videos (None: every frame)"}
     )
@@ -67,7 +85,13 @@ class DataConfig:
         default=(0.75, 1.3333333333333333),
         metadata={"help": "RandomResizedCrop aspect-ratio range, shared by input and target"},
     )
-    hflip: bool = True
+    hflip: bool = field(
+        default=True,
+        metadata={
+            "help": "flip each crop horizontally with probability 0.5 (input and target together; USCL: "
+            "each view on its own)"
+        },
+    )
     mean: tuple[float, ...] = field(
         default=(0.5,),
         metadata={
@@ -80,7 +104,13 @@ class DataConfig:
             "help": "normalisation std applied to input and target (one value per channel, or one for all)"
         },
     )
-    num_workers: int = 0
+    num_workers: int = field(
+        default=0,
+        metadata={
+            "help": "DataLoader processes feeding the training loop, in each process (--workers; 0: the "
+            "loop's own process)"
+        },
+    )
     frame_cache: str | None = field(
         default="auto",
         metadata={
@@ -153,14 +183,36 @@ class DataConfig:
 class OptimConfig:
     """AdamW with MAE's conventions: lr = base_lr * global_batch / 256, warm-up then half-cycle cosine."""
 
-    base_lr: float = 1.5e-4
+    base_lr: float = field(
+        default=1.5e-4,
+        metadata={
+            "help": "peak lr per 256 samples: the peak lr is base_lr x global batch / 256 (MAE's scaling; "
+            "global batch = train.batch_size x processes x accum_steps); unused when lr is set"
+        },
+    )
     lr: float | None = field(
         default=None, metadata={"help": "absolute lr; overrides base_lr scaling when set"}
     )
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_epochs: float = 40.0
+    min_lr: float = field(
+        default=0.0, metadata={"help": "lr at the end of the cosine (absolute, not scaled by the batch)"}
+    )
+    weight_decay: float = field(
+        default=0.05,
+        metadata={
+            "help": "weight decay (adamw: decoupled; adam: L2 added to the gradient); none on biases, "
+            "norms, tokens and position embeddings unless decay_all"
+        },
+    )
+    betas: tuple[float, float] = field(
+        default=(0.9, 0.95), metadata={"help": "Adam's (beta1, beta2): decay rates of the moment estimates"}
+    )
+    warmup_epochs: float = field(
+        default=40.0,
+        metadata={
+            "help": "epochs (fractions allowed) of linear lr warm-up to the peak, raised every optimiser "
+            "step; warmup_steps overrides it"
+        },
+    )
     warmup_steps: int | None = field(
         default=None, metadata={"help": "warm-up in optimiser steps; overrides warmup_epochs when set"}
     )
@@ -203,13 +255,37 @@ class OptimConfig:
 class TrainConfig:
     """How long, where, and on what the loop runs."""
 
-    batch_size: int = 64
-    epochs: int = 800
-    max_steps: int | None = None
+    batch_size: int = field(
+        default=64,
+        metadata={
+            "help": "samples per micro-batch in each process (--batch-size); the global batch is "
+            "batch_size x processes x optim.accum_steps, and the lr scales with it"
+        },
+    )
+    epochs: int = field(
+        default=800,
+        metadata={
+            "help": "passes over the training data (--epochs): the run's and the lr schedule's length "
+            "unless max_steps is set"
+        },
+    )
+    max_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "stop after this many optimiser steps (--max-steps), which is then also the lr "
+            "schedule's length; None: epochs x steps per epoch"
+        },
+    )
     time_limit: float | None = field(
         default=None, metadata={"help": "stop cleanly (with a checkpoint) after this many minutes"}
     )
-    checkpoint_every: int = 500
+    checkpoint_every: int = field(
+        default=500,
+        metadata={
+            "help": "write checkpoints/last.pt every this many optimiser steps (--checkpoint-every; also at "
+            "the end); 0: only at the end"
+        },
+    )
     keep_checkpoints: int = field(
         default=2,
         metadata={
@@ -217,7 +293,13 @@ class TrainConfig:
             "verifies"
         },
     )
-    log_every: int = 10
+    log_every: int = field(
+        default=10,
+        metadata={
+            "help": "optimiser steps between rows of metrics.csv (loss, lr, gradient norm, samples/s; step "
+            "1 too), also sent to TensorBoard"
+        },
+    )
     log_interval_s: float | None = field(
         default=None,
         metadata={
@@ -225,8 +307,20 @@ class TrainConfig:
             "log file, nohup, SLURM); None: $ULTRASSL_PROGRESS_INTERVAL, else 30 (a terminal shows a bar)"
         },
     )
-    seed: int = 0
-    device: str = "auto"
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "seed of the model's initialisation, the masks, the augmentation and the data order, "
+            "and of USCL's held-out and labelled videos (--seed)"
+        },
+    )
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "auto | cpu | cuda | cuda:N (--device; auto: this process's CUDA device when there is "
+            "one, else the CPU; under torchrun cuda is the process's local-rank device)"
+        },
+    )
     precision: str = field(
         default="auto",
         metadata={
@@ -234,7 +328,13 @@ class TrainConfig:
             "bf16), timed on the first batch; see ultrassl.precision)"
         },
     )
-    tensorboard: bool = True
+    tensorboard: bool = field(
+        default=True,
+        metadata={
+            "help": "also write the metrics and preview pictures as TensorBoard events in RUN/tensorboard "
+            "(nothing when the tensorboard package is missing); metrics.csv is written either way"
+        },
+    )
     val_every: int | None = field(
         default=None,
         metadata={
@@ -405,9 +505,10 @@ class PretrainConfig:
     """The sections every method reads. A method's own sections (``mae``, ``blur``, ``uscl``, ...) are
     fields of its subclass, written out in the method's module (``MAEPretrainConfig`` in
     ``ultrassl.methods.mae``) or, for a method registered with sections alone, made by
-    :func:`ultrassl.methods.registry.config_class`. A field's ``metadata["help"]`` describes it."""
+    :func:`ultrassl.methods.registry.config_class`. A field's ``metadata["help"]`` describes it (a
+    subclass sets its ``method`` with :func:`method_field`, which keeps the help)."""
 
-    method: str = "mae"
+    method: str = method_field("mae")
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ultrassl import checkpoint as ckpt
+from ultrassl.config import method_field
 from ultrassl.errors import CheckpointError, ConfigError
 from ultrassl.methods.base import PretrainMethod
 from ultrassl.methods.frames import build_frames
@@ -126,7 +127,7 @@ def convvit_b() -> EncoderSpec:
 class ConvMAEPretrainConfig(MAEPretrainConfig):
     """Config of ``convmae``: MAE's (``mae``, ``blur`` none) with a ConvViT-B encoder."""
 
-    method: str = "convmae"
+    method: str = method_field("convmae")
     encoder: EncoderSpec = field(default_factory=convvit_b)
 
 
@@ -135,7 +136,7 @@ class DeblurConvMAEPretrainConfig(ConvMAEPretrainConfig):
     """Config of ``deblur-convmae``, as DeblurringMIM's models_dconvmae: Gaussian sigma 1.1 on the
     input, loss over all patches, no per-patch normalisation of the target."""
 
-    method: str = "deblur-convmae"
+    method: str = method_field("deblur-convmae")
     mae: MAEConfig = field(default_factory=MAEConfig.deblurring)
     blur: BlurConfig = field(default_factory=deblurring_blur)
 

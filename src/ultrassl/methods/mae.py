@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ultrassl import checkpoint as ckpt
-from ultrassl.config import PretrainConfig
+from ultrassl.config import PretrainConfig, method_field
 from ultrassl.errors import ConfigError
 from ultrassl.methods.base import PretrainMethod
 from ultrassl.methods.frames import build_frames
@@ -46,13 +46,38 @@ _NORM_PIX_EPS = 1e-6  # as facebookresearch/mae
 class MAEConfig:
     """MAE hyper-parameters; defaults are MAE's ViT-B recipe."""
 
-    mask_ratio: float = 0.75
-    decoder_dim: int = 512
-    decoder_depth: int = 8
-    decoder_heads: int = 16
-    norm_pix_loss: bool = True
-    #: "masked" (MAE) or "all" (DeblurringMIM's code: every patch, visible ones too)
-    loss_on: str = "masked"
+    mask_ratio: float = field(
+        default=0.75,
+        metadata={
+            "help": "fraction of the patches hidden from the encoder, in [0, 1) (MAE: 0.75); 0 needs "
+            "loss_on: all"
+        },
+    )
+    decoder_dim: int = field(
+        default=512,
+        metadata={
+            "help": "width of the reconstruction decoder, a multiple of decoder_heads (MAE: 512); the "
+            "decoder is used in pre-training only, not exported"
+        },
+    )
+    decoder_depth: int = field(default=8, metadata={"help": "transformer blocks of the decoder (MAE: 8)"})
+    decoder_heads: int = field(
+        default=16, metadata={"help": "attention heads of each decoder block (MAE: 16)"}
+    )
+    norm_pix_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "normalise each target patch by its own pixel mean and std before the loss (MAE's "
+            "recipe; DeblurringMIM's code: off)"
+        },
+    )
+    loss_on: str = field(
+        default="masked",
+        metadata={
+            "help": "masked (MAE: the masked patches only) | all (DeblurringMIM's code: every patch, "
+            "visible ones too)"
+        },
+    )
 
     def __post_init__(self) -> None:
         self.check()
@@ -234,7 +259,7 @@ def deblurring_blur() -> BlurConfig:
 class MAEPretrainConfig(PretrainConfig):
     """Config of ``mae``: the common sections plus ``mae`` (MAE's ViT-B recipe) and ``blur`` (none)."""
 
-    method: str = "mae"
+    method: str = method_field("mae")
     mae: MAEConfig = field(default_factory=MAEConfig)
     blur: BlurConfig = field(default_factory=no_blur)
 
@@ -244,7 +269,7 @@ class DeblurMAEPretrainConfig(MAEPretrainConfig):
     """Config of ``deblur-mae``, as DeblurringMIM's code: Gaussian sigma 1.1 on the input, MSE over all
     patches, no per-patch normalisation of the target."""
 
-    method: str = "deblur-mae"
+    method: str = method_field("deblur-mae")
     mae: MAEConfig = field(default_factory=MAEConfig.deblurring)
     blur: BlurConfig = field(default_factory=deblurring_blur)
 

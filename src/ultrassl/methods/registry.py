@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
-from ultrassl.config import PretrainConfig, check, load_preset, merge, parse_set, to_dict
+from ultrassl.config import PretrainConfig, check, load_preset, merge, method_field, parse_set, to_dict
 from ultrassl.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ def _make_config_class(spec: MethodSpec[Any]) -> type[PretrainConfig]:
     hints = typing.get_type_hints(PretrainConfig)
     types.update(hints)
     types.update(spec.sections)
-    fields: list[tuple[str, Any, Any]] = [("method", str, field(default=spec.name))]
+    fields: list[tuple[str, Any, Any]] = [("method", str, method_field(spec.name))]
     for section, tp in types.items():
         if section == "method":
             continue

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ultrassl.confidence import confidence_fn
-from ultrassl.config import PretrainConfig
+from ultrassl.config import PretrainConfig, method_field
 from ultrassl.data.clips import ClipDataset, load_clip_cache
 from ultrassl.data.manifest import read_manifest
 from ultrassl.errors import ConfigError
@@ -42,36 +42,130 @@ _NORM_PIX_EPS = 1e-6
 class UltraMAEConfig:
     """UltraMAE hyper-parameters; defaults are the paper's recipe (ViT-B sizes come from ``encoder``)."""
 
-    #: frames per tubelet (the spatial size is ``encoder.patch_size``)
-    tubelet: int = 2
-    mask_ratio_image: float = 0.9
-    mask_ratio_video: float = 0.95
-    #: "random" (the paper: any spatio-temporal token) or "tube" (one spatial mask for all time steps)
-    mask: str = "random"
-    decoder_dim: int = 384
-    decoder_depth: int = 4
-    #: the paper gives no head count; 12 keeps MAE's 32-wide decoder heads
-    decoder_heads: int = 12
-    norm_pix_loss: bool = False
-    #: "cwus" (frame x confidence map, the paper) or "raw" (ablation: pixels)
-    target: str = "cwus"
-    #: "both" (the paper), "images" (ablation: stills only) or "videos" (ablation: clips only)
-    modality: str = "both"
-    clip_frames: int = 16
-    clip_fps: float = 6.0
-    #: clips cut (evenly spread, decoded once) from each video
-    max_clips_per_video: int = 4
-    #: order of image and clip batches in an epoch: "proportional" (shuffled together) or "alternate"
-    mix: str = "proportional"
-    #: confidence maps are solved on frames shrunk to at most this many pixels on a side, then resized
-    confidence_max_side: int = 256
-    confidence_alpha: float = 2.0
-    confidence_beta: float = 90.0
-    confidence_gamma: float = 0.05
-    #: where the maps are solved at start-up: "cpu", "cuda" or "auto" (batched dense Cholesky on a GPU)
-    confidence_device: str = "cpu"
-    #: folder that keeps each clip's maps by content, shared by runs and folds (None: solve every run)
-    confidence_cache: str | None = None
+    tubelet: int = field(
+        default=2,
+        metadata={
+            "help": "frames per tubelet, a token's length in time (its spatial size is encoder.patch_size); "
+            "clip_frames must be a multiple of it; an image is repeated to fill one tubelet"
+        },
+    )
+    mask_ratio_image: float = field(
+        default=0.9, metadata={"help": "fraction of an image's tokens masked, in (0, 1) (the paper: 0.9)"}
+    )
+    mask_ratio_video: float = field(
+        default=0.95, metadata={"help": "fraction of a clip's tokens masked, in (0, 1) (the paper: 0.95)"}
+    )
+    mask: str = field(
+        default="random",
+        metadata={
+            "help": "random (the paper: any spatio-temporal token) | tube (one spatial mask for every time "
+            "step of a clip)"
+        },
+    )
+    decoder_dim: int = field(
+        default=384,
+        metadata={
+            "help": "width of the reconstruction decoder (the paper: 384), a multiple of decoder_heads and "
+            "of 16 (3-D sin-cos positions); the decoder is used in pre-training only, not exported"
+        },
+    )
+    decoder_depth: int = field(
+        default=4, metadata={"help": "transformer blocks of the decoder (the paper: 4)"}
+    )
+    decoder_heads: int = field(
+        default=12,
+        metadata={
+            "help": "attention heads of each decoder block; the paper gives no head count, 12 keeps MAE's "
+            "32-wide decoder heads"
+        },
+    )
+    norm_pix_loss: bool = field(
+        default=False,
+        metadata={
+            "help": "normalise each target tubelet patch by its own mean and std before the loss (off: "
+            "the L2 loss on the target as it is, as the paper)"
+        },
+    )
+    target: str = field(
+        default="cwus",
+        metadata={
+            "help": "cwus (the frame x its confidence map, the paper) | raw (ablation: the frame's pixels)"
+        },
+    )
+    modality: str = field(
+        default="both",
+        metadata={
+            "help": "both (the paper: images and clips) | images (ablation: stills only, videos not "
+            "decoded) | videos (ablation: clips only, stills not decoded)"
+        },
+    )
+    clip_frames: int = field(
+        default=16, metadata={"help": "frames per clip (the paper: 16), a multiple of tubelet"}
+    )
+    clip_fps: float = field(
+        default=6.0,
+        metadata={
+            "help": "frames per second a clip is sampled at (the paper: 6); every frame when the video's "
+            "rate is unknown or not above it"
+        },
+    )
+    max_clips_per_video: int = field(
+        default=4,
+        metadata={
+            "help": "at most this many non-overlapping clips cut from each video, evenly spread and decoded "
+            "once (a video too short for one gives one, padded with its last frame)"
+        },
+    )
+    mix: str = field(
+        default="proportional",
+        metadata={
+            "help": "order of the image and clip batches in an epoch (a batch holds one modality): "
+            "proportional (shuffled together) | alternate (each modality spread evenly over the epoch)"
+        },
+    )
+    confidence_max_side: int = field(
+        default=256,
+        metadata={
+            "help": "confidence maps (of the whole scan-area frame, before the crop) are solved on frames "
+            "shrunk (area average) to at most this many pixels on the longer side, then resized back "
+            "(bilinear); 0: at full size"
+        },
+    )
+    confidence_alpha: float = field(
+        default=2.0,
+        metadata={
+            "help": "depth attenuation coefficient of the confidence map's random walk (Karamalis et al. "
+            "2012; the paper gives none, Karamalis' code and MONAI default to 2.0)"
+        },
+    )
+    confidence_beta: float = field(
+        default=90.0,
+        metadata={
+            "help": "how strongly intensity differences weaken the random walk's edges, weight "
+            "exp(-beta x cost) (Karamalis' code and MONAI: 90)"
+        },
+    )
+    confidence_gamma: float = field(
+        default=0.05,
+        metadata={
+            "help": "extra cost of the random walk's horizontal and diagonal steps (Karamalis' code and "
+            "MONAI: 0.05)"
+        },
+    )
+    confidence_device: str = field(
+        default="cpu",
+        metadata={
+            "help": "where the maps are solved at start-up: cpu | cuda | auto (cuda when there is one); "
+            "maps are computed only with target: cwus"
+        },
+    )
+    confidence_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder that keeps each frame's map, keyed by its content and the parameters, shared by "
+            "runs and folds (maps `ultrassl confidence` wrote there are read too); None: solve every run"
+        },
+    )
 
     def __post_init__(self) -> None:
         self.check()
@@ -270,7 +364,7 @@ class UltraMAE(PretrainMethod):
 class UltraMAEPretrainConfig(PretrainConfig):
     """Config of ``ultramae``: the common sections plus ``ultramae`` (the paper's recipe)."""
 
-    method: str = "ultramae"
+    method: str = method_field("ultramae")
     ultramae: UltraMAEConfig = field(default_factory=UltraMAEConfig)
 
 

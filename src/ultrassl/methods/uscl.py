@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ultrassl.config import DataConfig, OptimConfig, PretrainConfig, TrainConfig
+from ultrassl.config import DataConfig, OptimConfig, PretrainConfig, TrainConfig, method_field
 from ultrassl.data.datasets import load_frame_cache
 from ultrassl.data.manifest import ManifestRow, read_manifest
 from ultrassl.data.video_items import VideoItems, classes_of, group_items, keep_labels, split_items
@@ -34,27 +34,81 @@ from ultrassl.transforms.uscl import USCLAugment, USCLPairs
 class USCLConfig:
     """USCL hyper-parameters; defaults are the reference's (config.yaml, run.py, the data wrapper)."""
 
-    temperature: float = 0.5
-    #: weight of the cross-entropy on labelled videos (the reference's lumbda, 0.2 by default)
-    ce_weight: float = 0.2
-    #: lam ~ Beta(beta_a, beta_b) mixes each view with the shared anchor frame
-    beta_a: float = 0.5
-    beta_b: float = 0.5
-    #: draw the three frames from this many consecutive (sampled) frames; None: the whole video
-    frame_window: int | None = None
-    #: keep the labels of this fraction of the labelled training videos (seeded); the rest are unlabelled
-    label_fraction: float = 1.0
-    #: videos held out to validate the contrastive loss (best checkpoint by it), as the reference
-    val_fraction: float = 0.2
-    #: "video": one item per manifest row (a still is a 1-frame video); "group": one per group_id
-    group_by: str = "video"
-    #: ColorJitter (brightness, contrast, saturation, hue); saturation and hue are skipped on 1 channel
-    jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)
-    proj_dim: int = 256
-    #: class names of the classifier, filled from the manifest's labels when empty
-    classes: tuple[str, ...] = ()
-    #: gather embeddings from every process for NT-Xent under torchrun (a global batch of negatives)
-    gather: bool = True
+    temperature: float = field(default=0.5, metadata={"help": "NT-Xent temperature, > 0 (USCL: 0.5)"})
+    ce_weight: float = field(
+        default=0.2,
+        metadata={
+            "help": "weight of the cross-entropy on labelled videos, >= 0 (the reference's lumbda, 0.2 by "
+            "default); 0: contrast only"
+        },
+    )
+    beta_a: float = field(
+        default=0.5,
+        metadata={
+            "help": "first parameter of Beta(beta_a, beta_b), from which lam, the weight that mixes each "
+            "view with the shared anchor frame, is drawn once per item (USCL: 0.5)"
+        },
+    )
+    beta_b: float = field(
+        default=0.5, metadata={"help": "second parameter of that Beta distribution (USCL: 0.5)"}
+    )
+    frame_window: int | None = field(
+        default=None,
+        metadata={
+            "help": "draw the three frames from this many consecutive (sampled) frames; None: the whole "
+            "video, as USCL"
+        },
+    )
+    label_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "keep the labels of this fraction of the labelled training videos, in [0, 1] (seeded; "
+            "--label-fraction); the rest train as unlabelled videos"
+        },
+    )
+    val_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "fraction of the videos (groups with group_by: group) held out to validate the NT-Xent "
+            "loss, in [0, 1) (USCL: 0.2); its lowest value picks best.pt unless a probe does; 0: none "
+            "held out"
+        },
+    )
+    group_by: str = field(
+        default="video",
+        metadata={
+            "help": "video (one item per manifest row; a still is a 1-frame video) | group (one item per "
+            "group_id)"
+        },
+    )
+    jitter: tuple[float, float, float, float] = field(
+        default=(0.8, 0.8, 0.8, 0.2),
+        metadata={
+            "help": "ColorJitter strengths (brightness, contrast, saturation, hue; hue at most 0.5), "
+            "drawn for each view; saturation and hue are skipped on 1 channel"
+        },
+    )
+    proj_dim: int = field(
+        default=256,
+        metadata={
+            "help": "output size of the projection head Linear(width, width)-ReLU-Linear(width, proj_dim) "
+            "that NT-Xent and the classifier read (USCL: 256)"
+        },
+    )
+    classes: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "class names of the classifier, filled from the manifest's labels (sorted) when empty; "
+            "none there: no classifier, contrast only"
+        },
+    )
+    gather: bool = field(
+        default=True,
+        metadata={
+            "help": "gather embeddings from every process for NT-Xent under torchrun (a global batch of "
+            "negatives)"
+        },
+    )
 
     def __post_init__(self) -> None:
         self.check()
@@ -252,7 +306,7 @@ class USCLPretrainConfig(PretrainConfig):
     Adam lr 3e-4 wd 1e-4 on every parameter, 10 constant epochs then cosine, RandomResizedCrop(0.8-1,
     0.8-1.25) + flip, normalise 0.5/0.25, batch 32, 300 epochs."""
 
-    method: str = "uscl"
+    method: str = method_field("uscl")
     encoder: EncoderSpec = field(default_factory=_uscl_encoder)
     data: DataConfig = field(default_factory=_uscl_data)
     optim: OptimConfig = field(default_factory=_uscl_optim)

@@ -13,13 +13,39 @@ __all__ = ["EncoderSpec"]
 class EncoderSpec:
     """Everything needed to rebuild an encoder with ``timm.create_model`` (stored in config.json)."""
 
-    arch: str = "vit_tiny_patch16_224"
-    img_size: tuple[int, int] = (224, 224)
-    patch_size: int = 16
-    in_chans: int = 1
-    #: extra timm kwargs that override the architecture's defaults (e.g. embed_dim/depth/num_heads
-    #: for the test-size model).
-    model_args: dict[str, Any] = field(default_factory=dict)
+    arch: str = field(
+        default="vit_tiny_patch16_224",
+        metadata={
+            "help": "the encoder's timm architecture: a ViT name (vit_base_patch16_224, ...) or its short "
+            "name tiny | small | base | large | huge; convvit_tiny_patch16 | convvit_small_patch16 | "
+            "convvit_base_patch16 for ConvMAE; a ResNet (resnet18, ...) for USCL"
+        },
+    )
+    img_size: tuple[int, int] = field(
+        default=(224, 224),
+        metadata={
+            "help": "(height, width) in pixels of the model input: each crop is resized to it; a multiple "
+            "of patch_size for ViTs"
+        },
+    )
+    patch_size: int = field(
+        default=16,
+        metadata={
+            "help": "side in pixels of a square patch (one token; UltraMAE: a tubelet's spatial size); "
+            "ConvViT needs 16, ResNets ignore it"
+        },
+    )
+    in_chans: int = field(
+        default=1,
+        metadata={"help": "input channels: 1 (frames decoded as grayscale) or 3 (frames decoded as RGB)"},
+    )
+    model_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "extra timm keyword arguments that override the architecture's defaults (e.g. "
+            "embed_dim/depth/num_heads for the test-size model); ResNets ignore them"
+        },
+    )
 
     def timm_kwargs(self) -> dict[str, Any]:
         return dict(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -179,15 +179,43 @@ def srad(
 class BlurConfig:
     """Which blur Deblurring MAE applies to the encoder input (``kind="none"`` = vanilla MAE)."""
 
-    kind: str = "gaussian"
-    sigma: float = 1.1
-    #: draw sigma uniformly from this range on every call instead of using ``sigma``
-    sigma_range: tuple[float, float] | None = None
-    kernel_size: int = 5
-    length: int = 9
-    angle_deg: float = 0.0
-    radius: int = 3
-    srad_iters: int = 10
+    kind: str = field(
+        default="gaussian",
+        metadata={
+            "help": f"{' | '.join(BLUR_KINDS)}: the blur applied to the encoder input only (after the crop "
+            "and resize; the target stays sharp); none: vanilla MAE"
+        },
+    )
+    sigma: float = field(
+        default=1.1,
+        metadata={
+            "help": "gaussian: standard deviation in pixels of the model input, kernel side "
+            "round(6 sigma + 1) made odd, as OpenCV (DeblurringMIM: 1.1)"
+        },
+    )
+    sigma_range: tuple[float, float] | None = field(
+        default=None,
+        metadata={
+            "help": "gaussian: draw sigma uniformly from this (low, high) range, 0 < low <= high, for every "
+            "sample instead of using sigma; None: always sigma"
+        },
+    )
+    kernel_size: int = field(
+        default=5, metadata={"help": "mean and median: side in pixels of the square window (odd)"}
+    )
+    length: int = field(default=9, metadata={"help": "motion: length in pixels of the line averaged along"})
+    angle_deg: float = field(
+        default=0.0,
+        metadata={"help": "motion: direction of the line in degrees, counter-clockwise from horizontal"},
+    )
+    radius: int = field(default=3, metadata={"help": "defocus: radius in pixels of the disk averaged over"})
+    srad_iters: int = field(
+        default=10,
+        metadata={
+            "help": "srad: iterations of speckle-reducing anisotropic diffusion (Yu & Acton 2002; time "
+            "step 0.05, speckle scale estimated per image at every iteration)"
+        },
+    )
 
     def __post_init__(self) -> None:
         self.check()
