@@ -13,8 +13,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ultrassl"
 
 #: floors that must not know the facade or any method
 LOWER = ("ultrassl.data", "ultrassl.models", "ultrassl.transforms", "ultrassl.checkpoint")
-#: the only modules that may import the facade (the command line and the demo script use it)
-FACADE_USERS = {"ultrassl.cli", "ultrassl.__main__", "ultrassl.demo"}
+#: the only modules that may import the facade (the command line, the one-call Python API and the demo
+#: script use it)
+FACADE_USERS = {"ultrassl.cli", "ultrassl.__main__", "ultrassl.demo", "ultrassl.workflow"}
 #: engines that stand side by side, and what each must not import: the online probe (monitor) shares
 #: fine-tuning's frames, features, folds and scores through the floors below both, never ``finetune``
 #: itself; and those shared floors know neither engine

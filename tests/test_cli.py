@@ -81,6 +81,7 @@ def test_the_parser_and_every_help_import_no_heavy_library():
 def test_import_ultrassl_registers_convvit_with_timm_when_timm_comes_later():
     script = (
         "import sys, ultrassl\n"
+        "from ultrassl import index, pretrain, export, finetune, evaluate, PretrainResult, FinetuneResult\n"
         "assert 'torch' not in sys.modules and 'timm' not in sys.modules\n"
         "import timm\n"
         "print(sorted(timm.list_models('convvit_*')))\n"

@@ -20,18 +20,15 @@ import yaml
 
 from ultrassl.config import (
     TrainConfig,
-    check,
-    load_preset,
-    merge,
     parse_set,
     preset_names,
     to_dict,
 )
 from ultrassl.data.limits import ReadLimits
 from ultrassl.data.skipped import report_skipped
-from ultrassl.errors import ConfigError, UltrasslError
-from ultrassl.finetune.options import ClassifyConfig, SegmentConfig
-from ultrassl.models.spec import EncoderSpec
+from ultrassl.errors import UltrasslError
+from ultrassl.finetune.options import ClassifyConfig, SegmentConfig, scratch_encoder, task_config
+from ultrassl.workflow import PRETRAIN_OPTIONS, pretrain_options
 
 #: the methods ``import ultrassl.methods`` registers, named here so that ``--help`` needs no torch
 #: (tests/test_cli.py checks it against the registry); a --plugin adds its own
@@ -394,47 +391,18 @@ def _is_optional(tp: Any) -> bool:
 
 def _task_config(a: argparse.Namespace, cls: type) -> Any:
     """defaults <- --preset <- flags <- --set, then one check of the final values."""
-    cfg = cls()
-    if a.preset:
-        merge(cfg, load_preset(a.preset, "finetune"), "")
-    merge(cfg, {k.removeprefix(_PREFIX): v for k, v in vars(a).items() if k.startswith(_PREFIX)})
-    merge(cfg, parse_set(a.set))
-    return check(cfg)
+    options = {k.removeprefix(_PREFIX): v for k, v in vars(a).items() if k.startswith(_PREFIX)}
+    return task_config(cls, a.preset, options, a.set)
 
 
 def _scratch_spec(a: argparse.Namespace, img_size: tuple[int, int] | None = None) -> Any:
     """The EncoderSpec of ``--weights scratch --arch NAME`` (at --img-size, default 224), or None."""
-    if not a.arch:
-        return None
-    if str(a.weights) != "scratch":
-        raise ConfigError("--arch only applies to --weights scratch (pre-trained weights bring their own)")
-    size = tuple(img_size) if img_size else (224, 224)
-    return EncoderSpec(arch=a.arch, img_size=size, patch_size=a.patch_size, in_chans=a.in_chans)
+    return scratch_encoder(a.weights, a.arch, patch_size=a.patch_size, in_chans=a.in_chans, img_size=img_size)
 
 
 def _pretrain_flags(a: argparse.Namespace) -> dict[str, Any]:
-    train = {
-        "max_steps": a.max_steps,
-        "epochs": a.epochs,
-        "time_limit": a.time_limit,
-        "checkpoint_every": a.checkpoint_every,
-        "batch_size": a.batch_size,
-        "seed": a.seed,
-        "device": a.device,
-        "precision": a.precision,
-        "compile": a.compile,
-    }
-    flags: dict[str, Any] = {"train": {k: v for k, v in train.items() if v is not None}}
-    data = {"manifest": a.data, "num_workers": a.workers}
-    flags["data"] = {k: v for k, v in data.items() if v is not None}
-    if a.init_from:
-        flags["init_from"] = a.init_from
-    if a.label_fraction is not None:
-        flags["uscl"] = {"label_fraction": a.label_fraction}
-    probe = {"data": a.probe_data, "every": a.probe_every}
-    if any(v is not None for v in probe.values()):
-        flags["probe"] = {k: v for k, v in probe.items() if v is not None}
-    return flags
+    """The config sections the pre-training flags set (one table with ``ultrassl.pretrain``)."""
+    return pretrain_options({name: getattr(a, name) for name in PRETRAIN_OPTIONS})
 
 
 def main(argv: list[str] | None = None) -> int:

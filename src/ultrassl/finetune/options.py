@@ -7,12 +7,26 @@ engines (:mod:`~ultrassl.finetune.classify`, :mod:`~ultrassl.finetune.segment`) 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
+from ultrassl.config import check, load_preset, merge, parse_set
 from ultrassl.errors import ConfigError
 from ultrassl.finetune.splits import Protocol
+from ultrassl.models.spec import EncoderSpec
 
-__all__ = ["COMMON_RANGES", "ClassifyConfig", "SegmentConfig", "check_device_and_precision", "check_ranges"]
+__all__ = [
+    "COMMON_RANGES",
+    "TASKS",
+    "ClassifyConfig",
+    "SegmentConfig",
+    "check_device_and_precision",
+    "check_ranges",
+    "scratch_encoder",
+    "task_config",
+]
 
 
 def check_device_and_precision(device: str, precision: str) -> None:
@@ -271,3 +285,51 @@ class SegmentConfig(Protocol):
             upernet_channels=(1, None),
             n_overlays=(0, None),
         )
+
+
+#: the downstream tasks and their options
+TASKS: dict[str, type[ClassifyConfig] | type[SegmentConfig]] = {
+    "classify": ClassifyConfig,
+    "segment": SegmentConfig,
+}
+
+_Options = TypeVar("_Options", ClassifyConfig, SegmentConfig)
+
+
+def task_config(
+    cls: type[_Options],
+    preset: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] | None = None,
+) -> _Options:
+    """A task's options in layers: defaults <- ``preset`` (a fine-tuning preset's name or a YAML file) <-
+    ``options`` (field name -> value) <- ``overrides`` (``["lr=1e-4", ...]``, as ``--set``), then one
+    check of the final values. ``ultrassl finetune TASK`` (its flags are the options) and
+    ``ultrassl.finetune`` both build their config here; an unknown name is a ConfigError listing the
+    valid ones."""
+    cfg = cls()
+    if preset:
+        merge(cfg, load_preset(preset, "finetune"), "")
+    merge(cfg, dict(options or {}))
+    merge(cfg, parse_set(list(overrides or [])))
+    return check(cfg)
+
+
+def scratch_encoder(
+    weights: str | Path,
+    arch: str | None,
+    *,
+    patch_size: int = 16,
+    in_chans: int = 1,
+    img_size: Sequence[int] | None = None,
+) -> EncoderSpec | None:
+    """The encoder ``weights="scratch"`` builds when ``arch`` names one (a timm architecture or
+    tiny|small|base), at ``img_size`` (default 224 x 224); None without ``arch``."""
+    if not arch:
+        return None
+    if str(weights) != "scratch":
+        raise ConfigError(
+            "arch (--arch) only applies to weights 'scratch' (pre-trained weights bring their own)"
+        )
+    size = (int(img_size[0]), int(img_size[1])) if img_size else (224, 224)
+    return EncoderSpec(arch=arch, img_size=size, patch_size=patch_size, in_chans=in_chans)

@@ -72,6 +72,8 @@ class TrainResult:
     seconds: float
     #: what best.pt holds: {"key", "value", "step"} (None: no best.pt was written)
     best: dict[str, Any] | None = None
+    #: the steps the run is set to reach (``train.max_steps``, else the epochs' steps)
+    total_steps: int | None = None
 
 
 class Trainer:
@@ -296,6 +298,7 @@ class Trainer:
             checkpoint=self.ckpt_path,
             seconds=time.monotonic() - t_start,
             best=self.best.info,
+            total_steps=self.total_steps,
         )
 
     def train_step(self, batches: Iterator) -> tuple[torch.Tensor, torch.Tensor | None, int]:
