@@ -25,8 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import RESULTS, ROOT  # noqa: E402
 from pages import (  # noqa: E402
     attention_kernels,
+    cli_startup,
     confidence,
     crop_effect,
+    finetune_speed,
     gpu_check,
     loader_rates,
     precision_auto,
@@ -35,6 +37,7 @@ from pages import (  # noqa: E402
     reliability,
     scan_area,
     speed,
+    step_profile,
 )
 
 DOCS = ROOT / "docs"
@@ -50,6 +53,7 @@ class Section:
 #: every generated section, in page order
 SECTIONS = (
     Section("benchmarks.md", "SPEED", speed.section),
+    Section("benchmarks.md", "STEP_PROFILE", step_profile.section),
     Section("benchmarks.md", "ATTENTION_KERNELS", attention_kernels.section),
     Section("benchmarks.md", "CONFIDENCE_SPEED", confidence.speed_section),
     Section("benchmarks.md", "CONFIDENCE_WORKERS", confidence.workers_section),
@@ -62,6 +66,8 @@ SECTIONS = (
     Section("benchmarks.md", "PRECISION_AUTO", precision_auto.section),
     Section("benchmarks.md", "LOADER_RATES", loader_rates.section),
     Section("benchmarks.md", "GPU_CHECK", gpu_check.section),
+    Section("benchmarks.md", "FINETUNE_SPEED", finetune_speed.section),
+    Section("benchmarks.md", "CLI_STARTUP", cli_startup.section),
     Section("reliability.md", "RELIABILITY", reliability.section),
 )
 #: figures drawn from the JSON alone (the overlays of bench/scan_area.py need the data: that bench draws them)

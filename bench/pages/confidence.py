@@ -26,7 +26,8 @@ def table(rows: list[dict], info: dict) -> str:
         "## Confidence maps (Karamalis random walk) vs MONAI",
         "",
         f"{info['cpu']}, {info['cores']} cores (shared), {info['torch_threads']} torch thread; "
-        f"torch {info['torch']}, MONAI {info['monai']}, scipy {info['scipy']}, numpy {info['numpy']}. "
+        f"torch {info['torch']}, MONAI {info['monai']}, scipy {info['scipy']}, numpy {info['numpy']}, "
+        f"git {info.get('git', 'unknown')}. "
         f"Synthetic linear-probe lesion frames; median of repeats; `{info['command']}`.",
         "",
         "| px | MONAI ms/frame | ours ms/frame | speed-up | "
@@ -87,7 +88,8 @@ def workers_table(res: dict, info: dict) -> str:
     )
     return (
         "### Confidence maps through the CLI: frames/s with worker processes\n\n"
-        f"{info['cpu']}, {info['cores']} cores (shared); `{info['command']}`: `ultrassl confidence DATA "
+        f"{info['cpu']}, {info['cores']} cores (shared), git {info.get('git', 'unknown')}; "
+        f"`{info['command']}`: `ultrassl confidence DATA "
         f"-o OUT --workers N --no-previews` (in-process `precompute`, a cold cache each time) over a "
         f"synthetic folder of {res['size']} px stills and clips, {res['frames']} frames; the worker "
         "counts take turns, median run. Each worker process has one thread; decoding, the solve and the "

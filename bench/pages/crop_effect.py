@@ -26,6 +26,8 @@ from typing import Any
 
 from benchlib import read_results
 
+from .provenance import merged_runs
+
 #: the rows of the crop table and the file each reads
 RUNS = {
     "before (stored)": "real_data.json",
@@ -48,6 +50,14 @@ def mean_sd(values: list[float] | None) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def source(label: str, doc: dict[str, Any]) -> str:
+    """Where a row's figures come from: the stored rows are the real-data section's (its commands and
+    machines are listed there); the others, their own file's commands, commits and machines."""
+    if RUNS.get(label) == "real_data.json":
+        return "`real_data.json`, the POCUS rows of the real-data section (its commands, commits and machines there)"
+    return f"`{RUNS.get(label, label)}`, {merged_runs(doc)}"
+
+
 def crop_section(docs: dict[str, dict[str, Any]]) -> str:
     lines = [
         "## What the scan-area crop does to the models (POCUS)",
@@ -55,7 +65,9 @@ def crop_section(docs: dict[str, dict[str, Any]]) -> str:
         "Deblurring MAE and a random ViT-T, 5 patient-grouped folds (pre-training on the other folds' files "
         "at the stored step counts: the 4-minute budget), linear probe on the test fold; frame accuracy "
         "% and per-video accuracy %, mean ± std over the folds. *Lift*: Deblurring MAE minus the random "
-        "encoder, paired by fold. Commands in `bench/pages/crop_effect.py`.",
+        "encoder, paired by fold. The runs: "
+        + "; ".join(f"*{label}*: {source(label, doc)}" for label, doc in docs.items())
+        + ".",
         "",
         "| crop | random ViT-T (frames) | Deblurring MAE (frames) | lift (points) | random (videos) | "
         "Deblurring MAE (videos) |",
@@ -121,13 +133,18 @@ def probe_section(cv: dict[str, Any] | None, single: dict[str, Any] | None) -> s
         "is the same run with or without it).",
     ]
     if cv:
-        lines += ["", "The probe as it is now (scores averaged over 4 group folds of the probe set):", ""]
+        lines += [
+            "",
+            "The probe as it is now (scores averaged over 4 group folds of the probe set; "
+            f"`real_data_probe_cv.json`, {merged_runs(cv)}):",
+            "",
+        ]
         lines += probe_rows(cv)
     if single:
         lines += [
             "",
-            "The first version (one held-out quarter of the probe set's groups; `real_data_crop_new.json`), "
-            "whose noise led to averaging over the folds:",
+            "The first version (one held-out quarter of the probe set's groups; `real_data_crop_new.json`, "
+            f"{merged_runs(single)}), whose noise led to averaging over the folds:",
             "",
         ]
         lines += probe_rows(single)

@@ -9,6 +9,8 @@ from typing import Any
 
 from benchlib import read_results, row_name
 
+from .provenance import made_by
+
 
 def section(results: Path) -> str | None:
     doc = read_results(results / "gpu_check.json")
@@ -53,7 +55,8 @@ def page(doc: dict[str, Any]) -> str:
         [
             f"## GPU check: {doc['device']}",
             "",
-            f"`bash bench/gpu_check.sh` ({doc['seconds'] / 60:.1f} min). CUDA tests: {tests}. Each method's "
+            f"`bash bench/gpu_check.sh` ({doc['seconds'] / 60:.1f} min). {made_by(doc)} CUDA tests: {tests}. "
+            "Each method's "
             "step at its paper preset, 224 px, batch 64, bf16; MFU against a dense bf16 peak of "
             f"{num(doc['peak_bf16_tflops'])} TFLOP/s; loaders in samples/s per worker count (one CPU "
             "thread each) at 224 px.",

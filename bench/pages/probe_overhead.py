@@ -51,5 +51,20 @@ def table(doc: dict[str, Any]) -> str:
             f"**{100 * doc['overhead']:+.1f}%**; the {doc['probes']} probes themselves took "
             f"{doc['probe_s_total']:.1f} s in all (`probe_s` in metrics.csv, last round); decoding the probe "
             f"set once at start-up took {statistics.median(decodes):.1f} s (median; {len(decodes)} rounds).",
+            *spread(doc),
         ]
     )
+
+
+def spread(doc: dict[str, Any]) -> list[str]:
+    """The overhead round by round (the noise it stands against) and the probes' own share of a run."""
+    without, with_ = doc["times_s"].get("without", []), doc["times_s"].get("with", [])
+    if not without or len(without) != len(with_):
+        return []
+    rounds = ", ".join(f"{100 * (w / wo - 1):+.1f}%" for w, wo in zip(with_, without, strict=True))
+    return [
+        "",
+        f"Round by round (each with-probe run against the run without it beside it): {rounds}. The probes' "
+        f"own time is {100 * doc['probe_s_total'] / statistics.median(with_):.1f}% of the median run with "
+        "the probe.",
+    ]

@@ -10,6 +10,8 @@ from typing import Any
 from benchlib import SCAN_AREA_TARGETS as TARGETS
 from benchlib import read_results
 
+from .provenance import bench_command, machine
+
 
 def detector_section(results: Path) -> str | None:
     doc = read_results(results / "scan_area.json")
@@ -25,8 +27,8 @@ def detector_table(res: dict[str, Any]) -> str:
     lines = [
         "## Scan area: the detector against hand annotations",
         "",
-        f"`{res['machine'].get('command', 'python bench/scan_area.py')}` on "
-        f"{res['machine']['cpu']}: the annotations of `bench/scan_area/` ({len(res['rows'])} dev files; how they were made "
+        f"{bench_command(res, 'python bench/scan_area.py')} on "
+        f"{machine(res['machine'])}, git {res['machine'].get('git', 'unknown')}: the annotations of `bench/scan_area/` ({len(res['rows'])} dev files; how they were made "
         "is in its README), frames read as pre-training reads them. IoU of the detected and the annotated "
         "area; *lost*: share of the annotated area outside the detected one (tissue no model sees); "
         "*extra*: share of the detected area outside the annotation (background, overlays). Targets "
@@ -69,7 +71,8 @@ def shortcut_table(res: dict[str, Any]) -> str:
     lines = [
         "### Shortcut check: the labels outside the scan area",
         "",
-        f"`{res['machine'].get('command', 'python bench/scan_area_shortcut.py')}` on {res['machine']['cpu']}: {res['files']} labelled POCUS "
+        f"{bench_command(res, 'python bench/scan_area_shortcut.py')} on {machine(res['machine'])}, "
+        f"git {res['machine'].get('git', 'unknown')}: {res['files']} labelled POCUS "
         f"files ({res['frames']} frames), a logistic regression on 32x32 views, trained on four of the "
         "data's patient-grouped folds and tested on the fifth. *outside*: only the pixels the detected "
         f"area leaves out (a median {res['median_outside_share']:.0%} of the frame); *area*: only the "

@@ -318,7 +318,7 @@ def defaults_section(doc: dict[str, Any]) -> list[str]:
         f"\nThe plain run against the baseline's bare step: **{ratio}** (the issue's target: 1.3x)."
         + (
             f" By the run's own clock from step 20 to the end, the reconstruction pictures it draws "
-            f"included (7 per run, ~0.6 s each, left out of the logged figure): {fmt(wall)} samples/s.\n"
+            f"included (the logged figure leaves them out): {fmt(wall)} samples/s.\n"
             if (wall := rows[-1].get("wall_samples_per_s"))
             else "\n"
         ),
@@ -338,7 +338,7 @@ def defaults_others_section(doc: dict[str, Any]) -> list[str]:
         if n in r["rounds_vs_baseline"] and min(r["rounds_vs_baseline"][n]) > 0
     ]
     return [
-        "\nThe same rows for the other methods' steps, measured the same way (CPU presets, 112 px, batch "
+        "The same rows for the other methods' steps, measured the same way (CPU presets, 112 px, batch "
         "32; each cell the median ratio to the baseline over the rounds, the rounds in brackets). The "
         f"{' and '.join(f'*{n}*' for n in lone)} cells are separate processes set against the lone baseline "
         "a few seconds apart"
@@ -356,6 +356,46 @@ def defaults_others_section(doc: dict[str, Any]) -> list[str]:
 def loader_machine(doc: dict[str, Any]) -> str | None:
     """The CPU the loaders ran on: their rates are set against that machine's fp32 step rows."""
     return (doc.get("part_machines", {}).get("loader") or {}).get("cpu")
+
+
+def round_spread(doc: dict[str, Any]) -> str:
+    """How far apart one step row's rounds are at most (the noise the median round stands against)."""
+    spreads = [
+        max(rs) / min(rs)
+        for r in doc.get("step", [])
+        if len(rs := r.get("rounds_samples_per_s") or []) > 1 and min(rs) > 0
+    ]
+    return f": the fastest round of one row is up to {max(spreads):.2f}x its slowest here" if spreads else ""
+
+
+def compile_cost(doc: dict[str, Any]) -> str:
+    """What torch.compile costs and gives in the step rows, against what bf16 autocast gives."""
+    steps = [r for r in doc.get("step", []) if "samples_per_s" in r]
+    compiled = [r for r in steps if r.get("option") == "torch.compile"]
+    if not compiled:
+        return "not measured here"
+    # on the machines the compiled rows ran on (another machine's bf16 is another story)
+    per_machine = {m: fp32_rates(doc, m) for m in {r.get("machine") for r in compiled}}
+
+    def ratios(option: str) -> list[float]:
+        return [
+            r["samples_per_s"] / ref
+            for r in steps
+            if r.get("option") == option and (ref := per_machine.get(r.get("machine"), {}).get(label(r)))
+        ]
+
+    warm = [r["warmup_s"] for r in compiled if r.get("warmup_s")]
+    c, b = ratios("torch.compile"), ratios("bf16 autocast")
+    out = (
+        f"its 2 warm-up steps, compilation included, took {min(warm):.0f}-{max(warm):.0f} s per input shape"
+        if warm
+        else "it compiles per input shape at start-up"
+    )
+    if c:
+        out += f", for {min(c):.2f}-{max(c):.2f}x in fp32 in the rows above"
+    if b:
+        out += f", where bf16 autocast alone gives {min(b):.2f}-{max(b):.2f}x"
+    return out
 
 
 def section(results: Path) -> str | None:
@@ -380,8 +420,7 @@ def section(results: Path) -> str | None:
         "optimiser, autocast) on one real batch of the method's synthetic data, median of the timed "
         "steps after 2 warm-up steps (`torch.compile` compiles during the warm-up); 2 torch threads. "
         "Every row runs in several rounds, the rows interleaved, and shows its median round (all rounds "
-        "in the JSON): the cores of this virtual machine are shared, and one round alone has been seen "
-        "40% off. Peak memory is the process's max RSS on a CPU (data set included), "
+        f"in the JSON): the cores of this virtual machine are shared{round_spread(doc)}. Peak memory is the process's max RSS on a CPU (data set included), "
         "`max_memory_allocated` on CUDA. `--precision auto` (the default) times fp32 and bf16 on the "
         "run's first batch and keeps fp32 unless the other is more than 3% faster (this CPU "
         + ("has" if info.get("native_bf16") else "has no")
@@ -415,8 +454,8 @@ def section(results: Path) -> str | None:
         findings(doc),
         "\nThe defaults follow these rows: `--precision auto` (measured per run, see above), fused AdamW, "
         "the tuned host allocator, fused attention on (the explicit path under bf16 on a CPU), "
-        "`torch.compile` off (4-60 s of compilation per input shape at start-up for 1.0-1.3x in fp32 in "
-        "the rows above, where bf16 autocast alone gives 1.2-2x; the two together were not measured), channels-last on for CNN encoders. GPU rows are not in this table: no GPU was "
+        f"`torch.compile` off ({compile_cost(doc)}; the two together were not measured), channels-last on "
+        "for CNN encoders. GPU rows are not in this table: no GPU was "
         "available to this project's runs; the same script writes them on a CUDA machine.",
     ]
     return "\n".join(parts)
