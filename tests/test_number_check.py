@@ -24,8 +24,8 @@ What counts as a measured figure (``RULES``):
   ``mask 75%`` or ``20% of videos held out``;
 - a decimal millisecond timing (``4.7 ms``).
 
-A percentage after ``more than``, ``less than``, ``at most``, ``at least``, ``under`` or a comparison sign
-is a threshold (a setting or a target), not a figure. A line that matches and is not a measured figure
+A percentage or a ratio after ``more than``, ``less than``, ``at most``, ``at least``, ``under``, ``a cap
+(limit, timeout) of`` or a comparison sign is a threshold (a setting or a target), not a figure. A line that matches and is not a measured figure
 goes in ``ALLOWED`` with its reason; there is no skip of a whole file.
 
     python tests/test_number_check.py      # every offender, file:line
@@ -62,8 +62,12 @@ MEASURING = re.compile(
 )
 #: words that make a rate a setting rather than a measurement (frames sampled at 3 frames/s)
 SAMPLING = re.compile(r"\b(?:sampling|sampled|sample at|(?:re|sub)sampl\w*)\b", re.IGNORECASE)
-#: what makes a percentage a threshold (a setting or a target): "more than 3%", "median lost < 1%"
-THRESHOLD = re.compile(r"(?:(?:more|less|fewer) than|at (?:most|least)|under|[<>≤≥]=?)\s*$", re.IGNORECASE)
+#: what makes a percentage or a ratio a threshold (a setting or a target): "more than 3%", "median lost
+#: < 1%", "a cap of 3x the budget"
+THRESHOLD = re.compile(
+    r"(?:(?:more|less|fewer) than|at (?:most|least)|under|(?:cap|limit|timeout) of|[<>≤≥]=?)\s*$",
+    re.IGNORECASE,
+)
 
 RATE = (
     r"(?:(?:samples|frames|steps|it|files|images|clips|pairs|maps|videos|tokens|batches|epochs|"
@@ -79,12 +83,12 @@ class Rule:
     needs: re.Pattern[str] | None = None
     #: a figure only where its sentence does not match this (None: always)
     unless: re.Pattern[str] | None = None
-    #: percentages: not after a threshold's words
+    #: not after a threshold's words
     threshold_exempt: bool = False
 
 
 RULES = (
-    Rule("speed ratio", re.compile(NUM + r"[x×](?!\w)")),
+    Rule("speed ratio", re.compile(NUM + r"[x×](?!\w)"), threshold_exempt=True),
     Rule("rate", re.compile(NUM + r"\s?" + RATE), unless=SAMPLING),
     Rule("spread", re.compile(NUM + r"\s*(?:±|\+-|\+/-)\s*\d+(?:\.\d+)?")),
     Rule("signed points", re.compile(r"(?<![\w.])[+−-]\s?\d+(?:\.\d+)?\s?(?:points?|pts|pp)\b")),
@@ -260,6 +264,8 @@ NOT_FIGURES = [
     "fp32 unless bf16 is faster by more than 3%",
     "the probes stay under 5% of the training time",
     "targets: median lost < 1%",
+    "a cap of 3x the budget stops a run that a shared machine slows down",
+    "every loader keeps more than 3x ahead of the model",
     "the version 1.2.3 of torch",
     "a timeout of 500 ms per file",
     "ViT-B/16 at 224 px, 800 epochs",
