@@ -18,7 +18,7 @@ What counts as a measured figure (``RULES``):
   ``ms/frame``), unless its sentence speaks of sampling (``sampled at 3 frames/s`` is a setting);
 - a spread: ``±``, ``+-`` or ``+/-`` between two numbers;
 - points with a sign (``+19.4 points``) or a decimal (``within 1.3 points``);
-- a decimal percentage (``52.4%``);
+- a decimal percentage (``52.4%``), not a confidence level (``95% intervals``);
 - an integer percentage in a sentence that speaks of a measurement (faster, slower, overhead, wall
   time, gain, lift, accuracy, Dice, IoU, won, lost, took, measured, throughput): ``20% faster``; not
   ``mask 75%`` or ``20% of videos held out``;
@@ -69,6 +69,9 @@ THRESHOLD = re.compile(
     re.IGNORECASE,
 )
 
+#: a percentage that names a confidence level ("95% intervals", argparse's "95%% CI") is a setting
+NOT_A_LEVEL = r"(?!%?\s*(?:confidence\s+|credible\s+)?(?:intervals?|CIs?)\b)"
+
 RATE = (
     r"(?:(?:samples|frames|steps|it|files|images|clips|pairs|maps|videos|tokens|batches|epochs|"
     r"[GT]?FLOP|[KMG]i?B)/s|ms/(?:step|frame|file|map|sample|batch|call|image))\b"
@@ -93,9 +96,12 @@ RULES = (
     Rule("spread", re.compile(NUM + r"\s*(?:±|\+-|\+/-)\s*\d+(?:\.\d+)?")),
     Rule("signed points", re.compile(r"(?<![\w.])[+−-]\s?\d+(?:\.\d+)?\s?(?:points?|pts|pp)\b")),
     Rule("decimal points", re.compile(DECIMAL + r"\s?(?:points?|pts|pp)\b")),
-    Rule("decimal percentage", re.compile(DECIMAL + r"\s?%"), threshold_exempt=True),
+    Rule("decimal percentage", re.compile(DECIMAL + r"\s?%" + NOT_A_LEVEL), threshold_exempt=True),
     Rule(
-        "percentage of a measurement", re.compile(INTEGER + r"\s?%"), needs=MEASURING, threshold_exempt=True
+        "percentage of a measurement",
+        re.compile(INTEGER + r"\s?%" + NOT_A_LEVEL),
+        needs=MEASURING,
+        threshold_exempt=True,
     ),
     Rule("millisecond timing", re.compile(DECIMAL + r"\s?ms\b(?!/)")),
 )
@@ -265,6 +271,8 @@ NOT_FIGURES = [
     "the probes stay under 5% of the training time",
     "targets: median lost < 1%",
     "a cap of 3x the budget stops a run that a shared machine slows down",
+    "evaluate encoders (grouped folds, 95%% intervals, paired lifts)",
+    "the lift with its 95% confidence interval",
     "every loader keeps more than 3x ahead of the model",
     "the version 1.2.3 of torch",
     "a timeout of 500 ms per file",
