@@ -291,7 +291,77 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--folds", type=int, default=5, help="folds of the fine-tuning evaluations (default: %(default)s)"
     )
+    _benchmark_flags(sub)
     return p
+
+
+def _benchmark_flags(sub: Any) -> None:
+    """``ultrassl benchmark``: the flags of :class:`ultrassl.benchmark.BenchmarkOptions`."""
+    s = sub.add_parser(
+        "benchmark",
+        help="evaluate encoders on public ultrasound tasks (grouped folds, 95%% intervals, paired lifts)",
+    )
+    s.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="data root holding pocus/, busi/, hc18/ (docs/benchmark-data.md)",
+    )
+    s.add_argument("--out", type=Path, required=True, help="folder for benchmark.json and work/ (resumable)")
+    s.add_argument(
+        "--tasks",
+        default="pocus-classify,busi-classify,busi-segment,hc18-segment",
+        help="comma-separated tasks (default: %(default)s)",
+    )
+    s.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated: registered methods (pre-trained per fold), 'scratch' (their random twins), "
+        "or scratch-vit, scratch-convvit, scratch-r18",
+    )
+    s.add_argument(
+        "--weights",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="run folders, export folders or checkpoints to evaluate, each against a random twin of its shape",
+    )
+    s.add_argument(
+        "--quick",
+        action="store_true",
+        help="a first look in minutes: folds 0,1, seeds 0,1, 0.5 min pre-training, 3 segmentation epochs",
+    )
+    s.add_argument("--folds", default=None, help="comma-separated test folds (default: 0-4; --quick 0,1)")
+    s.add_argument("--seeds", default=None, help="comma-separated probe seeds (default: 0,1,2; --quick 0,1)")
+    s.add_argument(
+        "--seg-seeds", type=int, default=1, help="segmentation runs the first N seeds (default: 1)"
+    )
+    s.add_argument(
+        "--pretrain-minutes",
+        type=float,
+        default=None,
+        help="pre-training budget per method and fold (default: 4)",
+    )
+    s.add_argument(
+        "--seg-epochs", type=int, default=None, help="segmentation fine-tuning epochs (default: 10)"
+    )
+    s.add_argument(
+        "--calib-steps", type=int, default=None, help="steps of the speed calibration (default: 12)"
+    )
+    s.add_argument("--img-size", type=int, default=112, help="input size of every encoder (default: 112)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the folds and of pre-training (default: 0)")
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    s.add_argument("--precision", default="auto", help="pre-training precision: auto | fp32 | bf16")
+    s.add_argument(
+        "--pretrain-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every pre-training, after the method's CPU preset; repeatable",
+    )
+    s.add_argument(
+        "--pretrain-batch", type=int, default=None, help="pre-training batch size (default: presets')"
+    )
 
 
 def _scratch_flags(p: argparse.ArgumentParser) -> None:
@@ -596,6 +666,66 @@ def _demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(a: argparse.Namespace) -> int:
+    import shlex
+
+    from ultrassl.benchmark import BenchmarkOptions, run_benchmark
+
+    def items(text: str | None) -> tuple[str, ...]:
+        return tuple(x.strip() for x in (text or "").split(",") if x.strip())
+
+    def ints(text: str | None) -> tuple[int, ...] | None:
+        return tuple(int(x) for x in items(text)) if text else None
+
+    opt = BenchmarkOptions(
+        data=a.data,
+        out=a.out,
+        tasks=items(a.tasks),
+        methods=items(a.methods),
+        weights=tuple(a.weights),
+        quick=a.quick,
+        folds=ints(a.folds),
+        seeds=ints(a.seeds),
+        seg_seeds=a.seg_seeds,
+        pretrain_minutes=a.pretrain_minutes,
+        seg_epochs=a.seg_epochs,
+        calib_steps=a.calib_steps,
+        img_size=a.img_size,
+        seed=a.seed,
+        device=a.device,
+        precision=a.precision,
+        pretrain_set=tuple(a.pretrain_set),
+        pretrain_batch=a.pretrain_batch,
+        command="ultrassl " + shlex.join(sys.argv[1:]),
+    )
+    r = run_benchmark(opt)
+    for task, encoders in r.summary.items():
+        for enc, protocols in encoders.items():
+            for protocol, metrics in protocols.items():
+                metric = "balanced_accuracy" if "balanced_accuracy" in metrics else "dice"
+                m = metrics[metric]
+                line = f"{task:15s} {enc:22s} {protocol:8s} {metric} {_iv(m)}"
+                lift = r.lifts.get(task, {}).get(enc, {}).get(protocol, {}).get(metric)
+                if lift:
+                    line += f"  lift {_iv(lift)} (detectable {_num(lift['detectable'])}, n={lift['n']})"
+                print(line)
+    for note in r.skipped:
+        print(f"skipped: {note}")
+    print(
+        f"{r.evaluated} evaluated, {r.read_back} read back, {r.seconds / 60:.1f} min; results: {r.results_file}"
+    )
+    return 0
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _iv(m: dict[str, Any]) -> str:
+    """``mean [low, high]`` of an interval dict."""
+    return f"{_num(m['mean'])} [{_num(m['low'])}, {_num(m['high'])}]"
+
+
 #: subcommand -> its handler (each parses nothing: the config and api calls do the work)
 _COMMANDS = {
     "synth": _synth,
@@ -610,6 +740,7 @@ _COMMANDS = {
     "presets": _presets,
     "methods": _methods,
     "demo": _demo,
+    "benchmark": _benchmark,
 }
 
 

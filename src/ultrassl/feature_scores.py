@@ -26,15 +26,16 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
         return float(balanced_accuracy_score(y_true, y_pred))
 
 
-def knn_score(
+def knn_votes(
     train: np.ndarray,
     y_train: np.ndarray,
-    val: np.ndarray,
-    y_val: np.ndarray,
+    query: np.ndarray,
     k: int,
+    n_classes: int,
     temperature: float = 0.07,
-) -> float:
-    """Balanced accuracy of a cosine k-NN classifier, votes weighted by exp(similarity / T) (DINO's).
+) -> np.ndarray:
+    """Each query's class votes [n, n_classes] of a cosine k-NN classifier, weighted by
+    exp(similarity / T) (DINO's) and normalised to sum to 1 (argmax is the prediction).
 
     Features are standardised with the training frames' mean and std first: pooled features of a young
     encoder share one large common direction, which makes every raw cosine similarity close to 1 and
@@ -43,12 +44,25 @@ def knn_score(
         train_t = torch.as_tensor(train, dtype=torch.float32)
         mean, std = train_t.mean(0), train_t.std(0, unbiased=False).clamp_min(1e-6)
         a = F.normalize((train_t - mean) / std, dim=1)
-        b = F.normalize((torch.as_tensor(val, dtype=torch.float32) - mean) / std, dim=1)
+        b = F.normalize((torch.as_tensor(query, dtype=torch.float32) - mean) / std, dim=1)
         sim, idx = (b @ a.T).topk(min(k, len(a)), dim=1)
-        n_classes = int(max(y_train.max(), y_val.max())) + 1
         votes = torch.zeros(len(b), n_classes)
         votes.scatter_add_(1, torch.as_tensor(y_train, dtype=torch.int64)[idx], (sim / temperature).exp())
-    return balanced_accuracy(y_val, votes.argmax(1).numpy())
+    return (votes / votes.sum(1, keepdim=True)).numpy()
+
+
+def knn_score(
+    train: np.ndarray,
+    y_train: np.ndarray,
+    val: np.ndarray,
+    y_val: np.ndarray,
+    k: int,
+    temperature: float = 0.07,
+) -> float:
+    """Balanced accuracy of :func:`knn_votes`' predictions on held-out samples."""
+    n_classes = int(max(y_train.max(), y_val.max())) + 1
+    votes = knn_votes(train, y_train, val, k, n_classes, temperature)
+    return balanced_accuracy(y_val, votes.argmax(1))
 
 
 def fit_linear_probe(

@@ -1,0 +1,198 @@
+"""One (task, encoder, fold, seed) evaluation: frozen linear probe and k-NN for classification, a
+fine-tuned segmentation head for segmentation.
+
+Classification freezes the encoder, so its features are computed once per encoder and reused by every
+fold and seed; a seed then changes what is cheap to repeat: the validation groups carved from the
+fold's training groups (which pick the probe's regularisation and k) and, for a random encoder, its
+initialisation. Segmentation trains a head (and the encoder) through fine-tuning's engine
+(:class:`~ultrassl.finetune.segment.Segmenter`), journalled in its own folder so a killed run resumes
+inside the fold too. Frames, images and masks are decoded once per task and input size.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ultrassl.benchmark.tasks import PreparedTask
+from ultrassl.data.frameset import FrameSet, load_frameset
+from ultrassl.data.group_folds import Fold, folds_from_assignment
+from ultrassl.data.manifest import read_manifest
+from ultrassl.feature_scores import balanced_accuracy, fit_linear_probe, knn_votes
+from ultrassl.finetune.backbones import Backbone
+from ultrassl.finetune.options import ClassifyConfig, SegmentConfig
+from ultrassl.finetune.splits import group_indices
+from ultrassl.metrics import classification_metrics
+from ultrassl.models.pooling import pooled_features
+from ultrassl.transforms.model_input import to_tensor_batch
+
+__all__ = ["CLASSIFY_METRICS", "SEGMENT_METRICS", "Evaluator", "ProbeSettings"]
+
+CLASSIFY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+SEGMENT_METRICS = ("dice", "iou")
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """The frozen probes' choices, each picked on the fold's validation groups by balanced accuracy."""
+
+    linear_c: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    knn_k: tuple[int, ...] = (10, 20)
+    seg_epochs: int = 10
+    seg_batch: int = 16
+    device: str = "auto"
+
+
+class Evaluator:
+    """Evaluates encoders on one prepared task; holds the task's decoded data and the encoders' features."""
+
+    def __init__(self, task: PreparedTask, settings: ProbeSettings):
+        self.task, self.settings = task, settings
+        self._framesets: dict[Any, FrameSet] = {}
+        self._segdata: dict[Any, Any] = {}
+        self._features: dict[str, np.ndarray] = {}
+        self._folds: dict[int, list[Fold]] = {task.seed: task.folds}
+
+    # -- folds per seed ------------------------------------------------------------------------------
+
+    def folds(self, seed: int) -> list[Fold]:
+        """The task's test folds, with validation groups carved by ``seed`` (the task's own seed gives
+        the folds file's)."""
+        if seed not in self._folds:
+            rows = [
+                r for r in self.task.rows if (r.label if self.task.spec.kind == "classify" else r.mask_path)
+            ]
+            labels = [r.label or "" for r in rows] if self.task.spec.kind == "classify" else [""] * len(rows)
+            test_of = {g: k for k, f in enumerate(self.task.folds) for g in f.test_groups}
+            self._folds[seed] = folds_from_assignment([r.group_id for r in rows], labels, test_of, seed=seed)
+        return self._folds[seed]
+
+    # -- classification ------------------------------------------------------------------------------
+
+    def frameset(self, backbone: Backbone) -> FrameSet:
+        size = tuple(backbone.spec.img_size)
+        key = (backbone.spec.in_chans, size)
+        if key not in self._framesets:
+            cfg = ClassifyConfig()  # POCUS' sampling: 3 Hz, at most 30 frames a video; the scan-area crop
+            self._framesets[key] = load_frameset(
+                read_manifest(self.task.manifest), cfg, backbone.spec.in_chans, progress=False, size=size
+            )
+        return self._framesets[key]
+
+    @torch.no_grad()
+    def features(self, backbone: Backbone) -> np.ndarray:
+        """Pooled frozen features of every labelled frame (cached by the weights' fingerprint)."""
+        if backbone.fingerprint not in self._features:
+            data = self.frameset(backbone)
+            from ultrassl.distributed import select_device
+
+            device = select_device(self.settings.device)
+            enc = backbone.encoder.to(device).eval()
+            out = []
+            for start in range(0, len(data.labels), 64):
+                idx = np.arange(start, min(start + 64, len(data.labels)))
+                x = to_tensor_batch(
+                    data.frames(idx, "features"),
+                    tuple(backbone.spec.img_size),
+                    backbone.spec.in_chans,
+                    backbone.mean,
+                    backbone.std,
+                )
+                out.append(pooled_features(enc, x.to(device)).float().cpu().numpy())
+            backbone.encoder.cpu()
+            while len(self._features) >= 4:  # a few encoders' features at a time (one per seed of scratch)
+                self._features.pop(next(iter(self._features)))
+            self._features[backbone.fingerprint] = np.concatenate(out)
+        return self._features[backbone.fingerprint]
+
+    def classify(self, backbone: Backbone, fold: int, seed: int) -> dict[str, dict[str, Any]]:
+        """``{"linear": metrics, "knn": metrics}`` on fold ``fold``'s test groups (frame level)."""
+        data = self.frameset(backbone)
+        x = self.features(backbone)
+        f = self.folds(seed)[fold]
+        tr, va, te = (group_indices(data.groups, g) for g in (f.train_groups, f.val_groups, f.test_groups))
+        y = data.labels
+        names = data.class_names
+        n = len(names)
+        out: dict[str, dict[str, Any]] = {}
+
+        best: tuple[float, Any, Any, float] | None = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence notes of small probes
+            for c in self.settings.linear_c:
+                scaler, clf = fit_linear_probe(x[tr], y[tr], c, max_iter=3000, seed=seed)
+                score = balanced_accuracy(y[va], clf.predict(scaler.transform(x[va])))
+                if best is None or score > best[0]:
+                    best = (score, scaler, clf, c)
+        score, scaler, clf, c = best
+        prob = np.zeros((len(te), n))
+        prob[:, clf.classes_] = clf.predict_proba(scaler.transform(x[te]))
+        out["linear"] = _metrics(y[te], prob, names) | {"c": c, "val_balanced_accuracy": score}
+
+        best_k: tuple[float, int] | None = None
+        for k in self.settings.knn_k:
+            s = balanced_accuracy(y[va], knn_votes(x[tr], y[tr], x[va], k, n).argmax(1))
+            if best_k is None or s > best_k[0]:
+                best_k = (s, k)
+        score, k = best_k
+        votes = knn_votes(x[tr], y[tr], x[te], k, n)
+        out["knn"] = _metrics(y[te], votes, names) | {"k": k, "val_balanced_accuracy": score}
+        for m in out.values():
+            m.update(n_train=len(tr), n_val=len(va), n_test=len(te))
+        return out
+
+    # -- segmentation --------------------------------------------------------------------------------
+
+    def segment(self, backbone: Backbone, fold: int, seed: int, out_dir: Path) -> dict[str, dict[str, Any]]:
+        """``{"finetune": {"dice", "iou", ...}}``: the encoder and the architecture's default head
+        fine-tuned on the fold's training groups, selected on its validation groups."""
+        from ultrassl.data.group_folds import write_folds
+        from ultrassl.data.segdata import load_segdata
+        from ultrassl.finetune.segment import Segmenter
+
+        s = backbone.spec
+        key = (tuple(s.img_size), s.in_chans, tuple(backbone.mean), tuple(backbone.std))
+        if key not in self._segdata:
+            self._segdata[key] = load_segdata(
+                read_manifest(self.task.manifest),
+                tuple(s.img_size),
+                s.in_chans,
+                backbone.mean,
+                backbone.std,
+                progress=False,
+            )
+        folds_file = out_dir / "benchmark_folds.json"
+        if not folds_file.exists():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_folds(folds_file, self.folds(seed), meta={"seed": seed})
+        cfg = SegmentConfig(
+            folds_file=str(folds_file),
+            only_folds=(fold,),
+            seeds=(seed,),
+            epochs=self.settings.seg_epochs,
+            batch_size=self.settings.seg_batch,
+            n_overlays=0,
+            device=self.settings.device,
+        )
+        result = Segmenter(backbone, self._segdata[key], cfg, progress=False).run(out_dir).results[0]
+        m = result.metrics
+        return {
+            "finetune": {
+                "dice": m["dice"],
+                "iou": m["iou"],
+                "best_epoch": result.best_epoch,
+                "n_train": result.n_train,
+                "n_val": result.n_val,
+                "n_test": result.n_test,
+            }
+        }
+
+
+def _metrics(y: np.ndarray, prob: np.ndarray, names: list[str]) -> dict[str, Any]:
+    m = classification_metrics(y.tolist(), prob, names)
+    return {k: m[k] for k in CLASSIFY_METRICS}

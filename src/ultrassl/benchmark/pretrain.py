@@ -1,0 +1,155 @@
+"""Pre-training inside the benchmark: per test fold, on the training folds' files only, for a wall-clock
+budget turned into a step count.
+
+Why steps and not a time limit: a schedule (warm-up, cosine) must know its length in advance, and every
+fold should train the same number of steps. A short calibration run measures the method's samples per
+second on this machine once per task, and the budget becomes ``minutes x rate / batch`` steps; the wall
+time each run took is recorded beside it (a cap of 3x the budget stops a run that a shared machine
+slows down). Labels of the fold's training groups stay in its pre-training manifest (a method that learns
+from labels, as USCL, sees only those); validation and test groups are unlabelled or absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ultrassl.atomic import atomic_write_text
+from ultrassl.benchmark.encoders import METHOD_PRESETS
+from ultrassl.benchmark.tasks import PreparedTask
+from ultrassl.data.manifest import read_manifest, write_manifest
+
+__all__ = ["PretrainBudget", "calibrate", "pretrain_fold", "pretrain_manifest"]
+
+
+@dataclass(frozen=True)
+class PretrainBudget:
+    """How much each pre-training may take, and what it runs at."""
+
+    minutes: float
+    calib_steps: int = 12
+    img_size: int = 112
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    #: ``--set`` items for every pre-training (after the preset), e.g. a smaller model in tests
+    overrides: tuple[str, ...] = ()
+    batch_size: int | None = None
+
+
+def pretrain_manifest(task: PreparedTask, k: int, out: Path) -> Path:
+    """Every file of ``task`` whose group is not tested in fold ``k``, without masks; labels only on the
+    fold's training groups (never its validation or test groups)."""
+    train_groups = set(task.folds[k].train_groups)
+    rows = [
+        dataclasses.replace(r, label=r.label if r.group_id in train_groups else None, mask_path=None)
+        for r in read_manifest(task.manifest)
+        if task.fold_of.get(r.group_id, -1) != k
+    ]
+    if not out.exists():
+        write_manifest(rows, out)
+    return out
+
+
+def _run(
+    name: str, manifest: Path, run: Path, budget: PretrainBudget, max_steps: int, calibration: bool
+) -> Any:
+    from ultrassl import workflow
+    from ultrassl.config import load_preset
+
+    preset = METHOD_PRESETS.get(name)
+    optim: dict[str, Any] = {}
+    # a short warm-up (5 %, as the presets' 5 of 100 epochs), then cosine to the end of the budget; a
+    # preset without warm-up (USCL's constant start) keeps its own schedule
+    warm = ((load_preset(preset).get("optim") or {}).get("warmup_epochs") if preset else None) or 0
+    if warm > 0:
+        optim["warmup_steps"] = max(1, round(0.05 * max_steps))
+    s = budget.img_size
+    return workflow.pretrain(
+        name,
+        {"manifest": str(manifest), "num_workers": 0, "scan_area": True},
+        run,
+        preset=preset,
+        resume="fresh" if calibration else "auto",
+        set=list(budget.overrides),
+        max_steps=max_steps,
+        seed=budget.seed,
+        device=budget.device,
+        precision=budget.precision,
+        batch_size=budget.batch_size,
+        checkpoint_every=0 if calibration else 50,
+        time_limit=None if calibration else 3 * budget.minutes,
+        encoder={"img_size": [s, s]},
+        train={"tensorboard": False, "log_every": 1 if calibration else 10},
+        **({"optim": optim} if optim else {}),
+    )
+
+
+def calibrate(
+    task: PreparedTask, name: str, budget: PretrainBudget, work: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Samples per second of method ``name`` on this machine (a short run on fold 0's training part),
+    and the step count the budget buys."""
+    manifest = pretrain_manifest(task, 0, work / "manifests" / f"fold0_{name}.csv")
+    run = work / "calibration" / name
+    shutil.rmtree(run, ignore_errors=True)
+    t0 = time.monotonic()
+    _run(name, manifest, run, budget, budget.calib_steps, calibration=True)
+    seconds = time.monotonic() - t0
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    rates = [float(r["samples_per_s"]) for r in rows if r.get("samples_per_s") and int(r["step"]) >= 3]
+    rates = rates or [float(r["samples_per_s"]) for r in rows if r.get("samples_per_s")]
+    rate = statistics.median(rates) if rates else 1.0
+    config = json.loads(json.dumps(_run_config(run)))
+    batch = int(config.get("train", {}).get("batch_size", 1)) * int(
+        config.get("optim", {}).get("accum_steps", 1)
+    )
+    steps = max(10, round(budget.minutes * 60 * rate / batch))
+    log(f"calibrated {task.name}/{name}: {rate:.1f} samples/s, batch {batch} -> {steps} steps")
+    return {"samples_per_s": rate, "batch": batch, "steps": steps, "seconds_with_setup": round(seconds, 1)}
+
+
+def _run_config(run: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text()) or {}
+
+
+def pretrain_fold(
+    task: PreparedTask,
+    k: int,
+    name: str,
+    steps: int,
+    budget: PretrainBudget,
+    work: Path,
+    log: Callable[[str], None],
+) -> tuple[Path, dict[str, Any]]:
+    """Pre-train method ``name`` on fold ``k``'s training part for ``steps`` steps (resumable: a run
+    folder marked done is read back); returns the run folder and what the run did."""
+    run = work / "runs" / f"fold{k}" / name
+    done = run / "benchmark_done.json"
+    if done.exists():
+        return run, json.loads(done.read_text())
+    manifest = pretrain_manifest(task, k, work / "manifests" / f"fold{k}_{name}.csv")
+    log(f"pre-training {name} on {task.name} fold {k}: {steps} steps ({budget.minutes:g} min budget)")
+    t0 = time.monotonic()
+    result = _run(name, manifest, run, budget, steps, calibration=False)
+    info = {
+        "steps": result.steps,
+        "planned_steps": steps,
+        "train_seconds": round(result.seconds, 1),
+        "seconds_with_setup": round(time.monotonic() - t0, 1),
+        "stopped_by": result.stopped_by,
+        "final_loss": result.final_loss,
+    }
+    atomic_write_text(done, json.dumps(info, indent=2) + "\n")
+    return run, info

@@ -1,0 +1,96 @@
+"""The benchmark's results JSON: every finished (task, encoder, fold, seed) kept, read back on the next
+run of the same command, and the summaries (means with intervals, paired lifts) rebuilt from them.
+
+The file is rewritten atomically after every step, so a killed run loses at most the evaluation it was
+in, and a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ultrassl.atomic import atomic_write_text
+from ultrassl.benchmark.stats import mean_interval, paired_difference
+from ultrassl.errors import UltrasslError
+from ultrassl.jsonable import jsonable
+
+__all__ = ["FORMAT", "ResultsFile", "result_key"]
+
+FORMAT = "ultrassl-benchmark/1"
+
+
+def result_key(task: str, encoder: str, fold: int, seed: int) -> str:
+    return f"{task}/{encoder}/fold{fold}/seed{seed}"
+
+
+class ResultsFile:
+    """The results document (``results``: one entry per finished evaluation) and its summaries."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        except json.JSONDecodeError as e:
+            raise UltrasslError(f"{path}: not valid JSON ({e}); move it away or choose another --out") from e
+        if self.doc and self.doc.get("format") != FORMAT:
+            raise UltrasslError(f"{path}: not a benchmark results file ({FORMAT}); choose another --out")
+        self.doc["format"] = FORMAT
+        self.doc.setdefault("results", {})
+
+    @property
+    def results(self) -> dict[str, dict[str, Any]]:
+        return self.doc["results"]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(jsonable(self.doc), indent=1) + "\n")
+
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        self.results[key] = entry
+        self.summarize()
+        self.save()
+
+    def summarize(self) -> None:
+        """``summary``: task -> encoder -> protocol -> metric -> mean and 95 % interval over folds x seeds;
+        ``lifts``: task -> encoder -> protocol -> metric -> paired difference against its random twin,
+        matched by (fold, seed), with its interval and the smallest difference the pairs could detect."""
+        values: dict[tuple[str, str, str, str], dict[tuple[int, int], float]] = defaultdict(dict)
+        twins: dict[tuple[str, str], str] = {}
+        for r in self.results.values():
+            if r.get("twin"):
+                twins[(r["task"], r["encoder"])] = r["twin"]
+            for protocol, metrics in r["metrics"].items():
+                for metric in r["metric_names"]:
+                    v = metrics.get(metric)
+                    if v is not None:
+                        values[(r["task"], r["encoder"], protocol, metric)][(r["fold"], r["seed"])] = float(v)
+        summary: dict[str, Any] = {}
+        for (task, enc, protocol, metric), per in sorted(values.items()):
+            iv = mean_interval(list(per.values()))
+            node = summary.setdefault(task, {}).setdefault(enc, {}).setdefault(protocol, {})
+            node[metric] = _interval(iv)
+        lifts: dict[str, Any] = {}
+        for (task, enc, protocol, metric), per in sorted(values.items()):
+            twin = twins.get((task, enc))
+            base = values.get((task, twin, protocol, metric)) if twin else None
+            if not base:
+                continue
+            d = paired_difference(per, base)
+            node = lifts.setdefault(task, {}).setdefault(enc, {"baseline": twin})
+            node.setdefault(protocol, {})[metric] = {
+                **_interval(d.difference),
+                "resolved": d.difference.excludes_zero,
+                "detectable": d.detectable,
+                "pairs": [list(p) for p in d.pairs],
+            }
+        self.doc["summary"], self.doc["lifts"] = summary, lifts
+
+
+def _interval(iv: Any) -> dict[str, Any]:
+    out = asdict(iv)
+    out.pop("confidence")
+    return out

@@ -1,0 +1,438 @@
+"""``ultrassl benchmark``: the statistics against scipy, the data layouts and their errors, grouped folds,
+resume, and a tiny end-to-end run through the command line (tiny layouts shaped like POCUS, BUSI and
+HC18, written to tmp folders)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats as st
+
+from ultrassl.benchmark.stats import detectable_difference, mean_interval, paired_difference
+from ultrassl.benchmark.tasks import DataLayoutError, prepare_task
+
+# ----------------------------------------------------------------------------------------------------
+# tiny layouts
+
+
+def _image(path: Path, value: int, size: tuple[int, int] = (40, 48), seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(value, 20, size), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img, mode="L").save(path)
+
+
+def _mask(path: Path, size: tuple[int, int] = (40, 48), seed: int = 0) -> None:
+    m = np.zeros(size, np.uint8)
+    r = np.random.default_rng(seed)
+    y, x = int(r.integers(5, 20)), int(r.integers(5, 25))
+    m[y : y + 12, x : x + 14] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(m, mode="L").save(path)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+BUSI_CLASSES = {"benign": 90, "malignant": 150, "normal": 210}
+
+
+def make_busi(root: Path, per_class: int = 20) -> Path:
+    """BUSI's layout: images/<class>_<NNN>.png, masks/<class>_<NNN>_mask.png, manifest.csv with
+    near-duplicate groups of 2 images."""
+    rows = []
+    for c, value in BUSI_CLASSES.items():
+        for i in range(per_class):
+            stem = f"{c}_{i:03d}"
+            _image(root / "busi" / "images" / f"{stem}.png", value, seed=hash(stem) % 1000)
+            _mask(root / "busi" / "masks" / f"{stem}_mask.png", seed=i)
+            rows.append(
+                {
+                    "path": f"busi/images/{stem}.png",
+                    "mask_path": f"busi/masks/{stem}_mask.png",
+                    "label": c,
+                    "group_id": f"busi_g{c}{i // 2}",  # 2 near-duplicates a group
+                    "width": 48,
+                    "height": 40,
+                    "fold": 0,
+                }
+            )
+    _write_csv(root / "busi" / "manifest.csv", rows)
+    return root
+
+
+def make_hc18(root: Path, n: int = 20) -> Path:
+    rows = []
+    for i in range(n):
+        stem = f"{i // 2:03d}_{i % 2 + 1}HC"
+        _image(root / "hc18" / "images" / f"{stem}.png", 100, seed=i)
+        _mask(root / "hc18" / "masks" / f"{stem}_mask.png", seed=i)
+        rows.append(
+            {
+                "path": f"hc18/images/{stem}.png",
+                "mask_path": f"hc18/masks/{stem}_mask.png",
+                "source_id": f"hc18_s{i // 2:03d}",
+                "width": 48,
+                "height": 40,
+                "fold": (i // 2) % 5,
+            }
+        )
+    _write_csv(root / "hc18" / "manifest.csv", rows)
+    return root
+
+
+def make_pocus(root: Path) -> Path:
+    """POCUS' layout: videos/<class>/ and images/<class>/, manifest.csv with patients and folds; one
+    linear-probe clip and one viral image that the task leaves unlabelled."""
+    from media_helpers import write_mp4
+
+    rows = []
+    classes = {"covid": 60, "pneumonia": 130, "regular": 200}
+    for ci, (c, value) in enumerate(classes.items()):
+        for p in range(5):
+            patient = f"pocus_p{ci}{p}"
+            rng = np.random.default_rng(ci * 10 + p)
+            frames = np.clip(rng.normal(value, 20, (6, 32, 48)), 0, 255).astype(np.uint8)
+            path = root / "pocus" / "videos" / c / f"{c}_{p}.mp4"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_mp4(path, frames, fps=6.0)
+            rows.append(_pocus_row(f"pocus/videos/{c}/{c}_{p}.mp4", c, "video", patient, "convex", p))
+            _image(root / "pocus" / "images" / c / f"{c}_{p}.png", value, seed=p)
+            rows.append(_pocus_row(f"pocus/images/{c}/{c}_{p}.png", c, "image", patient, "convex", p))
+    _image(root / "pocus" / "images" / "viral" / "vir.png", 100)
+    rows.append(_pocus_row("pocus/images/viral/vir.png", "viral", "image", "pocus_v", "convex", 2))
+    _image(root / "pocus" / "images" / "covid" / "lin.png", 60)
+    rows.append(_pocus_row("pocus/images/covid/lin.png", "covid", "image", "pocus_p00", "linear", 0))
+    _write_csv(root / "pocus" / "manifest.csv", rows)
+    return root
+
+
+def _pocus_row(path: str, c: str, kind: str, patient: str, probe: str, fold: int) -> dict:
+    return {
+        "path": path,
+        "class": c,
+        "kind": kind,
+        "source_id": patient,
+        "probe": probe,
+        "label_uncertain": 0,
+        "fold": fold,
+    }
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("benchdata")
+    make_busi(root)
+    make_hc18(root)
+    make_pocus(root)
+    return root
+
+
+# ----------------------------------------------------------------------------------------------------
+# statistics against scipy
+
+
+def test_mean_interval_is_scipys_t_interval():
+    xs = [0.61, 0.55, 0.70, 0.58, 0.66]
+    iv = mean_interval(xs)
+    low, high = st.t.interval(0.95, len(xs) - 1, loc=np.mean(xs), scale=st.sem(xs))
+    assert iv.mean == pytest.approx(np.mean(xs))
+    assert (iv.low, iv.high) == (pytest.approx(low), pytest.approx(high))
+    assert iv.sd == pytest.approx(np.std(xs, ddof=1))
+    # wider than the normal interval at n = 5: the spread is estimated
+    assert iv.high - iv.mean > 1.96 * st.sem(xs)
+    one = mean_interval([0.5])
+    assert one.mean == 0.5 and one.low is None and one.high is None
+    assert mean_interval([]).mean is None
+
+
+def test_paired_difference_is_scipys_paired_t_interval_over_matched_keys():
+    method = {(0, 0): 0.71, (1, 0): 0.64, (2, 0): 0.69, (3, 0): 0.60, (4, 0): 0.75, (5, 0): 0.9}
+    base = {(0, 0): 0.60, (1, 0): 0.61, (2, 0): 0.58, (3, 0): 0.59, (4, 0): 0.66, (9, 9): 0.1}
+    d = paired_difference(method, base)
+    keys = [(k, 0) for k in range(5)]
+    a, b = [method[k] for k in keys], [base[k] for k in keys]
+    ci = st.ttest_rel(a, b).confidence_interval(0.95)
+    assert d.pairs == tuple(keys)  # only the keys both have
+    assert d.difference.n == 5
+    assert d.difference.mean == pytest.approx(np.mean(np.subtract(a, b)))
+    assert (d.difference.low, d.difference.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert d.difference.excludes_zero == (ci.low > 0 or ci.high < 0)
+
+
+@pytest.mark.parametrize("n", [3, 5, 15, 60])
+def test_detectable_difference_has_power_08_by_the_noncentral_t(n):
+    sd = 0.07
+    delta = detectable_difference(sd, n)
+    df, crit = n - 1, st.t.ppf(0.975, n - 1)
+    nc = delta * math.sqrt(n) / sd
+    power = st.nct.sf(crit, df, nc) + st.nct.cdf(-crit, df, nc)
+    assert power == pytest.approx(0.8, abs=1e-6)
+    normal = (st.norm.ppf(0.975) + st.norm.ppf(0.8)) * sd / math.sqrt(n)
+    assert delta > normal  # the t-test needs more than the known-spread z-test
+    if n >= 60:
+        assert delta == pytest.approx(normal, rel=0.03)
+
+
+def test_detectable_difference_scales_with_the_spread_and_says_when_it_cannot():
+    assert detectable_difference(2.0, 5) == pytest.approx(2 * detectable_difference(1.0, 5))
+    assert detectable_difference(0.0, 5) == 0.0
+    # two pairs: scipy's non-central t fails far in the tail; the integral it falls back on agrees with
+    # it where both work
+    from ultrassl.benchmark import stats as bs
+
+    crit = st.t.ppf(0.975, 1)
+    assert bs._power(3.0, 1, crit) == pytest.approx(st.nct.sf(crit, 1, 3) + st.nct.cdf(-crit, 1, 3))
+    assert detectable_difference(1.0, 2) > detectable_difference(1.0, 3) > detectable_difference(1.0, 5)
+    assert detectable_difference(None, 5) is None and detectable_difference(1.0, 1) is None
+
+
+# ----------------------------------------------------------------------------------------------------
+# layouts and folds
+
+
+def test_missing_layout_says_which_file_and_how_to_get_the_data(tmp_path):
+    with pytest.raises(DataLayoutError) as e:
+        prepare_task("busi-classify", tmp_path, tmp_path / "work")
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "busi") in msg and "docs/benchmark-data.md" in msg
+    (tmp_path / "hc18").mkdir()
+    with pytest.raises(DataLayoutError, match=r"hc18/manifest.csv: not found .*HC18 challenge"):
+        prepare_task("hc18-segment", tmp_path, tmp_path / "work")
+
+
+def test_malformed_layouts_name_the_line_and_the_problem(tmp_path):
+    root = make_busi(tmp_path / "d", per_class=5)
+    src = root / "busi" / "manifest.csv"
+    rows = list(csv.DictReader(src.open()))
+    _write_csv(src, [{k: v for k, v in r.items() if k != "group_id"} for r in rows])
+    with pytest.raises(DataLayoutError, match=r"manifest.csv: no column group_id"):
+        prepare_task("busi-classify", root, tmp_path / "w")
+    rows[3]["label"] = "cancer"
+    _write_csv(src, rows)
+    with pytest.raises(DataLayoutError, match=r"manifest.csv, line 5: label 'cancer'"):
+        prepare_task("busi-classify", root, tmp_path / "w")
+    rows[3]["label"] = "benign"
+    (root / rows[3]["path"]).unlink()
+    _write_csv(src, rows)
+    with pytest.raises(DataLayoutError, match=r"line 5: busi/images/benign_003.png does not exist"):
+        prepare_task("busi-classify", root, tmp_path / "w")
+    hc = make_hc18(tmp_path / "h")
+    rows = list(csv.DictReader((hc / "hc18" / "manifest.csv").open()))
+    rows[1]["fold"] = "3"  # the same subject as row 0, in another fold
+    _write_csv(hc / "hc18" / "manifest.csv", rows)
+    with pytest.raises(DataLayoutError, match=r"group hc18_s000 sits in folds 0 and 3"):
+        prepare_task("hc18-segment", hc, tmp_path / "w2")
+
+
+def _assert_grouped(task) -> None:
+    from ultrassl.data.manifest import read_manifest
+
+    rows = read_manifest(task.manifest)
+    for f in task.folds:
+        sides = [set(f.train_groups), set(f.val_groups), set(f.test_groups)]
+        assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    tested = [g for f in task.folds for g in f.test_groups]
+    assert len(tested) == len(set(tested))
+    # every file of a group in the fold its group is in: a group is never split
+    for r in rows:
+        if r.group_id in tested:
+            assert task.fold_of[r.group_id] == next(
+                k for k, f in enumerate(task.folds) if r.group_id in f.test_groups
+            )
+
+
+def test_busi_folds_keep_duplicate_groups_whole_and_stratify(data_root, tmp_path):
+    task = prepare_task("busi-classify", data_root, tmp_path, seed=3)
+    assert task.n_evaluated == 60 and task.n_groups == 30 and len(task.folds) == 5
+    _assert_grouped(task)
+    seg = prepare_task("busi-segment", data_root, tmp_path, seed=3)
+    _assert_grouped(seg)
+    assert seg.n_evaluated == 40  # benign + malignant have masks; normal images stay for pre-training
+    for a, b in zip(task.folds, seg.folds):  # the same test images in both BUSI tasks
+        assert set(b.test_groups) <= set(a.test_groups)
+    # the folds file is what `finetune classify --folds-file` reads
+    from ultrassl.data.group_folds import read_folds
+
+    assert read_folds(task.folds_file) == task.folds
+    again = prepare_task("busi-classify", data_root, tmp_path / "other", seed=3)
+    assert again.folds == task.folds  # seeded
+
+
+def test_pocus_and_hc18_follow_their_fold_columns(data_root, tmp_path):
+    pocus = prepare_task("pocus-classify", data_root, tmp_path)
+    _assert_grouped(pocus)
+    assert pocus.n_files == 32 and pocus.n_evaluated == 30  # the viral and the linear files unlabelled
+    for k, f in enumerate(pocus.folds):
+        assert {g[-1] for g in f.test_groups} == {str(k)}
+    from ultrassl.data.manifest import read_manifest
+
+    kinds = {r.kind for r in read_manifest(pocus.manifest)}
+    assert kinds == {"video", "image"}
+    hc = prepare_task("hc18-segment", data_root, tmp_path)
+    _assert_grouped(hc)
+    assert hc.n_evaluated == 20 and hc.n_groups == 10
+
+
+def test_pretraining_manifests_leave_the_test_fold_out_and_its_labels_unseen(data_root, tmp_path):
+    from ultrassl.benchmark.pretrain import pretrain_manifest
+    from ultrassl.data.manifest import read_manifest
+
+    task = prepare_task("busi-classify", data_root, tmp_path)
+    rows = read_manifest(pretrain_manifest(task, 1, tmp_path / "m.csv"))
+    f = task.folds[1]
+    assert not {r.group_id for r in rows} & set(f.test_groups)
+    assert all(r.label is None for r in rows if r.group_id in f.val_groups)
+    assert all(r.mask_path is None for r in rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# encoders
+
+
+def test_encoders_and_their_random_twins(tmp_path):
+    from ultrassl.benchmark.encoders import choose_encoders
+    from ultrassl.errors import ConfigError
+
+    encs = {e.name: e for e in choose_encoders(("scratch", "mae", "uscl", "convmae"))}
+    assert encs["mae"].twin == "scratch-vit" and encs["uscl"].twin == "scratch-r18"
+    assert encs["convmae"].twin == "scratch-convvit" and encs["scratch-r18"].arch == "resnet18"
+    (tmp_path / "export").mkdir()
+    encs = {e.name: e for e in choose_encoders((), (str(tmp_path / "export"),))}
+    assert (
+        encs["export"].twin == "scratch-like-export" and encs["scratch-like-export"].source == "scratch-like"
+    )
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        choose_encoders(("nope",), known_methods=("mae",))
+
+
+# ----------------------------------------------------------------------------------------------------
+# runs
+
+
+def _options(root: Path, out: Path, **kw):
+    from ultrassl.benchmark import BenchmarkOptions
+
+    base = dict(
+        data=root,
+        out=out,
+        tasks=("busi-classify",),
+        methods=("scratch-vit",),
+        folds=(0, 1),
+        seeds=(0, 1),
+        img_size=32,
+        device="cpu",
+        seg_epochs=1,
+    )
+    return BenchmarkOptions(**{**base, **kw})
+
+
+def test_a_second_run_reads_finished_evaluations_back(data_root, tmp_path, monkeypatch):
+    from ultrassl.benchmark import run_benchmark
+    from ultrassl.benchmark.evaluate import Evaluator
+
+    first = run_benchmark(_options(data_root, tmp_path))
+    assert (first.evaluated, first.read_back) == (4, 0)
+    doc = json.loads(first.results_file.read_text())
+    assert set(doc["results"]) == {
+        f"busi-classify/scratch-vit/fold{k}/seed{s}" for k in (0, 1) for s in (0, 1)
+    }
+    entry = doc["results"]["busi-classify/scratch-vit/fold0/seed0"]
+    assert set(entry["metrics"]) == {"linear", "knn"}
+    assert set(entry["metrics"]["linear"]) >= {"accuracy", "balanced_accuracy", "macro_f1"}
+    s = doc["summary"]["busi-classify"]["scratch-vit"]["linear"]["accuracy"]
+    assert s["n"] == 4 and s["low"] <= s["mean"] <= s["high"]
+    assert doc["machine"]["git_hash"] == doc["commit"] and doc["design"]["folds"] == [0, 1]
+
+    def boom(*a, **k):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(Evaluator, "classify", boom)
+    again = run_benchmark(_options(data_root, tmp_path))
+    assert (again.evaluated, again.read_back) == (0, 4)
+    monkeypatch.undo()
+    # one more seed: only its evaluations run
+    more = run_benchmark(_options(data_root, tmp_path, seeds=(0, 1, 2)))
+    assert (more.evaluated, more.read_back) == (2, 4)
+    # another design is refused rather than mixed into the same table
+    from ultrassl.errors import UltrasslError
+
+    with pytest.raises(UltrasslError, match="another design .*img_size 32 -> 48"):
+        run_benchmark(_options(data_root, tmp_path, img_size=48))
+
+
+def test_lifts_pair_an_encoder_with_its_twin_by_fold_and_seed(data_root, tmp_path):
+    """An export evaluated against the random encoder of its shape: the lift has an interval and a
+    detectable difference, over the (fold, seed) pairs both have."""
+    import torch
+    from tiny import tiny_vit_spec
+
+    from ultrassl.benchmark import run_benchmark
+    from ultrassl.checkpoint import export_encoder
+    from ultrassl.models.vit import create_encoder
+
+    torch.manual_seed(0)
+    spec = tiny_vit_spec((32, 32))
+    export = export_encoder(
+        create_encoder(spec), spec, tmp_path / "exp", method="mae", mean=[0.5], std=[0.25]
+    )
+
+    r = run_benchmark(_options(data_root, tmp_path / "out", methods=(), weights=(str(export),)))
+    lift = r.lifts["busi-classify"]["exp"]
+    assert lift["baseline"] == "scratch-like-exp"
+    acc = lift["linear"]["accuracy"]
+    assert acc["n"] == 4 and len(acc["pairs"]) == 4 and acc["detectable"] is not None
+
+
+@pytest.mark.slow
+def test_the_command_runs_end_to_end(data_root, tmp_path, capsys):
+    """``ultrassl benchmark`` on every task, random ViT-T against MAE pre-trained per fold (tiny budget)."""
+    from ultrassl.cli import main
+
+    argv = [
+        "benchmark",
+        "--data",
+        str(data_root),
+        "--out",
+        str(tmp_path / "b"),
+        "--tasks",
+        "busi-classify,hc18-segment,pocus-classify",
+        "--methods",
+        "scratch,mae",
+        "--quick",
+        "--img-size",
+        "32",
+        "--device",
+        "cpu",
+        "--pretrain-minutes",
+        "0.02",
+        "--calib-steps",
+        "3",
+        "--seg-epochs",
+        "1",
+        "--pretrain-batch",
+        "8",
+        "--pretrain-set",
+        "mae.decoder_dim=32",
+        "--pretrain-set",
+        "mae.decoder_depth=1",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "busi-classify" in out and "lift" in out and "hc18-segment" in out
+    doc = json.loads((tmp_path / "b" / "benchmark.json").read_text())
+    assert doc["design"]["quick"].startswith("--quick")
+    assert doc["lifts"]["hc18-segment"]["mae"]["finetune"]["dice"]["n"] == 2
+    assert set(doc["pretrain"]) >= {"busi-classify/fold0/mae", "busi-classify/fold1/mae"}
+    assert main(argv) == 0
+    assert "0 evaluated" in capsys.readouterr().out
