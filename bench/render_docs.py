@@ -31,6 +31,7 @@ from pages import (  # noqa: E402
     finetune_speed,
     gpu_check,
     loader_rates,
+    memory_estimate,
     precision_auto,
     probe_overhead,
     real_data,
@@ -68,6 +69,7 @@ SECTIONS = (
     Section("benchmarks.md", "GPU_CHECK", gpu_check.section),
     Section("benchmarks.md", "FINETUNE_SPEED", finetune_speed.section),
     Section("benchmarks.md", "CLI_STARTUP", cli_startup.section),
+    Section("benchmarks.md", "MEMORY_ESTIMATE", memory_estimate.section),
     Section("reliability.md", "RELIABILITY", reliability.section),
 )
 #: figures drawn from the JSON alone (the overlays of bench/scan_area.py need the data: that bench draws them)

@@ -20,11 +20,12 @@ def get_1d_sincos_pos_embed(embed_dim: int, positions: int | torch.Tensor) -> to
     """
     if embed_dim % 2:
         raise ConfigError(f"sin-cos position embedding needs an even dimension, got {embed_dim}")
+    # on the CPU explicitly, also under a ``torch.device`` context (a model built on the meta device)
     if isinstance(positions, int):
-        pos = torch.arange(positions, dtype=torch.float64)
+        pos = torch.arange(positions, dtype=torch.float64, device="cpu")
     else:
         pos = positions.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
-    omega = torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0)
+    omega = torch.arange(embed_dim // 2, dtype=torch.float64, device="cpu") / (embed_dim / 2.0)
     omega = 1.0 / 10000**omega
     out = pos[:, None] * omega[None, :]
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1).float()
@@ -41,13 +42,15 @@ def get_2d_sincos_pos_embed(
         raise ConfigError(f"2-D sin-cos position embedding needs a dimension divisible by 4, got {embed_dim}")
     gh, gw = int(grid_hw[0]), int(grid_hw[1])
     rows, cols = torch.meshgrid(
-        torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij"
+        torch.arange(gh, dtype=torch.float64, device="cpu"),
+        torch.arange(gw, dtype=torch.float64, device="cpu"),
+        indexing="ij",
     )
     emb_w = get_1d_sincos_pos_embed(embed_dim // 2, cols.reshape(-1))
     emb_h = get_1d_sincos_pos_embed(embed_dim // 2, rows.reshape(-1))
     emb = torch.cat([emb_w, emb_h], dim=1)
     if cls_token:
-        emb = torch.cat([torch.zeros(1, embed_dim), emb], dim=0)
+        emb = torch.cat([torch.zeros(1, embed_dim, device="cpu"), emb], dim=0)
     return emb.unsqueeze(0)
 
 
