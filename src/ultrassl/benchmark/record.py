@@ -55,9 +55,13 @@ class ResultsFile:
         self.save()
 
     def summarize(self) -> None:
-        """``summary``: task -> encoder -> protocol -> metric -> mean and 95 % interval over folds x seeds;
+        """``summary``: task -> encoder -> protocol -> metric -> mean and 95 % interval over the folds;
         ``lifts``: task -> encoder -> protocol -> metric -> paired difference against its random twin,
-        matched by (fold, seed), with its interval and the smallest difference the pairs could detect."""
+        matched by fold, with its interval and the smallest difference the folds could detect.
+
+        The fold is the unit: a fold's seeds are averaged first (the seeds of one fold share its test
+        patients and its pre-training, so they are not independent values), and a lift is the mean over
+        the seeds both encoders have of each fold's difference."""
         values: dict[tuple[str, str, str, str], dict[tuple[int, int], float]] = defaultdict(dict)
         twins: dict[tuple[str, str], str] = {}
         for r in self.results.values():
@@ -70,7 +74,7 @@ class ResultsFile:
                         values[(r["task"], r["encoder"], protocol, metric)][(r["fold"], r["seed"])] = float(v)
         summary: dict[str, Any] = {}
         for (task, enc, protocol, metric), per in sorted(values.items()):
-            iv = mean_interval(list(per.values()))
+            iv = mean_interval(list(fold_means(per).values()))
             node = summary.setdefault(task, {}).setdefault(enc, {}).setdefault(protocol, {})
             node[metric] = _interval(iv)
         lifts: dict[str, Any] = {}
@@ -79,15 +83,31 @@ class ResultsFile:
             base = values.get((task, twin, protocol, metric)) if twin else None
             if not base:
                 continue
-            d = paired_difference(per, base)
+            d = paired_difference(*_paired_fold_means(per, base))
             node = lifts.setdefault(task, {}).setdefault(enc, {"baseline": twin})
             node.setdefault(protocol, {})[metric] = {
                 **_interval(d.difference),
                 "resolved": d.difference.excludes_zero,
                 "detectable": d.detectable,
-                "pairs": [list(p) for p in d.pairs],
+                "folds": list(d.pairs),
             }
         self.doc["summary"], self.doc["lifts"] = summary, lifts
+
+
+def fold_means(per: dict[tuple[int, int], float]) -> dict[int, float]:
+    """(fold, seed) -> value  to  fold -> the mean over its seeds."""
+    by_fold: dict[int, list[float]] = defaultdict(list)
+    for (fold, _seed), v in per.items():
+        by_fold[fold].append(v)
+    return {fold: sum(vs) / len(vs) for fold, vs in sorted(by_fold.items())}
+
+
+def _paired_fold_means(
+    per: dict[tuple[int, int], float], base: dict[tuple[int, int], float]
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Both sides' fold means over the (fold, seed) keys both have, so each fold compares like with like."""
+    both = [k for k in per if k in base]
+    return fold_means({k: per[k] for k in both}), fold_means({k: base[k] for k in both})
 
 
 def _interval(iv: Any) -> dict[str, Any]:

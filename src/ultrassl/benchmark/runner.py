@@ -147,9 +147,11 @@ def _design_statement(opt: BenchmarkOptions) -> dict[str, Any]:
             "encoder's initialisation. Pre-training runs once per fold (seed "
             f"{opt.seed}): its own run-to-run spread is not in the intervals."
         ),
-        "intervals": "95 % Student-t over (fold, seed) values; lifts paired by (fold, seed) with the random "
-        "encoder of the same architecture; 'detectable' = smallest true lift a paired t-test "
-        "(two-sided alpha 0.05) finds with power 0.8 given the observed spread and number of pairs",
+        "intervals": "95 % Student-t over the folds, each fold's seeds averaged first (they share the fold's "
+        "test patients); lifts paired by fold with the random encoder of the same architecture, over the "
+        "seeds both have; 'detectable' = smallest true lift a paired t-test (two-sided alpha 0.05) finds "
+        "with power 0.8 given the observed spread and number of folds. Folds share training patients, so "
+        "the intervals still lean narrow",
         "quick": (
             f"--quick: folds {list(opt.folds)}, seeds {list(opt.seeds)}, {opt.pretrain_minutes:g} min "
             f"pre-training per fold, {opt.seg_epochs} segmentation epochs: a first look, not a result"

@@ -11,9 +11,11 @@ assumes a known spread and is about 30 % too narrow (t quantile 2.78 at 4 degree
 estimated spread and tends to the normal interval as n grows.
 
 Pairing: folds differ far more than methods do (a hard fold is hard for every encoder), so a method is
-compared with its random twin on the same (fold, seed) and the interval is taken over the differences;
-the fold-to-fold spread then cancels. Values from several seeds of one fold are not independent, so the
-intervals are somewhat optimistic when seeds repeat folds; the JSON states the design beside them.
+compared with its random twin on the same fold and the interval is taken over the differences; the
+fold-to-fold spread then cancels. The fold is the unit (:mod:`ultrassl.benchmark.record` averages a
+fold's seeds first): seeds of one fold share its test patients and are not independent values. Folds
+of one cross-validation share training patients too, so even these intervals lean narrow; the JSON
+states the design beside them.
 """
 
 from __future__ import annotations
