@@ -4,6 +4,8 @@ run got, what a user reads of an evaluation, and a PNG whose header lies about i
 from __future__ import annotations
 
 import json
+import os
+import signal
 import struct
 import zlib
 from pathlib import Path
@@ -36,6 +38,31 @@ def worker_of_rank(agent: int, rank: int) -> int | None:
         if f"RANK={rank}".encode() in env and any(e.startswith(b"TORCHELASTIC_RUN_ID=") for e in env):
             return pid
     return None
+
+
+def workers_of(agent: int) -> list[int]:
+    """The pids of torchrun's workers below the process ``agent`` (every rank it started)."""
+    out = []
+    for pid in descendants(agent):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(e.startswith(b"TORCHELASTIC_RUN_ID=") for e in env):
+            out.append(pid)
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it, as a lost machine would. Killing torchrun's process
+    group is not enough: its agent starts each worker in a session of its own, so the workers would
+    live on (and go on training) after their agent is gone."""
+    victims = [pid, *descendants(pid)]  # found first: once the agent is dead its workers are re-parented
+    for victim in victims:  # the agent first, so that it cannot start a worker again
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def logged_steps(run: Path) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -12,6 +13,11 @@ import torch
 import torch.distributed as dist
 
 from ultrassl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: the torchrun setting that gives each rendezvous round a store of its own (see :func:`_attempt_store`)
+FRESH_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 
 @dataclass
@@ -67,10 +73,25 @@ def _attempt_store() -> dist.Store | None:
     group read the previous attempt's connection keys, and gloo dials the dead workers' addresses: the
     restart hangs or fails (seen with torch 2.14, CPU, one worker SIGKILLed). One agent numbers its
     restarts for all its workers (``TORCHELASTIC_RESTART_COUNT``), so on a single node that number names
-    a fresh namespace. Across nodes the agents' counts can differ, so there torch's own set-up is kept.
+    a fresh namespace. Across nodes the agents' counts differ (a node started again counts from 0, an
+    agent restarted for a waiting node does not count), so there torch's own set-up is kept, and it is
+    only safe with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` on every node: each rendezvous round then
+    gets a store of its own on a fresh port. With the shared store (torch's default) a node started
+    again after it was lost never joins: its agent waits for the new round's store address, which the
+    surviving rank-0 agent publishes only in its first round (torch 2.14: "wait timeout after 60000ms,
+    keys: /torch.rendezvous.<id>.1/MASTER_ADDR"), and the job dies.
     """
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if restart is None or os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+    if restart is None:
+        return None
+    if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and os.environ.get("RANK") == "0":
+            log.warning(
+                "%s nodes share torchrun's rendezvous store: a lost node started again cannot rejoin "
+                "this job; set %s=1 for torchrun on every node (see docs/guide-distributed.md)",
+                os.environ["GROUP_WORLD_SIZE"],
+                FRESH_STORE_ENV,
+            )
         return None
     from torch.distributed.rendezvous import rendezvous
 
