@@ -11,7 +11,12 @@ losses are the same; an evaluation when every report, table and prediction file 
 Faults: SIGKILL of a single process; SIGKILL followed by a truncated or a bit-flipped ``last.pt``; a
 full disk at a checkpoint (a real one: a tmpfs too small for the next save, root only), after which
 space is freed; one torchrun worker SIGKILLed under ``--max-restarts``; a whole torchrun job SIGKILLed
-and started again; ``finetune classify`` SIGKILLed part-way.
+and started again; ``finetune classify`` SIGKILLed part-way. Two nodes on this machine (two torchrun
+agents, ``--nnodes 2 --nproc_per_node 1``, c10d rendezvous on localhost hosted by node 0, one run
+folder), compared with the 1-node torchrun run: node 1 lost (agent and worker SIGKILLed) and its command
+started again, with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` and with torch's default shared store; node
+0, the rendezvous host, lost, then both commands again; one worker of node 1 SIGKILLed under
+``--max-restarts``; both nodes killed and both commands again.
 
 Memory: ``ultrassl index`` and 20 pre-training steps on synthetic manifests of short clips, three
 times: every frame in RAM (``data.frame_cache=null``), the default (``auto``: RAM up to
@@ -34,6 +39,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,7 +53,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' media and fault helpers
 
 from benchlib import RESULTS, ROOT, command_line, machine_info, read_results, write_results  # noqa: E402
-from faults import evaluation_outputs, logged_steps, png_claiming, worker_of_rank  # noqa: E402
+from faults import (  # noqa: E402
+    evaluation_outputs,
+    kill_tree,
+    logged_steps,
+    png_claiming,
+    worker_of_rank,
+    workers_of,
+)
 from media_helpers import write_dicom, write_gif, write_mp4, write_png  # noqa: E402
 
 PARTS = ("faults", "files", "tests", "memory")
@@ -66,9 +79,9 @@ def run(cmd: list[str], log: Path, timeout: float = 900) -> subprocess.Completed
         return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=ENV, timeout=timeout, text=True)
 
 
-def launch(cmd: list[str], log: Path) -> subprocess.Popen:
+def launch(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     f = log.open("a")  # a file, not a pipe: a full pipe would block the job
-    return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+    return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env or ENV, start_new_session=True)
 
 
 def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 600) -> bool:
@@ -80,6 +93,9 @@ def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: flo
 
 
 def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process and everything below it: torchrun starts each worker in a session of its
+    own, so killing the agent's process group would leave the workers training."""
+    kill_tree(proc.pid)  # first: once the agent is dead its workers are no longer found below it
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -248,6 +264,85 @@ def fault_torchrun(manifest: Path, ref: Path, work: Path, rng: random.Random, wh
     return rec
 
 
+#: torchrun's setting that gives each rendezvous round a store of its own (docs/guide-distributed.md)
+FRESH_STORE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_node_cmd(manifest: Path, out: Path, port: int, node: int) -> list[str]:
+    """Node ``node`` of two on this machine (node 0 hosts the rendezvous), training what
+    :func:`torchrun_cmd` trains with the same global batch."""
+    same = torchrun_cmd(manifest, out)
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+        "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
+        "--rdzv_conf", f"is_host={'true' if node == 0 else 'false'}",
+        "--max-restarts", "3", "--monitor-interval", "0.2", *same[same.index("-m", 2):],
+    ]  # fmt: skip
+
+
+def fault_two_nodes(manifest: Path, ref: Path, work: Path, rng: random.Random, kind: str) -> dict:
+    """Two torchrun agents as two nodes; ``kind``: lost (node 1's agent and worker SIGKILLed, its
+    command again 2 s later), lost-shared (the same with torch's default shared store), host (node 0,
+    the rendezvous host, lost; node 1 left to exit; both commands again), worker (one worker of node 1
+    SIGKILLed), both (both nodes killed, both commands again)."""
+    out, port = work / "run", free_port()
+    env = ENV if kind == "lost-shared" else {**ENV, FRESH_STORE: "1"}
+    logs = [work / "node0.log", work / "node1.log"]
+
+    def start(node: int) -> subprocess.Popen:
+        return launch(two_node_cmd(manifest, out, port, node), logs[node], env)
+
+    kill_at = rng.randint(4, STEPS - 10)
+    rec: dict[str, Any] = {"kill_at": kill_at}
+    nodes = [start(0), start(1)]
+    if not wait_for_step(nodes[0], out, kill_at) or nodes[1].poll() is not None:
+        for p in nodes:
+            kill_group(p)
+        return {**rec, "finished": False, "identical": False, "error": "the job ended before the kill"}
+    if kind in ("lost", "lost-shared"):
+        kill_group(nodes[1])
+        time.sleep(2)
+        nodes[1] = start(1)
+    elif kind == "host":
+        kill_group(nodes[0])
+        try:
+            nodes[1].wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            kill_group(nodes[1])
+            return {**rec, "finished": False, "identical": False, "error": "node 1 outlived the host"}
+        rec["node1_returncode"] = nodes[1].returncode
+        nodes = [start(0), start(1)]
+    elif kind == "worker":
+        os.kill(workers_of(nodes[1].pid)[0], signal.SIGKILL)
+    elif kind == "both":
+        for p in nodes:
+            kill_group(p)
+        nodes = [start(0), start(1)]
+    deadline = time.monotonic() + 900
+    for p in nodes:
+        try:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for q in nodes:
+                kill_group(q)
+            rec["error"] = "hung"
+            break
+    rec["returncodes"] = [p.returncode for p in nodes]
+    text = "\n".join(log.read_text() for log in logs)
+    rec["resumed"] = "resumed from" in text
+    rec.update(compare_runs(ref, out))
+    if not rec["identical"] and "error" not in rec:
+        errors = [line.strip() for line in text.splitlines() if re.search(r"\w+Error: ", line)]
+        rec["error"] = errors[-1][:300] if errors else "see the nodes' logs"
+    return rec
+
+
 def classify_cmd(manifest: Path, weights: Path, out: Path) -> list[str]:
     return ultrassl(
         "finetune", "classify", "--weights", str(weights), "--data", str(manifest), "--out", str(out),
@@ -309,6 +404,11 @@ FAULTS = {
     "disk": "disk full at a checkpoint (tmpfs), space freed, same command",
     "torchrun-worker": "torchrun --max-restarts 2: one worker SIGKILLed",
     "torchrun-job": "torchrun: the whole job SIGKILLed, same command",
+    "2node-lost": f"2 nodes: node 1 lost, its command again ({FRESH_STORE}=1)",
+    "2node-lost-shared": "2 nodes: node 1 lost, its command again (torch's default shared store)",
+    "2node-host": "2 nodes: node 0 (rendezvous host) lost, both commands again",
+    "2node-worker": "2 nodes: one worker of node 1 SIGKILLed (--max-restarts 3)",
+    "2node-both": "2 nodes: both killed, both commands again",
     "eval": f"finetune classify ({EVAL_RUNS} runs: 3 folds x 3 seeds, full) SIGKILLed, same command",
 }
 
@@ -330,7 +430,7 @@ def faults(
     ref = reference(pretrain_cmd(manifest, work / "ref"), work / "ref")
     ckpt_bytes = (ref / "checkpoints" / "last.pt").stat().st_size
     tref = eref = None
-    if any(k.startswith("torchrun") for k in only):
+    if any(k.startswith(("torchrun", "2node")) for k in only):
         tref = reference(torchrun_cmd(manifest, work / "torchrun-ref"), work / "torchrun-ref")
     if "eval" in only:
         eref = reference(classify_cmd(manifest, ref, work / "eval-ref"), work / "eval-ref")
@@ -342,6 +442,11 @@ def faults(
         "torchrun-worker": lambda w: fault_torchrun(manifest, tref, w, rng, whole_job=False),
         "torchrun-job": lambda w: fault_torchrun(manifest, tref, w, rng, whole_job=True),
         "eval": lambda w: fault_eval(manifest, ref, eref, w, rng),
+        **{
+            k: (lambda w, key=k: fault_two_nodes(manifest, tref, w, rng, key[6:]))
+            for k in FAULTS
+            if k[:6] == "2node-"
+        },
     }
     for key in only:
         name = FAULTS[key]
