@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from faults import logged_steps, worker_of_rank
+from faults import kill_tree, logged_steps, worker_of_rank
 from media_helpers import make_mixed_folder
 
 from ultrassl import api
@@ -292,11 +292,12 @@ def test_torchrun_restarts_after_a_sigkilled_worker_and_after_a_killed_job_bit_i
     finish(job, run)
     assert "resumed from" in log_of(run), f"killed at step {kill_at}: the restart did not resume"
 
-    # 2. the whole job SIGKILLed, then the same command again
+    # 2. the whole job SIGKILLed (the agent and its workers, which torchrun starts in sessions of their
+    # own: killing the agent's process group would leave them training), then the same command again
     run2 = tmp_path / "job-killed"
     job = launch(run2)
     wait_for_step(job, run2, kill_at)
-    os.killpg(job.pid, signal.SIGKILL)
+    kill_tree(job.pid)
     job.wait()
     finish(launch(run2), run2)
     assert "resumed from" in log_of(run2)
