@@ -221,3 +221,23 @@ def test_the_command_line_says_it_in_one_line(tmp_path, capsys):
         f"ultrassl finetune: error: {data}: a folder, not a manifest CSV: index it first with "
         f"`ultrassl index {data} -o manifest.csv`, then pass the manifest"
     )
+
+
+def test_version_prints_the_package_version_without_a_heavy_library():
+    import ultrassl
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys\nfrom ultrassl.cli import main\ntry:\n    main(['--version'])\n"
+            "except SystemExit as exc:\n    assert exc.code == 0\n"
+            "print(json.dumps(sorted(sys.modules)), file=sys.stderr)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout == f"ultrassl {ultrassl.__version__}\n"
+    assert [m for m in json.loads(done.stderr) if m.split(".")[0] in HEAVY] == []

@@ -76,6 +76,7 @@ def index(
     labels_csv: str | Path | None = None,
     group_pattern: str | None = None,
     *,
+    strict_groups: bool = False,
     clear_patient_ids: bool = False,
     salt_file: str | Path | None = None,
     limits: ReadLimits | None = None,
@@ -84,7 +85,8 @@ def index(
 
     DICOM PatientIDs are written as salted-hash pseudonyms (salt in ``<manifest>.salt`` or
     ``salt_file``) unless ``clear_patient_ids``. ``limits``: pixels, frames and seconds a file may take
-    (decompression bombs and endless streams are skipped with a reason)."""
+    (decompression bombs and endless streams are skipped with a reason). A file ``group_pattern`` does
+    not match becomes a group of its own, with a warning (``strict_groups``: an error naming the files)."""
     if not Path(data_dir).is_dir():
         raise UltrasslError(f"{data_dir}: not a folder")
     return index_folder(
@@ -92,6 +94,7 @@ def index(
         out_csv,
         labels_csv=labels_csv,
         group_pattern=group_pattern,
+        strict_groups=strict_groups,
         clear_patient_ids=clear_patient_ids,
         salt_file=salt_file,
         limits=limits or ReadLimits(),
@@ -243,12 +246,25 @@ def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "last") -
     """Write the run's encoder as ``model.safetensors`` + ``config.json`` that timm loads directly.
 
     ``checkpoint="best"`` exports ``best.pt``: the best online-probe score of a run with ``--probe-data``,
-    else the lowest validation loss (USCL's ``best_model.pth``).
+    else the lowest validation loss (USCL's ``best_model.pth``). A ``last`` checkpoint short of the run's
+    total steps is exported with a warning saying so (:func:`unfinished_note`). The recorded pre-training
+    config leaves out the training machine's cache folders (:func:`portable_config`).
     """
     cfg, model, state = load_run(run_dir, checkpoint)
     encoder, spec = model.exportable_encoder()
     per_channel = spec.in_chans if len(cfg.data.mean) == 1 else 1  # one value given for every channel
-    extra = {"pretrain_steps": int(state["step"]), "pretrain_config": state["config"]}
+    extra: dict[str, Any] = {
+        "pretrain_steps": int(state["step"]),
+        "pretrain_config": portable_config(state["config"]),
+    }
+    if checkpoint == "last":
+        if state.get("total_steps") is not None:
+            extra["pretrain_total_steps"] = int(state["total_steps"])
+        if state.get("stopped_by"):
+            extra["pretrain_stopped_by"] = str(state["stopped_by"])
+        note = unfinished_note(run_dir, state)
+        if note is not None:
+            log.warning(note)
     if "val_loss" in state:
         extra["val_loss"] = float(state["val_loss"])
     if state.get("best"):
@@ -262,6 +278,41 @@ def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "last") -
         std=list(cfg.data.std) * per_channel,
         extra={**extra, "checkpoint": checkpoint},
     )
+
+
+#: config entries that are folders of the machine the run trained on (caches: where decoded frames or
+#: confidence maps were kept); they do not change the weights and mean nothing elsewhere
+MACHINE_LOCAL = (("data", "frame_cache"), ("ultramae", "confidence_cache"))
+
+
+def portable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config as an export records it: without :data:`MACHINE_LOCAL`'s cache folders."""
+    out = dict(config)
+    for section, key in MACHINE_LOCAL:
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
+
+
+def unfinished_note(run_dir: str | Path, state: dict[str, Any]) -> str | None:
+    """One line when the checkpoint ``state`` of ``run_dir`` is short of the run's total steps (a run
+    stopped by ``--time-limit``, a signal, or still going); None when it reached them or they are not
+    known. Checkpoints from before the total was saved fall back to ``train.max_steps``."""
+    step = int(state.get("step", 0))
+    total = state.get("total_steps")
+    if total is None:
+        total = ((state.get("config") or {}).get("train") or {}).get("max_steps")
+    if total is None or step >= int(total):
+        return None
+    how = state.get("stopped_by")
+    if how:
+        where = f"{run_dir} stopped at step {step} of {int(total)} ({how})"
+    else:  # a checkpoint saved on the way: the run is still going, or was killed before its end
+        where = (
+            f"{run_dir}: its last checkpoint is at step {step} of {int(total)} (the run is still going, "
+            "or ended before it could say why)"
+        )
+    return f"{where}; the same pretrain command continues it"
 
 
 def convert(checkpoint: str | Path, out_dir: str | Path, **kwargs: Any) -> dict[str, Any]:

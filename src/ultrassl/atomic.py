@@ -6,6 +6,10 @@ all go through here. Torch-free, so light modules can use it.
 A temp file is named ``<name>.tmp-<host>-<pid>-<token>``: on a file system shared by several hosts
 (NFS, Lustre) two writers can have the same pid, so the host name and a random token make the name
 unique whoever writes it, wherever (:func:`unique_suffix`).
+
+The file ends with the permissions a plain ``open(path, "w")`` gives under the process's umask
+(:func:`default_file_mode`), whatever the writer did to the temp file: safetensors, for one, creates
+its file readable by its owner only, and checkpoints and exports are files a lab shares.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import os
 import re
 import secrets
 import socket
+import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,13 +58,52 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Write via ``write(tmp)``, fsync, then ``os.replace``: ``path`` is either the old or the new file."""
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the platform allows (Linux's
+    ``/proc/self/status``); elsewhere set and restored at once, under a lock."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The permission bits a new file gets from a plain ``open(path, "w")``: ``0o666`` less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def _set_mode(path: Path, mode: int) -> None:
+    try:
+        if stat.S_IMODE(os.stat(path).st_mode) != mode:
+            os.chmod(path, mode)
+    except OSError:  # best effort: the data matter more than their mode
+        pass
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], None], *, mode: int | None = None) -> Path:
+    """Write via ``write(tmp)``, fsync, then ``os.replace``: ``path`` is either the old or the new file.
+
+    The file gets the permission bits ``mode``, by default :func:`default_file_mode`'s, whatever mode
+    ``write`` gave the temp file (safetensors makes it private); give ``0o600`` for a secret. A file
+    system that refuses the change (some network mounts) keeps the writer's mode."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
     try:
         write(tmp)
+        if mode is None:
+            mode = default_file_mode()
+        _set_mode(tmp, mode)
         with open(tmp, "rb+") as f:  # flush to disk before the rename makes it visible
             f.flush()
             os.fsync(f.fileno())

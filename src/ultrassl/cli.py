@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from ultrassl import __version__
 from ultrassl.config import (
     TrainConfig,
     parse_set,
@@ -37,6 +38,7 @@ BUILTIN_METHODS = ("convmae", "deblur-convmae", "deblur-mae", "mae", "ultramae",
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ultrassl", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument(
         "--plugin",
         action="append",
@@ -73,7 +75,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("-o", "--out", type=Path, required=True, help="manifest.csv to write")
     s.add_argument("--labels", type=Path, help="CSV with columns path,label")
-    s.add_argument("--group-pattern", help="regex on the file name giving the patient/group id")
+    s.add_argument(
+        "--group-pattern",
+        help="regex on the file name whose first group is the patient/group id; a file it does not match "
+        "becomes a group of its own (warned, with examples)",
+    )
+    s.add_argument(
+        "--strict-groups",
+        action="store_true",
+        help="make a file that --group-pattern does not match an error (naming the files) instead of a "
+        "warning",
+    )
     s.add_argument(
         "--salt-file",
         type=Path,
@@ -538,13 +550,15 @@ def _index(a: argparse.Namespace) -> int:
         a.out,
         labels_csv=a.labels,
         group_pattern=a.group_pattern,
+        strict_groups=a.strict_groups,
         clear_patient_ids=a.clear_patient_ids,
         salt_file=a.salt_file,
         limits=ReadLimits(a.max_pixels, a.max_frames_per_file, a.file_timeout),
     )
     report_skipped(summary.skipped)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary.by_kind.items()))
-    print(f"indexed {summary.n_indexed} files ({kinds}); skipped {summary.n_skipped}; wrote {a.out}")
+    files = "file" if summary.n_indexed == 1 else "files"
+    print(f"indexed {summary.n_indexed} {files} ({kinds}); skipped {summary.n_skipped}; wrote {a.out}")
     if summary.salt_file is not None:
         print(
             f"DICOM PatientIDs are written as salted-hash group ids; the salt is in {summary.salt_file} "

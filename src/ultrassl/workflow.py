@@ -108,6 +108,7 @@ def index(
     *,
     labels: StrPath | None = None,
     group_pattern: str | None = None,
+    strict_groups: bool = False,
     salt_file: StrPath | None = None,
     clear_patient_ids: bool = False,
     max_pixels: int | None = None,
@@ -124,7 +125,10 @@ def index(
         out: The manifest CSV to write.
         labels: A CSV with columns ``path,label`` whose labels replace the folder names.
         group_pattern: A regular expression on the file name whose first group is the patient (group)
-            id, e.g. ``r"^(p\\d+)"``; folds never split a group.
+            id, e.g. ``r"^(p\\d+)"``; folds never split a group. A file it does not match (and that
+            has no PatientID or labels-CSV group id) becomes a group of its own, with one warning; the
+            summary lists them (``unmatched_group_pattern``).
+        strict_groups: Make a file that ``group_pattern`` does not match an error naming the files.
         salt_file: The salt of the DICOM PatientID pseudonyms (default ``<out>.salt``, created when
             missing); give one file to every index of the same patients.
         clear_patient_ids: Write DICOM PatientIDs in clear as group ids instead of salted hashes.
@@ -134,10 +138,11 @@ def index(
 
     Returns:
         The summary: files indexed and skipped (with reasons), counts by kind, the manifest's path,
-        the skipped-files CSV (``<out stem>_skipped.csv``) and the salt file, where written.
+        the skipped-files CSV (``<out stem>_skipped.csv``), the salt file, where written, and the
+        files ``group_pattern`` did not match.
 
     Raises:
-        UltrasslError: ``folder`` is not a folder.
+        UltrasslError: ``folder`` is not a folder, or ``strict_groups`` and ``group_pattern`` missed a file.
     """
     from ultrassl import api
     from ultrassl.data.limits import ReadLimits
@@ -154,6 +159,7 @@ def index(
         out,
         labels_csv=labels,
         group_pattern=group_pattern,
+        strict_groups=strict_groups,
         clear_patient_ids=clear_patient_ids,
         salt_file=salt_file,
         limits=limits,

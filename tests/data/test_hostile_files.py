@@ -139,4 +139,4 @@ def test_index_takes_the_limits_from_the_command_line(tmp_path, capsys):
         "more than 5 frames" in skipped and "pixels exceed the limit" in skipped and "broken link" in skipped
     )
     assert main(["index", str(data), "-o", str(out), "--max-frames", "50"]) == 0
-    assert "indexed 1 files" in capsys.readouterr().out
+    assert "indexed 1 file (1 video)" in capsys.readouterr().out

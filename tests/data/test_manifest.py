@@ -202,3 +202,84 @@ def test_index_folder_without_skips_removes_stale_list(tmp_path):
     assert (summary.n_indexed, summary.n_skipped, summary.skipped_path) == (1, 0, None)
     assert not stale.exists()
     assert _read_csv(out)[0]["path"] == "data/a.png"
+
+
+def _misnamed_folder(tmp_path: Path) -> Path:
+    """Three clips of patients p01/p02 named by the pattern, three named against it (``P03-…``, upper
+    case and a dash), and a DICOM whose PatientID gives its group whatever its name."""
+    data = tmp_path / "data"
+    (data / "covid").mkdir(parents=True)
+    for name in ("p01_a.png", "p01_b.png", "p02_a.png", "P03-a.png", "P03-b.png", "scan7.png"):
+        write_png(data / "covid" / name, _img())
+    write_dicom(data / "covid" / "other.dcm", index_frames(1), patient_id="PATIENT-9")
+    return data
+
+
+def test_files_the_group_pattern_misses_are_warned_about_with_examples(tmp_path, caplog):
+    data = _misnamed_folder(tmp_path)
+    out = tmp_path / "labelled.csv"
+    with caplog.at_level("WARNING", logger="ultrassl"):
+        summary = index_folder(data, out, group_pattern=r"^(p\d+)", progress=False)
+    # each miss is its own group (its relative path), as before: the warning and the summary say so
+    assert summary.unmatched_group_pattern == ["covid/P03-a.png", "covid/P03-b.png", "covid/scan7.png"]
+    groups = {Path(r.path).name: r.group_id for r in read_manifest(out)}
+    assert groups["P03-a.png"] == "covid/P03-a.png" and groups["p01_b.png"] == "p01"
+    assert groups["other.dcm"] != "covid/other.dcm"  # a PatientID is no miss
+    warned = [r.getMessage() for r in caplog.records if "did not match" in r.getMessage()]
+    assert warned == [
+        "3 files did not match --group-pattern '^(p\\\\d+)'; each became a group of its own: "
+        "covid/P03-a.png, covid/P03-b.png, covid/scan7.png (--strict-groups makes this an error)"
+    ]
+
+    # more than three: three examples and an ellipsis; a labels CSV's group_id is no miss either
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label,group_id\nscan7.png,covid,p07\n")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ultrassl"):
+        summary = index_folder(data, out, labels_csv=labels, group_pattern=r"^(x\d+)", progress=False)
+    assert (
+        len(summary.unmatched_group_pattern) == 5 and "covid/scan7.png" not in summary.unmatched_group_pattern
+    )
+    (message,) = [r.getMessage() for r in caplog.records if "did not match" in r.getMessage()]
+    assert message.startswith("5 files did not match")
+    assert "covid/P03-a.png, covid/P03-b.png, covid/p01_a.png, ... (" in message
+
+    # no pattern: nothing to miss, no warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ultrassl"):
+        assert index_folder(data, out, progress=False).unmatched_group_pattern == []
+    assert not [r for r in caplog.records if "did not match" in r.getMessage()]
+
+
+def test_strict_groups_makes_a_miss_an_error_naming_the_files(tmp_path):
+    data = _misnamed_folder(tmp_path)
+    out = tmp_path / "labelled.csv"
+    with pytest.raises(UltrasslError) as err:
+        index_folder(data, out, group_pattern=r"^(p\d+)", strict_groups=True, progress=False)
+    message = str(err.value)
+    assert message.startswith("3 files did not match --group-pattern '^(p\\\\d+)' (--strict-groups): ")
+    assert "covid/P03-a.png, covid/P03-b.png, covid/scan7.png;" in message
+    assert not out.exists()  # nothing written
+    # every file matched: strict is silent
+    summary = index_folder(data, out, group_pattern=r"^([A-Za-z]+\d+)", strict_groups=True, progress=False)
+    assert summary.unmatched_group_pattern == [] and out.exists()
+
+
+def test_the_command_line_and_python_api_take_strict_groups(tmp_path, capsys):
+    import ultrassl
+    from ultrassl.cli import main
+
+    data = _misnamed_folder(tmp_path)
+    out = tmp_path / "m.csv"
+    argv = ["index", str(data), "-o", str(out), "--group-pattern", r"^(p\d+)"]
+    assert main([*argv, "--strict-groups"]) == 2
+    assert "covid/P03-a.png" in capsys.readouterr().err and not out.exists()
+    assert main(argv) == 0
+    assert "indexed 7 files" in capsys.readouterr().out
+    with pytest.raises(UltrasslError, match="--strict-groups"):
+        ultrassl.index(data, out, group_pattern=r"^(p\d+)", strict_groups=True)
+    one = tmp_path / "one"
+    one.mkdir()
+    write_png(one / "p01_a.png", _img())
+    assert main(["index", str(one), "-o", str(tmp_path / "one.csv")]) == 0
+    assert "indexed 1 file (1 image);" in capsys.readouterr().out

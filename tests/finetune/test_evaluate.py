@@ -168,3 +168,53 @@ def test_cli_finetune_then_evaluate(manifest, tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
     assert main(["evaluate", "--model", str(tmp_path / "e"), "--data", str(manifest), "--device", "cpu"]) == 0
     assert "per video" in capsys.readouterr().out
+
+
+def test_evaluate_warns_about_patients_the_fold_models_were_trained_on(manifest, tmp_path, caplog):
+    cfg = ClassifyConfig(mode="linear", folds=3, max_frames_per_video=2)
+    finetune_classify("scratch", manifest, tmp_path / "eval", cfg, scratch_spec=SPEC, progress=False)
+    lung = [r for r in _read_csv(manifest) if r["path"].endswith(".mp4")]
+    n_groups = len({r["group_id"] for r in lung})
+    subset = tmp_path / "lung.csv"
+    _write_subset_manifest(manifest, {r["path"] for r in lung}, subset)
+
+    # the evaluation's own patients: every one was in some fold model's training data
+    with caplog.at_level("WARNING", logger="ultrassl"):
+        out = evaluate(tmp_path / "eval", subset, tmp_path / "same", device="cpu", progress=False)
+    (warning,) = [r.getMessage() for r in caplog.records if "not a fair estimate" in r.getMessage()]
+    assert warning.startswith(
+        f"{n_groups} of the {n_groups} groups (patients) in {subset} were in the training"
+    )
+    saved = json.loads(Path(out["paths"]["metrics"]).read_text())
+    assert (saved["groups_seen_in_training"], saved["n_groups"]) == (n_groups, n_groups)
+
+    # the same clips under new patient ids: nothing to warn about
+    renamed = tmp_path / "new_patients.csv"
+    text = subset.read_text()
+    for g in {r["group_id"] for r in lung}:
+        text = text.replace(f",{g},", f",new-{g},")
+    renamed.write_text(text)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ultrassl"):
+        out = evaluate(tmp_path / "eval", renamed, tmp_path / "new", device="cpu", progress=False)
+    assert not [r for r in caplog.records if "not a fair estimate" in r.getMessage()]
+    assert json.loads(Path(out["paths"]["metrics"]).read_text())["groups_seen_in_training"] == 0
+
+    # one fold's model alone has not seen that fold's test patients
+    folds = json.loads((tmp_path / "eval" / "folds.json").read_text())["folds"]
+    test0 = set(folds[0]["test_groups"])
+    single = tmp_path / "single" / "models"
+    single.mkdir(parents=True)
+    folder, card = read_card(tmp_path / "eval")
+    (single / "model.json").write_text(json.dumps(card | {"folds": [0]}))
+    (single / "fold0.safetensors").write_bytes((folder / "fold0.safetensors").read_bytes())
+    (tmp_path / "single" / "folds.json").write_text(json.dumps({"folds": folds}))
+    fold0 = tmp_path / "fold0.csv"
+    _write_subset_manifest(manifest, {r["path"] for r in lung if r["group_id"] in test0}, fold0)
+    out = evaluate(single, fold0, tmp_path / "f0", device="cpu", progress=False)
+    assert json.loads(Path(out["paths"]["metrics"]).read_text())["groups_seen_in_training"] == 0
+
+    # without folds.json nothing can be checked: recorded as unknown (None)
+    (tmp_path / "single" / "folds.json").unlink()
+    out = evaluate(single, fold0, tmp_path / "f0", device="cpu", progress=False)
+    assert json.loads(Path(out["paths"]["metrics"]).read_text())["groups_seen_in_training"] is None

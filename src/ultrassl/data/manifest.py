@@ -91,6 +91,9 @@ class IndexSummary:
     rows: list[ManifestRow] = field(default_factory=list, repr=False)
     #: the salt behind the DICOM group-id pseudonyms (None: no PatientID met, or ids kept in clear)
     salt_file: Path | None = None
+    #: the files (relative paths) that ``group_pattern`` did not match and that had no group id from a
+    #: PatientID or the labels CSV: each became a group of its own
+    unmatched_group_pattern: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -150,9 +153,9 @@ def _group_id(
     patient_id: str | None,
     pattern: re.Pattern[str] | None,
     pseudonym: Callable[[str], str] | None = None,
-) -> str:
+) -> str | None:
     """PatientID (as its pseudonym when one is given), else the pattern's first group (or whole match)
-    on the file name, else the path."""
+    on the file name; None when neither gives one (the caller falls back to the path)."""
     if patient_id:
         return pseudonym(patient_id) if pseudonym is not None else patient_id
     if pattern is not None:
@@ -161,7 +164,35 @@ def _group_id(
             value = m.group(1) if m.groups() and m.group(1) is not None else m.group(0)
             if value:
                 return value
-    return rel.as_posix()
+    return None
+
+
+#: how many file names a warning or an error about ``--group-pattern`` shows
+_SHOWN_IN_WARNING = 3
+_SHOWN_IN_ERROR = 20
+
+
+def _check_unmatched(unmatched: list[str], group_pattern: str, strict: bool) -> None:
+    """Warn (or with ``strict``, refuse) about files that ``group_pattern`` did not match: each became a
+    group of its own, so several clips of one patient named against the pattern would land in different
+    folds."""
+    if not unmatched:
+        return
+    n = len(unmatched)
+    files = "file" if n == 1 else "files"
+    if strict:
+        shown = ", ".join(unmatched[:_SHOWN_IN_ERROR])
+        more = f" and {n - _SHOWN_IN_ERROR} more" if n > _SHOWN_IN_ERROR else ""
+        raise UltrasslError(
+            f"{n} {files} did not match --group-pattern {group_pattern!r} (--strict-groups): {shown}{more}; "
+            "rename them, give their group_id in a --labels CSV, or fix the pattern"
+        )
+    shown = ", ".join(unmatched[:_SHOWN_IN_WARNING])
+    more = ", ..." if n > _SHOWN_IN_WARNING else ""
+    log.warning(
+        f"{n} {files} did not match --group-pattern {group_pattern!r}; each became a group of its own: "
+        f"{shown}{more} (--strict-groups makes this an error)"
+    )
 
 
 def walk_files(data_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -210,6 +241,9 @@ def build_manifest(
     progress: bool = True,
     pseudonym: Callable[[str], str] | None = None,
     limits: ReadLimits = DEFAULT_LIMITS,
+    *,
+    strict_groups: bool = False,
+    unmatched: list[str] | None = None,
 ) -> tuple[list[ManifestRow], list[tuple[str, str]]]:
     """Probe every file under `data_dir` (sorted, recursive, hidden skipped) -> (rows, skipped).
 
@@ -218,6 +252,10 @@ def build_manifest(
 
     `skipped` holds (path, one-line reason); a bad file never stops the run. Mask files (stem ending
     in `_mask`) are attached to their image, not indexed; a mask without an image is reported skipped.
+
+    A file whose group id comes from neither its PatientID, the labels CSV nor `group_pattern` (given but
+    not matching its name) is a group of its own (its relative path): logged as one warning with
+    examples, appended to `unmatched` (when given), or with `strict_groups` an error naming them.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -232,6 +270,7 @@ def build_manifest(
 
     files, skipped = walk_files(data_dir)
     used_masks: set[Path] = set()
+    no_match: list[str] = []
     rows: list[ManifestRow] = []
     with Progress(log, "indexing", len(files), enabled=progress) as bar:
         for path in files:
@@ -255,6 +294,10 @@ def build_manifest(
                 if meta is not None:
                     label = meta[0]
                     group = meta[1] or group
+                if group is None:
+                    group = key
+                    if pattern is not None:
+                        no_match.append(key)
                 for note in info.notes:
                     log.warning(f"{path}: {note}")
                 mask = _find_mask(path) if info.kind == "image" else None
@@ -280,6 +323,10 @@ def build_manifest(
     for path in files:
         if _is_mask(path) and path not in used_masks:
             skipped.append((str(path), "mask without a matching image"))
+    if group_pattern:
+        _check_unmatched(no_match, group_pattern, strict_groups)
+    if unmatched is not None:
+        unmatched.extend(no_match)
     return rows, skipped
 
 
@@ -452,6 +499,7 @@ def index_folder(
     group_pattern: str | None = None,
     progress: bool = True,
     *,
+    strict_groups: bool = False,
     clear_patient_ids: bool = False,
     salt_file: str | Path | None = None,
     limits: ReadLimits = DEFAULT_LIMITS,
@@ -459,12 +507,15 @@ def index_folder(
     """Build and write the manifest, plus `<stem>_skipped.csv` (path, reason) when files were skipped.
 
     DICOM PatientIDs become salted-hash pseudonyms (``data.pseudonyms``; the salt in ``salt_file``,
-    default ``<manifest>.salt``, created when missing) unless ``clear_patient_ids``.
+    default ``<manifest>.salt``, created when missing) unless ``clear_patient_ids``. Files that
+    ``group_pattern`` does not match are warned about (with ``strict_groups``: an error, and nothing is
+    written) and listed in the summary's ``unmatched_group_pattern``.
     """
     out_csv = Path(out_csv)
     pseudonym = None
     if not clear_patient_ids:
         pseudonym = Pseudonymiser(salt_file or salt_path_for(out_csv), create=salt_file is None)
+    unmatched: list[str] = []
     rows, skipped = build_manifest(
         data_dir,
         labels_csv=labels_csv,
@@ -472,6 +523,8 @@ def index_folder(
         progress=progress,
         pseudonym=pseudonym,
         limits=limits,
+        strict_groups=strict_groups,
+        unmatched=unmatched,
     )
     write_manifest(rows, out_csv)
     skipped_path = out_csv.with_name(f"{out_csv.stem}_skipped.csv")
@@ -493,4 +546,5 @@ def index_folder(
         skipped_path=skipped_path if skipped else None,
         rows=rows,
         salt_file=pseudonym.salt_file if pseudonym is not None and pseudonym.used else None,
+        unmatched_group_pattern=unmatched,
     )

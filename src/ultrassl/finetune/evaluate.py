@@ -4,6 +4,10 @@ The model is the folder a ``finetune classify|segment`` run wrote (or its ``mode
 fold's selected model, averaged (mean probability). Data are fed exactly as in that evaluation (frame
 rate, frames per video, scan-area crop, input size, normalisation), read from a manifest made by
 ``ultrassl index``.
+
+Every patient (group) of an evaluation was in some fold model's training data, so scores on the
+evaluation's own patients are no fair estimate: such an overlap, read from the evaluation's
+``folds.json``, is warned about and counted in ``metrics.json`` (:func:`seen_groups`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,8 @@ from ultrassl.models.seg_heads import SegModel, build_seg_head
 from ultrassl.models.vit import create_encoder
 from ultrassl.transforms.model_input import resize_frame, to_tensor_batch
 
+log = logging.getLogger(__name__)
+
 
 def evaluate(
     model: str | Path,
@@ -51,12 +58,50 @@ def evaluate(
     out = Path(out_dir) if out_dir else folder.parent / f"evaluate_{Path(data).stem}"
     out.mkdir(parents=True, exist_ok=True)
     rows = read_manifest(data)
+    seen = seen_groups(folder, card, rows, data)
     dev = select_device(device)
     if card["task"] == "classify":
-        return _evaluate_classify(folder, rows, out, dev, progress)
+        return _evaluate_classify(folder, rows, out, dev, progress, seen)
     if card["task"] == "segment":
-        return _evaluate_segment(folder, rows, out, dev, progress)
+        return _evaluate_segment(folder, rows, out, dev, progress, seen)
     raise UltrasslError(f"{folder}: unknown task {card['task']!r}")
+
+
+#: how many group ids the warning about groups the fold models were trained on shows
+_SHOWN = 3
+
+
+def seen_groups(
+    folder: Path, card: dict[str, Any], rows: Sequence[ManifestRow], data: str | Path
+) -> dict[str, Any]:
+    """The groups (patients) of ``rows`` that some fold model was trained or validated on, from the
+    evaluation's ``folds.json`` beside ``models/``: ``{"n_groups", "groups_seen_in_training"}`` (None:
+    no folds.json to check against), with a warning when any is. A fold's test groups are in the other
+    folds' training data, so with every fold's model kept, every group of the evaluation counts."""
+    groups = sorted({r.group_id for r in rows})
+    record: dict[str, Any] = {"n_groups": len(groups), "groups_seen_in_training": None}
+    folds_file = folder.parent / "folds.json"
+    try:
+        folds = json.loads(folds_file.read_text(encoding="utf-8"))["folds"]
+        trained: set[str] = set()
+        for k in card["folds"]:
+            trained.update(map(str, folds[k]["train_groups"]), map(str, folds[k]["val_groups"]))
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        log.info(
+            f"{folds_file} is missing or unreadable: whether {data} holds patients the fold models were "
+            "trained on is not checked"
+        )
+        return record
+    seen = [g for g in groups if g in trained]
+    record["groups_seen_in_training"] = len(seen)
+    if seen:
+        shown = ", ".join(seen[:_SHOWN]) + (", ..." if len(seen) > _SHOWN else "")
+        log.warning(
+            f"{len(seen)} of the {len(groups)} groups (patients) in {data} were in the training or "
+            f"validation data of the fold models ({shown}): scores on them are not a fair estimate of "
+            "how the model does on new patients"
+        )
+    return record
 
 
 @torch.no_grad()
@@ -74,7 +119,12 @@ def _ensemble(models: Sequence[torch.nn.Module], x: torch.Tensor, device: torch.
 
 
 def _evaluate_classify(
-    folder: Path, rows: list[ManifestRow], out: Path, device: torch.device, progress: bool
+    folder: Path,
+    rows: list[ManifestRow],
+    out: Path,
+    device: torch.device,
+    progress: bool,
+    seen: dict[str, Any],
 ) -> dict[str, Any]:
     card, models = load_fold_models(folder, classifier_architecture)
     models = [m.to(device) for m in models]
@@ -152,6 +202,7 @@ def _evaluate_classify(
         "n_frames": len(frame_rows),
         "n_videos": len(video_rows),
         "skipped": [list(s) for s in cache.skipped],
+        **seen,
         "metrics": metrics,
     }
     return _finish(out, result, paths, len(frame_rows))
@@ -167,7 +218,12 @@ def _seg_architecture(card: dict[str, Any]) -> torch.nn.Module:
 
 
 def _evaluate_segment(
-    folder: Path, rows: list[ManifestRow], out: Path, device: torch.device, progress: bool
+    folder: Path,
+    rows: list[ManifestRow],
+    out: Path,
+    device: torch.device,
+    progress: bool,
+    seen: dict[str, Any],
 ) -> dict[str, Any]:
     card, models = load_fold_models(folder, _seg_architecture)
     models = [m.to(device) for m in models]
@@ -220,6 +276,7 @@ def _evaluate_segment(
         "folds": card["folds"],
         "n_images": len(records),
         "skipped": [list(s) for s in skipped],
+        **seen,
         "metrics": metrics,
     }
     return _finish(out, result, paths, len(records))

@@ -120,6 +120,9 @@ class Trainer:
         self.resume = resume or resume_state is not None
         self.resume_state = resume_state
         self.run_info = run_info or {}
+        #: why the run stopped, once it has (saved in the last checkpoint: ``export`` says so when the run
+        #: ended before its total steps); None while it runs
+        self.stopped_by: str | None = None
         self.collate_fn = collate_fn
         self.num_workers = num_workers
         self.dist, self.device = distributed.init_distributed(train.device)
@@ -286,6 +289,7 @@ class Trainer:
                         self.save(epoch)
             if loss is not None:
                 self.last_loss = self._read(loss, grad_norm)[0]
+            self.stopped_by = stopped_by
             self.save(self.step // spe)
         finally:
             for cb in started:
@@ -399,6 +403,9 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": epoch,
+            # the steps the run is set to reach and, in the checkpoint written at its end, why it stopped
+            "total_steps": self.total_steps,
+            "stopped_by": self.stopped_by,
             "rng": rng,
             # every process's generators: a restarted multi-process job resumes each rank's own
             "rng_ranks": rng_ranks or [rng],
