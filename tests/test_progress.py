@@ -126,14 +126,18 @@ def test_five_fold_fine_tuning_logs_folds_epochs_and_runs_to_a_file(manifest, tm
     # loading the frames, an epoch line per epoch of every fold, and a line per finished run
     assert re.search(r"^decode: \d+/\d+ files", text, re.M), text
     epochs = re.findall(
-        r"^classification fine-tuning fold (\d)/5, seed 0 \(run \d/5\): epoch (\d)/2, val [\d.]+, "
+        r"^classification fine-tuning fold \d \((\d) of 5\), seed 0 \(run \d/5\): epoch (\d)/2, val [\d.]+, "
         r"best [\d.]+ \(epoch \d\), ETA \S+",
         text,
         re.M,
     )
     assert sorted(epochs) == [(str(k), str(e)) for k in range(1, 6) for e in (1, 2)], text
-    runs = re.findall(r"^run (\d)/5: fold (\d)/5, seed 0: test balanced accuracy [\d.]+.*$", text, re.M)
-    assert [r for r, _ in runs] == ["1", "2", "3", "4", "5"], text
+    runs = re.findall(
+        r"^run (\d)/5: fold (\d) \((\d) of 5\), seed 0: test balanced accuracy [\d.]+.*$", text, re.M
+    )
+    assert [r for r, _, _ in runs] == ["1", "2", "3", "4", "5"], text
+    # folds are named 0-based as in folds.json and the report, counted 1-based: "fold 0 (1 of 5)"
+    assert all(int(n) == int(k) + 1 for _, k, n in runs), text
     assert all("ETA" in line for line in re.findall(r"^run [1-4]/5: .*$", text, re.M))
 
 
@@ -164,10 +168,10 @@ def test_the_python_api_prints_nothing_until_logging_is_configured(manifest, tmp
         finetune_segment("scratch", manifest, tmp_path / "seg", seg, scratch_spec=SPEC)
     err = capfd.readouterr().err
     assert "resumed from" in err and re.search(r"^train: step 3/3 ", err, re.M), err
-    assert re.search(r"^segmentation fine-tuning fold 1/3, seed 0 \(run 1/3\): epoch 1/1, val ", err, re.M), (
-        err
-    )
-    assert re.search(r"^run 3/3: fold 3/3, seed 0: test dice ", err, re.M), err
+    assert re.search(
+        r"^segmentation fine-tuning fold 0 \(1 of 3\), seed 0 \(run 1/3\): epoch 1/1, val ", err, re.M
+    ), err
+    assert re.search(r"^run 3/3: fold 2 \(3 of 3\), seed 0: test dice ", err, re.M), err
 
 
 def test_the_interval_comes_from_the_environment(monkeypatch):

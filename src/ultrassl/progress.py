@@ -154,7 +154,7 @@ class Within:
     """What an inner loop is a part of, for its progress lines (the k-fold engine tells fine-tuning's
     epoch loop which run it is fitting)."""
 
-    #: e.g. ``fold 2/5, seed 0 (run 3/10)``
+    #: e.g. ``fold 1 (2 of 5), seed 0 (run 3/10)``
     label: str
     #: seconds the work after this part is expected to take (None: not known yet)
     after_s: float | None = None

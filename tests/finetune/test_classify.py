@@ -92,6 +92,20 @@ def test_linear_probe_writes_folds_report_and_predictions(manifest, tmp_path):
     assert all(len(v) == len(set(v)) == out["n_frames"] for v in per_setting.values())
     probs = np.array([[float(r[k]) for k in r if k.startswith("prob_")] for r in rows])
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    # what a new user reads first: how to read it, the baselines, the warnings, the training data used
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# Classification by linear probe of scratch")
+    for block in ("## How to read this", "## Headline", "## Warnings", "## Training data per label fraction"):
+        assert block in md, block
+    assert "- chance balanced accuracy: " in md and "- majority-class baseline (frame level): " in md
+    # the majority baseline is the most common label's share among the test frames (each tested once)
+    labels = [r["label"] for r in rows if r["seed"] == "0" and float(r["label_fraction"]) == 1.0]
+    top = max(set(labels), key=labels.count)
+    assert report["baselines"]["frame"]["majority_accuracy"] == pytest.approx(labels.count(top) / len(labels))
+    assert isinstance(report["warnings"], list)
+    for fold in report["folds"]:  # every run recorded the groups and frames per class it trained on
+        assert sum(fold["train_counts"]["frames"].values()) == fold["n_train"]
+        assert all(n >= 1 for n in fold["train_counts"]["groups"].values())
 
 
 def test_partial_mode_trains_only_the_last_blocks(manifest):

@@ -255,3 +255,168 @@ def test_markdown_content(tmp_path):
 def test_bad_confusion_matrix_shape(tmp_path):
     with pytest.raises(ValueError, match="confusion matrix"):
         write(tmp_path, class_names=["a", "b", "c"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Baselines, warnings, training data per label fraction ("what a user sees")
+# --------------------------------------------------------------------------------------------------
+
+THREE = ["a-lines", "b-lines", "effusion"]
+
+
+def guessing_results(
+    fractions: tuple[float, ...] = (0.25, 1.0), seeds: tuple[int, ...] = (0,)
+) -> list[FoldResult]:
+    """Three classes, four folds whose test labels are 5/3/2 per fold (pooled 20/12/8: majority 'a-lines',
+    share 0.5): folds 1 and 3 predict 'a-lines' for everything, no fold ever gets 'effusion' right, and
+    the scores do not change with the label fraction."""
+    out = []
+    for seed in seeds:
+        for frac in fractions:
+            for fold in range(4):
+                if fold % 2:
+                    cm = [[5, 0, 0], [3, 0, 0], [2, 0, 0]]  # one class predicted: accuracy 0.5, bacc 1/3
+                else:
+                    cm = [[2, 3, 0], [1, 2, 0], [1, 1, 0]]  # accuracy 0.4, bacc (0.4 + 2/3 + 0) / 3
+                correct = sum(cm[i][i] for i in range(3))
+                recalls = [cm[i][i] / sum(cm[i]) for i in range(3)]
+                metrics = {
+                    "accuracy": correct / 10,
+                    "balanced_accuracy": sum(recalls) / 3,
+                    "macro_f1": 0.3,
+                    "confusion_matrix": cm,
+                }
+                counts = {
+                    "groups": {"a-lines": 4, "b-lines": 2, "effusion": 1},
+                    "frames": dict.fromkeys(THREE, 0),
+                }
+                counts["frames"] = {"a-lines": 40, "b-lines": 20 + fold, "effusion": 10}
+                if frac < 1:
+                    counts = {
+                        "groups": dict.fromkeys(THREE, 1),
+                        "frames": {"a-lines": 10, "b-lines": 10, "effusion": 9},
+                    }
+                for level in ("frame", "video"):
+                    out.append(FoldResult(fold, seed, frac, level, metrics, 70, 10, 10, train_counts=counts))
+    return out
+
+
+def test_majority_and_chance_baselines_are_computed_from_the_test_labels(tmp_path):
+    paths = write(tmp_path, guessing_results(seeds=(0, 1)), class_names=THREE)
+    report = json.loads(paths["report_json"].read_text(encoding="utf-8"))
+    frame = report["baselines"]["frame"]
+    # pooled over the 4 test folds, each item once although there are two seeds: 20 / 12 / 8
+    assert frame["test_counts"] == {"a-lines": 20, "b-lines": 12, "effusion": 8}
+    assert (frame["majority_class"], frame["n_majority"], frame["n_test"]) == ("a-lines", 20, 40)
+    assert frame["majority_accuracy"] == pytest.approx(0.5)
+    assert frame["chance_balanced_accuracy"] == pytest.approx(1 / 3)
+    assert set(report["baselines"]) == {"frame", "video"}
+    md = paths["report_md"].read_text(encoding="utf-8")
+    assert (
+        "- majority-class baseline (frame level): 0.500 (always predicting 'a-lines': 20 of 40 test frames)"
+        in md
+    )
+    assert (
+        "- majority-class baseline (video level): 0.500 (always predicting 'a-lines': 20 of 40 test videos)"
+        in md
+    )
+    assert "- chance balanced accuracy: 0.333 (1 / 3 classes)" in md
+
+
+def test_baseline_falls_back_to_per_class_support_without_confusion_matrices(tmp_path):
+    results = make_results()
+    for r in results:
+        r.metrics = {k: v for k, v in r.metrics.items() if k != "confusion_matrix"}
+        r.metrics["per_class"]["lesion"] = {**r.metrics["per_class"]["lesion"], "support": 30}
+    paths = write(tmp_path, results)
+    frame = json.loads(paths["report_json"].read_text(encoding="utf-8"))["baselines"]["frame"]
+    assert (frame["majority_class"], frame["n_majority"], frame["n_test"]) == ("lesion", 90, 120)
+    assert frame["majority_accuracy"] == pytest.approx(0.75)
+
+
+def test_each_warning_fires_on_a_model_no_better_than_guessing(tmp_path):
+    paths = write(
+        tmp_path, guessing_results(), class_names=THREE, title="Classification by full fine-tuning of x"
+    )
+    report = json.loads(paths["report_json"].read_text(encoding="utf-8"))
+    checks = [(w["check"], w["level"]) for w in report["warnings"]]
+    for level in ("frame", "video"):
+        # mean accuracy (0.4 + 0.5 + 0.4 + 0.5) / 4 = 0.45 <= 0.5; mean bacc 0.3444 is above 1/3
+        assert ("below_majority", level) in checks
+        assert ("below_chance", level) not in checks
+        assert ("class_never_recalled", level) in checks
+        assert ("flat_curve", level) in checks
+    assert checks.count(("single_class_folds", "frame")) == 1  # once per level, every fraction named
+    md = paths["report_md"].read_text(encoding="utf-8")
+    warnings_block = md.split("## Warnings")[1].split("\n## ")[0]
+    assert (
+        "- frame level: accuracy 0.450 ± 0.058 is not above the majority-class baseline 0.500 "
+        "(always predicting 'a-lines')." in warnings_block
+    )
+    assert "class 'effusion' has recall 0: none of its 8 test frames" in warnings_block
+    assert (
+        "- frame level: the model predicts one class for every test frame at 100% labels in fold 1 (all "
+        "'a-lines', balanced accuracy 0.333), fold 3 (all 'a-lines', balanced accuracy 0.333); at 25% labels "
+        "in fold 1" in warnings_block
+    )
+    assert "the few-label curve does not rise beyond its spread over folds" in warnings_block
+    assert "with 7 training groups per fold at 100%" in warnings_block
+    # the blocks come first, in this order
+    assert md.index("## How to read this") < md.index("## Headline") < md.index("## Warnings")
+    assert md.index("## Warnings") < md.index("## Training data per label fraction") < md.index("## Summary")
+
+
+def test_below_chance_and_near_majority(tmp_path):
+    results = guessing_results(fractions=(1.0,))
+    for r in results:  # a fold-to-fold spread that reaches the baseline, and balanced accuracy at chance
+        r.metrics = {**r.metrics, "accuracy": 0.5 + 0.1 * (r.fold % 2), "balanced_accuracy": 1 / 3}
+    paths = write(tmp_path, results, class_names=THREE)
+    report = json.loads(paths["report_json"].read_text(encoding="utf-8"))
+    checks = {w["check"] for w in report["warnings"]}
+    assert {"near_majority", "below_chance"} <= checks and "below_majority" not in checks
+    assert "flat_curve" not in checks  # one label fraction: no curve
+    md = paths["report_md"].read_text(encoding="utf-8")
+    assert (
+        "is above the majority-class baseline 0.500 (always predicting 'a-lines') by no more than its spread"
+        in md
+    )
+    assert "balanced accuracy 0.333 ± 0.000 is not above chance (0.333 = 1 / 3 classes)." in md
+
+
+def test_a_clear_result_has_no_warnings_and_says_how_to_read_it(tmp_path):
+    paths = write(tmp_path, selection="the epoch with the best balanced accuracy on validation.")
+    report = json.loads(paths["report_json"].read_text(encoding="utf-8"))
+    assert report["warnings"] == [] and report["training_counts"] == {}
+    md = paths["report_md"].read_text(encoding="utf-8")
+    assert "## Warnings\n\nNone: " in md
+    how = md.split("## How to read this")[1].split("\n## ")[0]
+    for words in ("**Frame level**", "**Video level**", "mean of its frames' predicted class probabilities",
+                  "spread over folds", "**Label fraction**", "majority-class baseline"):  # fmt: skip
+        assert words in how, words
+    assert "- **Model selection**: the epoch with the best balanced accuracy on validation." in how
+    assert "Training data per label fraction" not in md  # nothing recorded: no table, no pointer to it
+
+
+def test_training_data_per_label_fraction(tmp_path):
+    paths = write(tmp_path, guessing_results(), class_names=THREE)
+    report = json.loads(paths["report_json"].read_text(encoding="utf-8"))
+    top = report["training_counts"]["1.0"]
+    assert top["n_runs"] == 4
+    assert top["b-lines"]["frames"] == {"min": 20, "max": 23, "mean": 21.5}
+    assert top["all"]["groups"] == {"min": 7, "max": 7, "mean": 7.0}
+    md = paths["report_md"].read_text(encoding="utf-8")
+    assert (
+        "| 25% | 1 groups, 10 frames | 1 groups, 10 frames | 1 groups, 9 frames | 3 groups, 29 frames |" in md
+    )
+    assert (
+        "| 100% | 4 groups, 40 frames | 2 groups, 20–23 frames | 1 groups, 10 frames | 7 groups, 70–73 frames |"
+        in md
+    )
+    assert report["folds"][0]["train_counts"]["groups"]["a-lines"] == 1
+
+
+def test_few_label_curve_has_a_balanced_accuracy_panel(tmp_path):
+    paths = write(tmp_path)
+    with Image.open(paths["few_label_curve"]) as im:
+        width, height = im.size
+    assert width > 1.5 * height  # two panels side by side: accuracy and balanced accuracy

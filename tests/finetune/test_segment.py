@@ -15,6 +15,7 @@ from ultrassl.data.group_folds import read_folds
 from ultrassl.data.manifest import read_manifest
 from ultrassl.finetune.backbones import load_backbone
 from ultrassl.finetune.classify import Phase
+from ultrassl.finetune.report.segmentation import SegRunResult, seg_warnings
 from ultrassl.finetune.segment import (
     SegmentConfig,
     Segmenter,
@@ -106,7 +107,12 @@ def test_finetune_segment_smoke_writes_folds_report_overlays(manifest: Path, tmp
     assert set(report["summary"]) == {"dice", "iou"} and len(report["folds"]) == 3
     assert report["folds"][0]["metrics"]["empty_policy"] == "one"
     assert out["summary"] == report["summary"]
-    assert "| fold |" in (tmp_path / "eval" / "report.md").read_text()
+    md = (tmp_path / "eval" / "report.md").read_text()
+    assert "| fold |" in md and "How to read this: Dice and IoU are computed per test image" in md
+    assert "## Warnings" in md and isinstance(report["warnings"], list)
+    for fold in report["folds"]:  # what the empty/full-mask warning reads
+        assert 0 <= fold["metrics"]["n_pred_empty"] <= fold["n_test"]
+        assert 0 <= fold["metrics"]["n_pred_full"] <= fold["n_test"]
     overlays = sorted(p.name for p in (tmp_path / "eval" / "overlays").glob("*.png"))
     assert overlays == [f"fold{k}_{i}.png" for k in range(3) for i in range(3)]
 
@@ -175,3 +181,17 @@ def test_foreground_weight_scales_the_cross_entropy_of_foreground_pixels() -> No
     ce = torch.nn.functional.cross_entropy(logits, target)
     assert torch.allclose(weighted - plain, ce_w - ce, atol=1e-6)
     assert dice_ce_loss(logits, target, fg_weight=1.0) == plain
+
+
+def test_the_report_warns_of_folds_whose_masks_are_all_empty_or_all_full() -> None:
+    def run(fold: int, empty: int, full: int) -> SegRunResult:
+        metrics = {"dice": 0.5, "iou": 0.4, "n_pred_empty": empty, "n_pred_full": full}
+        return SegRunResult(fold, 0, 1.0, metrics, 8, 2, 4, 3, 0.5)
+
+    assert seg_warnings([run(0, 1, 0), run(1, 0, 1)]) == []
+    assert seg_warnings([run(0, 4, 0), run(1, 0, 4), run(2, 2, 2)]) == [
+        "the predicted masks are empty (no foreground) for every test image in fold 0 (100% labels).",
+        "the predicted masks are full (all foreground) for every test image in fold 1 (100% labels).",
+    ]
+    old = SegRunResult(0, 0, 1.0, {"dice": 0.5, "iou": 0.4}, 8, 2, 4, 3, 0.5)  # journalled before the counts
+    assert seg_warnings([old]) == []

@@ -11,6 +11,7 @@ Protocol (leakage-free by construction):
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch import nn
 
 from ultrassl.config import check
 from ultrassl.data.frameset import FrameSet, load_frameset
+from ultrassl.data.group_folds import group_majority_labels
 from ultrassl.data.manifest import read_manifest
 from ultrassl.distributed import select_device
 from ultrassl.feature_scores import balanced_accuracy, fit_linear_probe
@@ -63,6 +65,9 @@ class RunResult:
     n_test: int
     best_epoch: int | None = None
     val_score: float | None = None
+    #: what the run trained on, per class: ``{"groups": {class: n}, "frames": {class: n}}`` (a group
+    #: counts for its majority class); None in journals written before it was recorded
+    train_counts: dict | None = None
 
 
 @dataclass
@@ -194,10 +199,21 @@ class Classifier:
     def _record(self, out, k, seed, fraction, tr, va, te, prob, best_epoch, val_score) -> None:
         names = self.data.class_names
         y = self.data.labels[te]
+        counts = self._train_counts(tr)
         frame_metrics = classification_metrics(y.tolist(), prob, names)
         out.results.append(
             RunResult(
-                k, seed, fraction, "frame", frame_metrics, len(tr), len(va), len(te), best_epoch, val_score
+                k,
+                seed,
+                fraction,
+                "frame",
+                frame_metrics,
+                len(tr),
+                len(va),
+                len(te),
+                best_epoch,
+                val_score,
+                counts,
             )
         )
         rows = self.data.row_ids[te]
@@ -217,6 +233,7 @@ class Classifier:
                 len(video_ids),
                 best_epoch,
                 val_score,
+                counts,
             )
         )
         for j, i in enumerate(te):
@@ -233,6 +250,18 @@ class Classifier:
             }
             entry.update({f"prob_{c}": float(p) for c, p in zip(names, prob[j])})
             out.predictions.append(entry)
+
+    def _train_counts(self, tr: np.ndarray) -> dict[str, dict[str, int]]:
+        """Training groups (by their majority class) and frames per class of one run."""
+        names = self.data.class_names
+        labels = self.data.labels[tr].tolist()
+        group_label = group_majority_labels([self.data.groups[i] for i in tr], labels)
+        groups = Counter(group_label.values())
+        frames = Counter(labels)
+        return {
+            "groups": {c: int(groups.get(i, 0)) for i, c in enumerate(names)},
+            "frames": {c: int(frames.get(i, 0)) for i, c in enumerate(names)},
+        }
 
     # -- linear probe --------------------------------------------------------------------------------
 
@@ -392,6 +421,22 @@ class AugmentedFrames:
         return apply_augment(x, drawn), torch.as_tensor(self.data.labels[items])
 
 
+#: ``--mode`` in words, for the report's title
+MODE_WORDS = {"linear": "linear probe", "partial": "partial fine-tuning", "full": "full fine-tuning"}
+
+
+def selection_text(cfg: ClassifyConfig) -> str:
+    """How each fold's model is selected, for the report's "How to read this" block."""
+    where = "on the validation split of the fold's training groups (never on its test fold)"
+    if cfg.mode == "linear":
+        cs = ", ".join(f"{c:g}" for c in cfg.linear_c)
+        return f"the linear probe's regularisation C (one of {cs}) with the best balanced accuracy {where}."
+    return (
+        f"the epoch with the best frame balanced accuracy {where}, ties broken by the lower validation loss; "
+        f"training stops after {cfg.patience} epochs without a better one."
+    )
+
+
 def finetune_classify(
     weights: str | Path,
     data: str | Path,
@@ -432,6 +477,7 @@ def finetune_classify(
         class_names=result.class_names,
         config=config,
         predictions=result.predictions,
-        title=f"Classification ({cfg.mode}) of {weights}",
+        title=f"Classification by {MODE_WORDS.get(cfg.mode, cfg.mode)} of {weights}",
+        selection=selection_text(cfg),
     )
     return EvaluationResult("classify", summary, paths, len(frameset.labels))

@@ -221,7 +221,7 @@ log = logging.getLogger(__name__)
 
 class _EpochLines:
     """A fit's progress: after an epoch, every interval, a line such as ``classification fine-tuning
-    fold 2/5, seed 0 (run 3/10): epoch 4/20, val 0.8120, best 0.8300 (epoch 2), ETA 5m10s``. The ETA
+    fold 1 (2 of 5), seed 0 (run 3/10): epoch 4/20, val 0.8120, best 0.8300 (epoch 2), ETA 5m10s``. The ETA
     counts this run's epochs left (at most: early stopping may end it sooner) and, within the k-fold
     engine, the runs after it. The clock only: nothing is read from the device."""
 

@@ -125,7 +125,8 @@ def run_kfold(
         t0 = time.monotonic()
         left = len(runs) - i - 1
         after = sum(fitted_s) / len(fitted_s) * left if fitted_s else None
-        where = f"fold {run.fold + 1}/{len(folds)}, seed {run.seed}"
+        # fold numbers are 0-based as in folds.json, runs/ and the report; the count says how far along
+        where = f"fold {run.fold} ({run.fold + 1} of {len(folds)}), seed {run.seed}"
         where += f", fraction {run.label_fraction:g}" if run.label_fraction != 1 else ""
         with within(f"{where} (run {i + 1}/{len(runs)})", after_s=after, on=progress):
             fitted = task.fit(planned.train, planned.val, run.seed)

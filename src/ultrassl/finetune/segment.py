@@ -153,6 +153,9 @@ class Segmenter:
         preds = [self._full_res_pred(lg, self.data.full_masks[i]) for lg, i in zip(logits, te)]
         targets = [self.data.full_masks[i] for i in te]
         metrics = segmentation_metrics(preds, targets, empty=self.cfg.empty_policy)
+        # for the report's warnings: a model that predicts no foreground (or only foreground) everywhere
+        metrics["n_pred_empty"] = int(sum(not p.any() for p in preds))
+        metrics["n_pred_full"] = int(sum(bool(p.all()) for p in preds))
         result = SegRunResult(
             run.fold,
             run.seed,

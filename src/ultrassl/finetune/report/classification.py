@@ -29,12 +29,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from ultrassl.atomic import atomic_write_text
+from ultrassl.finetune.report.checks import ITEMS, baselines, training_counts, warnings
 from ultrassl.finetune.report.formatting import (
     finite,
     flatten_config,
     fmt,
     fmt_fraction,
     format_mean_std,
+    fraction_key,
     md_table,
     mean_std,
     save_figure,
@@ -68,6 +70,8 @@ METRIC_NAMES = {
     "auroc": "AUROC",
 }
 PER_FOLD_BARS = ("accuracy", "balanced_accuracy", "macro_f1")
+#: Few-label curve panels: accuracy, and balanced accuracy (what fine-tuning selects on, chance 1/classes).
+CURVE_METRICS = ("accuracy", "balanced_accuracy")
 PER_CLASS_METRICS = ("precision", "recall", "f1", "specificity", "auroc")
 PER_CLASS_NAMES = {"f1": "F1", "auroc": "AUROC"}
 #: Config entries shown in report.md (the full config is in report.json).
@@ -90,6 +94,8 @@ class FoldResult:
     n_test: int
     best_epoch: int | None = None
     val_score: float | None = None
+    #: what the run trained on: ``{"groups": {class: n}, "frames": {class: n}}`` (None: not recorded)
+    train_counts: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # Caught here rather than as a broken log-scale axis or a missing table column later.
@@ -107,11 +113,6 @@ class FoldResult:
 # --------------------------------------------------------------------------------------------------
 # Summary
 # --------------------------------------------------------------------------------------------------
-
-
-def fraction_key(label_fraction: float) -> str:
-    """The string key of a label fraction in summaries (JSON objects need string keys): ``"0.1"``."""
-    return str(float(label_fraction))
 
 
 def headline_setting(results: Iterable[FoldResult]) -> tuple[str, float]:
@@ -254,11 +255,13 @@ def _per_class(group: Sequence[FoldResult], class_names: Sequence[str]) -> dict[
     return out
 
 
-def _accuracy_curve(results: Sequence[FoldResult]) -> dict[str, dict[float, dict[str, Any]]]:
-    """``{level: {fraction: mean/std of accuracy}}`` computed from the folds (sample std)."""
+def _metric_curve(
+    results: Sequence[FoldResult], metric: str = "accuracy"
+) -> dict[str, dict[float, dict[str, Any]]]:
+    """``{level: {fraction: mean/std of metric}}`` computed from the folds (sample std)."""
     out: dict[str, dict[float, dict[str, Any]]] = {}
     for (level, frac), group in sorted(_group(results).items()):
-        values = [v for r in group if (v := finite(r.metrics.get("accuracy"))) is not None]
+        values = [v for r in group if (v := finite(r.metrics.get(metric))) is not None]
         out.setdefault(level, {})[frac] = mean_std(values)
     return out
 
@@ -298,7 +301,8 @@ def _plot_confusion(cm: list[list[int]], class_names: Sequence[str], title: str,
             )
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
-    ax.set_xticklabels(class_names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+    tilt = n > 3 or max(len(c) for c in class_names) > 10  # long names side by side overlap
+    ax.set_xticklabels(class_names, rotation=45 if tilt else 0, ha="right" if tilt else "center")
     ax.set_yticklabels(class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -334,34 +338,47 @@ def _plot_per_fold(group: Sequence[FoldResult], title: str, path: Path) -> Path:
 
 
 def _plot_curve(
-    series: list[tuple[str, str, dict[float, dict[str, Any]]]],
+    panels: Mapping[str, list[tuple[str, str, dict[float, dict[str, Any]]]]],
     fractions: Sequence[float],
     title: str,
     path: Path,
+    references: Mapping[str, Sequence[tuple[str, float]]] | None = None,
 ) -> Path:
-    """Mean accuracy ± std vs label fraction (log x axis, ticks at the fractions used).
+    """Mean ± std of each metric vs label fraction, one panel per metric (log x axis, ticks at the
+    fractions used); ``references``: dotted horizontal lines per metric (label, value), e.g. chance.
 
     One line per (label, level, points) series; video level dashed so levels read apart in grey print.
     """
-    fig = Figure(figsize=(6.5, 4.5), dpi=100)
+    fig = Figure(figsize=(5.0 * len(panels) + 1.0, 4.5), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for label, level, points in series:
-        xs = sorted(f for f, p in points.items() if finite(p.get("mean")) is not None)
-        if not xs:
-            continue
-        ys = [float(points[f]["mean"]) for f in xs]
-        es = [finite(points[f].get("std")) or 0.0 for f in xs]
-        style = "--" if level == "video" else "-"
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, linestyle=style, label=label)
-    ax.set_xscale("log")
-    ax.set_xticks(list(fractions), labels=[fmt_fraction(f) for f in fractions])
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel("label fraction (log scale)")
-    ax.set_ylabel("accuracy (mean ± std over folds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
+    for k, (metric, series) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        for label, level, points in series:
+            xs = sorted(f for f, p in points.items() if finite(p.get("mean")) is not None)
+            if not xs:
+                continue
+            ys = [float(points[f]["mean"]) for f in xs]
+            es = [finite(points[f].get("std")) or 0.0 for f in xs]
+            style = "--" if level == "video" else "-"
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, linestyle=style, label=label)
+        for label, value in (references or {}).get(metric, ()):
+            ax.axhline(value, linestyle=":", color="grey", linewidth=1.2)
+            ax.annotate(
+                label,
+                (0.01, value),
+                xycoords=("axes fraction", "data"),
+                fontsize=7,
+                color="grey",
+                va="bottom",
+            )
+        ax.set_xscale("log")
+        ax.set_xticks(list(fractions), labels=[fmt_fraction(f) for f in fractions])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("label fraction (log scale)")
+        ax.set_ylabel(f"{_metric_label(metric)} (mean ± std over folds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -383,18 +400,39 @@ def _markdown(
     confusion: list[list[int]] | None,
     figures: Mapping[str, Path],
     has_predictions: bool,
+    baselines: Mapping[str, Mapping[str, Any]] | None = None,
+    warnings: Sequence[Mapping[str, Any]] = (),
+    train: Mapping[str, Mapping[str, Any]] | None = None,
+    selection: str | None = None,
 ) -> str:
     level, frac = headline
     group = [r for r in results if (r.level, r.label_fraction) == headline]
     n_seeds = len({r.seed for r in group})
     runs = f"{len({r.fold for r in group})} folds" + (f" × {n_seeds} seeds" if n_seeds > 1 else "")
     lines = [f"# {title}", ""]
+    lines += _how_to_read(level, runs, selection, bool(train))
 
     headline_metrics = _metric_order([summary])
-    lines += [f"Headline: **{level} level, {fmt_fraction(frac)} of labels**, {runs} (mean ± std)."]
+    lines += ["## Headline", ""]
+    lines += [
+        f"**{level.capitalize()} level, {fmt_fraction(frac)} of labels**, {runs} (mean ± std over folds):"
+    ]
     lines += [""]
     lines += [f"- {_metric_label(m)}: {format_mean_std(summary[m])}" for m in headline_metrics]
+    lines += _baseline_lines(baselines or {}, len(class_names))
     lines += ["", f"Classes: {', '.join(class_names)}", ""]
+
+    lines += ["## Warnings", ""]
+    if warnings:
+        lines += [f"- {w['message']}" for w in warnings]
+    else:
+        lines += [
+            "None: the headline is above the majority-class baseline and chance, every class is recalled "
+            "in some fold, no fold predicts a single class, and the few-label curve (if any) rises beyond "
+            "its spread."
+        ]
+    lines += [""]
+    lines += _training_lines(train or {}, class_names)
 
     config_items = flatten_config(config)
     if config_items:
@@ -478,6 +516,76 @@ def _markdown(
     return "\n".join(lines)
 
 
+def _how_to_read(level: str, runs: str, selection: str | None, has_train: bool) -> list[str]:
+    """The block at the top of report.md: what the levels, the ±, the selection and a label fraction mean."""
+    lines = ["## How to read this", ""]
+    lines += [
+        "- **Frame level** scores every sampled frame on its own. **Video level** scores each video once: the "
+        "mean of its frames' predicted class probabilities, then the most probable class (a still image is a "
+        f"one-frame video). The headline is {level} level; the tables below give both.",
+        f"- **±** is the spread over folds: the sample standard deviation of the per-fold scores ({runs}). "
+        "Folds are made of whole groups (patients); each fold's test groups are used for nothing but its "
+        "test scores. Folds are numbered from 0, as in `folds.json`, `runs/` and `models/`.",
+        "- **Model selection**: "
+        + (
+            selection
+            or "each fold's model is chosen on the validation split of its training groups, never on its test fold."
+        ),
+        "- **Label fraction** f: each fold trains on a share f of each class's training groups (at least one "
+        "group per class; the smaller sets inside the larger); validation and test groups stay the same."
+        + (
+            " What that meant in groups and frames is under *Training data per label fraction*."
+            if has_train
+            else ""
+        ),
+        "- **Baselines**: the majority-class baseline is the accuracy of always predicting the class most common "
+        "among the test labels (pooled over all folds); chance balanced accuracy is 1 / number of classes. A "
+        "score not above them has learned nothing the class counts do not give.",
+        "",
+    ]
+    return lines
+
+
+def _baseline_lines(base: Mapping[str, Mapping[str, Any]], n_classes: int) -> list[str]:
+    lines = []
+    for lv, b in base.items():
+        lines.append(
+            f"- majority-class baseline ({lv} level): {fmt(b['majority_accuracy'])} (always predicting "
+            f"{b['majority_class']!r}: {b['n_majority']} of {b['n_test']} test {ITEMS[lv]})"
+        )
+    lines.append(f"- chance balanced accuracy: {fmt(1.0 / n_classes)} (1 / {n_classes} classes)")
+    return lines
+
+
+def _span(stat: Mapping[str, Any]) -> str:
+    lo, hi = stat["min"], stat["max"]
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
+def _training_lines(train: Mapping[str, Mapping[str, Any]], class_names: Sequence[str]) -> list[str]:
+    """Per label fraction and class: training groups and frames per fold (min–max over the runs)."""
+    if not train:
+        return []
+    lines = ["## Training data per label fraction", ""]
+    lines += [
+        "Training groups (patients; a group counts for its majority class) and frames per fold, "
+        "min–max over the folds (validation and test sides not included).",
+        "",
+    ]
+    header = ["label fraction"] + list(class_names) + ["all"]
+    rows = []
+    for key, entry in sorted(train.items(), key=lambda kv: float(kv[0])):
+        row = [fmt_fraction(float(key))]
+        for c in [*class_names, "all"]:
+            counts = entry.get(c) or {}
+            if "groups" in counts:
+                row.append(f"{_span(counts['groups'])} groups, {_span(counts['frames'])} frames")
+            else:
+                row.append("—")
+        rows.append(row)
+    return lines + md_table(header, rows) + [""]
+
+
 # --------------------------------------------------------------------------------------------------
 # Public writers
 # --------------------------------------------------------------------------------------------------
@@ -508,12 +616,14 @@ def write_classification_report(
     title: str = "Classification",
     curves: dict[str, list[FoldResult]] | None = None,
     run_name: str = "this run",
+    selection: str | None = None,
 ) -> dict[str, Path]:
     """Write report.json, report.md, figures and (if given) predictions.csv into ``out_dir``.
 
     ``summary`` is :func:`build_summary`'s layout; if its top level lacks the headline metrics they are
     filled in from ``summary[level][fraction]``. ``curves`` adds other methods (e.g. ``{"scratch": [...]}``)
-    to the few-label curve, where this run is labelled ``run_name``. Returns ``{name: path}`` of every
+    to the few-label curve, where this run is labelled ``run_name``. ``selection``: how each fold's model
+    was selected, for the "How to read this" block (a generic sentence when not given). Returns ``{name: path}`` of every
     file written (keys: report_json, report_md, confusion_matrix, per_fold, few_label_curve, predictions).
     """
     if not results:
@@ -533,6 +643,10 @@ def write_classification_report(
 
     paths: dict[str, Path] = {}
     setting = f"{level} level, {fmt_fraction(frac)} labels"
+    tables = _level_tables(summary)
+    base = baselines(results, class_names, frac)
+    train = training_counts(results, class_names)
+    warns = warnings(results, class_names, tables, frac, base, train)
 
     confusion = _summed_confusion(head_group, len(class_names))
     if confusion is not None:
@@ -551,20 +665,24 @@ def write_classification_report(
         {r.label_fraction for r in results} | {r.label_fraction for rs in extra.values() for r in rs}
     )
     if len(fractions) > 1:
-        series: list[tuple[str, str, dict[float, dict[str, Any]]]] = []
-        tables = _level_tables(summary)
-        for lv, points in _accuracy_curve(results).items():
-            # The run's own points come from the summary when present, so the plot matches the tables.
-            for f in points:
-                stat = tables.get(lv, {}).get(f, {}).get("accuracy")
-                if _is_stat(stat):
-                    points[f] = dict(stat)
-            series.append((f"{run_name} ({lv})" if extra else lv, lv, points))
-        for name, rs in extra.items():
-            for lv, points in _accuracy_curve(rs).items():
-                series.append((f"{name} ({lv})", lv, points))
+        panels: dict[str, list[tuple[str, str, dict[float, dict[str, Any]]]]] = {}
+        for metric in CURVE_METRICS:
+            series = panels.setdefault(metric, [])
+            for lv, points in _metric_curve(results, metric).items():
+                # The run's own points come from the summary when present, so the plot matches the tables.
+                for f in points:
+                    stat = tables.get(lv, {}).get(f, {}).get(metric)
+                    if _is_stat(stat):
+                        points[f] = dict(stat)
+                series.append((f"{run_name} ({lv})" if extra else lv, lv, points))
+            for name, rs in extra.items():
+                for lv, points in _metric_curve(rs, metric).items():
+                    series.append((f"{name} ({lv})", lv, points))
+        references = {"balanced_accuracy": [("chance", 1.0 / len(class_names))]}
+        if level in base:
+            references["accuracy"] = [(f"majority class ({level})", base[level]["majority_accuracy"])]
         paths["few_label_curve"] = _plot_curve(
-            series, fractions, f"{title}: accuracy vs labels", out / CURVE_PNG
+            panels, fractions, f"{title}: scores vs labels", out / CURVE_PNG, references
         )
 
     if predictions is not None:
@@ -576,6 +694,9 @@ def write_classification_report(
         "config": config,
         "headline": {"level": level, "label_fraction": frac},
         "summary": summary,
+        "baselines": base,
+        "warnings": warns,
+        "training_counts": train,
         "folds": [r.to_dict() for r in results],
         "files": {k: p.name for k, p in paths.items()},
     }
@@ -593,6 +714,10 @@ def write_classification_report(
         confusion=confusion,
         figures=paths,
         has_predictions=predictions is not None,
+        baselines=base,
+        warnings=warns,
+        train=train,
+        selection=selection,
     )
     paths["report_md"] = atomic_write_text(out / REPORT_MD, md)
     return paths

@@ -46,6 +46,11 @@ def fmt(x: Any, digits: int = 3) -> str:
     return DASH if f is None else f"{f:.{digits}f}"
 
 
+def fraction_key(label_fraction: float) -> str:
+    """The string key of a label fraction in summaries (JSON objects need string keys): ``"0.1"``."""
+    return str(float(label_fraction))
+
+
 def fmt_fraction(f: float) -> str:
     return f"{f * 100:g}%"
 
@@ -88,5 +93,5 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> list[tuple[st
 
 def save_figure(fig: Figure, path: Path) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.1)  # no label clipped at the edge
     return atomic_write_bytes(path, buf.getvalue())

@@ -87,9 +87,45 @@ def build_seg_summary(results: Sequence[SegRunResult]) -> tuple[dict[str, Any], 
     return by_fraction[f"{fractions[-1]:g}"], by_fraction
 
 
+def seg_warnings(results: Sequence[SegRunResult]) -> list[str]:
+    """Runs whose predicted masks are empty (or full) for every test image: the model predicts no
+    foreground (or nothing else) there. Runs journalled before the counts were recorded are skipped."""
+    out = []
+    for what, key in (("empty (no foreground)", "n_pred_empty"), ("full (all foreground)", "n_pred_full")):
+        runs = [r for r in results if r.n_test and r.metrics.get(key) == r.n_test]
+        if runs:
+            several_seeds = len({r.seed for r in results}) > 1
+            names = ", ".join(
+                f"fold {r.fold}"
+                + (f" seed {r.seed}" if several_seeds else "")
+                + f" ({r.label_fraction * 100:g}% labels)"
+                for r in runs
+            )
+            out.append(f"the predicted masks are {what} for every test image in {names}.")
+    return out
+
+
 def _markdown(title: str, summary: dict, by_fraction: dict, results: Sequence[SegRunResult], cfg: Any) -> str:
     lines = [f"# {title}", ""]
     lines += [
+        "How to read this: Dice and IoU are computed per test image (at the mask's own resolution), "
+        "averaged over the images of a fold; the ± is the sample standard deviation of those fold means "
+        "over folds x seeds. Folds are numbered from 0, as in `folds.json` and `runs/`; each fold's model is "
+        "selected on the validation Dice of its training groups, never on its test fold.",
+        "",
+        "## Warnings",
+        "",
+    ]
+    warnings = seg_warnings(results)
+    lines += (
+        [f"- {w}" for w in warnings]
+        if warnings
+        else ["None: no fold has all-empty or all-full predicted masks."]
+    )
+    lines += [
+        "",
+        "## Results",
+        "",
         f"Grouped {cfg.folds}-fold cross-validation, head `{cfg.head}`, empty-mask policy `{cfg.empty_policy}` "
         f"(Dice/IoU per image at the mask's resolution, then averaged; mean ± sample std over folds x seeds).",
         "",
@@ -137,6 +173,7 @@ def write_segmentation_report(
     report = {
         "summary": summary,
         "by_label_fraction": by_fraction,
+        "warnings": seg_warnings(results),
         "folds": folds,
         "n_images": n_images,
         "config": config,
