@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import RESULTS, ROOT  # noqa: E402
 from pages import (  # noqa: E402
     attention_kernels,
+    benchmark_suite,
     cli_startup,
     confidence,
     crop_effect,
@@ -71,9 +72,10 @@ SECTIONS = (
     Section("benchmarks.md", "CLI_STARTUP", cli_startup.section),
     Section("benchmarks.md", "MEMORY_ESTIMATE", memory_estimate.section),
     Section("reliability.md", "RELIABILITY", reliability.section),
+    Section("benchmark-results.md", "BENCHMARK_SUITE", benchmark_suite.section),
 )
 #: figures drawn from the JSON alone (the overlays of bench/scan_area.py need the data: that bench draws them)
-FIGURES = (real_data.figures,)
+FIGURES = (real_data.figures, benchmark_suite.figures)
 
 
 def markers(name: str) -> tuple[str, str]:

@@ -19,13 +19,20 @@ def test_every_generated_section_is_what_its_results_render():
     assert render_docs.stale() == [], "re-render: python bench/render_docs.py"
 
 
+#: sections whose results may not be committed: GPU_CHECK is written where a GPU ran bench/gpu_check.sh;
+#: BENCHMARK_SUITE waits for a run of ``ultrassl benchmark`` copied to bench/results/benchmark_suite.json
+#: (until then its page shows what it says by hand between the markers)
+RESULTS_MAY_BE_ABSENT = ("GPU_CHECK", "BENCHMARK_SUITE")
+
+
 def test_every_section_has_its_markers_and_results():
     for s in render_docs.SECTIONS:
-        if s.name == "GPU_CHECK":  # written where a GPU ran bench/gpu_check.sh
+        if s.name == "GPU_CHECK":  # neither markers nor results until a GPU ran it
             continue
         text = (render_docs.DOCS / s.page).read_text()
         assert render_docs.current(text, s.name) is not None, f"{s.page}: no {s.name} markers"
-        assert s.render(render_docs.RESULTS) is not None, f"{s.name}: no results"
+        if s.name not in RESULTS_MAY_BE_ABSENT:
+            assert s.render(render_docs.RESULTS) is not None, f"{s.name}: no results"
 
 
 def test_only_the_text_between_the_markers_is_replaced():

@@ -1,0 +1,249 @@
+"""bench/pages/benchmark_suite.py: the results page of ``ultrassl benchmark`` rendered from a made-up
+results file in the real format (built through :class:`ultrassl.benchmark.record.ResultsFile`, whose
+``summarize`` makes the summary and the lifts): the cells are the JSON's numbers, the words follow the
+intervals, the figure is drawn; and with no results file committed the page stays as written."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import render_docs  # noqa: E402
+from pages import benchmark_suite as page  # noqa: E402
+
+from ultrassl.benchmark.record import ResultsFile, result_key  # noqa: E402
+
+#: fold -> (random ViT-T, MAE, Deblurring MAE) balanced accuracy of the linear probe; Deblurring MAE is
+#: steadily above its twin, MAE wanders around it
+LINEAR = {0: (0.50, 0.52, 0.60), 1: (0.55, 0.50, 0.66), 2: (0.48, 0.55, 0.57), 3: (0.52, 0.49, 0.63)}
+#: fold -> (random ViT-T, Deblurring MAE) Dice, Deblurring MAE steadily below
+DICE = {0: (0.80, 0.70), 1: (0.75, 0.66), 2: (0.82, 0.71)}
+
+
+def _entry(task: str, encoder: str, fold: int, seed: int, metrics: dict, names: tuple, twin: str | None):
+    return {
+        "task": task,
+        "encoder": encoder,
+        "twin": twin,
+        "fold": fold,
+        "seed": seed,
+        "metric_names": list(names),
+        "metrics": metrics,
+        "seconds": 10.0,
+        "seconds_with_encoder": 30.0,
+    }
+
+
+def made_up_results(path: Path, quick: bool = True) -> dict:
+    """A results file as ``ultrassl benchmark`` writes it, with made-up numbers."""
+    store = ResultsFile(path)
+    store.doc.update(
+        {
+            "machine": {"cpu": "Test CPU", "cores": 2, "gpu": None, "torch": "2.x", "git_hash": "abc1234"},
+            "commit": "abc1234",
+            "command": "ultrassl benchmark --data data --out out --quick --methods mae deblur-mae",
+            "commands": ["ultrassl benchmark --data data --out out --quick --methods mae deblur-mae"],
+            "design_options": {"quick": quick, "pretrain_minutes": 0.5, "seg_epochs": 3, "img_size": 112},
+            "design": {
+                "folds": [0, 1, 2, 3],
+                "seeds": [0, 1],
+                "segmentation_seeds": [0],
+                "repeats": "each (fold, seed) is one value",
+                "intervals": "95 % Student-t over the folds",
+                "quick": "--quick: folds [0, 1, 2, 3], a first look, not a result" if quick else None,
+            },
+            "encoders": {
+                "scratch-vit": {"source": "scratch", "twin": None},
+                "mae": {"source": "method", "twin": "scratch-vit"},
+                "deblur-mae": {"source": "method", "twin": "scratch-vit"},
+            },
+            "tasks": {
+                "busi-classify": {"kind": "classify", "evaluated_files": 585, "groups": 300, "folds": 5},
+                "hc18-segment": {"kind": "segment", "evaluated_files": 999, "groups": 800, "folds": 5},
+            },
+        }
+    )
+    cls = ("accuracy", "balanced_accuracy", "macro_f1")
+    for fold, values in LINEAR.items():
+        for seed in (0, 1):
+            for enc, v in zip(("scratch-vit", "mae", "deblur-mae"), values, strict=True):
+                v += 0.01 * seed
+                metrics = {
+                    p: {"accuracy": v + 0.05, "balanced_accuracy": v, "macro_f1": v - 0.02}
+                    for p in ("linear", "knn")
+                }
+                twin = None if enc == "scratch-vit" else "scratch-vit"
+                store.results[result_key("busi-classify", enc, fold, seed)] = _entry(
+                    "busi-classify", enc, fold, seed, metrics, cls, twin
+                )
+    for fold, values in DICE.items():
+        for enc, v in zip(("scratch-vit", "deblur-mae"), values, strict=True):
+            metrics = {"finetune": {"dice": v, "iou": v - 0.1, "best_epoch": 2}}
+            twin = None if enc == "scratch-vit" else "scratch-vit"
+            store.results[result_key("hc18-segment", enc, fold, 0)] = _entry(
+                "hc18-segment", enc, fold, 0, metrics, ("dice", "iou"), twin
+            )
+    store.summarize()
+    store.save()
+    return store.doc
+
+
+def table_rows(text: str, heading: str) -> dict[str, list[str]]:
+    """The table under ``heading``: first cell -> the others."""
+    block = text.split(heading, 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in block.splitlines() if line.startswith("| ") and "---" not in line]
+    out = {}
+    for line in rows[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        out[cells[0]] = cells[1:]
+    return out
+
+
+def interval(s: dict, signed: bool = False) -> str:
+    f = "{:+.1f}" if signed else "{:.1f}"
+    return f"{f.format(100 * s['mean'])} [{f.format(100 * s['low'])}, {f.format(100 * s['high'])}]"
+
+
+@pytest.fixture
+def rendered(tmp_path):
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    doc = made_up_results(results / page.RESULTS_NAME)
+    text = page.section(results)
+    assert text is not None
+    return doc, text, results, docs
+
+
+def test_the_file_is_the_real_format(rendered):
+    doc, *_ = rendered
+    assert doc["format"] == "ultrassl-benchmark/1"
+    lift = doc["lifts"]["busi-classify"]["deblur-mae"]["linear"]["balanced_accuracy"]
+    assert {"mean", "low", "high", "n", "sd", "detectable", "resolved", "folds"} <= set(lift)
+
+
+def test_cells_are_the_json_numbers(rendered):
+    doc, text, *_ = rendered
+    rows = table_rows(text, "### `busi-classify`")
+    summary, lifts = doc["summary"]["busi-classify"], doc["lifts"]["busi-classify"]
+    assert list(rows) == [
+        "scratch (ViT-T)",
+        "MAE (vs scratch (ViT-T))",
+        "Deblurring MAE (vs scratch (ViT-T))",
+    ]
+    for label, enc in (("scratch (ViT-T)", "scratch-vit"), ("MAE (vs scratch (ViT-T))", "mae")):
+        cells = rows[label]
+        assert cells[0] == interval(summary[enc]["linear"]["balanced_accuracy"])
+        assert cells[2] == interval(summary[enc]["knn"]["balanced_accuracy"])
+        assert cells[4] == "4"
+    assert rows["scratch (ViT-T)"][1] == "random twin"
+    deblur = rows["Deblurring MAE (vs scratch (ViT-T))"]
+    assert deblur[1].startswith(
+        interval(lifts["deblur-mae"]["linear"]["balanced_accuracy"], signed=True) + ", "
+    )
+    seg = table_rows(text, "### `hc18-segment`")
+    lift = doc["lifts"]["hc18-segment"]["deblur-mae"]["finetune"]["dice"]
+    assert seg["Deblurring MAE (vs scratch (ViT-T))"][0] == interval(
+        doc["summary"]["hc18-segment"]["deblur-mae"]["finetune"]["dice"]
+    )
+    assert (
+        seg["Deblurring MAE (vs scratch (ViT-T))"][1]
+        == interval(lift, signed=True) + ", resolved (below zero)"
+    )
+    assert "| encoder | fine-tuned: Dice | fine-tuned: lift | folds |" in text
+
+
+def test_words_follow_the_interval(rendered):
+    doc, text, *_ = rendered
+    rows = table_rows(text, "### `busi-classify`")
+    lifts = doc["lifts"]["busi-classify"]
+    up = lifts["deblur-mae"]["linear"]["balanced_accuracy"]
+    wander = lifts["mae"]["linear"]["balanced_accuracy"]
+    assert up["low"] > 0 and up["resolved"]
+    assert wander["low"] < 0 < wander["high"] and not wander["resolved"]
+    assert rows["Deblurring MAE (vs scratch (ViT-T))"][1].endswith(", resolved")
+    assert rows["MAE (vs scratch (ViT-T))"][1].endswith(
+        f", not resolved (detectable ≥ {100 * wander['detectable']:.1f})"
+    )
+    # the sentence, by rule: what is resolved, what is not, the smallest detectable lift
+    sentence = next(line for line in text.splitlines() if line.startswith("On `busi-classify`"))
+    assert (
+        "resolves a lift above zero for Deblurring MAE (linear probe) " + f"{100 * up['mean']:+.1f}"
+        in sentence
+    )
+    assert "does not resolve the other 2" in sentence
+    smallest = min(
+        lifts[e][p]["balanced_accuracy"]["detectable"]
+        for e in ("mae", "deblur-mae")
+        for p in ("linear", "knn")
+    )
+    assert (
+        f"smallest lift it could detect (power 0.8, two-sided 0.05) is {100 * smallest:.1f} points"
+        in sentence
+    )
+    seg = next(line for line in text.splitlines() if line.startswith("On `hc18-segment`"))
+    assert "resolves a lift below zero for Deblurring MAE (fine-tuned)" in seg
+
+
+def test_verdict_reads_the_interval_only():
+    assert page.verdict({"mean": 0.02, "low": 0.001, "high": 0.04, "detectable": 0.03}) == "resolved"
+    assert (
+        page.verdict({"mean": -0.02, "low": -0.04, "high": -0.001, "detectable": 0.03})
+        == "resolved (below zero)"
+    )
+    assert page.verdict({"mean": 0.02, "low": -0.01, "high": 0.05, "detectable": 0.061}) == (
+        "not resolved (detectable ≥ 6.1)"
+    )
+    assert page.verdict({"mean": 0.02, "low": None, "high": None, "n": 1, "detectable": None}) == (
+        "not resolved (one fold: no interval)"
+    )
+    assert page.value_cell({"mean": 0.5, "low": None, "high": None, "n": 1}) == "50.0 (1 fold, no interval)"
+
+
+def test_provenance_and_design(rendered):
+    _, text, results, _ = rendered
+    assert "`ultrassl benchmark --data data --out out --quick --methods mae deblur-mae`" in text
+    assert "at git abc1234 on Test CPU, 2 cores, no GPU, torch 2.x" in text
+    assert "**A `--quick` run.** folds [0, 1, 2, 3], a first look, not a result" in text
+    made_up_results(results / "full" / page.RESULTS_NAME, quick=False)
+    assert "The full design (not `--quick`)." in page.section(results / "full")
+
+
+def test_figure_is_drawn_and_linked(rendered):
+    _, text, results, docs = rendered
+    assert f"]({page.PLOT.name})" in text
+    paths = page.figures(results, docs)
+    assert paths == [docs / page.PLOT.name]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.figures(results / "none", docs) == []
+
+
+def test_render_docs_writes_the_section_and_figure(tmp_path):
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    shutil.copytree(render_docs.RESULTS, results)
+    shutil.copytree(render_docs.DOCS, docs)
+    assert not (results / page.RESULTS_NAME).exists()
+    assert render_docs.stale(results, docs) == []  # no results: the section stays as written
+    made_up_results(results / page.RESULTS_NAME)
+    assert render_docs.stale(results, docs) == ["benchmark-results.md: BENCHMARK_SUITE"]
+    for path, text in render_docs.render(results, docs).items():
+        path.write_text(text)
+    assert render_docs.stale(results, docs) == []
+    out = (docs / "benchmark-results.md").read_text()
+    assert out.startswith("# The benchmark suite: results")  # the hand-written text kept
+    assert "### `busi-classify`" in out
+    assert re.search(r"<!-- BENCHMARK_SUITE:START -->\n## Results of `ultrassl benchmark`", out)
+
+
+def test_committed_page_without_results_stays_as_written():
+    assert not (render_docs.RESULTS / page.RESULTS_NAME).exists() or page.section(render_docs.RESULTS)
+    text = (render_docs.DOCS / "benchmark-results.md").read_text()
+    assert render_docs.current(text, "BENCHMARK_SUITE") is not None
+    assert "benchmark-results.md: BENCHMARK_SUITE" not in render_docs.stale()
+    json.dumps(text)  # plain text
