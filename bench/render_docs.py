@@ -37,6 +37,7 @@ from pages import (  # noqa: E402
     probe_overhead,
     real_data,
     reliability,
+    scaling,
     scan_area,
     speed,
     step_profile,
@@ -73,6 +74,7 @@ SECTIONS = (
     Section("benchmarks.md", "MEMORY_ESTIMATE", memory_estimate.section),
     Section("reliability.md", "RELIABILITY", reliability.section),
     Section("benchmark-results.md", "BENCHMARK_SUITE", benchmark_suite.section),
+    Section("scaling.md", "SCALING_ESTIMATES", scaling.section),
 )
 #: figures drawn from the JSON alone (the overlays of bench/scan_area.py need the data: that bench draws them)
 FIGURES = (real_data.figures, benchmark_suite.figures)

@@ -50,7 +50,11 @@ def test_new_figures_make_their_section_stale_and_rendering_updates_it(tmp_path)
     doc = json.loads((results / "loader_rates.json").read_text())
     doc["gpu_rate"] = 6000.0
     (results / "loader_rates.json").write_text(json.dumps(doc))
-    assert render_docs.stale(results, docs) == ["benchmarks.md: LOADER_RATES"]
+    # the scaling estimates read the loader bench's assumed GPU rate too
+    assert render_docs.stale(results, docs) == [
+        "benchmarks.md: LOADER_RATES",
+        "scaling.md: SCALING_ESTIMATES",
+    ]
     for path, text in render_docs.render(results, docs).items():
         path.write_text(text)
     assert render_docs.stale(results, docs) == []
