@@ -251,9 +251,12 @@ def readme_world_block() -> Block:
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Built once for all workers (a lock in pytest's shared temporary folder)."""
-    shared = tmp_path_factory.getbasetemp().parent
+def world(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """Built once per test session, shared by its xdist workers (a lock in the session's own temporary
+    folder: the parent of a worker's, or the folder itself without xdist, so that no other session's
+    world is ever read)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent
     folder = shared / "docs_world"
     with open(shared / "docs_world.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
