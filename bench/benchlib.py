@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ultrassl.benchmark.encoders import METHOD_PRESETS
+
 ROOT = Path(__file__).resolve().parents[1]
 #: every script's figures (committed; the pages are rendered from them)
 RESULTS = ROOT / "bench" / "results"
@@ -210,15 +212,8 @@ def fmt(x: float | None, digits: int = 1) -> str:
 # ----------------------------------------------------------------------------------------------------
 # the models and data of the speed figures
 
-#: each method's CPU preset
-PRESETS = {
-    "mae": "cpu-vit-t112",
-    "deblur-mae": "cpu-vit-t112",
-    "ultramae": "ultramae-cpu",
-    "convmae": "cpu-convvit-t112",
-    "deblur-convmae": "cpu-convvit-t112",
-    "uscl": "uscl-cpu",
-}
+#: each method's CPU preset: the benchmark suite's own table, so that the two cannot drift apart
+PRESETS = METHOD_PRESETS
 #: methods on ConvMAE's hybrid encoder (their preset's ConvViT-T, not ``arch``)
 CONVVIT_METHODS = ("convmae", "deblur-convmae")
 ARCHS = {"vit-t": "vit_tiny_patch16_224", "vit-s": "vit_small_patch16_224", "vit-b": "vit_base_patch16_224"}

@@ -41,6 +41,7 @@ import numpy as np
 from benchlib import (
     DATA,
     HYBRID_VS_VIT,
+    PRESETS,
     RESULTS,
     ROOT,
     SCRATCH_ONLY,
@@ -64,15 +65,6 @@ MODES_BY_ARCH = {
 #: HC18 heads per architecture (ResNet-18: U-Net; ConvViT: UPerNet on its stages and U-Net, as
 #: DeblurringMIM); the plain ViTs take ``--seg-heads``
 SEG_HEADS_BY_ARCH = {"scratch-convvit": ("upernet", "unet"), "scratch-r18": ("unet",)}
-#: preset per method (CPU sizes); the MAEs share ViT-T/16, the ConvMAEs ConvViT-T/16, USCL is ResNet-18
-PRESETS = {
-    "mae": "cpu-vit-t112",
-    "deblur-mae": "cpu-vit-t112",
-    "ultramae": "ultramae-cpu",
-    "convmae": "cpu-convvit-t112",
-    "deblur-convmae": "cpu-convvit-t112",
-    "uscl": "uscl-cpu",
-}
 CLS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 #: options that define the budget: runs merged into one results file must share them
 BUDGET_KEYS = (
