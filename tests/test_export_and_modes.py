@@ -13,24 +13,15 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from tiny import TINY_SECTIONS, TINY_VIT_OVERRIDES
+from tiny import TINY_PRETRAIN_CALL
 
 import ultrassl
 from ultrassl.api import unfinished_note
 from ultrassl.atomic import atomic_write, atomic_write_text, default_file_mode
 from ultrassl.checkpoint import atomic_save, atomic_save_safetensors
 
-#: a tiny MAE on the CPU in fp32 set to 3 steps, without the extras a real run draws
-TINY_RUN = dict(
-    preset="tiny",
-    set=[*TINY_VIT_OVERRIDES, *TINY_SECTIONS["mae"]],
-    max_steps=3,
-    batch_size=4,
-    device="cpu",
-    precision="fp32",
-    train={"tensorboard": False},
-    previews={"every": 0},
-)
+#: the tests' tiny MAE call, set to 3 steps
+TINY_RUN = {**TINY_PRETRAIN_CALL, "max_steps": 3}
 
 
 def _mode(path: Path) -> int:

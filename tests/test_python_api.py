@@ -13,24 +13,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny import TINY_SECTIONS, TINY_VIT_OVERRIDES
+from tiny import TINY_PRETRAIN_CALL
 
 import ultrassl
 from ultrassl.cli import _parser
 from ultrassl.errors import ConfigError
 from ultrassl.finetune.options import ClassifyConfig, SegmentConfig
 
-#: a 2-step tiny MAE on the CPU in fp32, without the extras a real run draws (previews, TensorBoard)
-TINY_RUN = dict(
-    preset="tiny",
-    set=[*TINY_VIT_OVERRIDES, *TINY_SECTIONS["mae"], "train.log_every=1"],
-    max_steps=2,
-    batch_size=4,
-    device="cpu",
-    precision="fp32",
-    train={"tensorboard": False},
-    previews={"every": 0},
-)
+#: the tests' tiny MAE call, logging every step
+TINY_RUN = {**TINY_PRETRAIN_CALL, "set": [*TINY_PRETRAIN_CALL["set"], "train.log_every=1"]}
 
 
 @pytest.fixture(scope="module")

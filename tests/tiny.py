@@ -52,6 +52,20 @@ TINY_SECTIONS = {
 }
 
 
+#: ``ultrassl.pretrain(method, data, out, **TINY_PRETRAIN_CALL)``: a tiny MAE on the CPU in fp32 for 2
+#: steps, without the extras a real run draws (previews, TensorBoard)
+TINY_PRETRAIN_CALL = dict(
+    preset="tiny",
+    set=[*TINY_VIT_OVERRIDES, *TINY_SECTIONS["mae"]],
+    max_steps=2,
+    batch_size=4,
+    device="cpu",
+    precision="fp32",
+    train={"tensorboard": False},
+    previews={"every": 0},
+)
+
+
 #: the synthetic lung data of the issue-level acceptance tests (18 one-clip patients, three classes):
 #: the pre-training and online-probe acceptance runs and the byte-for-byte determinism test share it
 ACCEPTANCE_LUNG = dict(
