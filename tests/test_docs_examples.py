@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tiny import TINY_SECTIONS, TINY_VIT_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("**/*.md"))]
@@ -82,16 +83,14 @@ def blocks_of(page: str) -> list[Block]:
 # ----------------------------------------------------------------------------------------------------
 # the test-size settings, and how they reach the blocks' commands
 
+#: the test-size model every test shares (tests/tiny.py), 2 steps
 TINY_PRETRAIN = [
-    "--max-steps", "2", "--batch-size", "4",
-    "--set", "encoder.arch=tiny", "--set", "encoder.img_size=[32, 48]", "--set", "encoder.patch_size=8",
-    "--set", "encoder.model_args={embed_dim: 32, depth: 2, num_heads: 2}",
-]  # fmt: skip
-TINY_SECTIONS = {
-    "mae": ["mae.decoder_dim=32", "mae.decoder_depth=1", "mae.decoder_heads=2"],
-    "ultramae": ["ultramae.decoder_dim=32", "ultramae.decoder_depth=1", "ultramae.decoder_heads=2",
-                 "ultramae.clip_frames=4", "ultramae.max_clips_per_video=1"],
-}  # fmt: skip
+    "--max-steps",
+    "2",
+    "--batch-size",
+    "4",
+    *(x for s in TINY_VIT_OVERRIDES for x in ("--set", s)),
+]
 MAE_FAMILY = ("mae", "deblur-mae", "convmae", "deblur-convmae")
 TINY_FINETUNE = ["--folds", "2", "--epochs", "1", "--max-frames-per-video", "2", "--batch-size", "8"]
 
@@ -183,8 +182,7 @@ def _tools(folder: Path) -> dict[str, str]:
         )
     )
     wrapper.chmod(0o755)
-    tiny_set = [TINY_PRETRAIN[i + 1] for i, a in enumerate(TINY_PRETRAIN) if a == "--set"]
-    tiny = ["train.max_steps=2", "train.batch_size=4", *tiny_set]
+    tiny = ["train.max_steps=2", "train.batch_size=4", *TINY_VIT_OVERRIDES]
     (site / "sitecustomize.py").write_text(
         SITECUSTOMIZE.format(tiny=tiny, tiny_sections=TINY_SECTIONS, mae_family=MAE_FAMILY)
     )
