@@ -306,8 +306,9 @@ def test_every_block_is_run_or_says_why_not() -> None:
     for b in skipped:
         assert len(b.skip) >= 15, f"{b}: a skip needs a reason a reader understands, got {b.skip!r}"
     # skips are the exception (installs, GPUs, several nodes, what CI runs itself): a new one is a
-    # decision to make here, in the open, not a way around this test
-    assert len(skipped) <= 8, "more blocks skipped than the known 8: " + ", ".join(
+    # decision to make here, in the open, not a way around this test. The 9th: the README's multi-node
+    # command (two GPU machines; tests/test_multinode.py runs it as two agents on one machine)
+    assert len(skipped) <= 9, "more blocks skipped than the known 9: " + ", ".join(
         f"{b} ({b.skip})" for b in skipped
     )
 
