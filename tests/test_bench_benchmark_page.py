@@ -42,8 +42,10 @@ def _entry(task: str, encoder: str, fold: int, seed: int, metrics: dict, names: 
     }
 
 
-def made_up_results(path: Path, quick: bool = True) -> dict:
-    """A results file as ``ultrassl benchmark`` writes it, with made-up numbers."""
+def made_up_results(path: Path, quick: bool = True, tuned: bool = False, multi: bool = False) -> dict:
+    """A results file as ``ultrassl benchmark`` writes it, with made-up numbers; ``tuned`` adds
+    classification fine-tuning (seed 0) and the linear probe's few-label points to busi-classify;
+    ``multi`` adds deblur-mae pre-trained on every data set (``deblur-mae@multi``), 3 points better."""
     store = ResultsFile(path)
     store.doc.update(
         {
@@ -74,12 +76,19 @@ def made_up_results(path: Path, quick: bool = True) -> dict:
     cls = ("accuracy", "balanced_accuracy", "macro_f1")
     for fold, values in LINEAR.items():
         for seed in (0, 1):
-            for enc, v in zip(("scratch-vit", "mae", "deblur-mae"), values, strict=True):
+            encoders = ("scratch-vit", "mae", "deblur-mae", "deblur-mae@multi")[: 4 if multi else 3]
+            for enc, v in zip(encoders, (*values, values[2] + 0.03 + 0.01 * fold), strict=False):
                 v += 0.01 * seed
                 metrics = {
                     p: {"accuracy": v + 0.05, "balanced_accuracy": v, "macro_f1": v - 0.02}
                     for p in ("linear", "knn")
                 }
+                if tuned:
+                    for f in (0.1, 0.5):  # fewer labels, lower
+                        b = v - 0.2 * (1 - f)
+                        metrics[f"linear@{f:g}"] = {"accuracy": b, "balanced_accuracy": b, "macro_f1": b}
+                    if seed == 0:  # fine-tuning on the first seed only (ft_seeds 1)
+                        metrics["finetune"] = {"accuracy": v, "balanced_accuracy": v + 0.05, "macro_f1": v}
                 twin = None if enc == "scratch-vit" else "scratch-vit"
                 store.results[result_key("busi-classify", enc, fold, seed)] = _entry(
                     "busi-classify", enc, fold, seed, metrics, cls, twin
@@ -157,6 +166,75 @@ def test_cells_are_the_json_numbers(rendered):
         == interval(lift, signed=True) + ", resolved (below zero)"
     )
     assert "| encoder | fine-tuned: Dice | fine-tuned: lift | folds |" in text
+
+
+def test_classification_fine_tuning_and_the_few_label_curve(tmp_path):
+    """Classification's "finetune" is a column of the main table with its lift; the few-label points
+    are not, they make their own table (fractions, then 100 %: the linear probe) with intervals."""
+    results = tmp_path / "results"
+    doc = made_up_results(results / page.RESULTS_NAME, tuned=True)
+    doc["design_options"] |= {"ft_tasks": ["busi-classify"], "ft_mode": "full", "ft_epochs": 3}
+    doc["design"]["finetune_seeds"] = [0]
+    (results / page.RESULTS_NAME).write_text(json.dumps(doc))
+    text = page.section(results)
+    block = text.split("### `busi-classify`", 1)[1].split("\n### ", 1)[0]
+    tables = [t for t in block.split("\n\n") if t.startswith("| ")]
+    assert len(tables) == 2
+    main, few = ({r[0]: r[1:] for r in _rows(t)} for t in tables)
+    summary, lifts = doc["summary"]["busi-classify"], doc["lifts"]["busi-classify"]
+    assert list(main["encoder"]) == [
+        "linear probe: balanced accuracy",
+        "linear probe: lift",
+        "k-NN: balanced accuracy",
+        "k-NN: lift",
+        "fine-tuned: balanced accuracy",
+        "fine-tuned: lift",
+        "folds",
+    ]
+    deblur = main["Deblurring MAE (vs scratch (ViT-T))"]
+    assert deblur[4] == interval(summary["deblur-mae"]["finetune"]["balanced_accuracy"])
+    lift = lifts["deblur-mae"]["finetune"]["balanced_accuracy"]
+    assert lift["n"] == 4 and deblur[5].startswith(interval(lift, signed=True) + ", ")
+    assert few["encoder"] == ["10 %", "50 %", "100 % (linear probe)"]
+    assert list(few)[1:] == ["scratch (ViT-T)", "MAE", "Deblurring MAE"]
+    for label, enc in (("scratch (ViT-T)", "scratch-vit"), ("Deblurring MAE", "deblur-mae")):
+        assert few[label] == [
+            interval(summary[enc][p]["balanced_accuracy"]) for p in ("linear@0.1", "linear@0.5", "linear")
+        ]
+    assert "Few labels: the linear probe's balanced accuracy" in block
+    assert "classification fine-tuned (full) 3 epochs on `busi-classify`, seed 0." in text
+    assert "linear@" not in text  # protocol names stay in the JSON
+    assert page.figures(results, tmp_path / "docs") == [tmp_path / "docs" / page.PLOT.name]
+
+
+def test_a_multi_organ_row_is_compared_with_its_single_organ_method(tmp_path):
+    """``deblur-mae@multi`` is a row of the main table (lift over the random twin) and of its own table:
+    the paired difference from ``deblur-mae`` as the JSON's ``corpus_differences`` gives it."""
+    results = tmp_path / "results"
+    doc = made_up_results(results / page.RESULTS_NAME, multi=True)
+    text = page.section(results)
+    block = text.split("### `busi-classify`", 1)[1].split("\n### ", 1)[0]
+    tables = [t for t in block.split("\n\n") if t.startswith("| ")]
+    assert len(tables) == 2
+    main, corpus = ({r[0]: r[1:] for r in _rows(t)} for t in tables)
+    assert "deblur-mae@multi (vs scratch (ViT-T))" in main
+    d = doc["corpus_differences"]["busi-classify"]["deblur-mae@multi"]
+    assert d["baseline"] == "deblur-mae" and d["linear"]["balanced_accuracy"]["mean"] > 0.03
+    row = corpus["deblur-mae@multi (vs Deblurring MAE)"]
+    assert row[0] == page.lift_cell(d["linear"]["balanced_accuracy"]) and row[0].endswith(", resolved")
+    assert corpus["encoder"] == ["linear probe: difference", "k-NN: difference"]
+    assert "Pre-training corpus: each row's balanced accuracy minus" in block
+    assert (
+        "corpus_differences" not in text and "Pre-training corpus" not in text.split("### `hc18-segment`")[1]
+    )
+
+
+def _rows(table: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in table.splitlines()
+        if line.startswith("| ") and "---" not in line
+    ]
 
 
 def test_words_follow_the_interval(rendered):

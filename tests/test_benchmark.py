@@ -296,6 +296,30 @@ def test_pretraining_manifests_leave_the_test_fold_out_and_its_labels_unseen(dat
     assert all(r.mask_path is None for r in rows)
 
 
+def test_a_multi_organ_corpus_leaves_every_data_sets_test_fold_out(data_root, tmp_path):
+    """``@multi`` pre-trains on every data set at once: for fold k, each data set's fold-k test groups
+    are left out (so the encoder is clean for fold k of any task), and only training groups keep labels."""
+    from ultrassl.benchmark.pretrain import pretrain_manifest
+    from ultrassl.benchmark.tasks import CORPUS_TASKS
+    from ultrassl.data.manifest import read_manifest
+
+    tasks = [prepare_task(t, data_root, tmp_path) for t in CORPUS_TASKS.values()]
+    rows = read_manifest(pretrain_manifest(tasks, 1, tmp_path / "multi.csv"))
+    singles = [read_manifest(pretrain_manifest(t, 1, tmp_path / f"{t.name}.csv")) for t in tasks]
+    assert sorted(r.path for r in rows) == sorted(r.path for single in singles for r in single)
+    groups = {r.group_id for r in rows}
+    for t in tasks:
+        f = t.folds[1]
+        assert not groups & set(f.test_groups)
+        assert groups & set(f.train_groups)
+        assert all(r.label is None for r in rows if r.group_id in f.val_groups)
+    assert {Path(r.path).relative_to(data_root.absolute()).parts[0] for r in rows} == {
+        "pocus",
+        "busi",
+        "hc18",
+    }
+
+
 # ----------------------------------------------------------------------------------------------------
 # encoders
 
@@ -314,6 +338,12 @@ def test_encoders_and_their_random_twins(tmp_path):
     )
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         choose_encoders(("nope",), known_methods=("mae",))
+    # a method may name its pre-training corpus; it keeps the method's random twin
+    encs = {e.name: e for e in choose_encoders(("mae", "mae@multi"), known_methods=("mae",))}
+    assert encs["mae@multi"].corpus == "multi" and encs["mae@multi"].method == "mae"
+    assert encs["mae@multi"].twin == encs["mae"].twin == "scratch-vit" and encs["mae"].corpus is None
+    with pytest.raises(ConfigError, match="unknown corpus 'lungs'"):
+        choose_encoders(("mae@lungs",), known_methods=("mae",))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -333,6 +363,8 @@ def _options(root: Path, out: Path, **kw):
         img_size=32,
         device="cpu",
         seg_epochs=1,
+        ft_tasks=(),  # classification fine-tuning only where a test asks for it (one epoch)
+        ft_epochs=1,
     )
     return BenchmarkOptions(**{**base, **kw})
 
@@ -348,7 +380,7 @@ def test_a_second_run_reads_finished_evaluations_back(data_root, tmp_path, monke
         f"busi-classify/scratch-vit/fold{k}/seed{s}" for k in (0, 1) for s in (0, 1)
     }
     entry = doc["results"]["busi-classify/scratch-vit/fold0/seed0"]
-    assert set(entry["metrics"]) == {"linear", "knn"}
+    assert set(entry["metrics"]) == {"linear", "knn", "linear@0.1", "linear@0.25", "linear@0.5"}
     assert set(entry["metrics"]["linear"]) >= {"accuracy", "balanced_accuracy", "macro_f1"}
     s = doc["summary"]["busi-classify"]["scratch-vit"]["linear"]["accuracy"]
     assert s["n"] == 2 and s["low"] <= s["mean"] <= s["high"]
@@ -369,6 +401,180 @@ def test_a_second_run_reads_finished_evaluations_back(data_root, tmp_path, monke
 
     with pytest.raises(UltrasslError, match="another design .*img_size 32 -> 48"):
         run_benchmark(_options(data_root, tmp_path, img_size=48))
+
+
+def test_few_label_subsets_are_whole_groups_nested_and_growing(data_root, tmp_path):
+    """The linear probe's few-label curve: per fold and seed, each fraction's training groups are whole
+    groups of the fold's training part with every class, the smaller inside the larger; the probe
+    trains on exactly their frames and picks C on the same validation groups as "linear"."""
+    from ultrassl.benchmark.evaluate import Evaluator, ProbeSettings
+    from ultrassl.finetune.backbones import load_backbone
+    from ultrassl.models.spec import EncoderSpec
+
+    task = prepare_task("busi-classify", data_root, tmp_path)
+    ev = Evaluator(task, ProbeSettings(label_fractions=(0.5, 0.1, 1.0, 0.25), device="cpu"))
+    label = {r.group_id: r.label for r in task.rows if r.label}
+    draws = []
+    for fold in (0, 1):
+        for seed in (0, 1):
+            subsets = ev.few_label_groups(fold, seed)
+            assert list(subsets) == [0.1, 0.25, 0.5]  # 1 is the linear probe itself
+            train = set(ev.folds(seed)[fold].train_groups)
+            sizes = [len(g) for g in subsets.values()]
+            assert sizes == sorted(set(sizes)) and sizes[-1] < len(train)
+            small, mid, large = (set(g) for g in subsets.values())
+            assert small <= mid <= large <= train
+            assert all({label[g] for g in s} == set(BUSI_CLASSES) for s in (small, mid, large))
+            draws.append(small)
+    assert len({frozenset(d) for d in draws}) > 1  # drawn with the seed (and fold)
+
+    backbone = load_backbone("scratch", scratch_spec=EncoderSpec("vit_tiny_patch16_224", (32, 32), 16, 1))
+    out = ev.classify(backbone, 0, 1)
+    subsets = ev.few_label_groups(0, 1)
+    assert set(out) == {"linear", "knn", "linear@0.1", "linear@0.25", "linear@0.5"}
+    n_train = [out[f"linear@{f:g}"]["n_train"] for f in subsets]
+    assert n_train == sorted(set(n_train)) and n_train[-1] < out["linear"]["n_train"]
+    for f, groups in subsets.items():
+        m = out[f"linear@{f:g}"]
+        assert m["n_train_groups"] == len(groups) and m["n_train"] == 2 * len(groups)  # 2 images a group
+        assert (m["n_val"], m["n_test"]) == (out["linear"]["n_val"], out["linear"]["n_test"])
+        assert 0 <= m["balanced_accuracy"] <= 1 and m["c"] in ev.settings.linear_c
+
+
+def test_classification_is_fine_tuned_on_ft_tasks_and_the_first_ft_seeds(data_root, tmp_path):
+    """The "finetune" protocol joins the frozen ones on an ft task's first ``ft_seeds`` seeds, measured
+    on the same test frames; other seeds and tasks keep the frozen protocols only."""
+    from ultrassl.benchmark import run_benchmark
+
+    r = run_benchmark(
+        _options(
+            data_root,
+            tmp_path,
+            tasks=("busi-classify", "pocus-classify"),
+            folds=(0,),
+            ft_tasks=("busi-classify",),
+            ft_seeds=1,
+        )
+    )
+    assert (r.evaluated, r.read_back, r.completed) == (4, 0, 0)
+    doc = json.loads(r.results_file.read_text())
+    frozen = {"linear", "knn", "linear@0.1", "linear@0.25", "linear@0.5"}
+    tuned = doc["results"]["busi-classify/scratch-vit/fold0/seed0"]["metrics"]
+    assert set(tuned) == frozen | {"finetune"}
+    for key in (
+        "busi-classify/scratch-vit/fold0/seed1",
+        *(f"pocus-classify/scratch-vit/fold0/seed{s}" for s in (0, 1)),
+    ):
+        assert set(doc["results"][key]["metrics"]) == frozen
+    ft, linear = tuned["finetune"], tuned["linear"]
+    for m in ("accuracy", "balanced_accuracy", "macro_f1"):
+        assert 0 <= ft[m] <= 1
+    assert ft["best_epoch"] in (0, 1) and ft["n_test"] == linear["n_test"] > 0
+    assert (ft["n_train"], ft["n_val"]) == (linear["n_train"], linear["n_val"])
+    assert (tmp_path / "work" / "busi-classify" / "eval" / "scratch-vit" / "ft_fold0_seed0").is_dir()
+    assert doc["summary"]["busi-classify"]["scratch-vit"]["finetune"]["balanced_accuracy"]["n"] == 1
+    assert doc["design"]["finetune_tasks"] == ["busi-classify"] and doc["design"]["finetune_seeds"] == [0]
+    assert doc["design_options"]["ft_tasks"] == ["busi-classify"]
+
+
+def test_an_entry_stored_before_a_protocol_existed_is_completed(data_root, tmp_path, monkeypatch):
+    """A results file made before classification fine-tuning (no "finetune", no ft options in its
+    design) gains it on the next run; the frozen probes are not evaluated again, their numbers stay.
+    An entry missing a few-label point gets it back the same way."""
+    from ultrassl.benchmark import run_benchmark
+    from ultrassl.benchmark.evaluate import Evaluator
+
+    def opts(**kw):
+        return _options(data_root, tmp_path, folds=(0,), **kw)
+
+    first = run_benchmark(opts())
+    path = first.results_file
+    doc = json.loads(path.read_text())
+    for k in ("ft_tasks", "ft_mode", "ft_epochs", "ft_seeds"):
+        del doc["design_options"][k]  # as written before these options existed
+    path.write_text(json.dumps(doc))
+    before = doc["results"]
+
+    def boom(*a, **k):
+        raise AssertionError("frozen probes evaluated again")
+
+    monkeypatch.setattr(Evaluator, "classify", boom)
+    done = run_benchmark(opts(ft_tasks=("busi-classify",)))
+    assert (done.evaluated, done.read_back, done.completed) == (1, 1, 1)
+    after = json.loads(path.read_text())["results"]
+    key0, key1 = (f"busi-classify/scratch-vit/fold0/seed{s}" for s in (0, 1))
+    assert after[key0]["metrics"] == {
+        **before[key0]["metrics"],
+        "finetune": after[key0]["metrics"]["finetune"],
+    }
+    assert after[key1] == before[key1]
+    assert after[key0]["seconds"] > before[key0]["seconds"]
+    again = run_benchmark(opts(ft_tasks=("busi-classify",)))
+    assert (again.evaluated, again.read_back, again.completed) == (0, 2, 0)
+    monkeypatch.undo()
+
+    doc = json.loads(path.read_text())
+    del doc["results"][key1]["metrics"]["linear@0.25"]
+    path.write_text(json.dumps(doc))
+    refilled = run_benchmark(opts(ft_tasks=("busi-classify",)))
+    assert (refilled.evaluated, refilled.read_back, refilled.completed) == (1, 1, 1)
+    metrics = json.loads(path.read_text())["results"][key1]["metrics"]
+    assert set(metrics) == set(before[key1]["metrics"])
+    assert metrics["linear"] == before[key1]["metrics"]["linear"]
+
+
+def test_bad_fine_tuning_and_few_label_options_are_one_line_config_errors(tmp_path):
+    from ultrassl.errors import ConfigError
+
+    for kw, match in (
+        ({"ft_tasks": ("busi-classfy",)}, "ft_tasks: 'busi-classfy' is not a classification task"),
+        ({"ft_tasks": ("hc18-segment",)}, "ft_tasks: 'hc18-segment' is not a classification task"),
+        ({"ft_mode": "linear"}, "ft_mode must be full | partial"),
+        ({"ft_epochs": 0}, "ft_epochs and ft_seeds >= 1"),
+        ({"ft_seeds": 0}, "ft_epochs and ft_seeds >= 1"),
+        ({"label_fractions": (0.0, 0.5)}, r"label_fractions must be in \(0, 1\]"),
+        ({"label_fractions": (1.5,)}, r"label_fractions must be in \(0, 1\]"),
+    ):
+        with pytest.raises(ConfigError, match=match) as e:
+            _options(tmp_path, tmp_path, **kw).resolved()
+        assert "\n" not in str(e.value)
+    opt = _options(tmp_path, tmp_path, ft_epochs=None, label_fractions=None).resolved()
+    assert opt.ft_epochs == 15 and opt.label_fractions == (0.1, 0.25, 0.5)
+    quick = _options(tmp_path, tmp_path, quick=True, ft_epochs=None).resolved()
+    assert quick.ft_epochs == 3
+    assert {"ft_tasks", "ft_mode", "ft_epochs", "ft_seeds", "label_fractions"} <= set(opt.design())
+
+
+def test_the_command_line_passes_the_new_options_through(tmp_path, monkeypatch):
+    from ultrassl.benchmark import BenchmarkResult, runner
+    from ultrassl.cli import main
+
+    seen = []
+
+    def run_benchmark(opt):
+        seen.append(opt)
+        return BenchmarkResult(tmp_path / "benchmark.json", {}, {}, 0, 0, 0.0)
+
+    monkeypatch.setattr(runner, "run_benchmark", run_benchmark)
+    base = ["benchmark", "--data", str(tmp_path), "--out", str(tmp_path)]
+    assert main(base) == 0
+    assert (seen[0].ft_tasks, seen[0].ft_mode, seen[0].ft_epochs, seen[0].ft_seeds) == (
+        ("busi-classify",),
+        "full",
+        None,
+        1,
+    )
+    assert seen[0].label_fractions is None
+    flags = ["--ft-tasks", "busi-classify,pocus-classify", "--ft-mode", "partial", "--ft-epochs", "4"]
+    assert main([*base, *flags, "--ft-seeds", "2", "--label-fractions", "0.2,0.4"]) == 0
+    o = seen[1]
+    assert o.ft_tasks == ("busi-classify", "pocus-classify") and (o.ft_mode, o.ft_epochs, o.ft_seeds) == (
+        "partial",
+        4,
+        2,
+    )
+    assert o.label_fractions == (0.2, 0.4)
+    assert main([*base, "--ft-tasks", ""]) == 0 and seen[2].ft_tasks == ()
 
 
 def test_lifts_pair_an_encoder_with_its_twin_by_fold(data_root, tmp_path):
@@ -400,6 +606,67 @@ def test_lifts_pair_an_encoder_with_its_twin_by_fold(data_root, tmp_path):
     }
     by_fold = [sum(per[("exp", f, s)] - per[("scratch-like-exp", f, s)] for s in (0, 1)) / 2 for f in (0, 1)]
     assert acc["mean"] == pytest.approx(sum(by_fold) / 2)
+
+
+def test_the_tasks_of_one_data_set_share_pre_training_and_corpora_are_compared(
+    data_root, tmp_path, monkeypatch
+):
+    """busi-classify and busi-segment pre-train once per fold (one calibration, one run per fold);
+    ``mae@multi`` pre-trains on every data set and is compared with ``mae`` fold by fold."""
+    import torch
+    from tiny import tiny_vit_spec
+
+    from ultrassl.benchmark import run_benchmark, runner
+    from ultrassl.checkpoint import export_encoder
+    from ultrassl.models.vit import create_encoder
+
+    spec = tiny_vit_spec((32, 32))
+    exports = {}
+    for i, corpus in enumerate(("busi", "multi")):
+        torch.manual_seed(i)
+        exports[corpus] = export_encoder(
+            create_encoder(spec), spec, tmp_path / corpus, method="mae", mean=[0.5], std=[0.25]
+        )
+    calibrated, trained = [], []
+
+    def calibrate(corpus, method, *a, **k):
+        calibrated.append(f"{corpus.name}/{method}")
+        return {"steps": 10}
+
+    def pretrain_fold(corpus, fold, method, steps, *a, **k):
+        trained.append((corpus.name, fold, method, tuple(t.spec.folder for t in corpus.tasks)))
+        return exports[corpus.name], {"steps": steps}
+
+    monkeypatch.setattr(runner, "calibrate", calibrate)
+    monkeypatch.setattr(runner, "pretrain_fold", pretrain_fold)
+    r = run_benchmark(
+        _options(
+            data_root,
+            tmp_path / "out",
+            tasks=("busi-classify", "busi-segment"),
+            methods=("mae", "mae@multi"),
+            seeds=(0,),
+        )
+    )
+    assert sorted(calibrated) == ["busi/mae", "multi/mae"]
+    assert {(c, f) for c, f, _, _ in trained} == {("busi", 0), ("busi", 1), ("multi", 0), ("multi", 1)}
+    assert {folders for c, _, _, folders in trained if c == "multi"} == {("pocus", "busi", "hc18")}
+    assert {folders for c, _, _, folders in trained if c == "busi"} == {("busi",)}
+    doc = json.loads(r.results_file.read_text())
+    assert set(doc["pretrain"]) == {f"{c}/fold{k}/mae" for c in ("busi", "multi") for k in (0, 1)}
+    for task, protocol, metric in (
+        ("busi-classify", "linear", "accuracy"),
+        ("busi-segment", "finetune", "dice"),
+    ):
+        d = doc["corpus_differences"][task]["mae@multi"]
+        assert d["baseline"] == "mae" and d[protocol][metric]["folds"] == [0, 1]
+        per = {
+            (e["encoder"], e["fold"]): e["metrics"][protocol][metric]
+            for e in doc["results"].values()
+            if e["task"] == task
+        }
+        diffs = [per[("mae@multi", k)] - per[("mae", k)] for k in (0, 1)]
+        assert d[protocol][metric]["mean"] == pytest.approx(sum(diffs) / 2)
 
 
 @pytest.mark.slow
@@ -441,6 +708,10 @@ def test_the_command_runs_end_to_end(data_root, tmp_path, capsys):
     doc = json.loads((tmp_path / "b" / "benchmark.json").read_text())
     assert doc["design"]["quick"].startswith("--quick")
     assert doc["lifts"]["hc18-segment"]["mae"]["finetune"]["dice"]["n"] == 2
-    assert set(doc["pretrain"]) >= {"busi-classify/fold0/mae", "busi-classify/fold1/mae"}
+    # classification fine-tuning on BUSI (--ft-tasks' default) and the few-label curve, for every fold
+    assert doc["lifts"]["busi-classify"]["mae"]["finetune"]["balanced_accuracy"]["n"] == 2
+    assert doc["summary"]["pocus-classify"]["mae"]["linear@0.25"]["balanced_accuracy"]["n"] == 2
+    assert "finetune" not in doc["summary"]["pocus-classify"]["mae"]
+    assert set(doc["pretrain"]) >= {"busi/fold0/mae", "busi/fold1/mae"}
     assert main(argv) == 0
     assert "0 evaluated" in capsys.readouterr().out

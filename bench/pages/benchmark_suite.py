@@ -3,8 +3,9 @@
 copied to ``bench/results/benchmark_suite.json``.
 
 Everything shown is read from the JSON's ``summary`` (task -> encoder -> protocol -> metric -> mean, low,
-high, n, sd) and ``lifts`` (the paired difference against the random twin: mean, low, high, n,
-detectable, resolved, folds); nothing is recomputed from the per-fold results, so the page says what
+high, n, sd), ``lifts`` (the paired difference against the random twin: mean, low, high, n,
+detectable, resolved, folds) and ``corpus_differences`` (the same for ``method@corpus`` against
+``method``); nothing is recomputed from the per-fold results, so the page says what
 the file says. Whether a lift is resolved is read off its interval (wholly above or below zero).
 """
 
@@ -28,6 +29,8 @@ METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "dice": "Dice"}
 PROTOCOL_NAMES = {"linear": "linear probe", "knn": "k-NN", "finetune": "fine-tuned"}
 #: protocols in the order the tables show them (others after, alphabetically)
 PROTOCOL_ORDER = ("linear", "knn", "finetune")
+#: the linear probe trained on a fraction of the training groups (``linear@0.25``): the few-label table
+FEW_LABEL_PREFIX = "linear@"
 #: metrics are fractions; the page shows points (percent)
 SCALE = 100.0
 
@@ -86,8 +89,26 @@ def twin(doc: dict[str, Any], task: str, encoder: str) -> str | None:
 
 
 def protocols(doc: dict[str, Any], task: str) -> list[str]:
+    """The task's protocols of the main table, lifts and figure (the few-label points have their own)."""
     found = {p for by_protocol in (doc.get("summary") or {}).get(task, {}).values() for p in by_protocol}
+    found = {p for p in found if fraction(p) is None}
     return [p for p in PROTOCOL_ORDER if p in found] + sorted(found - set(PROTOCOL_ORDER))
+
+
+def fraction(protocol: str) -> float | None:
+    """The label fraction of a few-label protocol (``linear@0.25`` -> 0.25); None for the others."""
+    if not protocol.startswith(FEW_LABEL_PREFIX):
+        return None
+    try:
+        return float(protocol.removeprefix(FEW_LABEL_PREFIX))
+    except ValueError:
+        return None
+
+
+def few_label_protocols(doc: dict[str, Any], task: str) -> list[str]:
+    """The task's few-label protocols, by fraction (empty where the run had none)."""
+    found = {p for by_protocol in (doc.get("summary") or {}).get(task, {}).values() for p in by_protocol}
+    return sorted((p for p in found if fraction(p) is not None), key=fraction)
 
 
 def lift_of(doc: dict[str, Any], task: str, encoder: str, protocol: str) -> dict[str, Any] | None:
@@ -188,13 +209,20 @@ def provenance(doc: dict[str, Any]) -> list[str]:
         )
     if opts.get("pretrain_minutes") is not None:
         parts.append(
-            f"pre-training {opts['pretrain_minutes']:g} min per method per fold (calibrated to a step count: "
-            "`calibration` in the JSON)"
+            f"pre-training {opts['pretrain_minutes']:g} min per method, data set and fold (calibrated to a "
+            "step count: `calibration` in the JSON)"
         )
     if opts.get("img_size"):
         parts.append(f"input {opts['img_size']} px")
     if opts.get("seg_epochs"):
         parts.append(f"segmentation fine-tuned {opts['seg_epochs']} epochs")
+    if opts.get("ft_tasks") and opts.get("ft_epochs"):
+        seeds = design.get("finetune_seeds")
+        parts.append(
+            f"classification fine-tuned ({opts.get('ft_mode', 'full')}) {opts['ft_epochs']} epochs on "
+            + ", ".join(f"`{t}`" for t in opts["ft_tasks"])
+            + (f", seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}" if seeds else "")
+        )
     if opts.get("linear_c"):
         parts.append(f"linear probe C from {', '.join(f'{c:g}' for c in opts['linear_c'])}")
     if opts.get("knn_k"):
@@ -268,6 +296,62 @@ def task_table(doc: dict[str, Any], task: str) -> list[str]:
     return lines
 
 
+def percent(f: float) -> str:
+    return f"{f * 100:g} %"
+
+
+def few_label_block(doc: dict[str, Any], task: str) -> list[str]:
+    """The linear probe's few-label curve of ``task``: encoders x fractions (and 100 %, the linear
+    probe itself) in the headline metric with intervals; nothing where the run had no few-label point."""
+    few = few_label_protocols(doc, task)
+    if not few:
+        return []
+    metric = headline(doc, task)
+    summary = (doc.get("summary") or {}).get(task, {})
+    cols = [*few, "linear"]
+    head = ["encoder", *(percent(fraction(p)) for p in few), "100 % (linear probe)"]
+    lines = [
+        f"Few labels: the linear probe's {METRIC_NAMES.get(metric, metric)} trained on a fraction of each "
+        "class's training groups (whole groups, at least one per class, each smaller subset inside the "
+        "larger ones), its C picked on the same validation groups.",
+        "",
+    ]
+    rows = [
+        [name(enc)] + [value_cell((summary.get(enc) or {}).get(p, {}).get(metric)) for p in cols]
+        for enc in encoder_order(doc, task)
+    ]
+    return [*lines, *table(head, rows), ""]
+
+
+def corpus_block(doc: dict[str, Any], task: str) -> list[str]:
+    """A method pre-trained on another corpus (``deblur-mae@multi``: every data set together) against
+    the same method pre-trained on the task's own data set, paired by fold, per protocol; nothing where
+    the run compared no corpora on ``task``."""
+    diffs = (doc.get("corpus_differences") or {}).get(task) or {}
+    if not diffs:
+        return []
+    metric = headline(doc, task)
+    protos = [p for p in protocols(doc, task) if any(p in d for d in diffs.values())]
+    head = ["encoder", *(f"{PROTOCOL_NAMES.get(p, p)}: difference" for p in protos)]
+    lines = [
+        f"Pre-training corpus: each row's {METRIC_NAMES.get(metric, metric)} minus that of the same method "
+        "pre-trained on this task's own data set for the same budget, paired by fold (`@multi`: POCUS, "
+        "BUSI and HC18 together, every data set's test fold left out).",
+        "",
+    ]
+    rows = [
+        [f"{name(enc)} (vs {name(node.get('baseline', enc))})"]
+        + [lift_cell((node.get(p) or {}).get(metric)) for p in protos]
+        for enc, node in diffs.items()
+    ]
+    return [*lines, *table(head, rows), ""]
+
+
+def table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines."""
+    return ["| " + " | ".join(r) + " |" for r in (head, ["---"] * len(head), *rows)]
+
+
 def task_sentence(doc: dict[str, Any], task: str) -> str:
     """Which lifts the design resolves on ``task`` and the smallest it could detect, by rule."""
     found = []
@@ -330,6 +414,8 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     for task in tasks:
         lines += [task_heading(doc, task), "", *task_table(doc, task), "", task_sentence(doc, task), ""]
+        lines += few_label_block(doc, task)
+        lines += corpus_block(doc, task)
     if any((doc.get("lifts") or {}).get(t) for t in tasks):
         lines += [
             f"![lift over the random twin per task and method, with 95 % intervals]({PLOT.name})",

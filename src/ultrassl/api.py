@@ -34,6 +34,7 @@ from ultrassl.methods import (
 )
 from ultrassl.monitor import build_watchers, finish_run, preview_batch, preview_images
 from ultrassl.runs import build_model, check_resume_config, init_from, load_run, run_info
+from ultrassl.time_budget import RECORD, fit_schedule
 from ultrassl.training import Trainer, TrainResult, agreed_latest
 from ultrassl.visualize import save_reconstruction_grid
 
@@ -136,7 +137,7 @@ def _resume_mode(resume: bool | str) -> str:
 
 def clear_run(run_dir: Path) -> None:
     """What a run writes about its training (checkpoints, metrics, TensorBoard, pictures, curves, summary,
-    skipped files), removed
+    skipped files, the fitted schedule), removed
     for ``--fresh``; only in a folder that holds a run (``config.yaml`` or ``checkpoints/``). Anything
     else the user keeps in the folder stays."""
     import shutil
@@ -144,7 +145,7 @@ def clear_run(run_dir: Path) -> None:
     if not ((run_dir / "config.yaml").exists() or (run_dir / "checkpoints").is_dir()):
         return
     CheckpointStore(run_dir / "checkpoints").clear()
-    for name in ("metrics.csv", "skipped_files.csv", "curves.png", "summary.md"):
+    for name in ("metrics.csv", "skipped_files.csv", "curves.png", "summary.md", RECORD):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
     shutil.rmtree(run_dir / "reconstructions", ignore_errors=True)
@@ -179,6 +180,16 @@ def pretrain(
         raise UltrasslError(
             f"{run_dir} already holds a run; continue it with the same command (resume=auto) or choose a new --out"
         )
+    if cfg.train.schedule_to_time_limit:  # a calibration run sets max_steps; a resumed run keeps its own
+        cfg = fit_schedule(
+            cfg,
+            run_dir,
+            found,
+            lambda short, folder: pretrain(short, folder, resume="fresh", progress=progress),
+            world_size=dist_info.world_size,
+            is_main=dist_info.is_main,
+        )
+        config = to_dict(cfg)
     if found is not None:
         check_resume_config(found[1]["config"], config, found[0])
     allocator = set_host_allocator(cfg.train.host_allocator)  # before the data: decoding gains too

@@ -145,6 +145,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--time-limit", type=float, metavar="MINUTES", help=_field_help(TrainConfig, "time_limit"))
     s.add_argument(
+        "--schedule-to-time-limit",
+        action="store_true",
+        default=None,
+        help="with --time-limit: a short calibration run measures this machine's samples/s and the "
+        "schedule (train.max_steps, warm-up 5 %% of it) is sized to fill the minutes; the same command "
+        "again keeps it (train.schedule_to_time_limit)",
+    )
+    s.add_argument(
         "--checkpoint-every",
         type=int,
         metavar="STEPS",
@@ -341,7 +349,8 @@ def _benchmark_flags(sub: Any) -> None:
     s.add_argument(
         "--quick",
         action="store_true",
-        help="a first look in minutes: folds 0,1, seeds 0,1, 0.5 min pre-training, 3 segmentation epochs",
+        help="a first look in minutes: folds 0,1, seeds 0,1, 0.5 min pre-training, 3 segmentation and 3 "
+        "classification fine-tuning epochs",
     )
     s.add_argument("--folds", default=None, help="comma-separated test folds (default: 0-4; --quick 0,1)")
     s.add_argument("--seeds", default=None, help="comma-separated probe seeds (default: 0,1,2; --quick 0,1)")
@@ -356,6 +365,36 @@ def _benchmark_flags(sub: Any) -> None:
     )
     s.add_argument(
         "--seg-epochs", type=int, default=None, help="segmentation fine-tuning epochs (default: 10)"
+    )
+    s.add_argument(
+        "--ft-tasks",
+        default="busi-classify",
+        help="comma-separated classification tasks also fine-tuned, protocol 'finetune' ('' for none; "
+        "default: %(default)s: POCUS' thousands of frames take hours on a CPU)",
+    )
+    s.add_argument(
+        "--ft-mode",
+        default="full",
+        choices=("full", "partial"),
+        help="classification fine-tuning: full (layer-wise lr decay, as MAE) | partial (last block)",
+    )
+    s.add_argument(
+        "--ft-epochs",
+        type=int,
+        default=None,
+        help="classification fine-tuning epochs (default: 15; --quick 3)",
+    )
+    s.add_argument(
+        "--ft-seeds",
+        type=int,
+        default=1,
+        help="classification fine-tuning runs the first N seeds (default: 1)",
+    )
+    s.add_argument(
+        "--label-fractions",
+        default=None,
+        help="comma-separated fractions of each class's training groups for the linear probe's "
+        "few-label curve (default: 0.1,0.25,0.5; 1 is the linear probe itself)",
     )
     s.add_argument(
         "--calib-steps", type=int, default=None, help="steps of the speed calibration (default: 12)"
@@ -691,6 +730,9 @@ def _benchmark(a: argparse.Namespace) -> int:
     def ints(text: str | None) -> tuple[int, ...] | None:
         return tuple(int(x) for x in items(text)) if text else None
 
+    def floats(text: str | None) -> tuple[float, ...] | None:
+        return tuple(float(x) for x in items(text)) if text else None
+
     opt = BenchmarkOptions(
         data=a.data,
         out=a.out,
@@ -710,6 +752,11 @@ def _benchmark(a: argparse.Namespace) -> int:
         precision=a.precision,
         pretrain_set=tuple(a.pretrain_set),
         pretrain_batch=a.pretrain_batch,
+        ft_tasks=items(a.ft_tasks),
+        ft_mode=a.ft_mode,
+        ft_epochs=a.ft_epochs,
+        ft_seeds=a.ft_seeds,
+        label_fractions=floats(a.label_fractions),
         command="ultrassl " + shlex.join(sys.argv[1:]),
     )
     r = run_benchmark(opt)
@@ -718,15 +765,17 @@ def _benchmark(a: argparse.Namespace) -> int:
             for protocol, metrics in protocols.items():
                 metric = "balanced_accuracy" if "balanced_accuracy" in metrics else "dice"
                 m = metrics[metric]
-                line = f"{task:15s} {enc:22s} {protocol:8s} {metric} {_iv(m)}"
+                line = f"{task:15s} {enc:22s} {protocol:11s} {metric} {_iv(m)}"
                 lift = r.lifts.get(task, {}).get(enc, {}).get(protocol, {}).get(metric)
                 if lift:
                     line += f"  lift {_iv(lift)} (detectable {_num(lift['detectable'])}, n={lift['n']})"
                 print(line)
     for note in r.skipped:
         print(f"skipped: {note}")
+    completed = f" ({r.completed} of them completing earlier entries)" if r.completed else ""
     print(
-        f"{r.evaluated} evaluated, {r.read_back} read back, {r.seconds / 60:.1f} min; results: {r.results_file}"
+        f"{r.evaluated} evaluated{completed}, {r.read_back} read back, {r.seconds / 60:.1f} min; "
+        f"results: {r.results_file}"
     )
     return 0
 

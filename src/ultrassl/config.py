@@ -279,6 +279,16 @@ class TrainConfig:
     time_limit: float | None = field(
         default=None, metadata={"help": "stop cleanly (with a checkpoint) after this many minutes"}
     )
+    schedule_to_time_limit: bool = field(
+        default=False,
+        metadata={
+            "help": "size the schedule to time_limit (--schedule-to-time-limit): a short calibration run "
+            "of this config measures samples/s on this machine, and max_steps (and a warm-up of 5 % of "
+            "it, where the config has one) is set to fill time_limit with the whole cosine; the choice "
+            "is recorded in RUN/schedule.json and a resumed run keeps its checkpoint's schedule "
+            "(ultrassl.time_budget)"
+        },
+    )
     checkpoint_every: int = field(
         default=500,
         metadata={
@@ -387,6 +397,11 @@ class TrainConfig:
             raise ConfigError(f"device must be auto|cpu|cuda, got {self.device!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.schedule_to_time_limit and not (self.time_limit is not None and self.time_limit > 0):
+            raise ConfigError(
+                "schedule_to_time_limit needs a time_limit of more than 0 minutes to fit the schedule to "
+                f"(--time-limit MINUTES), got {self.time_limit}"
+            )
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.val_every is not None and self.val_every < 1:

@@ -36,6 +36,7 @@ PRETRAIN_OPTIONS: dict[str, str] = {
     "max_steps": "train.max_steps",
     "epochs": "train.epochs",
     "time_limit": "train.time_limit",
+    "schedule_to_time_limit": "train.schedule_to_time_limit",
     "checkpoint_every": "train.checkpoint_every",
     "batch_size": "train.batch_size",
     "workers": "data.num_workers",
@@ -184,6 +185,7 @@ def pretrain(
     max_steps: int | None = None,
     epochs: int | None = None,
     time_limit: float | None = None,
+    schedule_to_time_limit: bool | None = None,
     checkpoint_every: int | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
@@ -219,6 +221,9 @@ def pretrain(
         max_steps: Stop after this many optimisation steps (``train.max_steps``).
         epochs: Passes over the training data, the schedule's length (``train.epochs``).
         time_limit: Stop cleanly, with a checkpoint, after this many minutes (``train.time_limit``).
+        schedule_to_time_limit: Size the schedule to ``time_limit``: a short calibration run measures
+            this machine's rate and sets ``max_steps`` (and the warm-up) to fill it; the same call
+            again keeps the schedule (``train.schedule_to_time_limit``, :mod:`ultrassl.time_budget`).
         checkpoint_every: Write ``checkpoints/last.pt`` every this many steps (and at the end).
         batch_size: Samples per step in each process (``train.batch_size``).
         workers: DataLoader processes feeding the loop (``data.num_workers``; 0: the loop's own).
@@ -253,6 +258,7 @@ def pretrain(
         "max_steps": max_steps,
         "epochs": epochs,
         "time_limit": time_limit,
+        "schedule_to_time_limit": schedule_to_time_limit,
         "checkpoint_every": checkpoint_every,
         "batch_size": batch_size,
         "workers": workers,

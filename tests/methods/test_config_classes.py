@@ -37,6 +37,7 @@ OLD = yaml.safe_load((Path(__file__).with_name("configs_before_typed_classes.yam
 ADDED_SINCE = [
     ("data", "decode_workers", "decode_timeout", 600.0),
     ("train", "log_every", "log_interval_s", None),
+    ("train", "time_limit", "schedule_to_time_limit", False),
 ]
 
 

@@ -2,7 +2,10 @@
 methods pre-trained per fold; and for each, the random twin its lift is measured against.
 
 A lift only means something against the same network untrained (same architecture, input size and
-normalisation), so every encoder that is not itself random names its twin here, once. Imports no torch.
+normalisation), so every encoder that is not itself random names its twin here, once. A method's name
+may carry the corpus it pre-trains on: ``deblur-mae`` pre-trains on the evaluated task's own data set,
+``deblur-mae@multi`` on every data set together (POCUS, BUSI, HC18), ``deblur-mae@busi`` on BUSI alone
+whatever the task (their twin is the same random network). Imports no torch.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Literal
 from ultrassl.errors import ConfigError
 
 __all__ = [
+    "CORPORA",
     "METHOD_PRESETS",
     "SCRATCH_ARCHS",
     "EncoderChoice",
@@ -40,6 +44,10 @@ METHOD_PRESETS: dict[str, str] = {
 }
 
 
+#: the corpora a method may name after ``@``: one data set's folder, or all of them
+CORPORA: tuple[str, ...] = ("multi", "pocus", "busi", "hc18")
+
+
 @dataclass(frozen=True)
 class EncoderChoice:
     """One encoder of the benchmark.
@@ -47,13 +55,20 @@ class EncoderChoice:
     ``source``: ``scratch`` (random, of ``arch``), ``scratch-like`` (random, shaped like ``weights``),
     ``weights`` (a run, export or checkpoint, the same for every fold) or ``method`` (a registered
     method pre-trained on each fold's training part). ``twin``: the random encoder it is compared with
-    (None for a random one)."""
+    (None for a random one). ``corpus``: what a method pre-trains on (None: the evaluated task's own
+    data set; else one of :data:`CORPORA`)."""
 
     name: str
     source: Literal["scratch", "scratch-like", "weights", "method"]
     arch: str | None = None
     weights: str | None = None
     twin: str | None = None
+    corpus: str | None = None
+
+    @property
+    def method(self) -> str:
+        """The registered method's name (without ``@corpus``)."""
+        return self.name.partition("@")[0]
 
 
 def scratch_name(arch: str) -> str:
@@ -105,11 +120,16 @@ def choose_encoders(
     for name in methods:
         if name == "scratch" or name.startswith("scratch-"):
             continue
-        if known_methods is not None and name not in known_methods:
-            raise ConfigError(f"unknown method {name!r}; choose from scratch, {', '.join(known_methods)}")
-        twin = _scratch(scratch_name(method_arch(name, pretrain_set)))
+        registered, at, corpus = name.partition("@")
+        if known_methods is not None and registered not in known_methods:
+            raise ConfigError(
+                f"unknown method {registered!r}; choose from scratch, {', '.join(known_methods)}"
+            )
+        if at and corpus not in CORPORA:
+            raise ConfigError(f"{name}: unknown corpus {corpus!r} after @; choose from {', '.join(CORPORA)}")
+        twin = _scratch(scratch_name(method_arch(registered, pretrain_set)))
         twins.setdefault(twin.name, twin)
-        chosen.append(EncoderChoice(name, "method", arch=twin.arch, twin=twin.name))
+        chosen.append(EncoderChoice(name, "method", arch=twin.arch, twin=twin.name, corpus=corpus or None))
     for name in methods:
         if name.startswith("scratch-"):
             twins.setdefault(name, _scratch(name))

@@ -1,12 +1,14 @@
-"""One (task, encoder, fold, seed) evaluation: frozen linear probe and k-NN for classification, a
-fine-tuned segmentation head for segmentation.
+"""One (task, encoder, fold, seed) evaluation: frozen linear probe (also on few-label subsets of the
+training groups) and k-NN for classification, optionally classification fine-tuning, and a fine-tuned
+segmentation head for segmentation.
 
-Classification freezes the encoder, so its features are computed once per encoder and reused by every
-fold and seed; a seed then changes what is cheap to repeat: the validation groups carved from the
-fold's training groups (which pick the probe's regularisation and k) and, for a random encoder, its
-initialisation. Segmentation trains a head (and the encoder) through fine-tuning's engine
-(:class:`~ultrassl.finetune.segment.Segmenter`), journalled in its own folder so a killed run resumes
-inside the fold too. Frames, images and masks are decoded once per task and input size.
+The frozen probes freeze the encoder, so its features are computed once per encoder and reused by every
+fold, seed and label fraction; a seed then changes what is cheap to repeat: the validation groups carved
+from the fold's training groups (which pick the probe's regularisation and k), the few-label subsets and,
+for a random encoder, its initialisation. Fine-tuning (classification and segmentation) trains the
+encoder through fine-tuning's engine (:class:`~ultrassl.finetune.classify.Classifier`,
+:class:`~ultrassl.finetune.segment.Segmenter`) on the same folds, journalled in its own folder so a
+killed run resumes inside the fold too. Frames, images and masks are decoded once per task and input size.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 from ultrassl.benchmark.tasks import PreparedTask
 from ultrassl.data.frameset import FrameSet, load_frameset
-from ultrassl.data.group_folds import Fold, folds_from_assignment
+from ultrassl.data.group_folds import Fold, folds_from_assignment, group_majority_labels, subsample_groups
 from ultrassl.data.manifest import read_manifest
 from ultrassl.feature_scores import balanced_accuracy, fit_linear_probe, knn_votes
 from ultrassl.finetune.backbones import Backbone
@@ -31,7 +33,7 @@ from ultrassl.metrics import classification_metrics
 from ultrassl.models.pooling import pooled_features
 from ultrassl.transforms.model_input import to_tensor_batch
 
-__all__ = ["CLASSIFY_METRICS", "SEGMENT_METRICS", "Evaluator", "ProbeSettings"]
+__all__ = ["CLASSIFY_METRICS", "SEGMENT_METRICS", "Evaluator", "ProbeSettings", "fraction_protocol"]
 
 CLASSIFY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 SEGMENT_METRICS = ("dice", "iou")
@@ -39,13 +41,24 @@ SEGMENT_METRICS = ("dice", "iou")
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    """The frozen probes' choices, each picked on the fold's validation groups by balanced accuracy."""
+    """The frozen probes' choices (each picked on the fold's validation groups by balanced accuracy),
+    the few-label fractions and the fine-tunings' budgets."""
 
     linear_c: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
     knn_k: tuple[int, ...] = (10, 20)
     seg_epochs: int = 10
     seg_batch: int = 16
     device: str = "auto"
+    #: the few-label curve of the linear probe: fractions of each class's training groups (1 is "linear")
+    label_fractions: tuple[float, ...] = ()
+    #: classification fine-tuning (:meth:`Evaluator.classify_finetune`): ClassifyConfig's mode and epochs
+    ft_mode: str = "full"
+    ft_epochs: int = 15
+
+
+def fraction_protocol(fraction: float) -> str:
+    """The protocol name of the linear probe trained on ``fraction`` of the training groups."""
+    return f"linear@{fraction:g}"
 
 
 class Evaluator:
@@ -57,6 +70,7 @@ class Evaluator:
         self._segdata: dict[Any, Any] = {}
         self._features: dict[str, np.ndarray] = {}
         self._folds: dict[int, list[Fold]] = {task.seed: task.folds}
+        self._group_label: dict[str, Any] | None = None
 
     # -- folds per seed ------------------------------------------------------------------------------
 
@@ -110,8 +124,24 @@ class Evaluator:
             self._features[backbone.fingerprint] = np.concatenate(out)
         return self._features[backbone.fingerprint]
 
+    def few_label_groups(self, fold: int, seed: int) -> dict[float, list[str]]:
+        """Fraction -> the training groups of fold ``fold`` (seed ``seed``'s carve) the few-label probe
+        trains on: whole groups, at least one per class, one seeded permutation per class whose prefixes
+        are taken (:func:`~ultrassl.data.group_folds.subsample_groups`, as ``finetune --label-fractions``
+        draws them), so for one seed each subset lies inside the larger ones."""
+        if self._group_label is None:
+            rows = [r for r in self.task.rows if r.label]
+            self._group_label = group_majority_labels([r.group_id for r in rows], [r.label for r in rows])
+        train = [g for g in self.folds(seed)[fold].train_groups if g in self._group_label]
+        return {
+            fr: subsample_groups(train, self._group_label, fr, seed)
+            for fr in sorted(set(self.settings.label_fractions))
+            if fr < 1
+        }
+
     def classify(self, backbone: Backbone, fold: int, seed: int) -> dict[str, dict[str, Any]]:
-        """``{"linear": metrics, "knn": metrics}`` on fold ``fold``'s test groups (frame level)."""
+        """``{"linear", "knn", "linear@<fraction>" ...: metrics}`` on fold ``fold``'s test groups (frame
+        level); each few-label probe picks its C on the same validation groups as "linear"."""
         data = self.frameset(backbone)
         x = self.features(backbone)
         f = self.folds(seed)[fold]
@@ -119,20 +149,13 @@ class Evaluator:
         y = data.labels
         names = data.class_names
         n = len(names)
-        out: dict[str, dict[str, Any]] = {}
-
-        best: tuple[float, Any, Any, float] | None = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence notes of small probes
-            for c in self.settings.linear_c:
-                scaler, clf = fit_linear_probe(x[tr], y[tr], c, max_iter=3000, seed=seed)
-                score = balanced_accuracy(y[va], clf.predict(scaler.transform(x[va])))
-                if best is None or score > best[0]:
-                    best = (score, scaler, clf, c)
-        score, scaler, clf, c = best
-        prob = np.zeros((len(te), n))
-        prob[:, clf.classes_] = clf.predict_proba(scaler.transform(x[te]))
-        out["linear"] = _metrics(y[te], prob, names) | {"c": c, "val_balanced_accuracy": score}
+        sizes = {"n_val": len(va), "n_test": len(te)}
+        out: dict[str, dict[str, Any]] = {"linear": self._linear(x, y, tr, va, te, names, seed)}
+        out["linear"].update(n_train=len(tr), **sizes)
+        for fr, groups in self.few_label_groups(fold, seed).items():
+            sub = group_indices(data.groups, groups)
+            m = self._linear(x, y, sub, va, te, names, seed)
+            out[fraction_protocol(fr)] = m | {"n_train": len(sub), "n_train_groups": len(groups), **sizes}
 
         best_k: tuple[float, int] | None = None
         for k in self.settings.knn_k:
@@ -142,16 +165,79 @@ class Evaluator:
         score, k = best_k
         votes = knn_votes(x[tr], y[tr], x[te], k, n)
         out["knn"] = _metrics(y[te], votes, names) | {"k": k, "val_balanced_accuracy": score}
-        for m in out.values():
-            m.update(n_train=len(tr), n_val=len(va), n_test=len(te))
+        out["knn"].update(n_train=len(tr), **sizes)
         return out
+
+    def _linear(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        tr: np.ndarray,
+        va: np.ndarray,
+        te: np.ndarray,
+        names: list[str],
+        seed: int,
+    ) -> dict[str, Any]:
+        """The linear probe fitted on ``tr`` with its C picked on ``va``, measured on ``te``."""
+        best: tuple[float, Any, Any, float] | None = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence notes of small probes
+            for c in self.settings.linear_c:
+                scaler, clf = fit_linear_probe(x[tr], y[tr], c, max_iter=3000, seed=seed)
+                score = balanced_accuracy(y[va], clf.predict(scaler.transform(x[va])))
+                if best is None or score > best[0]:
+                    best = (score, scaler, clf, c)
+        score, scaler, clf, c = best
+        prob = np.zeros((len(te), len(names)))  # a class absent from a few-label subset gets 0
+        prob[:, clf.classes_] = clf.predict_proba(scaler.transform(x[te]))
+        return _metrics(y[te], prob, names) | {"c": c, "val_balanced_accuracy": score}
+
+    def classify_finetune(
+        self, backbone: Backbone, fold: int, seed: int, out_dir: Path
+    ) -> dict[str, dict[str, Any]]:
+        """``{"finetune": metrics}``: the encoder and a linear head fine-tuned (``ClassifyConfig.mode``
+        ``ft_mode``) on the fold's training groups, its epoch selected on the validation groups of seed
+        ``seed``, measured on the same test frames as the frozen probes. Fine-tuning trains a copy of the
+        encoder (:func:`~ultrassl.finetune.backbones.classification_model`), so ``backbone`` stays as
+        loaded."""
+        from ultrassl.finetune.classify import Classifier
+
+        cfg = ClassifyConfig(
+            mode=self.settings.ft_mode,
+            folds_file=str(self._folds_file(out_dir, seed)),
+            only_folds=(fold,),
+            seeds=(seed,),
+            epochs=self.settings.ft_epochs,
+            device=self.settings.device,
+        )
+        out = Classifier(backbone, self.frameset(backbone), cfg, progress=False).run(out_dir)
+        r = next(r for r in out.results if r.level == "frame")  # frame level, as the frozen probes
+        return {
+            "finetune": {k: r.metrics[k] for k in CLASSIFY_METRICS}
+            | {
+                "val_balanced_accuracy": r.val_score,
+                "best_epoch": r.best_epoch,
+                "n_train": r.n_train,
+                "n_val": r.n_val,
+                "n_test": r.n_test,
+            }
+        }
+
+    def _folds_file(self, out_dir: Path, seed: int) -> Path:
+        """The folds of seed ``seed`` as fine-tuning's engine reads them (written once per folder)."""
+        from ultrassl.data.group_folds import write_folds
+
+        folds_file = out_dir / "benchmark_folds.json"
+        if not folds_file.exists():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_folds(folds_file, self.folds(seed), meta={"seed": seed})
+        return folds_file
 
     # -- segmentation --------------------------------------------------------------------------------
 
     def segment(self, backbone: Backbone, fold: int, seed: int, out_dir: Path) -> dict[str, dict[str, Any]]:
         """``{"finetune": {"dice", "iou", ...}}``: the encoder and the architecture's default head
         fine-tuned on the fold's training groups, selected on its validation groups."""
-        from ultrassl.data.group_folds import write_folds
         from ultrassl.data.segdata import load_segdata
         from ultrassl.finetune.segment import Segmenter
 
@@ -166,12 +252,8 @@ class Evaluator:
                 backbone.std,
                 progress=False,
             )
-        folds_file = out_dir / "benchmark_folds.json"
-        if not folds_file.exists():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_folds(folds_file, self.folds(seed), meta={"seed": seed})
         cfg = SegmentConfig(
-            folds_file=str(folds_file),
+            folds_file=str(self._folds_file(out_dir, seed)),
             only_folds=(fold,),
             seeds=(seed,),
             epochs=self.settings.seg_epochs,

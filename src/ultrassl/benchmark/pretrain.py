@@ -3,31 +3,35 @@ budget turned into a step count.
 
 Why steps and not a time limit: a schedule (warm-up, cosine) must know its length in advance, and every
 fold should train the same number of steps. A short calibration run measures the method's samples per
-second on this machine once per task, and the budget becomes ``minutes x rate / batch`` steps; the wall
+second on this machine once per corpus, and the budget becomes ``minutes x rate / batch`` steps; the wall
 time each run took is recorded beside it (a cap of 3x the budget stops a run that a shared machine
 slows down). Labels of the fold's training groups stay in its pre-training manifest (a method that learns
 from labels, as USCL, sees only those); validation and test groups are unlabelled or absent.
+
+What a pre-training reads is its :class:`Corpus`: by default the evaluated task's own data set (one
+pre-training per fold then serves every task of that data set, which share their test folds), or
+several data sets together (``multi``: POCUS, BUSI and HC18), each with its fold-``k`` test groups left
+out, so that the encoder evaluated on fold ``k`` of any task has never seen that task's test groups.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import shutil
-import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ultrassl import time_budget
 from ultrassl.atomic import atomic_write_text
 from ultrassl.benchmark.encoders import METHOD_PRESETS
 from ultrassl.benchmark.tasks import PreparedTask
 from ultrassl.data.manifest import read_manifest, write_manifest
 
-__all__ = ["PretrainBudget", "calibrate", "pretrain_fold", "pretrain_manifest"]
+__all__ = ["Corpus", "PretrainBudget", "calibrate", "pretrain_fold", "pretrain_manifest"]
 
 
 @dataclass(frozen=True)
@@ -45,15 +49,27 @@ class PretrainBudget:
     batch_size: int | None = None
 
 
-def pretrain_manifest(task: PreparedTask, k: int, out: Path) -> Path:
-    """Every file of ``task`` whose group is not tested in fold ``k``, without masks; labels only on the
-    fold's training groups (never its validation or test groups)."""
-    train_groups = set(task.folds[k].train_groups)
-    rows = [
-        dataclasses.replace(r, label=r.label if r.group_id in train_groups else None, mask_path=None)
-        for r in read_manifest(task.manifest)
-        if task.fold_of.get(r.group_id, -1) != k
-    ]
+@dataclass(frozen=True)
+class Corpus:
+    """What a pre-training reads: ``name`` (a data set's folder, or ``multi``) and the tasks through
+    which its data sets are read (:data:`~ultrassl.benchmark.tasks.CORPUS_TASKS`)."""
+
+    name: str
+    tasks: tuple[PreparedTask, ...]
+
+
+def pretrain_manifest(corpus: PreparedTask | Sequence[PreparedTask], k: int, out: Path) -> Path:
+    """Every file of the corpus' tasks whose group is not tested in their fold ``k``, without masks;
+    labels only on each task's fold-``k`` training groups (never its validation or test groups)."""
+    tasks = [corpus] if isinstance(corpus, PreparedTask) else list(corpus)
+    rows = []
+    for task in tasks:
+        train_groups = set(task.folds[k].train_groups) if k < len(task.folds) else set()
+        rows += [
+            dataclasses.replace(r, label=r.label if r.group_id in train_groups else None, mask_path=None)
+            for r in read_manifest(task.manifest)
+            if task.fold_of.get(r.group_id, -1) != k
+        ]
     if not out.exists():
         write_manifest(rows, out)
     return out
@@ -71,7 +87,7 @@ def _run(
     # preset without warm-up (USCL's constant start) keeps its own schedule
     warm = ((load_preset(preset).get("optim") or {}).get("warmup_epochs") if preset else None) or 0
     if warm > 0:
-        optim["warmup_steps"] = max(1, round(0.05 * max_steps))
+        optim["warmup_steps"] = time_budget.warmup_steps(max_steps)
     s = budget.img_size
     return workflow.pretrain(
         name,
@@ -94,38 +110,27 @@ def _run(
 
 
 def calibrate(
-    task: PreparedTask, name: str, budget: PretrainBudget, work: Path, log: Callable[[str], None]
+    corpus: Corpus, name: str, budget: PretrainBudget, work: Path, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Samples per second of method ``name`` on this machine (a short run on fold 0's training part),
-    and the step count the budget buys."""
-    manifest = pretrain_manifest(task, 0, work / "manifests" / f"fold0_{name}.csv")
+    """Samples per second of method ``name`` on this machine (a short run on fold 0's training part of
+    the corpus), and the step count the budget buys."""
+    manifest = pretrain_manifest(corpus.tasks, 0, work / "manifests" / f"fold0_{name}.csv")
     run = work / "calibration" / name
     shutil.rmtree(run, ignore_errors=True)
-    t0 = time.monotonic()
-    _run(name, manifest, run, budget, budget.calib_steps, calibration=True)
-    seconds = time.monotonic() - t0
-    with (run / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    rates = [float(r["samples_per_s"]) for r in rows if r.get("samples_per_s") and int(r["step"]) >= 3]
-    rates = rates or [float(r["samples_per_s"]) for r in rows if r.get("samples_per_s")]
-    rate = statistics.median(rates) if rates else 1.0
-    config = json.loads(json.dumps(_run_config(run)))
-    batch = int(config.get("train", {}).get("batch_size", 1)) * int(
-        config.get("optim", {}).get("accum_steps", 1)
-    )
-    steps = max(10, round(budget.minutes * 60 * rate / batch))
-    log(f"calibrated {task.name}/{name}: {rate:.1f} samples/s, batch {batch} -> {steps} steps")
+
+    # the measurement and the step count are pretrain --schedule-to-time-limit's (ultrassl.time_budget)
+    def brief(where: Path, steps: int) -> Any:
+        return _run(name, manifest, where, budget, steps, calibration=True)
+
+    measured = time_budget.calibrate(brief, run, budget.calib_steps)
+    rate, batch, seconds = measured.samples_per_s, measured.batch, measured.seconds
+    steps = time_budget.steps_for(budget.minutes, rate, batch)
+    log(f"calibrated {corpus.name}/{name}: {rate:.1f} samples/s, batch {batch} -> {steps} steps")
     return {"samples_per_s": rate, "batch": batch, "steps": steps, "seconds_with_setup": round(seconds, 1)}
 
 
-def _run_config(run: Path) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load((run / "config.yaml").read_text()) or {}
-
-
 def pretrain_fold(
-    task: PreparedTask,
+    corpus: Corpus,
     k: int,
     name: str,
     steps: int,
@@ -133,14 +138,14 @@ def pretrain_fold(
     work: Path,
     log: Callable[[str], None],
 ) -> tuple[Path, dict[str, Any]]:
-    """Pre-train method ``name`` on fold ``k``'s training part for ``steps`` steps (resumable: a run
-    folder marked done is read back); returns the run folder and what the run did."""
+    """Pre-train method ``name`` on the corpus' fold-``k`` training part for ``steps`` steps (resumable:
+    a run folder marked done is read back); returns the run folder and what the run did."""
     run = work / "runs" / f"fold{k}" / name
     done = run / "benchmark_done.json"
     if done.exists():
         return run, json.loads(done.read_text())
-    manifest = pretrain_manifest(task, k, work / "manifests" / f"fold{k}_{name}.csv")
-    log(f"pre-training {name} on {task.name} fold {k}: {steps} steps ({budget.minutes:g} min budget)")
+    manifest = pretrain_manifest(corpus.tasks, k, work / "manifests" / f"fold{k}_{name}.csv")
+    log(f"pre-training {name} on {corpus.name} fold {k}: {steps} steps ({budget.minutes:g} min budget)")
     t0 = time.monotonic()
     result = _run(name, manifest, run, budget, steps, calibration=False)
     info = {
@@ -150,6 +155,8 @@ def pretrain_fold(
         "seconds_with_setup": round(time.monotonic() - t0, 1),
         "stopped_by": result.stopped_by,
         "final_loss": result.final_loss,
+        "corpus": [t.spec.folder for t in corpus.tasks],
+        "files": sum(1 for _ in read_manifest(manifest)),
     }
     atomic_write_text(done, json.dumps(info, indent=2) + "\n")
     return run, info

@@ -57,7 +57,9 @@ class ResultsFile:
     def summarize(self) -> None:
         """``summary``: task -> encoder -> protocol -> metric -> mean and 95 % interval over the folds;
         ``lifts``: task -> encoder -> protocol -> metric -> paired difference against its random twin,
-        matched by fold, with its interval and the smallest difference the folds could detect.
+        matched by fold, with its interval and the smallest difference the folds could detect;
+        ``corpus_differences``: the same for a method pre-trained on another corpus (``mae@multi``)
+        against the method pre-trained on the task's own data set (``mae``).
 
         The fold is the unit: a fold's seeds are averaged first (the seeds of one fold share its test
         patients and its pre-training, so they are not independent values), and a lift is the mean over
@@ -83,15 +85,17 @@ class ResultsFile:
             base = values.get((task, twin, protocol, metric)) if twin else None
             if not base:
                 continue
-            d = paired_difference(*_paired_fold_means(per, base))
             node = lifts.setdefault(task, {}).setdefault(enc, {"baseline": twin})
-            node.setdefault(protocol, {})[metric] = {
-                **_interval(d.difference),
-                "resolved": d.difference.excludes_zero,
-                "detectable": d.detectable,
-                "folds": list(d.pairs),
-            }
-        self.doc["summary"], self.doc["lifts"] = summary, lifts
+            node.setdefault(protocol, {})[metric] = _difference(per, base)
+        corpora: dict[str, Any] = {}
+        for (task, enc, protocol, metric), per in sorted(values.items()):
+            method, at, _ = enc.partition("@")
+            base = values.get((task, method, protocol, metric)) if at else None
+            if not base:
+                continue
+            node = corpora.setdefault(task, {}).setdefault(enc, {"baseline": method})
+            node.setdefault(protocol, {})[metric] = _difference(per, base)
+        self.doc["summary"], self.doc["lifts"], self.doc["corpus_differences"] = summary, lifts, corpora
 
 
 def fold_means(per: dict[tuple[int, int], float]) -> dict[int, float]:
@@ -100,6 +104,18 @@ def fold_means(per: dict[tuple[int, int], float]) -> dict[int, float]:
     for (fold, _seed), v in per.items():
         by_fold[fold].append(v)
     return {fold: sum(vs) / len(vs) for fold, vs in sorted(by_fold.items())}
+
+
+def _difference(per: dict[tuple[int, int], float], base: dict[tuple[int, int], float]) -> dict[str, Any]:
+    """``per`` minus ``base`` paired by fold: the interval, whether it excludes zero, what could be
+    detected, and the folds."""
+    d = paired_difference(*_paired_fold_means(per, base))
+    return {
+        **_interval(d.difference),
+        "resolved": d.difference.excludes_zero,
+        "detectable": d.detectable,
+        "folds": list(d.pairs),
+    }
 
 
 def _paired_fold_means(

@@ -3,6 +3,8 @@ one results JSON.
 
 Resumable at the grain of one (task, encoder, fold, seed): a finished evaluation is kept in the JSON and
 read back by the next run of the same command (pre-training runs are resumed from their run folders).
+An entry stored without a protocol it should have (one added to ultrassl since, such as classification
+fine-tuning) is completed: only the missing protocol runs and is merged in.
 The options that decide the numbers (budget, input size, epochs, probes) are stored with the results; a
 later run with other values is refused rather than mixing two designs in one table. Tasks, encoders,
 folds and seeds may grow between runs.
@@ -19,10 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from ultrassl.benchmark.encoders import EncoderChoice, choose_encoders
-from ultrassl.benchmark.evaluate import CLASSIFY_METRICS, SEGMENT_METRICS, Evaluator, ProbeSettings
-from ultrassl.benchmark.pretrain import PretrainBudget, calibrate, pretrain_fold
+from ultrassl.benchmark.evaluate import (
+    CLASSIFY_METRICS,
+    SEGMENT_METRICS,
+    Evaluator,
+    ProbeSettings,
+    fraction_protocol,
+)
+from ultrassl.benchmark.pretrain import Corpus, PretrainBudget, calibrate, pretrain_fold
 from ultrassl.benchmark.record import ResultsFile, result_key
-from ultrassl.benchmark.tasks import TASKS, PreparedTask, prepare_task
+from ultrassl.benchmark.tasks import CORPUS_TASKS, TASKS, PreparedTask, prepare_task
 from ultrassl.errors import ConfigError, UltrasslError
 
 __all__ = ["BenchmarkOptions", "BenchmarkResult", "run_benchmark"]
@@ -30,14 +38,26 @@ __all__ = ["BenchmarkOptions", "BenchmarkResult", "run_benchmark"]
 log = logging.getLogger("ultrassl.benchmark")
 
 #: what ``--quick`` changes (a first look in minutes: few folds, a small budget); stated in the JSON
-QUICK = {"folds": (0, 1), "seeds": (0, 1), "pretrain_minutes": 0.5, "seg_epochs": 3, "calib_steps": 6}
+QUICK = {
+    "folds": (0, 1),
+    "seeds": (0, 1),
+    "pretrain_minutes": 0.5,
+    "seg_epochs": 3,
+    "calib_steps": 6,
+    "ft_epochs": 3,
+    "label_fractions": (0.1, 0.25, 0.5),
+}
 FULL = {
     "folds": (0, 1, 2, 3, 4),
     "seeds": (0, 1, 2),
     "pretrain_minutes": 4.0,
     "seg_epochs": 10,
     "calib_steps": 12,
+    "ft_epochs": 15,
+    "label_fractions": (0.1, 0.25, 0.5),
 }
+#: fine-tuning modes of classification's "finetune" protocol (ClassifyConfig.mode without the probe)
+FT_MODES = ("full", "partial")
 #: options that decide the numbers: results made with other values are not mixed into one file
 DESIGN_KEYS = (
     "quick",
@@ -51,6 +71,11 @@ DESIGN_KEYS = (
     "pretrain_batch",
     "linear_c",
     "knn_k",
+    "label_fractions",
+    "ft_tasks",
+    "ft_mode",
+    "ft_epochs",
+    "ft_seeds",
 )
 RESULTS_NAME = "benchmark.json"
 
@@ -81,6 +106,16 @@ class BenchmarkOptions:
     pretrain_batch: int | None = None
     linear_c: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
     knn_k: tuple[int, ...] = (10, 20)
+    #: the linear probe's few-label curve: fractions of each class's training groups (1 is "linear")
+    label_fractions: tuple[float, ...] | None = None
+    #: classification tasks also fine-tuned (protocol "finetune"); POCUS' thousands of frames would take
+    #: hours on a CPU, so BUSI alone by default
+    ft_tasks: tuple[str, ...] = ("busi-classify",)
+    #: ClassifyConfig.mode of that fine-tuning: full (layer-wise lr decay, as MAE fine-tunes) | partial
+    ft_mode: str = "full"
+    ft_epochs: int | None = None
+    #: classification fine-tuning runs the first ``ft_seeds`` probe seeds (as ``seg_seeds``)
+    ft_seeds: int = 1
     #: the command line as typed (recorded)
     command: str = ""
 
@@ -95,6 +130,18 @@ class BenchmarkOptions:
             raise ConfigError("folds and seeds must not be empty; seg_seeds >= 1; img_size >= 16")
         if out.pretrain_minutes <= 0 or out.seg_epochs < 1 or out.calib_steps < 1:
             raise ConfigError("pretrain_minutes must be > 0; seg_epochs and calib_steps >= 1")
+        not_classify = [t for t in out.ft_tasks if t not in TASKS or TASKS[t].kind != "classify"]
+        if not_classify:
+            choose = ", ".join(t for t, s in TASKS.items() if s.kind == "classify")
+            raise ConfigError(
+                f"ft_tasks: {not_classify[0]!r} is not a classification task; choose from {choose}"
+            )
+        if out.ft_mode not in FT_MODES or out.ft_epochs < 1 or out.ft_seeds < 1:
+            raise ConfigError(
+                f"ft_mode must be {' | '.join(FT_MODES)} (got {out.ft_mode!r}); ft_epochs and ft_seeds >= 1"
+            )
+        if any(not 0 < f <= 1 for f in out.label_fractions):
+            raise ConfigError(f"label_fractions must be in (0, 1], got {list(out.label_fractions)}")
         return out
 
     def design(self) -> dict[str, Any]:
@@ -104,7 +151,9 @@ class BenchmarkOptions:
 @dataclass
 class BenchmarkResult:
     """What :func:`run_benchmark` did: the results JSON, its summaries, and how many evaluations ran
-    now or were read back from an earlier run."""
+    now or were read back from an earlier run. ``completed`` counts the evaluated entries that an
+    earlier run had stored without every protocol (e.g. before "finetune" existed): only their missing
+    protocols ran."""
 
     results_file: Path
     summary: dict[str, Any]
@@ -113,6 +162,7 @@ class BenchmarkResult:
     read_back: int
     seconds: float
     skipped: list[str] = field(default_factory=list)
+    completed: int = 0
 
 
 def _plain(v: Any) -> Any:
@@ -141,11 +191,27 @@ def _design_statement(opt: BenchmarkOptions) -> dict[str, Any]:
         "folds": list(opt.folds),
         "seeds": list(opt.seeds),
         "segmentation_seeds": list(opt.seeds[: opt.seg_seeds]),
+        "finetune_tasks": [t for t in opt.tasks if t in opt.ft_tasks],
+        "finetune_seeds": list(opt.seeds[: opt.ft_seeds]),
+        "finetune": (
+            f"classification fine-tuning ('finetune'; mode {opt.ft_mode}, {opt.ft_epochs} epochs, its epoch "
+            "picked on the seed's validation groups) on "
+            + (", ".join(t for t in opt.tasks if t in opt.ft_tasks) or "no task")
+            + f", seeds {list(opt.seeds[: opt.ft_seeds])}: the same folds and test frames as the frozen "
+            "probes, on fewer tasks and seeds because it costs far more time than a probe"
+        ),
+        "label_fractions": [f for f in opt.label_fractions if f < 1] + [1.0],
+        "few_labels": (
+            "'linear@f': the linear probe trained on a fraction f of each class's training groups (whole "
+            "groups, at least one per class; one seeded permutation per class and seed, so the smaller "
+            "subsets lie inside the larger), its C picked on the same validation groups; 'linear' is f = 1"
+        ),
         "repeats": (
             "each (fold, seed) is one value; a seed re-draws the validation groups carved from the fold's "
             "training groups (they pick the probe's C and k, and segmentation's epoch) and a random "
-            "encoder's initialisation. Pre-training runs once per fold (seed "
-            f"{opt.seed}): its own run-to-run spread is not in the intervals."
+            "encoder's initialisation. Pre-training runs once per corpus and fold (seed "
+            f"{opt.seed}; the tasks of one data set share it): its own run-to-run spread is not in the "
+            "intervals."
         ),
         "intervals": "95 % Student-t over the folds, each fold's seeds averaged first (they share the fold's "
         "test patients); lifts paired by fold with the random encoder of the same architecture, over the "
@@ -154,7 +220,8 @@ def _design_statement(opt: BenchmarkOptions) -> dict[str, Any]:
         "the intervals still lean narrow",
         "quick": (
             f"--quick: folds {list(opt.folds)}, seeds {list(opt.seeds)}, {opt.pretrain_minutes:g} min "
-            f"pre-training per fold, {opt.seg_epochs} segmentation epochs: a first look, not a result"
+            f"pre-training per fold, {opt.seg_epochs} segmentation epochs, {opt.ft_epochs} classification "
+            "fine-tuning epochs: a first look, not a result"
             if opt.quick
             else None
         ),
@@ -163,10 +230,13 @@ def _design_statement(opt: BenchmarkOptions) -> dict[str, Any]:
 
 class _Encoders:
     """Backbones of the chosen encoders: loaded fresh for every evaluation (segmentation trains the
-    encoder it is given), pre-trained per fold on first use."""
+    encoder it is given), pre-trained per corpus and fold on first use (so the tasks of one data set
+    share their pre-training runs)."""
 
     def __init__(self, opt: BenchmarkOptions, store: ResultsFile):
         self.opt, self.store = opt, store
+        #: the prepared tasks pre-training corpora are read through, by task name
+        self._tasks: dict[str, PreparedTask] = {}
         self.budget = PretrainBudget(
             opt.pretrain_minutes,
             opt.calib_steps,
@@ -193,19 +263,37 @@ class _Encoders:
             )
         if enc.source == "weights":
             return load_backbone(enc.weights)
-        return load_backbone(self.pretrained(enc.name, task, fold))
+        return load_backbone(self.pretrained(enc, task, fold))
 
-    def pretrained(self, name: str, task: PreparedTask, fold: int) -> Path:
-        work = self.opt.out / "work" / task.name
+    def corpus(self, enc: EncoderChoice, task: PreparedTask) -> Corpus:
+        """What ``enc`` pre-trains on for ``task``: the task's data set, the one named after ``@``, or
+        every data set (``@multi``), each read through its :data:`CORPUS_TASKS` task."""
+        name = enc.corpus or task.spec.folder
+        folders = list(CORPUS_TASKS) if name == "multi" else [name]
+        tasks = []
+        for folder in folders:
+            corpus_task = CORPUS_TASKS[folder]
+            if corpus_task not in self._tasks:
+                self._tasks[corpus_task] = (
+                    task
+                    if corpus_task == task.name
+                    else prepare_task(corpus_task, self.opt.data, self.opt.out / "work", seed=self.opt.seed)
+                )
+            tasks.append(self._tasks[corpus_task])
+        return Corpus(name, tuple(tasks))
+
+    def pretrained(self, enc: EncoderChoice, task: PreparedTask, fold: int) -> Path:
+        corpus = self.corpus(enc, task)
+        work = self.opt.out / "work" / "pretrain" / corpus.name
         calib = self.store.doc.setdefault("calibration", {})
-        key = f"{task.name}/{name}"
+        key = f"{corpus.name}/{enc.method}"
         if key not in calib:
             t0 = time.monotonic()
-            calib[key] = calibrate(task, name, self.budget, work, log.info)
+            calib[key] = calibrate(corpus, enc.method, self.budget, work, log.info)
             self.store.doc.setdefault("steps", {})[f"calibrate/{key}"] = round(time.monotonic() - t0, 1)
             self.store.save()
-        run, info = pretrain_fold(task, fold, name, calib[key]["steps"], self.budget, work, log.info)
-        self.store.doc.setdefault("pretrain", {})[f"{task.name}/fold{fold}/{name}"] = info
+        run, info = pretrain_fold(corpus, fold, enc.method, calib[key]["steps"], self.budget, work, log.info)
+        self.store.doc.setdefault("pretrain", {})[f"{corpus.name}/fold{fold}/{enc.method}"] = info
         self.store.save()
         return run
 
@@ -246,9 +334,17 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
     store.doc["encoders"] = {e.name: {k: v for k, v in asdict(e).items() if k != "name"} for e in encoders}
     store.save()
 
-    settings = ProbeSettings(opt.linear_c, opt.knn_k, opt.seg_epochs, device=opt.device)
+    settings = ProbeSettings(
+        opt.linear_c,
+        opt.knn_k,
+        opt.seg_epochs,
+        device=opt.device,
+        label_fractions=opt.label_fractions,
+        ft_mode=opt.ft_mode,
+        ft_epochs=opt.ft_epochs,
+    )
     loader = _Encoders(opt, store)
-    evaluated = read_back = 0
+    evaluated = read_back = completed = 0
     skipped: list[str] = []
     for name in opt.tasks:
         t0 = time.monotonic()
@@ -274,33 +370,52 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
             for enc in encoders:
                 for seed in seeds:
                     key = result_key(name, enc.name, k, seed)
-                    if key in store.results:
+                    stored = store.results.get(key)
+                    # an entry of an earlier run may lack a protocol added since (e.g. "finetune")
+                    missing = [
+                        p
+                        for p in expected_protocols(opt, task, seed)
+                        if not stored or p not in stored["metrics"]
+                    ]
+                    if not missing:
                         read_back += 1
                         continue
                     t0 = time.monotonic()
                     backbone = loader.backbone(enc, task, k, seed)
-                    t1 = time.monotonic()
-                    if classify:
-                        metrics = ev.classify(backbone, k, seed)
-                    else:
-                        folder = opt.out / "work" / name / "eval" / enc.name / f"fold{k}_seed{seed}"
-                        metrics = ev.segment(backbone, k, seed, folder)
-                    store.put(
-                        key,
-                        {
-                            "task": name,
-                            "encoder": enc.name,
-                            "twin": enc.twin,
-                            "fold": k,
-                            "seed": seed,
-                            "metric_names": list(CLASSIFY_METRICS if classify else SEGMENT_METRICS),
-                            "metrics": metrics,
-                            "seconds": round(time.monotonic() - t1, 2),
-                            "seconds_with_encoder": round(time.monotonic() - t0, 2),
-                        },
-                    )
+                    encoder_s = time.monotonic() - t0
+                    work = opt.out / "work" / name / "eval" / enc.name
+                    entry = stored or {
+                        "task": name,
+                        "encoder": enc.name,
+                        "twin": enc.twin,
+                        "fold": k,
+                        "seed": seed,
+                        "metric_names": list(CLASSIFY_METRICS if classify else SEGMENT_METRICS),
+                        "metrics": {},
+                    }
+                    for part in _parts(missing, classify):
+                        t1 = time.monotonic()
+                        if part == "frozen":
+                            metrics = ev.classify(backbone, k, seed)
+                        elif part == "finetune":
+                            metrics = ev.classify_finetune(backbone, k, seed, work / f"ft_fold{k}_seed{seed}")
+                        else:
+                            metrics = ev.segment(backbone, k, seed, work / f"fold{k}_seed{seed}")
+                        metrics = {p: m for p, m in metrics.items() if p in missing}  # stored ones stay
+                        seconds = time.monotonic() - t1
+                        entry = {
+                            **entry,
+                            "metrics": {**entry["metrics"], **metrics},
+                            "seconds": round(entry.get("seconds", 0.0) + seconds, 2),
+                            "seconds_with_encoder": round(
+                                entry.get("seconds_with_encoder", 0.0) + seconds + encoder_s, 2
+                            ),
+                        }
+                        encoder_s = 0.0
+                        store.put(key, entry)  # after each part: a kill in fine-tuning keeps the probes
+                        log.info(f"{key}: " + _describe(metrics))
                     evaluated += 1
-                    log.info(f"{key}: " + _describe(metrics))
+                    completed += stored is not None
     store.summarize()
     store.doc["seconds_last_run"] = round(time.monotonic() - t_start, 1)
     store.save()
@@ -312,7 +427,27 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
         read_back,
         time.monotonic() - t_start,
         skipped,
+        completed,
     )
+
+
+def expected_protocols(opt: BenchmarkOptions, task: PreparedTask, seed: int) -> tuple[str, ...]:
+    """The protocols the result entry of (``task``, ``seed``) holds under ``opt`` (resolved): a stored
+    entry without one of them is completed rather than read back as finished."""
+    if task.spec.kind != "classify":
+        return ("finetune",)
+    few = tuple(fraction_protocol(f) for f in sorted(set(opt.label_fractions)) if f < 1)
+    tuned = task.name in opt.ft_tasks and seed in opt.seeds[: opt.ft_seeds]
+    return ("linear", "knn", *few, *(("finetune",) if tuned else ()))
+
+
+def _parts(missing: list[str], classify: bool) -> list[str]:
+    """What to run for the ``missing`` protocols: the frozen probes (all in one, cheap), classification
+    fine-tuning, or segmentation."""
+    if not classify:
+        return ["segment"]
+    frozen = ["frozen"] if any(p != "finetune" for p in missing) else []
+    return frozen + (["finetune"] if "finetune" in missing else [])
 
 
 def _describe(metrics: dict[str, dict[str, Any]]) -> str:

@@ -32,6 +32,7 @@ from ultrassl.data.readers import probe
 from ultrassl.errors import UltrasslError
 
 __all__ = [
+    "CORPUS_TASKS",
     "TASKS",
     "DataLayoutError",
     "PreparedTask",
@@ -106,6 +107,12 @@ TASKS: dict[str, TaskSpec] = {
         ),
     )
 }
+
+
+#: each data set's pre-training corpus is read through one of its tasks (its folds and which training
+#: groups carry labels): the tasks of one data set share their test folds, so one pre-training per
+#: fold serves them all (busi-classify and busi-segment pre-train once)
+CORPUS_TASKS: dict[str, str] = {"pocus": "pocus-classify", "busi": "busi-classify", "hc18": "hc18-segment"}
 
 
 def task_names() -> list[str]:
