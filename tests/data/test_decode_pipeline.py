@@ -86,6 +86,38 @@ def test_a_hung_job_is_killed_its_worker_replaced_and_the_order_kept() -> None:
     assert not multiprocessing.active_children()  # killed, replaced, and all stopped at the end
 
 
+FORKED_SOLVE = """
+import torch
+from ultrassl.data.decode_pipeline import decode_files
+
+def solve(n):
+    a = torch.randn(n, n, dtype=torch.float64)
+    a = a @ a.T + n * torch.eye(n, dtype=torch.float64)
+    return torch.get_num_threads(), float(torch.linalg.cholesky(a).diagonal().sum())
+
+torch.set_num_threads(2)
+solve(600)  # this process's OpenMP pool is up before the fork
+print(list(decode_files(solve, [400, 500], workers=0, timeout=60.0)))
+"""
+
+
+def test_a_forked_worker_solves_with_one_thread_after_the_parent_used_its_pool(tmp_path) -> None:
+    """Regression: a decode worker forked (for the timeout alone) from a process that had run a
+    2-thread OpenMP region hung in its first Cholesky (UltraMAE's confidence maps), each file then
+    skipped after the 600 s timeout. The worker now runs one thread and finishes."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED_SOLVE], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = eval(done.stdout.strip().splitlines()[-1])  # noqa: S307 - our own printed list
+    assert [threads for threads, _ in results] == [1, 1]
+    assert all(isinstance(r, tuple) for r in results), results  # solved, not Skipped("decode timed out")
+
+
 def test_a_daemonic_process_decodes_in_itself(monkeypatch) -> None:
     """A multiprocessing.Pool worker (daemonic) may start no decode workers: the jobs run in it, in
     order, without a timeout, instead of failing deep inside multiprocessing."""

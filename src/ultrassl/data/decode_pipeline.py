@@ -225,9 +225,12 @@ def decode_files(
     at most four jobs per worker ahead of the one awaited, so finished results never pile up. A job
     not done ``timeout`` seconds after its worker got it gives ``Skipped("decode timed out after N
     s")`` and its worker is killed and replaced; a worker that dies gives ``Skipped("the decoder
-    crashed (...)")``; any other exception in ``fn`` is raised here. Workers started for a timeout alone
-    keep this process's torch threads, the others one each (processes scale, threads inside one
-    decode do not). ``workers=0`` without a timeout: here, in this process.
+    crashed (...)")``; any other exception in ``fn`` is raised here. A forked worker runs one torch
+    thread: GNU OpenMP (torch's CPU thread pool) does not survive ``fork``, and a child that enters a
+    parallel region of more than one thread after this process has used its pool waits forever (seen
+    with confidence maps' Cholesky solves behind a 600 s timeout per file), as PyTorch's own DataLoader
+    workers avoid by the same rule. A spawned worker started for a timeout alone keeps this process's
+    threads. ``workers=0`` without a timeout: here, in this process.
     """
     if (workers > 0 or timeout is not None) and multiprocessing.current_process().daemon:
         # a daemonic process (e.g. a multiprocessing.Pool worker calling the API) may start no children
@@ -239,8 +242,9 @@ def decode_files(
         return
     if not jobs:
         return
-    ctx = _fork_context() or multiprocessing.get_context()
-    threads = 1 if workers > 0 else torch.get_num_threads()
+    fork = _fork_context()
+    ctx = fork or multiprocessing.get_context()
+    threads = 1 if workers > 0 or fork is not None else torch.get_num_threads()
     n_workers = max(1, workers)
 
     def start() -> _Worker:
