@@ -320,6 +320,29 @@ def test_a_multi_organ_corpus_leaves_every_data_sets_test_fold_out(data_root, tm
     }
 
 
+def test_ultramae_runs_share_one_confidence_cache_and_calibrations_draw_no_pictures(tmp_path, monkeypatch):
+    """Every UltraMAE run of the benchmark (calibration, each fold, each corpus) names the same
+    confidence-map folder, so a file's map is solved once; other methods get no such key."""
+    from ultrassl import workflow
+    from ultrassl.benchmark import pretrain
+    from ultrassl.benchmark.encoders import METHOD_CACHES
+
+    calls = []
+    monkeypatch.setattr(workflow, "pretrain", lambda *a, **k: calls.append(k))
+    budget = pretrain.PretrainBudget(1.0, overrides=("train.batch_size=8",))
+    for name, calibration in (("ultramae", True), ("ultramae", False), ("mae", False)):
+        pretrain._run(
+            name, tmp_path / "m.csv", tmp_path / "run", budget, 20, calibration, tmp_path / "caches"
+        )
+    key = METHOD_CACHES["ultramae"]
+    assert [c["set"] for c in calls] == [
+        [f"{key}={tmp_path / 'caches' / key}", "train.batch_size=8"],
+        [f"{key}={tmp_path / 'caches' / key}", "train.batch_size=8"],
+        ["train.batch_size=8"],
+    ]
+    assert [c["previews"] for c in calls] == [{"every": 0}, {}, {}]
+
+
 # ----------------------------------------------------------------------------------------------------
 # encoders
 

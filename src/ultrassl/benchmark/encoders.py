@@ -18,6 +18,7 @@ from ultrassl.errors import ConfigError
 
 __all__ = [
     "CORPORA",
+    "METHOD_CACHES",
     "METHOD_PRESETS",
     "SCRATCH_ARCHS",
     "EncoderChoice",
@@ -46,6 +47,11 @@ METHOD_PRESETS: dict[str, str] = {
 
 #: the corpora a method may name after ``@``: one data set's folder, or all of them
 CORPORA: tuple[str, ...] = ("multi", "pocus", "busi", "hc18")
+
+
+#: config keys of a method that name a folder its runs may share (work done once per file, reused by
+#: the calibration, every fold and every corpus): UltraMAE's confidence maps
+METHOD_CACHES: dict[str, str] = {"ultramae": "ultramae.confidence_cache"}
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 from ultrassl import time_budget
 from ultrassl.atomic import atomic_write_text
-from ultrassl.benchmark.encoders import METHOD_PRESETS
+from ultrassl.benchmark.encoders import METHOD_CACHES, METHOD_PRESETS
 from ultrassl.benchmark.tasks import PreparedTask
 from ultrassl.data.manifest import read_manifest, write_manifest
 
@@ -76,7 +76,13 @@ def pretrain_manifest(corpus: PreparedTask | Sequence[PreparedTask], k: int, out
 
 
 def _run(
-    name: str, manifest: Path, run: Path, budget: PretrainBudget, max_steps: int, calibration: bool
+    name: str,
+    manifest: Path,
+    run: Path,
+    budget: PretrainBudget,
+    max_steps: int,
+    calibration: bool,
+    caches: Path,
 ) -> Any:
     from ultrassl import workflow
     from ultrassl.config import load_preset
@@ -89,13 +95,17 @@ def _run(
     if warm > 0:
         optim["warmup_steps"] = time_budget.warmup_steps(max_steps)
     s = budget.img_size
+    # a method's shareable cache in one folder for every corpus (``caches/<key>``), so that e.g.
+    # UltraMAE solves each file's confidence map once for all runs of the benchmark
+    cache = METHOD_CACHES.get(name)
+    shared = [f"{cache}={caches / cache}"] if cache else []
     return workflow.pretrain(
         name,
         {"manifest": str(manifest), "num_workers": 0, "scan_area": True},
         run,
         preset=preset,
         resume="fresh" if calibration else "auto",
-        set=list(budget.overrides),
+        set=[*shared, *budget.overrides],
         max_steps=max_steps,
         seed=budget.seed,
         device=budget.device,
@@ -105,6 +115,7 @@ def _run(
         time_limit=None if calibration else 3 * budget.minutes,
         encoder={"img_size": [s, s]},
         train={"tensorboard": False, "log_every": 1 if calibration else 10},
+        previews={"every": 0} if calibration else {},
         **({"optim": optim} if optim else {}),
     )
 
@@ -120,7 +131,7 @@ def calibrate(
 
     # the measurement and the step count are pretrain --schedule-to-time-limit's (ultrassl.time_budget)
     def brief(where: Path, steps: int) -> Any:
-        return _run(name, manifest, where, budget, steps, calibration=True)
+        return _run(name, manifest, where, budget, steps, calibration=True, caches=work.parent / "caches")
 
     measured = time_budget.calibrate(brief, run, budget.calib_steps)
     rate, batch, seconds = measured.samples_per_s, measured.batch, measured.seconds
@@ -139,7 +150,8 @@ def pretrain_fold(
     log: Callable[[str], None],
 ) -> tuple[Path, dict[str, Any]]:
     """Pre-train method ``name`` on the corpus' fold-``k`` training part for ``steps`` steps (resumable:
-    a run folder marked done is read back); returns the run folder and what the run did."""
+    a run folder marked done is read back) in ``work`` (the corpus' folder; its parent keeps the caches
+    every corpus shares); returns the run folder and what the run did."""
     run = work / "runs" / f"fold{k}" / name
     done = run / "benchmark_done.json"
     if done.exists():
@@ -147,7 +159,7 @@ def pretrain_fold(
     manifest = pretrain_manifest(corpus.tasks, k, work / "manifests" / f"fold{k}_{name}.csv")
     log(f"pre-training {name} on {corpus.name} fold {k}: {steps} steps ({budget.minutes:g} min budget)")
     t0 = time.monotonic()
-    result = _run(name, manifest, run, budget, steps, calibration=False)
+    result = _run(name, manifest, run, budget, steps, calibration=False, caches=work.parent / "caches")
     info = {
         "steps": result.steps,
         "planned_steps": steps,
