@@ -328,7 +328,9 @@ def test_ultramae_runs_share_one_confidence_cache_and_calibrations_draw_no_pictu
     from ultrassl.benchmark.encoders import METHOD_CACHES
 
     calls = []
-    monkeypatch.setattr(workflow, "pretrain", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(
+        workflow, "pretrain", lambda method, data, out, **k: calls.append({**k, "data": data})
+    )
     budget = pretrain.PretrainBudget(1.0, overrides=("train.batch_size=8",))
     for name, calibration in (("ultramae", True), ("ultramae", False), ("mae", False)):
         pretrain._run(
@@ -341,6 +343,7 @@ def test_ultramae_runs_share_one_confidence_cache_and_calibrations_draw_no_pictu
         ["train.batch_size=8"],
     ]
     assert [c["previews"] for c in calls] == [{"every": 0}, {}, {}]
+    assert {c["data"]["frame_cache"] for c in calls} == {str(tmp_path / "caches" / "frames")}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -101,7 +101,14 @@ def _run(
     shared = [f"{cache}={caches / cache}"] if cache else []
     return workflow.pretrain(
         name,
-        {"manifest": str(manifest), "num_workers": 0, "scan_area": True},
+        # decoded frames in one on-disk store per manifest and decode setting, mapped again by the
+        # calibration, the fold's run and every method that decodes the same way
+        {
+            "manifest": str(manifest),
+            "num_workers": 0,
+            "scan_area": True,
+            "frame_cache": str(caches / "frames"),
+        },
         run,
         preset=preset,
         resume="fresh" if calibration else "auto",
