@@ -42,13 +42,9 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from ultrassl.hardware import cpu_name as name
+
+    return name()
 
 
 def git_revision(where: Path = ROOT, *, short: bool = True, scope: str | None = None) -> str | None:

@@ -217,10 +217,10 @@ def test_a_multi_organ_row_is_compared_with_its_single_organ_method(tmp_path):
     tables = [t for t in block.split("\n\n") if t.startswith("| ")]
     assert len(tables) == 2
     main, corpus = ({r[0]: r[1:] for r in _rows(t)} for t in tables)
-    assert "deblur-mae@multi (vs scratch (ViT-T))" in main
+    assert "Deblurring MAE on POCUS+BUSI+HC18 (vs scratch (ViT-T))" in main
     d = doc["corpus_differences"]["busi-classify"]["deblur-mae@multi"]
     assert d["baseline"] == "deblur-mae" and d["linear"]["balanced_accuracy"]["mean"] > 0.03
-    row = corpus["deblur-mae@multi (vs Deblurring MAE)"]
+    row = corpus["Deblurring MAE on POCUS+BUSI+HC18 (vs Deblurring MAE)"]
     assert row[0] == page.lift_cell(d["linear"]["balanced_accuracy"]) and row[0].endswith(", resolved")
     assert corpus["encoder"] == ["linear probe: difference", "k-NN: difference"]
     assert "Pre-training corpus: each row's balanced accuracy minus" in block

@@ -122,9 +122,16 @@ def resolved(lift: dict[str, Any]) -> bool:
     return low is not None and high is not None and (low > 0 or high < 0)
 
 
+#: what a method pre-trained on another corpus (``deblur-mae@multi``) pre-trained on, in the tables
+CORPUS_NAMES = {"multi": "POCUS+BUSI+HC18", "pocus": "POCUS", "busi": "BUSI", "hc18": "HC18"}
+
+
 def name(encoder: str) -> str:
     if encoder.startswith("scratch-like-"):
         return f"random twin of {encoder.removeprefix('scratch-like-')}"
+    method, at, corpus = encoder.partition("@")
+    if at:
+        return f"{NAMES.get(method, method)} on {CORPUS_NAMES.get(corpus, corpus)}"
     return NAMES.get(encoder, encoder)
 
 

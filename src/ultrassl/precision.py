@@ -21,7 +21,6 @@ import copy
 import hashlib
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from torch import nn
 
 from ultrassl.attention import fused_attention_for, set_fused_attention
 from ultrassl.errors import ConfigError
+from ultrassl.hardware import cpu_name
 from ultrassl.rng import capture_rng, restore_rng
 
 #: the names ``train.precision`` takes, and the autocast dtype of each (None: no autocast)
@@ -224,13 +224,7 @@ def _shapes(batch: Any) -> Any:
 def _machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name} x{torch.get_num_threads()} threads"
+    return f"{cpu_name()} x{torch.get_num_threads()} threads"
 
 
 def cache_key(model: nn.Module, batch: Any, device: torch.device, names: tuple[str, ...], extra: str) -> str:

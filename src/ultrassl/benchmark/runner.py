@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from ultrassl.benchmark.pretrain import Corpus, PretrainBudget, calibrate, pretr
 from ultrassl.benchmark.record import ResultsFile, result_key
 from ultrassl.benchmark.tasks import CORPUS_TASKS, TASKS, PreparedTask, prepare_task
 from ultrassl.errors import ConfigError, UltrasslError
+from ultrassl.hardware import cpu_name
 
 __all__ = ["BenchmarkOptions", "BenchmarkResult", "run_benchmark"]
 
@@ -179,7 +179,7 @@ def machine() -> dict[str, Any]:
     info.pop("argv", None)
     return {
         **info,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
