@@ -50,8 +50,10 @@ class ResultsFile:
         atomic_write_text(self.path, json.dumps(jsonable(self.doc), indent=1) + "\n")
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
+        """Keep one finished evaluation (saved at once; the summaries are rebuilt by :meth:`summarize`,
+        which the runner calls after each task: rebuilding them after every evaluation cost more than
+        the evaluations of a ``--quick`` run)."""
         self.results[key] = entry
-        self.summarize()
         self.save()
 
     def summarize(self) -> None:

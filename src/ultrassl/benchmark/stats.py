@@ -20,6 +20,7 @@ states the design beside them.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
     return Interval(mean, mean - half, mean + half, n, sd, confidence)
 
 
+@functools.lru_cache(maxsize=65536)  # a summary asks again for every unchanged row (a root of integrals)
 def detectable_difference(sd: float | None, n: int, alpha: float = 0.05, power: float = 0.8) -> float | None:
     """The smallest true mean difference a two-sided paired t-test at ``alpha`` finds with probability
     ``power``, given ``n`` pairs whose differences spread with standard deviation ``sd``.
