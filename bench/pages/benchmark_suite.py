@@ -287,7 +287,7 @@ def task_table(doc: dict[str, Any], task: str) -> list[str]:
             f"{PROTOCOL_NAMES.get(p, p)}: lift",
         ]
     head.append("folds")
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    rows = []
     for enc in encoder_order(doc, task):
         tw = twin(doc, task, enc)
         row = [name(enc) if tw is None else f"{name(enc)} (vs {name(tw)})"]
@@ -299,8 +299,8 @@ def task_table(doc: dict[str, Any], task: str) -> list[str]:
             if s and s.get("n"):
                 ns.add(s["n"])
         row.append(", ".join(str(n) for n in sorted(ns)) or "-")
-        lines.append("| " + " | ".join(row) + " |")
-    return lines
+        rows.append(row)
+    return table(head, rows)
 
 
 def percent(f: float) -> str:
