@@ -5,14 +5,18 @@ user's ~/.cache out of it)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 
-os.environ.setdefault(
-    "ULTRASSL_PRECISION_CACHE", os.path.join(tempfile.mkdtemp(prefix="ultrassl-precision-"), "precision.json")
-)
+if "ULTRASSL_PRECISION_CACHE" not in os.environ:
+    _precision_dir = tempfile.mkdtemp(prefix="ultrassl-precision-")
+    # one per test run (xdist workers inherit it): removed at exit rather than left in /tmp
+    atexit.register(shutil.rmtree, _precision_dir, ignore_errors=True)
+    os.environ["ULTRASSL_PRECISION_CACHE"] = os.path.join(_precision_dir, "precision.json")
 
 try:
     import torch

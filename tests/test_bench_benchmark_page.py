@@ -325,3 +325,17 @@ def test_committed_page_without_results_stays_as_written():
     assert render_docs.current(text, "BENCHMARK_SUITE") is not None
     assert "benchmark-results.md: BENCHMARK_SUITE" not in render_docs.stale()
     json.dumps(text)  # plain text
+
+
+def test_a_method_that_learns_from_labels_has_no_few_label_row(tmp_path):
+    """An encoder recorded as pre-trained on the training labels (USCL) keeps its main-table row but
+    gets none in the few-label table, which says why."""
+    results = tmp_path / "results"
+    doc = made_up_results(results / page.RESULTS_NAME, tuned=True)
+    doc["encoders"]["mae"]["learns_from_labels"] = True
+    (results / page.RESULTS_NAME).write_text(json.dumps(doc))
+    block = page.section(results).split("### `busi-classify`", 1)[1].split("\n### ", 1)[0]
+    main, few = ({r[0]: r[1:] for r in _rows(t)} for t in block.split("\n\n") if t.startswith("| "))
+    assert "MAE (vs scratch (ViT-T))" in main
+    assert list(few)[1:] == ["scratch (ViT-T)", "Deblurring MAE"]
+    assert "No row for MAE: a method that pre-trains on the fold's training labels" in block

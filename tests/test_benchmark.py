@@ -741,3 +741,124 @@ def test_the_command_runs_end_to_end(data_root, tmp_path, capsys):
     assert set(doc["pretrain"]) >= {"busi/fold0/mae", "busi/fold1/mae"}
     assert main(argv) == 0
     assert "0 evaluated" in capsys.readouterr().out
+
+
+def test_without_methods_quick_runs_deblurring_mae_and_the_full_table_every_method(tmp_path):
+    from ultrassl.benchmark import BenchmarkOptions
+    from ultrassl.benchmark.runner import TABLE_METHODS
+    from ultrassl.methods import method_names
+
+    quick = BenchmarkOptions(data=tmp_path, out=tmp_path, quick=True).resolved()
+    assert quick.methods == ("deblur-mae",) and quick.folds == (0, 1, 2)
+    full = BenchmarkOptions(data=tmp_path, out=tmp_path).resolved()
+    assert full.methods == TABLE_METHODS and full.folds == (0, 1, 2, 3, 4)
+    # the whole table: every registered method once on its own corpus, and one multi-organ row
+    assert sorted(m for m in TABLE_METHODS if "@" not in m) == sorted(method_names())
+    assert [m for m in TABLE_METHODS if "@" in m] == ["deblur-mae@multi"]
+    named = BenchmarkOptions(data=tmp_path, out=tmp_path, quick=True, methods=("mae",)).resolved()
+    assert named.methods == ("mae",)
+    weights_only = BenchmarkOptions(data=tmp_path, out=tmp_path, weights=(str(tmp_path),)).resolved()
+    assert weights_only.methods == ()
+
+
+def test_a_method_that_learns_from_labels_has_no_few_label_curve(tmp_path):
+    """USCL pre-trains on every training label of the fold, so a probe on 10 % of them is not a
+    few-label result: its entries hold the linear probe, k-NN and fine-tuning only."""
+    from types import SimpleNamespace
+
+    from ultrassl.benchmark import BenchmarkOptions
+    from ultrassl.benchmark.encoders import EncoderChoice
+    from ultrassl.benchmark.runner import expected_protocols, learns_from_labels
+
+    opt = BenchmarkOptions(data=tmp_path, out=tmp_path, quick=True).resolved()
+    task = SimpleNamespace(name="busi-classify", spec=SimpleNamespace(kind="classify"))
+    uscl = EncoderChoice("uscl", "method", arch="resnet18", twin="scratch-r18")
+    mae = EncoderChoice("mae", "method", arch="vit_tiny_patch16_224", twin="scratch-vit")
+    assert learns_from_labels(uscl) and not learns_from_labels(mae)
+    assert expected_protocols(opt, task, 0, uscl) == ("linear", "knn", "finetune")
+    assert expected_protocols(opt, task, 0, mae) == (
+        "linear",
+        "knn",
+        "linear@0.1",
+        "linear@0.25",
+        "linear@0.5",
+        "finetune",
+    )
+
+
+def test_an_entry_completed_after_its_pre_training_changed_is_evaluated_again(
+    data_root, tmp_path, monkeypatch
+):
+    """Each entry names the pre-training run it measured (run, steps, final loss). Completing an entry
+    (a protocol added since) from another pre-training would mix two encoders in one row, so such an
+    entry is evaluated anew; with the same pre-training only the missing protocol runs."""
+    import torch
+    from tiny import tiny_vit_spec
+
+    from ultrassl.benchmark import run_benchmark, runner
+    from ultrassl.checkpoint import export_encoder
+    from ultrassl.models.vit import create_encoder
+
+    spec = tiny_vit_spec((32, 32))
+    torch.manual_seed(0)
+    export = export_encoder(
+        create_encoder(spec), spec, tmp_path / "mae", method="mae", mean=[0.5], std=[0.25]
+    )
+    loss = {"value": 1.0}
+    monkeypatch.setattr(runner, "calibrate", lambda *a, **k: {"steps": 10})
+    monkeypatch.setattr(
+        runner, "pretrain_fold", lambda *a, **k: (export, {"steps": 10, "final_loss": loss["value"]})
+    )
+
+    def opts():
+        return _options(data_root, tmp_path / "out", methods=("mae",), folds=(0,), seeds=(0,))
+
+    path = run_benchmark(opts()).results_file
+    key = "busi-classify/mae/fold0/seed0"
+    entry = json.loads(path.read_text())["results"][key]
+    assert entry["pretrain"] == {"run": "busi/fold0/mae", "steps": 10, "final_loss": 1.0}
+    assert "pretrain" not in json.loads(path.read_text())["results"]["busi-classify/scratch-vit/fold0/seed0"]
+
+    def tamper() -> None:
+        doc = json.loads(path.read_text())
+        doc["results"][key]["metrics"]["linear"]["accuracy"] = -1.0  # a marker: kept unless re-evaluated
+        del doc["results"][key]["metrics"]["knn"]
+        path.write_text(json.dumps(doc))
+
+    tamper()
+    same = run_benchmark(opts())
+    assert (same.evaluated, same.completed) == (1, 1)
+    kept = json.loads(path.read_text())["results"][key]
+    assert kept["metrics"]["linear"]["accuracy"] == -1.0 and "knn" in kept["metrics"]
+
+    tamper()
+    loss["value"] = 0.5  # pre-trained again, differently
+    changed = run_benchmark(opts())
+    assert (changed.evaluated, changed.completed) == (1, 0)
+    anew = json.loads(path.read_text())["results"][key]
+    assert anew["metrics"]["linear"]["accuracy"] >= 0 and "knn" in anew["metrics"]
+    assert anew["pretrain"]["final_loss"] == 0.5
+
+
+def test_fine_tuned_tasks_and_few_label_points_may_grow_between_runs(data_root, tmp_path):
+    """They only add protocols to stored entries, so a later run may ask for more; the budget may not."""
+    from ultrassl.benchmark import run_benchmark
+    from ultrassl.errors import UltrasslError
+
+    def opts(**kw):
+        return _options(data_root, tmp_path, folds=(0,), seeds=(0,), **kw)
+
+    path = run_benchmark(opts(label_fractions=(0.5,))).results_file
+    grown = run_benchmark(opts(label_fractions=(0.25, 0.5), ft_tasks=("busi-classify",)))
+    assert (grown.evaluated, grown.completed) == (1, 1)
+    doc = json.loads(path.read_text())
+    assert set(doc["results"]["busi-classify/scratch-vit/fold0/seed0"]["metrics"]) == {
+        "linear",
+        "knn",
+        "linear@0.25",
+        "linear@0.5",
+        "finetune",
+    }
+    assert doc["design_options"]["label_fractions"] == [0.25, 0.5]
+    with pytest.raises(UltrasslError, match="another design .*ft_epochs 1 -> 2"):
+        run_benchmark(opts(ft_epochs=2))

@@ -323,10 +323,20 @@ def few_label_block(doc: dict[str, Any], task: str) -> list[str]:
         "larger ones), its C picked on the same validation groups.",
         "",
     ]
-    rows = [
-        [name(enc)] + [value_cell((summary.get(enc) or {}).get(p, {}).get(metric)) for p in cols]
-        for enc in encoder_order(doc, task)
-    ]
+    rows, without = [], []
+    encoders = doc.get("encoders") or {}
+    for enc in encoder_order(doc, task):
+        values = [(summary.get(enc) or {}).get(p, {}).get(metric) for p in cols]
+        learns_from_labels = (encoders.get(enc) or {}).get("learns_from_labels", False)
+        if any(v is not None for v in values[:-1]) and not learns_from_labels:
+            rows.append([name(enc)] + [value_cell(v) for v in values])
+        elif values[-1] is not None:
+            without.append(name(enc))
+    if without:
+        lines[0] += (
+            f" No row for {', '.join(without)}: a method that pre-trains on the fold's training labels "
+            "(USCL) has seen every one of them, so its curve would not be a few-label curve."
+        )
     return [*lines, *table(head, rows), ""]
 
 

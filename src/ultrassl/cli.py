@@ -336,8 +336,9 @@ def _benchmark_flags(sub: Any) -> None:
     s.add_argument(
         "--methods",
         default=None,
-        help="comma-separated: registered methods (pre-trained per fold), 'scratch' (their random twins), "
-        "or scratch-vit, scratch-convvit, scratch-r18",
+        help="comma-separated: registered methods (pre-trained per fold; METHOD@multi pre-trains on every "
+        "data set together), 'scratch' (their random twins), or scratch-vit, scratch-convvit, scratch-r18 "
+        "(default without --weights: every method and deblur-mae@multi; --quick: deblur-mae)",
     )
     s.add_argument(
         "--weights",
@@ -349,10 +350,10 @@ def _benchmark_flags(sub: Any) -> None:
     s.add_argument(
         "--quick",
         action="store_true",
-        help="a first look in minutes: folds 0,1, seeds 0,1, 0.5 min pre-training, 3 segmentation and 3 "
-        "classification fine-tuning epochs",
+        help="a first look in minutes: deblur-mae against its random twin (unless --methods), folds "
+        "0,1,2, seeds 0,1, 0.5 min pre-training, 3 segmentation and 3 classification fine-tuning epochs",
     )
-    s.add_argument("--folds", default=None, help="comma-separated test folds (default: 0-4; --quick 0,1)")
+    s.add_argument("--folds", default=None, help="comma-separated test folds (default: 0-4; --quick 0,1,2)")
     s.add_argument("--seeds", default=None, help="comma-separated probe seeds (default: 0,1,2; --quick 0,1)")
     s.add_argument(
         "--seg-seeds", type=int, default=1, help="segmentation runs the first N seeds (default: 1)"

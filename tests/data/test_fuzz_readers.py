@@ -4,9 +4,11 @@ nothing else escapes, nothing hangs, the process survives and its memory stays b
 
 from __future__ import annotations
 
+import atexit
 import faulthandler
 import io
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +27,8 @@ from ultrassl.errors import UnreadableFileError
 LIMITS = ReadLimits(max_pixels=4_000_000, max_frames=2_000, max_seconds=5.0)
 EXAMPLES = 1000  # per format: 5,000 files in all
 SECONDS_PER_FILE = 8.0
-_TMP = Path(tempfile.mkdtemp(prefix="ultrassl-fuzz-"))
+_TMP = Path(tempfile.mkdtemp(prefix="ultrassl-fuzz-"))  # module-wide: hypothesis examples outlive tmp_path
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 
 
 def _seed_files() -> dict[str, bytes]:

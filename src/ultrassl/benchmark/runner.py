@@ -37,9 +37,15 @@ __all__ = ["BenchmarkOptions", "BenchmarkResult", "run_benchmark"]
 
 log = logging.getLogger("ultrassl.benchmark")
 
-#: what ``--quick`` changes (a first look in minutes: few folds, a small budget); stated in the JSON
+#: the methods of the whole table (each with its random twin): every registered method on each task's
+#: own data set, and Deblurring MAE pre-trained on every data set together
+TABLE_METHODS = ("mae", "deblur-mae", "convmae", "deblur-convmae", "ultramae", "uscl", "deblur-mae@multi")
+#: what ``--quick`` changes (a first look in minutes: the package's main method against its random
+#: twin on every task, three folds so that an interval has two degrees of freedom, a small budget);
+#: stated in the JSON
 QUICK = {
-    "folds": (0, 1),
+    "methods": ("deblur-mae",),
+    "folds": (0, 1, 2),
     "seeds": (0, 1),
     "pretrain_minutes": 0.5,
     "seg_epochs": 3,
@@ -48,6 +54,7 @@ QUICK = {
     "label_fractions": (0.1, 0.25, 0.5),
 }
 FULL = {
+    "methods": TABLE_METHODS,
     "folds": (0, 1, 2, 3, 4),
     "seeds": (0, 1, 2),
     "pretrain_minutes": 4.0,
@@ -58,7 +65,9 @@ FULL = {
 }
 #: fine-tuning modes of classification's "finetune" protocol (ClassifyConfig.mode without the probe)
 FT_MODES = ("full", "partial")
-#: options that decide the numbers: results made with other values are not mixed into one file
+#: options that decide the numbers: results made with other values are not mixed into one file. Which
+#: tasks are fine-tuned, with how many seeds, and the few-label fractions only add protocols to entries
+#: (an entry stored without one is completed), so they may grow between runs like tasks and folds
 DESIGN_KEYS = (
     "quick",
     "pretrain_minutes",
@@ -71,12 +80,11 @@ DESIGN_KEYS = (
     "pretrain_batch",
     "linear_c",
     "knn_k",
-    "label_fractions",
-    "ft_tasks",
     "ft_mode",
     "ft_epochs",
-    "ft_seeds",
 )
+#: recorded with the design, but free to grow (see above)
+GROWING_KEYS = ("label_fractions", "ft_tasks", "ft_seeds")
 RESULTS_NAME = "benchmark.json"
 
 
@@ -87,6 +95,8 @@ class BenchmarkOptions:
     data: Path
     out: Path
     tasks: tuple[str, ...] = tuple(TASKS)
+    #: registered methods (``method@corpus`` too) and ``scratch*``; with neither ``methods`` nor
+    #: ``weights``, the ``--quick`` or full default (``QUICK["methods"]``, :data:`TABLE_METHODS`)
     methods: tuple[str, ...] = ()
     weights: tuple[str, ...] = ()
     quick: bool = False
@@ -123,6 +133,8 @@ class BenchmarkOptions:
         """The options with every None replaced by its ``--quick`` or full default, checked."""
         defaults = QUICK if self.quick else FULL
         out = replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        if not out.methods and not out.weights:
+            out = replace(out, methods=defaults["methods"])
         unknown = [t for t in out.tasks if t not in TASKS]
         if unknown:
             raise ConfigError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
@@ -145,7 +157,7 @@ class BenchmarkOptions:
         return out
 
     def design(self) -> dict[str, Any]:
-        return {k: _plain(getattr(self, k)) for k in DESIGN_KEYS}
+        return {k: _plain(getattr(self, k)) for k in (*DESIGN_KEYS, *GROWING_KEYS)}
 
 
 @dataclass
@@ -204,7 +216,8 @@ def _design_statement(opt: BenchmarkOptions) -> dict[str, Any]:
         "few_labels": (
             "'linear@f': the linear probe trained on a fraction f of each class's training groups (whole "
             "groups, at least one per class; one seeded permutation per class and seed, so the smaller "
-            "subsets lie inside the larger), its C picked on the same validation groups; 'linear' is f = 1"
+            "subsets lie inside the larger), its C picked on the same validation groups; 'linear' is f = 1. "
+            "Not for a method that pre-trains on the training labels (USCL): it saw every label of the fold"
         ),
         "repeats": (
             "each (fold, seed) is one value; a seed re-draws the validation groups carved from the fold's "
@@ -235,6 +248,9 @@ class _Encoders:
 
     def __init__(self, opt: BenchmarkOptions, store: ResultsFile):
         self.opt, self.store = opt, store
+        #: the pre-training run behind the backbone :meth:`backbone` returned last (None: not pre-trained
+        #: here); kept in each result entry, so that completing an entry never mixes two pre-trainings
+        self.identity: dict[str, Any] | None = None
         #: the prepared tasks pre-training corpora are read through, by task name
         self._tasks: dict[str, PreparedTask] = {}
         self.budget = PretrainBudget(
@@ -253,6 +269,7 @@ class _Encoders:
         from ultrassl.models.spec import EncoderSpec
 
         s = self.opt.img_size
+        self.identity = None
         if enc.source == "scratch":
             spec = EncoderSpec(enc.arch, (s, s), 16, 1)
             return load_backbone("scratch", scratch_spec=spec, seed=seed)
@@ -293,8 +310,10 @@ class _Encoders:
             self.store.doc.setdefault("steps", {})[f"calibrate/{key}"] = round(time.monotonic() - t0, 1)
             self.store.save()
         run, info = pretrain_fold(corpus, fold, enc.method, calib[key]["steps"], self.budget, work, log.info)
-        self.store.doc.setdefault("pretrain", {})[f"{corpus.name}/fold{fold}/{enc.method}"] = info
+        name = f"{corpus.name}/fold{fold}/{enc.method}"
+        self.store.doc.setdefault("pretrain", {})[name] = info
         self.store.save()
+        self.identity = {"run": name, "steps": info.get("steps"), "final_loss": info.get("final_loss")}
         return run
 
 
@@ -331,7 +350,13 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
     store.doc["options"] = {k: _plain(v) for k, v in asdict(opt).items() if k != "command"}
     store.doc["options"]["data"], store.doc["options"]["out"] = str(opt.data), str(opt.out)
     store.doc["design"] = _design_statement(opt)
-    store.doc["encoders"] = {e.name: {k: v for k, v in asdict(e).items() if k != "name"} for e in encoders}
+    store.doc["encoders"] = {
+        e.name: {
+            **{k: v for k, v in asdict(e).items() if k != "name"},
+            "learns_from_labels": learns_from_labels(e),
+        }
+        for e in encoders
+    }
     store.save()
 
     settings = ProbeSettings(
@@ -374,7 +399,7 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
                     # an entry of an earlier run may lack a protocol added since (e.g. "finetune")
                     missing = [
                         p
-                        for p in expected_protocols(opt, task, seed)
+                        for p in expected_protocols(opt, task, seed, enc)
                         if not stored or p not in stored["metrics"]
                     ]
                     if not missing:
@@ -383,6 +408,10 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
                     t0 = time.monotonic()
                     backbone = loader.backbone(enc, task, k, seed)
                     encoder_s = time.monotonic() - t0
+                    if stored and stored.get("pretrain", loader.identity) != loader.identity:
+                        # pre-trained again since (its run folder was removed): every protocol anew
+                        log.info(f"{key}: its pre-training changed since it was stored; evaluating it again")
+                        stored, missing = None, list(expected_protocols(opt, task, seed, enc))
                     work = opt.out / "work" / name / "eval" / enc.name
                     entry = stored or {
                         "task": name,
@@ -393,6 +422,8 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
                         "metric_names": list(CLASSIFY_METRICS if classify else SEGMENT_METRICS),
                         "metrics": {},
                     }
+                    if loader.identity is not None:
+                        entry["pretrain"] = loader.identity
                     for part in _parts(missing, classify):
                         t1 = time.monotonic()
                         if part == "frozen":
@@ -433,14 +464,26 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
     )
 
 
-def expected_protocols(opt: BenchmarkOptions, task: PreparedTask, seed: int) -> tuple[str, ...]:
-    """The protocols the result entry of (``task``, ``seed``) holds under ``opt`` (resolved): a stored
-    entry without one of them is completed rather than read back as finished."""
+def expected_protocols(
+    opt: BenchmarkOptions, task: PreparedTask, seed: int, enc: EncoderChoice | None = None
+) -> tuple[str, ...]:
+    """The protocols the result entry of (``task``, ``seed``, ``enc``) holds under ``opt`` (resolved): a
+    stored entry without one of them is completed rather than read back as finished. A method that
+    pre-trains on the training labels (USCL) has no few-label curve: it saw every label of the fold."""
     if task.spec.kind != "classify":
         return ("finetune",)
     few = tuple(fraction_protocol(f) for f in sorted(set(opt.label_fractions)) if f < 1)
+    if enc is not None and learns_from_labels(enc):
+        few = ()
     tuned = task.name in opt.ft_tasks and seed in opt.seeds[: opt.ft_seeds]
     return ("linear", "knn", *few, *(("finetune",) if tuned else ()))
+
+
+def learns_from_labels(enc: EncoderChoice) -> bool:
+    """Whether ``enc`` is a registered method that pre-trains on the manifest's labels."""
+    from ultrassl.methods import get_method
+
+    return enc.source == "method" and get_method(enc.method).uses_labels
 
 
 def _parts(missing: list[str], classify: bool) -> list[str]:

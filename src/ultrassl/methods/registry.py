@@ -71,6 +71,9 @@ class MethodSpec(Generic[C]):
     prepare: Callable[[C], None] | None = None
     #: the model output whose held-out mean picks ``best.pt`` (for methods whose data holds some out)
     val_key: str = "loss"
+    #: learns from the manifest's labels (semi-supervised, as USCL): an evaluation that limits the labels
+    #: (a few-label curve) would have to limit them in pre-training too
+    uses_labels: bool = False
     #: the method's config dataclass (a :class:`PretrainConfig` subclass whose ``method`` defaults to
     #: ``name``); None: made from ``sections`` and ``defaults`` on first use
     config: type[C] | None = None

@@ -340,6 +340,7 @@ register_method(
         build_data=build_data,
         prepare=prepare,
         val_key="nt_xent",
+        uses_labels=True,
         config=USCLPretrainConfig,
     )
 )
