@@ -346,6 +346,20 @@ def test_ultramae_runs_share_one_confidence_cache_and_calibrations_draw_no_pictu
     assert {c["data"]["frame_cache"] for c in calls} == {str(tmp_path / "caches" / "frames")}
 
 
+def test_a_budget_schedule_keeps_the_presets_warm_up_and_constant_shares(tmp_path, monkeypatch):
+    """A ViT preset warms up for 5 % of the budget's steps; USCL's preset (no warm-up, lr constant for 10
+    of its 100 epochs) holds the lr for 10 % of them, whatever number of epochs the budget buys."""
+    from ultrassl import workflow
+    from ultrassl.benchmark import pretrain
+
+    calls = []
+    monkeypatch.setattr(workflow, "pretrain", lambda method, data, out, **k: calls.append(k))
+    budget = pretrain.PretrainBudget(1.0)
+    for name in ("deblur-mae", "uscl"):
+        pretrain._run(name, tmp_path / "m.csv", tmp_path / "run", budget, 400, False, tmp_path / "caches")
+    assert [c["optim"] for c in calls] == [{"warmup_steps": 20}, {"constant_steps": 40}]
+
+
 # ----------------------------------------------------------------------------------------------------
 # encoders
 

@@ -177,6 +177,38 @@ def test_a_config_without_warm_up_keeps_its_constant_start(tmp_path):
     assert fitted.train.max_steps == round(60 * 60 * 0.9 * 50 / 32) and fitted.optim.warmup_steps is None
 
 
+def test_uscls_constant_stretch_keeps_its_share_of_the_fitted_schedule(tmp_path):
+    """USCL holds the lr constant for 10 of its 100 epochs; fitted to a budget, 10 % of the steps."""
+    cfg = _config(epochs=100)
+    cfg.optim.warmup_epochs, cfg.optim.constant_epochs = 0.0, 10.0
+    fitted = time_budget.fit_schedule(cfg, tmp_path / "run", None, _fake_calibration([50.0] * 12))
+    steps = round(60 * 60 * 0.9 * 50 / 32)
+    assert fitted.train.max_steps == steps and fitted.optim.constant_steps == round(steps / 10)
+    assert json.loads((tmp_path / "run" / time_budget.RECORD).read_text())["constant_steps"] == round(
+        steps / 10
+    )
+    assert time_budget.constant_steps(0.0, 100, steps) is None
+    saved = {"train": {"schedule_to_time_limit": True, "max_steps": 500}, "optim": {"constant_steps": 50}}
+    resumed = time_budget.fit_schedule(
+        _config(), tmp_path / "r2", (tmp_path / "last.pt", {"config": saved}), _no_calibration
+    )
+    assert resumed.optim.constant_steps == 50
+
+
+def test_constant_steps_override_constant_epochs_in_the_schedule():
+    import torch
+
+    from ultrassl.config import OptimConfig
+    from ultrassl.training.optim import build_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ocfg = OptimConfig(warmup_steps=1, constant_epochs=10.0, constant_steps=30)
+    sched = build_schedule(opt, ocfg, 1.0, steps_per_epoch=1, total_steps=100)
+    factors = [sched.lr_lambdas[0](s) for s in range(100)]
+    # the warm-up step, 30 constant steps, then the cosine's first step (still at its top)
+    assert factors.index(next(f for f in factors if f < 1.0)) == 1 + 30 + 1
+
+
 def test_a_resumed_run_takes_its_checkpoint_s_schedule_and_calibrates_nothing(tmp_path):
     saved = {"train": {"schedule_to_time_limit": True, "max_steps": 777}, "optim": {"warmup_steps": 39}}
     found = (tmp_path / "last.pt", {"config": saved})

@@ -228,6 +228,13 @@ class OptimConfig:
         default=0.0,
         metadata={"help": "constant lr for this many epochs after warm-up, before the cosine (USCL: 10)"},
     )
+    constant_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "the constant stretch in optimiser steps; overrides constant_epochs when set (a "
+            "schedule fitted to a time budget keeps the preset's share of it this way)"
+        },
+    )
     decay_all: bool = field(
         default=False,
         metadata={"help": "weight decay on biases and norm weights too (USCL decays every parameter)"},
@@ -247,6 +254,8 @@ class OptimConfig:
             raise ConfigError(f"name must be adamw|adam, got {self.name!r}")
         if self.constant_epochs < 0:
             raise ConfigError(f"constant_epochs must be >= 0, got {self.constant_epochs}")
+        if self.constant_steps is not None and self.constant_steps < 0:
+            raise ConfigError(f"constant_steps must be >= 0, got {self.constant_steps}")
         if self.accum_steps < 1:
             raise ConfigError(f"accum_steps must be at least 1, got {self.accum_steps}")
 

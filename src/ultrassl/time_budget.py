@@ -42,6 +42,7 @@ __all__ = [
     "Calibration",
     "calibrate",
     "calibration_config",
+    "constant_steps",
     "fit_schedule",
     "measured_rate",
     "steps_for",
@@ -135,6 +136,14 @@ def warmup_steps(steps: int) -> int:
     return max(1, round(WARMUP_SHARE * steps))
 
 
+def constant_steps(constant_epochs: float, epochs: float, steps: int) -> int | None:
+    """The constant stretch (USCL's 10 of 100 epochs) of a schedule of ``steps`` steps: the same share of
+    it as the config's ``constant_epochs`` of its ``epochs``; None where the config has none."""
+    if constant_epochs <= 0 or epochs <= 0:
+        return None
+    return round(min(1.0, constant_epochs / epochs) * steps)
+
+
 def has_warmup(optim: OptimConfig) -> bool:
     """Whether a config warms up at all (a constant start, as USCL's, keeps its own schedule)."""
     return (optim.warmup_steps if optim.warmup_steps is not None else optim.warmup_epochs) > 0
@@ -158,12 +167,15 @@ def calibration_config(cfg: PretrainConfig, steps: int) -> PretrainConfig:
     return out
 
 
-def _with_schedule(cfg: PretrainConfig, max_steps: int, warmup: int | None) -> PretrainConfig:
-    """``cfg`` with the schedule's length and warm-up set (new sections: the caller's stay as they are)."""
+def _with_schedule(
+    cfg: PretrainConfig, max_steps: int, warmup: int | None, constant: int | None
+) -> PretrainConfig:
+    """``cfg`` with the schedule's length, warm-up and constant stretch set (new sections: the caller's
+    stay as they are)."""
     return dataclasses.replace(
         cfg,
         train=dataclasses.replace(cfg.train, max_steps=max_steps),
-        optim=dataclasses.replace(cfg.optim, warmup_steps=warmup),
+        optim=dataclasses.replace(cfg.optim, warmup_steps=warmup, constant_steps=constant),
     )
 
 
@@ -196,7 +208,8 @@ def fit_schedule(
         if not (saved.get("train") or {}).get("schedule_to_time_limit"):
             return cfg
         steps = int(saved["train"]["max_steps"])
-        fitted = _with_schedule(cfg, steps, (saved.get("optim") or {}).get("warmup_steps"))
+        optim = saved.get("optim") or {}
+        fitted = _with_schedule(cfg, steps, optim.get("warmup_steps"), optim.get("constant_steps"))
         if is_main:
             log.info(
                 f"schedule: {steps:,} steps, as fitted when this run started ({RECORD}); no new calibration"
@@ -218,6 +231,9 @@ def fit_schedule(
     )
     steps = steps_for(minutes * SCHEDULE_SHARE, measured.samples_per_s, measured.batch)
     warmup = warmup_steps(steps) if has_warmup(cfg.optim) else cfg.optim.warmup_steps
+    constant = constant_steps(cfg.optim.constant_epochs, cfg.train.epochs, steps)
+    if constant is None:
+        constant = cfg.optim.constant_steps
     if is_main:
         shutil.rmtree(folder, ignore_errors=True)
         record = {
@@ -229,13 +245,15 @@ def fit_schedule(
             "calibration_seconds": round(measured.seconds, 1),
             "max_steps": steps,
             "warmup_steps": warmup,
+            "constant_steps": constant,
         }
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(run_dir) / RECORD, json.dumps(record, indent=2) + "\n")
         warm = f", warm-up {warmup:,}" if warmup else ""
+        warm += f", constant lr {constant:,}" if constant else ""
         log.info(
             f"schedule: {measured.samples_per_s:.1f} samples/s on this machine ({measured.steps}-step "
             f"calibration) -> {steps:,} steps of {measured.batch} samples{warm} "
             f"({SCHEDULE_SHARE:.0%} of the {minutes:g} min time limit; {RECORD})"
         )
-    return _with_schedule(cfg, steps, warmup)
+    return _with_schedule(cfg, steps, warmup, constant)

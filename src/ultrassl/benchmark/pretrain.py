@@ -90,10 +90,19 @@ def _run(
     preset = METHOD_PRESETS.get(name)
     optim: dict[str, Any] = {}
     # a short warm-up (5 %, as the presets' 5 of 100 epochs), then cosine to the end of the budget; a
-    # preset without warm-up (USCL's constant start) keeps its own schedule
-    warm = ((load_preset(preset).get("optim") or {}).get("warmup_epochs") if preset else None) or 0
+    # preset without warm-up (USCL's constant start) keeps none
+    values = load_preset(preset) if preset else {}
+    warm = (values.get("optim") or {}).get("warmup_epochs") or 0
     if warm > 0:
         optim["warmup_steps"] = time_budget.warmup_steps(max_steps)
+    # USCL's constant stretch (10 of its 100 epochs) keeps that share of the budget's steps
+    constant = time_budget.constant_steps(
+        (values.get("optim") or {}).get("constant_epochs") or 0,
+        (values.get("train") or {}).get("epochs") or 0,
+        max_steps,
+    )
+    if constant is not None:
+        optim["constant_steps"] = constant
     s = budget.img_size
     # a method's shareable cache in one folder for every corpus (``caches/<key>``), so that e.g.
     # UltraMAE solves each file's confidence map once for all runs of the benchmark

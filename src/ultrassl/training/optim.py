@@ -100,7 +100,11 @@ def build_schedule(
         ocfg.warmup_steps if ocfg.warmup_steps is not None else round(ocfg.warmup_epochs * steps_per_epoch)
     )
     min_factor = ocfg.min_lr / lr if lr > 0 else 0.0
-    constant = round(ocfg.constant_epochs * steps_per_epoch)
+    constant = (
+        ocfg.constant_steps
+        if ocfg.constant_steps is not None
+        else round(ocfg.constant_epochs * steps_per_epoch)
+    )
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupCosine(max(1, warmup), total_steps, min_factor, constant)
     )
