@@ -339,3 +339,43 @@ def test_a_method_that_learns_from_labels_has_no_few_label_row(tmp_path):
     assert "MAE (vs scratch (ViT-T))" in main
     assert list(few)[1:] == ["scratch (ViT-T)", "Deblurring MAE"]
     assert "No row for MAE: a method that pre-trains on the fold's training labels" in block
+
+
+def test_the_quick_run_has_its_own_section_without_the_figure(tmp_path):
+    results = tmp_path / "results"
+    assert page.quick_section(results) is None
+    made_up_results(results / page.QUICK_NAME)
+    text = page.quick_section(results)
+    assert text.startswith("## Results of `ultrassl benchmark --quick`")
+    assert f"Raw results: `bench/results/{page.QUICK_NAME}`." in text
+    assert page.PLOT.name not in text and "### `busi-classify`" in text
+
+
+def test_recipes_are_set_side_by_side_with_their_lifts(tmp_path):
+    """bench/pages/busi_recipes.py: one row per recipe and pre-trained encoder, the cells the lifts of
+    each recipe's own file, the verdict read off the intervals."""
+    from pages import busi_recipes
+
+    results = tmp_path / "results"
+    assert busi_recipes.section(results) is None
+    docs = {}
+    for name, change in (("base", "the CPU preset"), ("mask-0.9", "mask ratio 0.9")):
+        doc = made_up_results(tmp_path / name / page.RESULTS_NAME, tuned=True)
+        doc["recipe"] = {"name": name, "change": change, "driver": "python bench/busi_recipes.py"}
+        doc["pretrain"] = {
+            f"busi/fold{k}/deblur-mae": {"steps": 500 + k, "final_loss": 0.3} for k in range(4)
+        }
+        (results / busi_recipes.FOLDER).mkdir(parents=True, exist_ok=True)
+        (results / busi_recipes.FOLDER / f"{name}.json").write_text(json.dumps(doc))
+        docs[name] = doc
+    text = busi_recipes.section(results)
+    rows = {tuple(r[:2]): r[2:] for r in _rows(text.split("\n\n")[2])}
+    head = rows[("recipe", "encoder")]
+    assert head == ["pre-training", "linear probe: lift", "k-NN: lift", "fine-tuned: lift"]
+    cell = rows[("`mask-0.9`: mask ratio 0.9", "Deblurring MAE (vs scratch (ViT-T))")]
+    lift = docs["mask-0.9"]["lifts"]["busi-classify"]["deblur-mae"]["linear"]["balanced_accuracy"]
+    assert cell[1] == page.lift_cell(lift)
+    assert cell[0] == "4 runs of 500-503 steps, final loss 0.300-0.300"
+    assert rows[("`base`: the CPU preset", "MAE (vs scratch (ViT-T))")][0] == "-"
+    assert "Resolved above zero: `base` Deblurring MAE (linear probe)" in text
+    assert "`mask-0.9`: `ultrassl benchmark --data data" in text

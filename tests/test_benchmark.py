@@ -358,6 +358,19 @@ def test_a_budget_schedule_keeps_the_presets_warm_up_and_constant_shares(tmp_pat
     for name in ("deblur-mae", "uscl"):
         pretrain._run(name, tmp_path / "m.csv", tmp_path / "run", budget, 400, False, tmp_path / "caches")
     assert [c["optim"] for c in calls] == [{"warmup_steps": 20}, {"constant_steps": 40}]
+    # --pretrain-set comes on top of the preset: no warm-up asked, none given; steps given, kept
+    for overrides in (("optim.warmup_epochs=0",), ("optim.warmup_steps=3",)):
+        calls.clear()
+        pretrain._run(
+            "deblur-mae",
+            tmp_path / "m.csv",
+            tmp_path / "run",
+            pretrain.PretrainBudget(1.0, overrides=overrides),
+            400,
+            False,
+            tmp_path / "caches",
+        )
+        assert "optim" not in calls[0] and calls[0]["set"] == list(overrides)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -85,23 +85,19 @@ def _run(
     caches: Path,
 ) -> Any:
     from ultrassl import workflow
-    from ultrassl.config import load_preset
+    from ultrassl.methods import build_pretrain_config
 
     preset = METHOD_PRESETS.get(name)
+    # the schedule's shares, read from the preset with the user's --pretrain-set on top: a short
+    # warm-up (5 %, as the presets' 5 of 100 epochs) where the config warms up, USCL's constant stretch
+    # (10 of its 100 epochs) as the same share of the budget's steps; warm-up or constant steps given
+    # outright in --pretrain-set are kept
+    cfg = build_pretrain_config(name, preset, None, list(budget.overrides))
     optim: dict[str, Any] = {}
-    # a short warm-up (5 %, as the presets' 5 of 100 epochs), then cosine to the end of the budget; a
-    # preset without warm-up (USCL's constant start) keeps none
-    values = load_preset(preset) if preset else {}
-    warm = (values.get("optim") or {}).get("warmup_epochs") or 0
-    if warm > 0:
+    if cfg.optim.warmup_steps is None and time_budget.has_warmup(cfg.optim):
         optim["warmup_steps"] = time_budget.warmup_steps(max_steps)
-    # USCL's constant stretch (10 of its 100 epochs) keeps that share of the budget's steps
-    constant = time_budget.constant_steps(
-        (values.get("optim") or {}).get("constant_epochs") or 0,
-        (values.get("train") or {}).get("epochs") or 0,
-        max_steps,
-    )
-    if constant is not None:
+    constant = time_budget.constant_steps(cfg.optim.constant_epochs, cfg.train.epochs, max_steps)
+    if cfg.optim.constant_steps is None and constant is not None:
         optim["constant_steps"] = constant
     s = budget.img_size
     # a method's shareable cache in one folder for every corpus (``caches/<key>``), so that e.g.
