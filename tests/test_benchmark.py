@@ -788,6 +788,26 @@ def test_without_methods_quick_runs_deblurring_mae_and_the_full_table_every_meth
     assert weights_only.methods == ()
 
 
+def test_the_design_states_its_pre_training_runs_before_it_starts(tmp_path):
+    """Each method pre-trains once per data set it is evaluated on (busi-classify and busi-segment
+    share BUSI's) or per named corpus, and fold: the whole table's 6 methods x 3 data sets + 1 multi-organ
+    row, times 5 folds."""
+    from ultrassl.benchmark import BenchmarkOptions
+    from ultrassl.benchmark.encoders import choose_encoders
+    from ultrassl.benchmark.runner import _design_statement, pretraining_runs
+
+    full = BenchmarkOptions(data=tmp_path, out=tmp_path).resolved()
+    encoders = choose_encoders(full.methods)
+    assert len(pretraining_runs(full, encoders)) == 6 * 3 + 1
+    design = _design_statement(full, encoders)
+    assert design["pretraining_runs"] == 95
+    assert design["pretraining"].endswith(f"of 4 min: at least {95 * 4 / 60:.1f} h before any evaluation")
+    busi = BenchmarkOptions(
+        data=tmp_path, out=tmp_path, tasks=("busi-classify", "busi-segment"), methods=("mae", "mae@multi")
+    ).resolved()
+    assert pretraining_runs(busi, choose_encoders(busi.methods)) == ["busi/mae", "multi/mae"]
+
+
 def test_a_method_that_learns_from_labels_has_no_few_label_curve(tmp_path):
     """USCL pre-trains on every training label of the fold, so a probe on 10 % of them is not a
     few-label result: its entries hold the linear probe, k-NN and fine-tuning only."""

@@ -21,6 +21,8 @@ from .provenance import machine
 
 #: the results file (a copy of a run's ``OUT/benchmark.json``)
 RESULTS_NAME = "benchmark_suite.json"
+#: the default ``ultrassl benchmark --quick`` (its running time is the figure a first-time user meets)
+QUICK_NAME = "benchmark_quick.json"
 #: the lift figure (next to the page)
 PLOT = ROOT / "docs" / "benchmark_suite_lifts.png"
 #: the metric each kind of task is read by (the others stay in the JSON)
@@ -38,6 +40,14 @@ SCALE = 100.0
 def section(results: Path) -> str | None:
     doc = read_results(results / RESULTS_NAME)
     return markdown(doc) if doc else None
+
+
+def quick_section(results: Path) -> str | None:
+    """The BENCHMARK_QUICK section: ``ultrassl benchmark --quick`` as a user first runs it."""
+    doc = read_results(results / QUICK_NAME)
+    if not doc:
+        return None
+    return markdown(doc, QUICK_NAME, "Results of `ultrassl benchmark --quick`", figure=False)
 
 
 def figures(results: Path, docs: Path) -> list[Path]:
@@ -177,7 +187,7 @@ def lift_cell(lift: dict[str, Any] | None) -> str:
 # the section
 
 
-def provenance(doc: dict[str, Any]) -> list[str]:
+def provenance(doc: dict[str, Any], raw: str = RESULTS_NAME) -> list[str]:
     m = doc.get("machine") or {}
     cmds = list(
         dict.fromkeys([*(doc.get("commands") or []), *([doc["command"]] if doc.get("command") else [])])
@@ -195,7 +205,7 @@ def provenance(doc: dict[str, Any]) -> list[str]:
         )
         + f" at git {rev} on {machine(m)}{threads}"
         + (f" ({extra})" if extra else "")
-        + f". Raw results: `bench/results/{RESULTS_NAME}`.",
+        + f". Raw results: `bench/results/{raw}`.",
         "",
     ]
     design = doc.get("design") or {}
@@ -236,7 +246,11 @@ def provenance(doc: dict[str, Any]) -> list[str]:
         parts.append(f"k-NN k from {', '.join(str(k) for k in opts['knn_k'])}")
     if parts:
         lines += ["Design: " + "; ".join(parts) + ".", ""]
-    for key, title in (("repeats", "What varies"), ("intervals", "Intervals")):
+    for key, title in (
+        ("pretraining", "Pre-training"),
+        ("repeats", "What varies"),
+        ("intervals", "Intervals"),
+    ):
         if design.get(key):
             lines += [f"{title}: {design[key].rstrip('.')}.", ""]
     seconds = wall_seconds(doc)
@@ -416,11 +430,18 @@ def task_sentence(doc: dict[str, Any], task: str) -> str:
     return text
 
 
-def markdown(doc: dict[str, Any]) -> str:
+def markdown(
+    doc: dict[str, Any],
+    raw: str = RESULTS_NAME,
+    title: str = "Results of `ultrassl benchmark`",
+    figure: bool = True,
+) -> str:
+    """The section of the results document ``doc`` (``bench/results/<raw>``), with the lift figure
+    linked when ``figure``."""
     tasks = list((doc.get("tasks") or {}).keys())
     tasks += sorted(t for t in (doc.get("summary") or {}) if t not in tasks)
     tasks = [t for t in tasks if (doc.get("summary") or {}).get(t)]
-    lines = ["## Results of `ultrassl benchmark`", "", *provenance(doc)]
+    lines = [f"## {title}", "", *provenance(doc, raw)]
     lines += [
         "Each cell is the mean over folds with its 95 % interval, in points (%): balanced accuracy for "
         "classification, Dice for segmentation (the other metrics are in the JSON). A lift is the encoder's "
@@ -433,7 +454,7 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += [task_heading(doc, task), "", *task_table(doc, task), "", task_sentence(doc, task), ""]
         lines += few_label_block(doc, task)
         lines += corpus_block(doc, task)
-    if any((doc.get("lifts") or {}).get(t) for t in tasks):
+    if figure and any((doc.get("lifts") or {}).get(t) for t in tasks):
         lines += [
             f"![lift over the random twin per task and method, with 95 % intervals]({PLOT.name})",
             "",

@@ -198,8 +198,28 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _design_statement(opt: BenchmarkOptions) -> dict[str, Any]:
+def pretraining_runs(opt: BenchmarkOptions, encoders: list[EncoderChoice]) -> list[str]:
+    """The pre-training runs the design needs (``corpus/method``, once per fold): one per method and
+    corpus, the tasks of one data set sharing it."""
+    own = sorted({TASKS[t].folder for t in opt.tasks})
+    pairs = {
+        f"{corpus}/{enc.method}"
+        for enc in encoders
+        if enc.source == "method"
+        for corpus in ([enc.corpus] if enc.corpus else own)
+    }
+    return sorted(pairs)
+
+
+def _design_statement(opt: BenchmarkOptions, encoders: list[EncoderChoice]) -> dict[str, Any]:
+    runs = len(pretraining_runs(opt, encoders)) * len(opt.folds)
     return {
+        "pretraining_runs": runs,
+        "pretraining": (
+            f"{runs} pre-training runs (each method once per data set it is evaluated on, or per named "
+            f"corpus, and fold) of {opt.pretrain_minutes:g} min: at least "
+            f"{runs * opt.pretrain_minutes / 60:.1f} h before any evaluation"
+        ),
         "folds": list(opt.folds),
         "seeds": list(opt.seeds),
         "segmentation_seeds": list(opt.seeds[: opt.seg_seeds]),
@@ -349,7 +369,8 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
         commands.append(opt.command)
     store.doc["options"] = {k: _plain(v) for k, v in asdict(opt).items() if k != "command"}
     store.doc["options"]["data"], store.doc["options"]["out"] = str(opt.data), str(opt.out)
-    store.doc["design"] = _design_statement(opt)
+    store.doc["design"] = _design_statement(opt, encoders)
+    log.info(f"design: {store.doc['design']['pretraining']}")
     store.doc["encoders"] = {
         e.name: {
             **{k: v for k, v in asdict(e).items() if k != "name"},
