@@ -300,7 +300,7 @@ def method_config(
 
 def calibrate(ds: Dataset, method: str, opt: Options, res: Results) -> dict[str, Any]:
     """Images (or clips) per second of this method on this machine: a short run on fold 0's data."""
-    from ultrassl import api
+    from ultrassl import api, time_budget
 
     key = f"{ds.name}/{method}"
     have = res.doc.setdefault("calibration", {}).get(key)
@@ -313,16 +313,16 @@ def calibrate(ds: Dataset, method: str, opt: Options, res: Results) -> dict[str,
         import shutil
 
         shutil.rmtree(run)
-    cfg = method_config(method, manifest, opt, opt.calib_steps, calib=True)
-    t0 = time.monotonic()
-    api.pretrain(cfg, run, progress=opt.progress)
-    seconds = time.monotonic() - t0
-    with (run / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    rates = [float(r["samples_per_s"]) for r in rows if r.get("samples_per_s") and int(r["step"]) >= 3]
-    rate = float(np.median(rates))
-    batch = cfg.train.batch_size * cfg.optim.accum_steps
-    steps = max(10, round(opt.pretrain_minutes * 60 * rate / batch))
+    # the measurement and the step count are the package's (ultrassl.time_budget, as the benchmark's)
+    measured = time_budget.calibrate(
+        lambda where, n: api.pretrain(
+            method_config(method, manifest, opt, n, calib=True), where, progress=opt.progress
+        ),
+        run,
+        opt.calib_steps,
+    )
+    rate, batch, seconds = measured.samples_per_s, measured.batch, measured.seconds
+    steps = time_budget.steps_for(opt.pretrain_minutes, rate, batch)
     have = {
         "samples_per_s": rate,
         "batch": batch,
