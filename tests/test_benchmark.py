@@ -371,6 +371,11 @@ def test_a_budget_schedule_keeps_the_presets_warm_up_and_constant_shares(tmp_pat
             tmp_path / "caches",
         )
         assert "optim" not in calls[0] and calls[0]["set"] == list(overrides)
+    assert calls[0]["time_limit"] == 3.0  # a run that a busy machine slows down stops at 3x its budget
+    calls.clear()
+    given = pretrain.PretrainBudget(1.0, steps=400)
+    pretrain._run("deblur-mae", tmp_path / "m.csv", tmp_path / "run", given, 400, False, tmp_path / "caches")
+    assert calls[0]["time_limit"] is None  # given steps are taken whatever they cost
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -628,6 +633,12 @@ def test_the_command_line_passes_the_new_options_through(tmp_path, monkeypatch):
     )
     assert o.label_fractions == (0.2, 0.4)
     assert main([*base, "--ft-tasks", ""]) == 0 and seen[2].ft_tasks == ()
+    assert seen[0].pretrain_steps is None
+    assert main([*base, "--pretrain-steps", "569"]) == 0 and seen[3].pretrain_steps == 569
+    from ultrassl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pretrain_steps must be >= 1"):
+        _options(tmp_path, tmp_path, pretrain_steps=0).resolved()
 
 
 def test_lifts_pair_an_encoder_with_its_twin_by_fold(data_root, tmp_path):
@@ -909,3 +920,38 @@ def test_fine_tuned_tasks_and_few_label_points_may_grow_between_runs(data_root, 
     assert doc["design_options"]["label_fractions"] == [0.25, 0.5]
     with pytest.raises(UltrasslError, match="another design .*ft_epochs 1 -> 2"):
         run_benchmark(opts(ft_epochs=2))
+
+
+def test_given_pre_training_steps_replace_the_calibration(data_root, tmp_path, monkeypatch):
+    """``pretrain_steps``: every run takes that many steps, nothing is calibrated, no time cap."""
+    import torch
+    from tiny import tiny_vit_spec
+
+    from ultrassl.benchmark import run_benchmark, runner
+    from ultrassl.checkpoint import export_encoder
+    from ultrassl.models.vit import create_encoder
+
+    spec = tiny_vit_spec((32, 32))
+    torch.manual_seed(0)
+    export = export_encoder(
+        create_encoder(spec), spec, tmp_path / "mae", method="mae", mean=[0.5], std=[0.25]
+    )
+    trained = []
+
+    def calibrate(*a, **k):
+        raise AssertionError("calibrated")
+
+    def pretrain_fold(corpus, fold, method, steps, budget, *a, **k):
+        trained.append((steps, budget.steps))
+        return export, {"steps": steps}
+
+    monkeypatch.setattr(runner, "calibrate", calibrate)
+    monkeypatch.setattr(runner, "pretrain_fold", pretrain_fold)
+    r = run_benchmark(
+        _options(data_root, tmp_path / "out", methods=("mae",), folds=(0,), seeds=(0,), pretrain_steps=37)
+    )
+    assert trained == [(37, 37)]
+    doc = json.loads(r.results_file.read_text())
+    assert doc["calibration"]["busi/mae"] == {"steps": 37, "given": True}
+    assert doc["design_options"]["pretrain_steps"] == 37
+    assert "of 37 steps (given, not calibrated)" in doc["design"]["pretraining"]

@@ -362,7 +362,15 @@ def _benchmark_flags(sub: Any) -> None:
         "--pretrain-minutes",
         type=float,
         default=None,
-        help="pre-training budget per method and fold (default: 4)",
+        help="pre-training budget per method and fold (default: 4), made a step count by a short "
+        "calibration on this machine",
+    )
+    s.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=None,
+        help="pre-train every method this many steps instead (no calibration: the same steps on any "
+        "machine, and recipes compared at equal steps)",
     )
     s.add_argument(
         "--seg-epochs", type=int, default=None, help="segmentation fine-tuning epochs (default: 10)"
@@ -745,6 +753,7 @@ def _benchmark(a: argparse.Namespace) -> int:
         seeds=ints(a.seeds),
         seg_seeds=a.seg_seeds,
         pretrain_minutes=a.pretrain_minutes,
+        pretrain_steps=a.pretrain_steps,
         seg_epochs=a.seg_epochs,
         calib_steps=a.calib_steps,
         img_size=a.img_size,

@@ -5,7 +5,8 @@ Why steps and not a time limit: a schedule (warm-up, cosine) must know its lengt
 fold should train the same number of steps. A short calibration run measures the method's samples per
 second on this machine once per corpus, and the budget becomes ``minutes x rate / batch`` steps; the wall
 time each run took is recorded beside it (a cap of 3x the budget stops a run that a shared machine
-slows down). Labels of the fold's training groups stay in its pre-training manifest (a method that learns
+slows down). A step count given outright (``--pretrain-steps``) replaces the calibration and the cap:
+the same steps on any machine. Labels of the fold's training groups stay in its pre-training manifest (a method that learns
 from labels, as USCL, sees only those); validation and test groups are unlabelled or absent.
 
 What a pre-training reads is its :class:`Corpus`: by default the evaluated task's own data set (one
@@ -47,6 +48,8 @@ class PretrainBudget:
     #: ``--set`` items for every pre-training (after the preset), e.g. a smaller model in tests
     overrides: tuple[str, ...] = ()
     batch_size: int | None = None
+    #: the steps every run takes, given rather than calibrated from ``minutes`` (then no time cap)
+    steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def _run(
         precision=budget.precision,
         batch_size=budget.batch_size,
         checkpoint_every=0 if calibration else 50,
-        time_limit=None if calibration else 3 * budget.minutes,
+        time_limit=None if calibration or budget.steps else 3 * budget.minutes,
         encoder={"img_size": [s, s]},
         train={"tensorboard": False, "log_every": 1 if calibration else 10},
         previews={"every": 0} if calibration else {},
@@ -169,7 +172,8 @@ def pretrain_fold(
     if done.exists():
         return run, json.loads(done.read_text())
     manifest = pretrain_manifest(corpus.tasks, k, work / "manifests" / f"fold{k}_{name}.csv")
-    log(f"pre-training {name} on {corpus.name} fold {k}: {steps} steps ({budget.minutes:g} min budget)")
+    given = "given" if budget.steps else f"{budget.minutes:g} min budget"
+    log(f"pre-training {name} on {corpus.name} fold {k}: {steps} steps ({given})")
     t0 = time.monotonic()
     result = _run(name, manifest, run, budget, steps, calibration=False, caches=work.parent / "caches")
     info = {

@@ -71,6 +71,7 @@ FT_MODES = ("full", "partial")
 DESIGN_KEYS = (
     "quick",
     "pretrain_minutes",
+    "pretrain_steps",
     "seg_epochs",
     "seg_seeds",
     "img_size",
@@ -105,6 +106,9 @@ class BenchmarkOptions:
     seeds: tuple[int, ...] | None = None
     seg_seeds: int = 1
     pretrain_minutes: float | None = None
+    #: every pre-training runs this many steps instead of a calibrated time budget: the same steps on
+    #: any machine, and recipes compared at equal steps however busy the machine is
+    pretrain_steps: int | None = None
     seg_epochs: int | None = None
     calib_steps: int | None = None
     img_size: int = 112
@@ -142,6 +146,8 @@ class BenchmarkOptions:
             raise ConfigError("folds and seeds must not be empty; seg_seeds >= 1; img_size >= 16")
         if out.pretrain_minutes <= 0 or out.seg_epochs < 1 or out.calib_steps < 1:
             raise ConfigError("pretrain_minutes must be > 0; seg_epochs and calib_steps >= 1")
+        if out.pretrain_steps is not None and out.pretrain_steps < 1:
+            raise ConfigError(f"pretrain_steps must be >= 1, got {out.pretrain_steps}")
         not_classify = [t for t in out.ft_tasks if t not in TASKS or TASKS[t].kind != "classify"]
         if not_classify:
             choose = ", ".join(t for t, s in TASKS.items() if s.kind == "classify")
@@ -213,12 +219,17 @@ def pretraining_runs(opt: BenchmarkOptions, encoders: list[EncoderChoice]) -> li
 
 def _design_statement(opt: BenchmarkOptions, encoders: list[EncoderChoice]) -> dict[str, Any]:
     runs = len(pretraining_runs(opt, encoders)) * len(opt.folds)
+    each = (
+        f"{opt.pretrain_steps} steps (given, not calibrated)"
+        if opt.pretrain_steps
+        else f"{opt.pretrain_minutes:g} min: at least {runs * opt.pretrain_minutes / 60:.1f} h before any "
+        "evaluation"
+    )
     return {
         "pretraining_runs": runs,
         "pretraining": (
             f"{runs} pre-training runs (each method once per data set it is evaluated on, or per named "
-            f"corpus, and fold) of {opt.pretrain_minutes:g} min: at least "
-            f"{runs * opt.pretrain_minutes / 60:.1f} h before any evaluation"
+            f"corpus, and fold) of {each}"
         ),
         "folds": list(opt.folds),
         "seeds": list(opt.seeds),
@@ -282,6 +293,7 @@ class _Encoders:
             opt.precision,
             opt.pretrain_set,
             opt.pretrain_batch,
+            opt.pretrain_steps,
         )
 
     def backbone(self, enc: EncoderChoice, task: PreparedTask, fold: int, seed: int) -> Any:
@@ -324,7 +336,9 @@ class _Encoders:
         work = self.opt.out / "work" / "pretrain" / corpus.name
         calib = self.store.doc.setdefault("calibration", {})
         key = f"{corpus.name}/{enc.method}"
-        if key not in calib:
+        if self.opt.pretrain_steps:
+            calib[key] = {"steps": self.opt.pretrain_steps, "given": True}
+        elif key not in calib:
             t0 = time.monotonic()
             calib[key] = calibrate(corpus, enc.method, self.budget, work, log.info)
             self.store.doc.setdefault("steps", {})[f"calibrate/{key}"] = round(time.monotonic() - t0, 1)
