@@ -749,6 +749,8 @@ def test_the_command_runs_end_to_end(data_root, tmp_path, capsys):
         "--methods",
         "scratch,mae",
         "--quick",
+        "--folds",  # two of --quick's three, to keep the test short
+        "0,1",
         "--img-size",
         "32",
         "--device",
@@ -783,15 +785,15 @@ def test_the_command_runs_end_to_end(data_root, tmp_path, capsys):
 
 def test_without_methods_quick_runs_deblurring_mae_and_the_full_table_every_method(tmp_path):
     from ultrassl.benchmark import BenchmarkOptions
+    from ultrassl.benchmark.encoders import METHOD_PRESETS
     from ultrassl.benchmark.runner import TABLE_METHODS
-    from ultrassl.methods import method_names
 
     quick = BenchmarkOptions(data=tmp_path, out=tmp_path, quick=True).resolved()
     assert quick.methods == ("deblur-mae",) and quick.folds == (0, 1, 2)
     full = BenchmarkOptions(data=tmp_path, out=tmp_path).resolved()
     assert full.methods == TABLE_METHODS and full.folds == (0, 1, 2, 3, 4)
-    # the whole table: every registered method once on its own corpus, and one multi-organ row
-    assert sorted(m for m in TABLE_METHODS if "@" not in m) == sorted(method_names())
+    # the whole table: every built-in method once on its own corpus, and one multi-organ row
+    assert sorted(m for m in TABLE_METHODS if "@" not in m) == sorted(METHOD_PRESETS)
     assert [m for m in TABLE_METHODS if "@" in m] == ["deblur-mae@multi"]
     named = BenchmarkOptions(data=tmp_path, out=tmp_path, quick=True, methods=("mae",)).resolved()
     assert named.methods == ("mae",)

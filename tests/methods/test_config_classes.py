@@ -38,6 +38,7 @@ ADDED_SINCE = [
     ("data", "decode_workers", "decode_timeout", 600.0),
     ("train", "log_every", "log_interval_s", None),
     ("train", "time_limit", "schedule_to_time_limit", False),
+    ("optim", "constant_epochs", "constant_steps", None),
 ]
 
 
