@@ -73,6 +73,7 @@ SECTIONS = (
     Section("benchmarks.md", "CLI_STARTUP", cli_startup.section),
     Section("benchmarks.md", "MEMORY_ESTIMATE", memory_estimate.section),
     Section("reliability.md", "RELIABILITY", reliability.section),
+    Section("benchmark-results.md", "BENCHMARK_QUICK", benchmark_suite.quick_section),
     Section("benchmark-results.md", "BENCHMARK_SUITE", benchmark_suite.section),
     Section("scaling.md", "SCALING_ESTIMATES", scaling.section),
 )
