@@ -814,7 +814,7 @@ def test_the_design_states_its_pre_training_runs_before_it_starts(tmp_path):
     assert len(pretraining_runs(full, encoders)) == 6 * 3 + 1
     design = _design_statement(full, encoders)
     assert design["pretraining_runs"] == 95
-    assert design["pretraining"].endswith(f"of 4 min: at least {95 * 4 / 60:.1f} h before any evaluation")
+    assert design["pretraining"].endswith(f"of 2 min: at least {95 * 2 / 60:.1f} h before any evaluation")
     busi = BenchmarkOptions(
         data=tmp_path, out=tmp_path, tasks=("busi-classify", "busi-segment"), methods=("mae", "mae@multi")
     ).resolved()

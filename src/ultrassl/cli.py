@@ -362,7 +362,7 @@ def _benchmark_flags(sub: Any) -> None:
         "--pretrain-minutes",
         type=float,
         default=None,
-        help="pre-training budget per method and fold (default: 4), made a step count by a short "
+        help="pre-training budget per method and fold (default: 2; --quick 0.5), made a step count by a short "
         "calibration on this machine",
     )
     s.add_argument(

@@ -53,11 +53,13 @@ QUICK = {
     "ft_epochs": 3,
     "label_fractions": (0.1, 0.25, 0.5),
 }
+#: the whole table in a working night on 2 CPU cores: 95 pre-training runs of 2 min (the budget of the
+#: BUSI recipes, bench/busi_recipes.py), then every encoder evaluated on every task and fold
 FULL = {
     "methods": TABLE_METHODS,
     "folds": (0, 1, 2, 3, 4),
     "seeds": (0, 1, 2),
-    "pretrain_minutes": 4.0,
+    "pretrain_minutes": 2.0,
     "seg_epochs": 10,
     "calib_steps": 12,
     "ft_epochs": 15,
