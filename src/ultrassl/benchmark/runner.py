@@ -484,9 +484,8 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
                         log.info(f"{key}: " + _describe(metrics))
                     evaluated += 1
                     completed += stored is not None
-        store.summarize()  # the task's summaries, once its evaluations are in
+        store.summarize()  # every task's summaries (the whole file), once this task's evaluations are in
         store.save()
-    store.summarize()
     store.doc["seconds_last_run"] = round(time.monotonic() - t_start, 1)
     store.save()
     return BenchmarkResult(
