@@ -379,3 +379,21 @@ def test_recipes_are_set_side_by_side_with_their_lifts(tmp_path):
     assert rows[("`base`: the CPU preset", "MAE (vs scratch (ViT-T))")][0] == "-"
     assert "Resolved above zero: `base` Deblurring MAE (linear probe)" in text
     assert "`mask-0.9`: `ultrassl benchmark --data data" in text
+
+
+def test_pre_training_runs_cut_short_by_the_time_cap_are_named(tmp_path):
+    """A run that a busy machine stopped at its time cap trained fewer steps than its fold-mates: the
+    page says which, so that no row passes for the design it did not get."""
+    results = tmp_path / "results"
+    doc = made_up_results(results / page.RESULTS_NAME)
+    doc["pretrain"] = {
+        "busi/fold0/mae": {"steps": 62, "planned_steps": 62, "stopped_by": "max_steps"},
+        "busi/fold1/mae": {"steps": 32, "planned_steps": 62, "stopped_by": "time_limit"},
+    }
+    (results / page.RESULTS_NAME).write_text(json.dumps(doc))
+    text = page.section(results)
+    assert "**1 of 2 pre-training runs stopped before their planned steps**" in text
+    assert "`busi/fold1/mae` (32 of 62 steps)" in text and "busi/fold0/mae" not in text
+    doc["pretrain"]["busi/fold1/mae"]["steps"] = 62
+    (results / page.RESULTS_NAME).write_text(json.dumps(doc))
+    assert "stopped before" not in page.section(results)

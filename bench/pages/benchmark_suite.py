@@ -246,6 +246,7 @@ def provenance(doc: dict[str, Any], raw: str = RESULTS_NAME) -> list[str]:
         parts.append(f"k-NN k from {', '.join(str(k) for k in opts['knn_k'])}")
     if parts:
         lines += ["Design: " + "; ".join(parts) + ".", ""]
+    lines += cut_short(doc)
     for key, title in (
         ("pretraining", "Pre-training"),
         ("repeats", "What varies"),
@@ -267,6 +268,28 @@ def provenance(doc: dict[str, Any], raw: str = RESULTS_NAME) -> list[str]:
             "",
         ]
     return lines
+
+
+def cut_short(doc: dict[str, Any]) -> list[str]:
+    """A warning naming the pre-training runs that stopped before their planned steps (a machine busy
+    with other work reached the time cap), whose rows rest on less pre-training than the design says."""
+    runs = doc.get("pretrain") or {}
+    cut = {
+        k: v
+        for k, v in runs.items()
+        if v.get("planned_steps") is not None and (v.get("steps") or 0) < v["planned_steps"]
+    }
+    if not cut:
+        return []
+    named = ", ".join(
+        f"`{k}` ({v.get('steps')} of {v['planned_steps']} steps)" for k, v in sorted(cut.items())
+    )
+    return [
+        f"**{len(cut)} of {len(runs)} pre-training runs stopped before their planned steps**, at the time "
+        f"cap (three times the budget) of a machine busy with other work: {named}. The rows that use them "
+        "rest on less pre-training than the design says.",
+        "",
+    ]
 
 
 def wall_seconds(doc: dict[str, Any]) -> float:

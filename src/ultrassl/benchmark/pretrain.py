@@ -186,5 +186,11 @@ def pretrain_fold(
         "corpus": [t.spec.folder for t in corpus.tasks],
         "files": sum(1 for _ in read_manifest(manifest)),
     }
+    if result.steps < steps:
+        log(
+            f"WARNING: {name} on {corpus.name} fold {k} stopped after {result.steps} of {steps} steps "
+            f"({result.stopped_by}): a machine busy with other work slows a run past its time cap; "
+            "the results page names such runs"
+        )
     atomic_write_text(done, json.dumps(info, indent=2) + "\n")
     return run, info
