@@ -26,6 +26,7 @@ from benchlib import RESULTS, ROOT  # noqa: E402
 from pages import (  # noqa: E402
     attention_kernels,
     benchmark_suite,
+    busi_recipes,
     cli_startup,
     confidence,
     crop_effect,
@@ -75,6 +76,7 @@ SECTIONS = (
     Section("reliability.md", "RELIABILITY", reliability.section),
     Section("benchmark-results.md", "BENCHMARK_QUICK", benchmark_suite.quick_section),
     Section("benchmark-results.md", "BENCHMARK_SUITE", benchmark_suite.section),
+    Section("benchmark-results.md", "BUSI_RECIPES", busi_recipes.section),
     Section("scaling.md", "SCALING_ESTIMATES", scaling.section),
 )
 #: figures drawn from the JSON alone (the overlays of bench/scan_area.py need the data: that bench draws them)
