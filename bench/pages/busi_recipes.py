@@ -21,7 +21,7 @@ TASK = "busi-classify"
 
 
 def load(results: Path) -> list[dict[str, Any]]:
-    """The recipes' results documents, in the order they were run (their ``recipe`` order, then name)."""
+    """The recipes' results documents, by file name."""
     folder = results / FOLDER
     if not folder.is_dir():
         return []
@@ -52,8 +52,8 @@ def pretraining(doc: dict[str, Any], encoder: str) -> str:
 def rows(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(encoder, its twin, protocol -> lift) of every pre-trained encoder of one recipe."""
     out = []
+    metric = suite.headline(doc, TASK)
     for enc, node in ((doc.get("lifts") or {}).get(TASK) or {}).items():
-        metric = suite.headline(doc, TASK)
         out.append(
             (enc, node.get("baseline"), {p: (node.get(p) or {}).get(metric) for p in node if p != "baseline"})
         )
