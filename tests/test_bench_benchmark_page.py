@@ -135,6 +135,39 @@ def test_the_file_is_the_real_format(rendered):
     assert doc["format"] == "ultrassl-benchmark/1"
     lift = doc["lifts"]["busi-classify"]["deblur-mae"]["linear"]["balanced_accuracy"]
     assert {"mean", "low", "high", "n", "sd", "detectable", "resolved", "folds"} <= set(lift)
+    assert {"p", "p_holm", "family", "resolved_holm"} <= set(lift)
+
+
+def test_holm_families_are_a_tasks_lifts_on_one_metric(rendered):
+    """The adjusted p-values of one task and metric are Holm's over every encoder and protocol there."""
+    from ultrassl.benchmark.stats import holm
+
+    doc, *_ = rendered
+    lifts = doc["lifts"]["busi-classify"]
+    family = {
+        (e, p): lifts[e][p]["balanced_accuracy"] for e in ("mae", "deblur-mae") for p in ("linear", "knn")
+    }
+    adjusted = holm({k: d["p"] for k, d in family.items()})
+    for k, d in family.items():
+        assert d["family"] == 4 and d["p_holm"] == pytest.approx(adjusted[k])
+        assert d["resolved_holm"] == (adjusted[k] < 0.05) and d["p_holm"] >= d["p"]
+    dice = doc["lifts"]["hc18-segment"]["deblur-mae"]["finetune"]["dice"]
+    assert dice["family"] == 1 and dice["p_holm"] == pytest.approx(dice["p"])
+
+
+def test_few_label_points_are_a_holm_family_of_their_own(tmp_path):
+    """The main table's lifts (linear, k-NN, fine-tuned: 2 encoders x 3) are one family, the few-label
+    points (2 encoders x 2 fractions) another, so the curve does not dilute the table."""
+    from ultrassl.benchmark.stats import holm
+
+    lifts = made_up_results(tmp_path / page.RESULTS_NAME, tuned=True)["lifts"]["busi-classify"]
+    encs = ("mae", "deblur-mae")
+    for protocols, size in ((("linear", "knn", "finetune"), 6), (("linear@0.1", "linear@0.5"), 4)):
+        family = {(e, p): lifts[e][p]["balanced_accuracy"] for e in encs for p in protocols}
+        adjusted = holm({k: d["p"] for k, d in family.items()})
+        assert all(
+            d["family"] == size and d["p_holm"] == pytest.approx(adjusted[k]) for k, d in family.items()
+        )
 
 
 def test_cells_are_the_json_numbers(rendered):
@@ -284,6 +317,30 @@ def test_verdict_reads_the_interval_only():
     assert page.value_cell({"mean": 0.5, "low": None, "high": None, "n": 1}) == "50.0 (1 fold, no interval)"
 
 
+def test_a_lift_that_holm_does_not_keep_is_resolved_alone():
+    """Its own interval excludes zero, the task's table read as a whole does not: the cell and the
+    sentence say so, and name it."""
+    alone = {
+        "mean": 0.02,
+        "low": 0.001,
+        "high": 0.04,
+        "detectable": 0.03,
+        "resolved_holm": False,
+        "family": 6,
+    }
+    kept = {"mean": 0.09, "low": 0.05, "high": 0.13, "detectable": 0.03, "resolved_holm": True, "family": 6}
+    assert page.verdict(alone) == "resolved alone, not across the table"
+    below = {**alone, "mean": -0.02, "low": -0.04, "high": -0.001}
+    assert page.verdict(below) == "resolved alone (below zero), not across the table"
+    assert page.verdict(kept) == "resolved"
+    text = page.resolution_sentence([("A (linear probe)", kept), ("B (k-NN)", alone)], "On `t` the design")
+    assert text.startswith(
+        "On `t` the design resolves a lift above zero for A (linear probe) +9.0, B (k-NN) +2.0."
+    )
+    assert "Read as one table (Holm's correction over its 6 lifts), 1 of these 2 hold; not B (k-NN)." in text
+    assert "Holm" not in page.resolution_sentence([("A (linear probe)", kept)], "On `t` the design")
+
+
 def test_provenance_and_design(rendered):
     _, text, results, _ = rendered
     assert "`ultrassl benchmark --data data --out out --quick --methods mae deblur-mae`" in text
@@ -377,7 +434,7 @@ def test_recipes_are_set_side_by_side_with_their_lifts(tmp_path):
     assert cell[1] == page.lift_cell(lift)
     assert cell[0] == "4 runs of 500-503 steps, final loss 0.300-0.300"
     assert rows[("`base`: the CPU preset", "MAE (vs scratch (ViT-T))")][0] == "-"
-    assert "Resolved above zero: `base` Deblurring MAE (linear probe)" in text
+    assert "the recipes' design resolves a lift above zero for `base` Deblurring MAE (linear probe)" in text
     assert "`mask-0.9`: `ultrassl benchmark --data data" in text
 
 

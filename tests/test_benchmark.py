@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from scipy import stats as st
 
-from ultrassl.benchmark.stats import detectable_difference, mean_interval, paired_difference
+from ultrassl.benchmark.stats import detectable_difference, holm, mean_interval, paired_difference
 from ultrassl.benchmark.tasks import DataLayoutError, prepare_task
 
 # ----------------------------------------------------------------------------------------------------
@@ -168,6 +168,33 @@ def test_paired_difference_is_scipys_paired_t_interval_over_matched_keys():
     assert d.difference.mean == pytest.approx(np.mean(np.subtract(a, b)))
     assert (d.difference.low, d.difference.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
     assert d.difference.excludes_zero == (ci.low > 0 or ci.high < 0)
+    assert d.p == pytest.approx(st.ttest_rel(a, b).pvalue)
+    assert (d.p < 0.05) == d.difference.excludes_zero  # the test and the interval agree
+    assert paired_difference({0: 0.5}, {0: 0.4}).p is None  # one pair: no test
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    """Holm's procedure by hand for four p-values (sorted .01 .02 .03 .5: times 4, 3, 2, 1, then the
+    running maximum), None left out of the family, and never below the raw value nor above 1."""
+    raw = {"a": 0.03, "b": 0.01, "c": 0.5, "d": 0.02, "e": None}
+    adj = holm(raw)
+    assert adj == {
+        "b": pytest.approx(0.04),
+        "d": pytest.approx(0.06),
+        "a": pytest.approx(0.06),  # 2 x 0.03 = 0.06, already the running maximum
+        "c": pytest.approx(0.5),
+        "e": None,
+    }
+    assert holm({"x": 0.4, "y": 0.45}) == {"x": pytest.approx(0.8), "y": pytest.approx(0.8)}
+    assert holm({"x": 0.9, "y": 0.8}) == {"x": 1.0, "y": 1.0}
+    rng = np.random.default_rng(0)
+    ps = dict(enumerate(rng.uniform(0, 0.2, 12)))
+    adj = holm(ps)
+    assert all(ps[k] <= adj[k] <= 1 for k in ps)
+    order = sorted(ps, key=ps.get)
+    assert [adj[k] for k in order] == sorted(adj[k] for k in order)
+    # Bonferroni rejects no more than Holm
+    assert all(adj[k] <= min(1, 12 * ps[k]) + 1e-12 for k in ps)
 
 
 @pytest.mark.parametrize("n", [3, 5, 15, 60])

@@ -4,9 +4,10 @@ copied to ``bench/results/benchmark_suite.json``.
 
 Everything shown is read from the JSON's ``summary`` (task -> encoder -> protocol -> metric -> mean, low,
 high, n, sd), ``lifts`` (the paired difference against the random twin: mean, low, high, n,
-detectable, resolved, folds) and ``corpus_differences`` (the same for ``method@corpus`` against
-``method``); nothing is recomputed from the per-fold results, so the page says what
-the file says. Whether a lift is resolved is read off its interval (wholly above or below zero).
+detectable, resolved, folds, and the Holm-adjusted ``p_holm``/``resolved_holm`` over the task's lifts)
+and ``corpus_differences`` (the same for ``method@corpus`` against ``method``); nothing is recomputed
+from the per-fold results, so the page says what the file says. Whether a lift is resolved is read off
+its interval (wholly above or below zero), whether it holds across the table off ``resolved_holm``.
 """
 
 from __future__ import annotations
@@ -163,9 +164,14 @@ def value_cell(s: dict[str, Any] | None) -> str:
 
 
 def verdict(lift: dict[str, Any]) -> str:
-    """``resolved`` / ``resolved (below zero)`` / ``not resolved (detectable ≥ X)`` in words."""
+    """``resolved`` / ``resolved (below zero)`` / ``not resolved (detectable ≥ X)`` in words; a lift
+    whose own interval excludes zero but which the task's Holm correction does not keep is ``resolved
+    alone``."""
     if resolved(lift):
-        return "resolved" if lift["low"] > 0 else "resolved (below zero)"
+        side = "" if lift["low"] > 0 else " (below zero)"
+        if lift.get("resolved_holm") is False:
+            return f"resolved alone{side}, not across the table"
+        return f"resolved{side}"
     if lift.get("detectable") is None:
         return "not resolved (one fold: no interval)"
     return f"not resolved (detectable ≥ {points(lift['detectable'])})"
@@ -418,6 +424,14 @@ def task_sentence(doc: dict[str, Any], task: str) -> str:
                 found.append((f"{name(enc)} ({PROTOCOL_NAMES.get(p, p)})", lift))
     if not found:
         return "No lift is measured on this task: it has no encoder with its random twin on the same folds."
+    return resolution_sentence(
+        found, f"On `{task}` ({METRIC_NAMES.get(headline(doc, task))}, points) the design"
+    )
+
+
+def resolution_sentence(found: list[tuple[str, dict[str, Any]]], subject: str) -> str:
+    """``subject`` + which of the named lifts ``found`` are resolved (above, below zero), which of those
+    hold after Holm's correction over their family, and the smallest lift the design could detect."""
     up = [(w, x) for w, x in found if resolved(x) and x["low"] > 0]
     down = [(w, x) for w, x in found if resolved(x) and x["high"] < 0]
     open_ = [(w, x) for w, x in found if not resolved(x)]
@@ -434,11 +448,15 @@ def task_sentence(doc: dict[str, Any], task: str) -> str:
         said.append(f"resolves none of its {len(found)} lift{'s' if len(found) > 1 else ''}")
     elif open_:
         said.append(f"does not resolve the other {len(open_)}")
-    text = (
-        f"On `{task}` ({METRIC_NAMES.get(headline(doc, task))}, points) the design "
-        + "; it ".join(said)
-        + "."
-    )
+    text = f"{subject} " + "; it ".join(said) + "."
+    alone = [w for w, x in (*up, *down) if x.get("resolved_holm") is False]
+    if alone:
+        families = sorted({int(x["family"]) for _, x in found if x.get("family")})
+        scope = f"its {families[0]} lifts" if len(families) == 1 else "each results file's lifts"
+        text += (
+            f" Read as one table (Holm's correction over {scope}), {len(up) + len(down) - len(alone)} of "
+            f"these {len(up) + len(down)} hold; not " + ", ".join(alone) + "."
+        )
     det = [(w, x["detectable"]) for w, x in found if x.get("detectable") is not None]
     if det:
         w, d = min(det, key=lambda t: t[1])
@@ -469,8 +487,11 @@ def markdown(
         "Each cell is the mean over folds with its 95 % interval, in points (%): balanced accuracy for "
         "classification, Dice for segmentation (the other metrics are in the JSON). A lift is the encoder's "
         "difference from the random encoder of the same architecture (its twin), paired by fold; "
-        "'resolved' means its interval lies wholly on one side of zero, and 'detectable ≥ X' is the "
-        "smallest true lift this design would find with power 0.8.",
+        "'resolved' means its interval lies wholly on one side of zero and the lift holds when the task's "
+        "table is read as a whole (Holm's correction over the table's lifts, so that many rows do not turn "
+        "chance into findings; the few-label points are a family of their own); 'resolved alone' means "
+        "only its own interval does; 'detectable ≥ X' is "
+        "the smallest true lift this design would find with power 0.8.",
         "",
     ]
     for task in tasks:

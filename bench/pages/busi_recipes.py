@@ -2,8 +2,10 @@
 (``bench/busi_recipes.py``), each method's lift over the random ViT-T side by side, from the copies of
 the recipes' benchmark results in ``bench/results/busi_recipes/<name>.json``.
 
-As on the suite's page, everything is read from each file's ``lifts`` and ``pretrain``; whether a lift
-is resolved is read off its interval.
+As on the suite's page, everything is read from each file's ``lifts`` and ``pretrain``, and the verdict
+is its sentence (:func:`benchmark_suite.resolution_sentence`): whether a lift is resolved is read off its
+interval, whether it holds across the recipe's lifts off ``resolved_holm``. The recipes are compared side
+by side, not tested against one another: picking the best of several also favours the luckiest.
 """
 
 from __future__ import annotations
@@ -84,19 +86,11 @@ def section(results: Path) -> str | None:
                 for p in protos
                 if lifts.get(p)
             ]
-    up = [(w, x) for w, x in found if suite.resolved(x) and x["low"] > 0]
-    det = [(w, x["detectable"]) for w, x in found if x.get("detectable") is not None]
-    if up:
-        verdict = (
-            "Resolved above zero: " + ", ".join(f"{w} {suite.points(x['mean'], True)}" for w, x in up) + "."
-        )
-    else:
-        verdict = f"No recipe's lift is resolved above zero ({len(found)} lifts)."
-    if det:
-        w, d = min(det, key=lambda t: t[1])
-        verdict += (
-            f" The smallest lift these designs could detect (power 0.8) is {suite.points(d)} points, for {w}."
-        )
+    verdict = (
+        suite.resolution_sentence(found, f"On `{TASK}` ({metric}, points) the recipes' design")
+        if found
+        else "No recipe has a lift over its random twin yet."
+    )
     lines = [
         "## Pre-training recipes on BUSI",
         "",

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from ultrassl.atomic import atomic_write_text
-from ultrassl.benchmark.stats import mean_interval, paired_difference
+from ultrassl.benchmark.stats import holm, mean_interval, paired_difference
 from ultrassl.errors import UltrasslError
 from ultrassl.jsonable import jsonable
 
 __all__ = ["FORMAT", "ResultsFile", "result_key"]
 
 FORMAT = "ultrassl-benchmark/1"
+#: the tests' level, matching the 95 % intervals
+ALPHA = 0.05
 
 
 def result_key(task: str, encoder: str, fold: int, seed: int) -> str:
@@ -63,6 +65,11 @@ class ResultsFile:
         ``corpus_differences``: the same for a method pre-trained on another corpus (``mae@multi``)
         against the method pre-trained on the task's own data set (``mae``).
 
+        Each difference carries its paired t-test's ``p`` and ``p_holm``, adjusted over its family: the
+        differences of one task and metric in the task's main table (every encoder, and the protocols
+        that use every label), so that ``resolved_holm`` reads that table as a whole (:func:`holm`). The
+        few-label points (``linear@0.1``) make a family of their own, and so do corpus differences.
+
         The fold is the unit: a fold's seeds are averaged first (the seeds of one fold share its test
         patients and its pre-training, so they are not independent values), and a lift is the mean over
         the seeds both encoders have of each fold's difference."""
@@ -97,7 +104,29 @@ class ResultsFile:
                 continue
             node = corpora.setdefault(task, {}).setdefault(enc, {"baseline": method})
             node.setdefault(protocol, {})[metric] = _difference(per, base)
+        for tree in (lifts, corpora):
+            _adjust_by_family(tree)
         self.doc["summary"], self.doc["lifts"], self.doc["corpus_differences"] = summary, lifts, corpora
+
+
+def _adjust_by_family(tree: dict[str, Any]) -> None:
+    """Add ``p_holm``, ``resolved_holm`` and ``family`` (its size) to every difference of ``tree``
+    (task -> encoder -> protocol -> metric), one Holm family per task and metric for the protocols on
+    every label and one for the few-label points."""
+    families: dict[tuple[str, str, bool], dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
+    for task, by_encoder in tree.items():
+        for enc, by_protocol in by_encoder.items():
+            for protocol, by_metric in by_protocol.items():
+                if protocol == "baseline":
+                    continue
+                for metric, d in by_metric.items():
+                    families[(task, metric, "@" in protocol)][(enc, protocol)] = d
+    for members in families.values():
+        adjusted = holm({k: d.get("p") for k, d in members.items()})
+        size = sum(d.get("p") is not None for d in members.values())
+        for k, d in members.items():
+            d["p_holm"], d["family"] = adjusted[k], size
+            d["resolved_holm"] = adjusted[k] is not None and adjusted[k] < ALPHA
 
 
 def fold_means(per: dict[tuple[int, int], float]) -> dict[int, float]:
@@ -117,6 +146,7 @@ def _difference(per: dict[tuple[int, int], float], base: dict[tuple[int, int], f
         "resolved": d.difference.excludes_zero,
         "detectable": d.detectable,
         "folds": list(d.pairs),
+        "p": d.p,
     }
 
 
