@@ -348,6 +348,23 @@ def test_provenance_and_design(rendered):
     assert "**A `--quick` run.** folds [0, 1, 2, 3], a first look, not a result" in text
     made_up_results(results / "full" / page.RESULTS_NAME, quick=False)
     assert "The full design (not `--quick`)." in page.section(results / "full")
+    assert "invocations" not in text  # made in one go
+
+
+def test_a_run_resumed_over_several_invocations_says_where_each_ran(tmp_path):
+    results = tmp_path / "results"
+    doc = made_up_results(results / page.RESULTS_NAME, quick=False)
+    xeon = {"cpu": "Xeon", "cores": 2, "gpu": None, "git_hash": "aaa1111"}
+    epyc = {"cpu": "EPYC", "cores": 2, "gpu": None, "git_hash": "bbb2222"}
+    doc["invocations"] = [
+        {"command": "c", "machine": xeon, "seconds": 5400.0, "evaluated": 40},
+        {"command": "c", "machine": epyc, "seconds": 1800.0, "evaluated": 10},
+    ]
+    (results / page.RESULTS_NAME).write_text(json.dumps(doc))
+    assert (
+        "It ran in 2 invocations (each continuing where the last stopped), at git aaa1111, bbb2222 on "
+        "Xeon, 2 cores, no GPU; EPYC, 2 cores, no GPU; their wall times sum to 2.0 h" in page.section(results)
+    )
 
 
 def test_figure_is_drawn_and_linked(rendered):

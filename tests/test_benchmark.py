@@ -481,6 +481,11 @@ def test_a_second_run_reads_finished_evaluations_back(data_root, tmp_path, monke
     # one more seed: only its evaluations run
     more = run_benchmark(_options(data_root, tmp_path, seeds=(0, 1, 2)))
     assert (more.evaluated, more.read_back) == (2, 4)
+    # each invocation is on record: what it evaluated, its wall time, its machine and commit
+    runs = json.loads(more.results_file.read_text())["invocations"]
+    assert [r["evaluated"] for r in runs] == [4, 0, 2]
+    assert all(r["seconds"] >= 0 and r["machine"]["git_hash"] == doc["commit"] for r in runs)
+    assert runs[0]["seconds"] == doc["seconds_last_run"] and runs[0]["started"] <= runs[2]["started"]
     # another design is refused rather than mixed into the same table
     from ultrassl.errors import UltrasslError
 

@@ -273,7 +273,26 @@ def provenance(doc: dict[str, Any], raw: str = RESULTS_NAME) -> list[str]:
             + ".",
             "",
         ]
+    lines += invocations(doc)
     return lines
+
+
+def invocations(doc: dict[str, Any]) -> list[str]:
+    """Where a run made of several invocations (stopped and resumed) ran: their count, commits, machines
+    and summed wall time; nothing for a run made in one go."""
+    runs = doc.get("invocations") or []
+    if len(runs) < 2:
+        return []
+    ms = [r.get("machine") or {} for r in runs]
+    revs = list(dict.fromkeys(m.get("git_hash") for m in ms if m.get("git_hash")))
+    kinds = list(dict.fromkeys(machine(m) for m in ms if m))
+    hours = sum(float(r.get("seconds") or 0) for r in runs) / 3600
+    return [
+        f"It ran in {len(runs)} invocations (each continuing where the last stopped), at git "
+        f"{', '.join(revs) or 'unknown'} on {'; '.join(kinds) or 'an unrecorded machine'}; their wall "
+        f"times sum to {hours:.1f} h (`invocations` in the JSON).",
+        "",
+    ]
 
 
 def cut_short(doc: dict[str, Any]) -> list[str]:

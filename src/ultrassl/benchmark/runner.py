@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -379,6 +380,16 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
     _check_design(store, opt)
     store.doc["machine"] = machine()
     store.doc["commit"] = store.doc["machine"].get("git_hash")
+    # a full run may span several invocations (stopped, resumed, even on another machine): each one's
+    # command, machine, wall time and evaluations, kept up to date as it goes
+    invocation: dict[str, Any] = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": opt.command,
+        "machine": store.doc["machine"],
+        "seconds": 0.0,
+        "evaluated": 0,
+    }
+    store.doc.setdefault("invocations", []).append(invocation)
     commands = store.doc.setdefault("commands", [])
     store.doc["command"] = opt.command
     if opt.command and opt.command not in commands:
@@ -480,13 +491,15 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
                             ),
                         }
                         encoder_s = 0.0
+                        invocation["seconds"] = round(time.monotonic() - t_start, 1)
                         store.put(key, entry)  # after each part: a kill in fine-tuning keeps the probes
                         log.info(f"{key}: " + _describe(metrics))
                     evaluated += 1
+                    invocation["evaluated"] = evaluated
                     completed += stored is not None
         store.summarize()  # every task's summaries (the whole file), once this task's evaluations are in
         store.save()
-    store.doc["seconds_last_run"] = round(time.monotonic() - t_start, 1)
+    store.doc["seconds_last_run"] = invocation["seconds"] = round(time.monotonic() - t_start, 1)
     store.save()
     return BenchmarkResult(
         store.path,
