@@ -177,6 +177,22 @@ def test_a_config_without_warm_up_keeps_its_constant_start(tmp_path):
     assert fitted.train.max_steps == round(60 * 60 * 0.9 * 50 / 32) and fitted.optim.warmup_steps is None
 
 
+def test_the_fitted_schedule_and_the_benchmark_scale_shares_by_one_rule(tmp_path):
+    """One helper (time_budget.scaled_shares) decides both: epoch shares scale with the schedule; a step
+    count in the config is replaced by --schedule-to-time-limit (a preset sized it for its own length)
+    and kept by the benchmark (whose presets count in epochs: a step count there is the user's)."""
+    cfg = _config(epochs=100)
+    cfg.optim.warmup_steps, cfg.optim.constant_epochs, cfg.optim.constant_steps = 7, 10.0, 3
+    fitted = time_budget.fit_schedule(cfg, tmp_path / "run", None, _fake_calibration([50.0] * 12))
+    steps = round(60 * 60 * 0.9 * 50 / 32)
+    scaled = (time_budget.warmup_steps(steps), round(steps / 10))
+    assert (fitted.optim.warmup_steps, fitted.optim.constant_steps) == scaled
+    assert time_budget.scaled_shares(cfg.optim, 100, steps, keep_given=False) == scaled
+    assert time_budget.scaled_shares(cfg.optim, 100, steps, keep_given=True) == (7, 3)
+    cfg.optim.warmup_steps, cfg.optim.constant_steps = None, None
+    assert time_budget.scaled_shares(cfg.optim, 100, steps, keep_given=True) == scaled
+
+
 def test_uscls_constant_stretch_keeps_its_share_of_the_fitted_schedule(tmp_path):
     """USCL holds the lr constant for 10 of its 100 epochs; fitted to a budget, 10 % of the steps."""
     cfg = _config(epochs=100)

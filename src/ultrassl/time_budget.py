@@ -144,6 +144,26 @@ def constant_steps(constant_epochs: float, epochs: float, steps: int) -> int | N
     return round(min(1.0, constant_epochs / epochs) * steps)
 
 
+def scaled_shares(
+    optim: OptimConfig, epochs: float, steps: int, *, keep_given: bool
+) -> tuple[int | None, int | None]:
+    """``(warmup_steps, constant_steps)`` of a schedule of ``steps`` steps, the shares of ``optim``
+    scaled to it: a warm-up of :data:`WARMUP_SHARE` where the config warms up, USCL's constant stretch
+    as the same share of the steps as its ``constant_epochs`` of ``epochs``; None where it has none.
+
+    ``keep_given``: a step count already in the config stays as it is. The benchmark keeps them (its
+    presets count in epochs, so a step count there is one the user gave); ``--schedule-to-time-limit``
+    does not (a preset's step count, as ``tiny``'s 10 warm-up steps, was sized for its own length, and
+    a 12-step fitted run would spend 10 of them warming up)."""
+    warmup = optim.warmup_steps
+    if not (keep_given and warmup is not None) and has_warmup(optim):
+        warmup = warmup_steps(steps)
+    constant = constant_steps(optim.constant_epochs, epochs, steps)
+    if constant is None or (keep_given and optim.constant_steps is not None):
+        constant = optim.constant_steps
+    return warmup, constant
+
+
 def has_warmup(optim: OptimConfig) -> bool:
     """Whether a config warms up at all (a constant start, as USCL's, keeps its own schedule)."""
     return (optim.warmup_steps if optim.warmup_steps is not None else optim.warmup_epochs) > 0
@@ -230,10 +250,7 @@ def fit_schedule(
         is_main=is_main,
     )
     steps = steps_for(minutes * SCHEDULE_SHARE, measured.samples_per_s, measured.batch)
-    warmup = warmup_steps(steps) if has_warmup(cfg.optim) else cfg.optim.warmup_steps
-    constant = constant_steps(cfg.optim.constant_epochs, cfg.train.epochs, steps)
-    if constant is None:
-        constant = cfg.optim.constant_steps
+    warmup, constant = scaled_shares(cfg.optim, cfg.train.epochs, steps, keep_given=False)
     if is_main:
         shutil.rmtree(folder, ignore_errors=True)
         record = {

@@ -91,17 +91,14 @@ def _run(
     from ultrassl.methods import build_pretrain_config
 
     preset = METHOD_PRESETS.get(name)
-    # the schedule's shares, read from the preset with the user's --pretrain-set on top: a short
-    # warm-up (5 %, as the presets' 5 of 100 epochs) where the config warms up, USCL's constant stretch
-    # (10 of its 100 epochs) as the same share of the budget's steps; warm-up or constant steps given
-    # outright in --pretrain-set are kept
+    # the schedule's shares, read from the preset with the user's --pretrain-set on top and scaled to the
+    # budget's steps (a short warm-up, USCL's constant stretch); steps given in --pretrain-set are kept
     cfg = build_pretrain_config(name, preset, None, list(budget.overrides))
-    optim: dict[str, Any] = {}
-    if cfg.optim.warmup_steps is None and time_budget.has_warmup(cfg.optim):
-        optim["warmup_steps"] = time_budget.warmup_steps(max_steps)
-    constant = time_budget.constant_steps(cfg.optim.constant_epochs, cfg.train.epochs, max_steps)
-    if cfg.optim.constant_steps is None and constant is not None:
-        optim["constant_steps"] = constant
+    shares = time_budget.scaled_shares(cfg.optim, cfg.train.epochs, max_steps, keep_given=True)
+    names = ("warmup_steps", "constant_steps")
+    optim = {
+        k: v for k, v in zip(names, shares, strict=True) if v is not None and getattr(cfg.optim, k) is None
+    }
     s = budget.img_size
     # a method's shareable cache in one folder for every corpus (``caches/<key>``), so that e.g.
     # UltraMAE solves each file's confidence map once for all runs of the benchmark
