@@ -1,4 +1,4 @@
-"""Render the docs' benchmark sections from ``bench/results/*.json`` (measuring is the bench scripts' job;
+"""Render the docs' benchmark sections (and the README's headline) from ``bench/results/*.json`` (measuring is the bench scripts' job;
 writing the pages is this one's).
 
 Each section lies between ``<!-- NAME:START -->`` and ``<!-- NAME:END -->`` in its page; the text
@@ -36,6 +36,7 @@ from pages import (  # noqa: E402
     memory_estimate,
     precision_auto,
     probe_overhead,
+    readme_headline,
     real_data,
     reliability,
     scaling,
@@ -49,7 +50,7 @@ DOCS = ROOT / "docs"
 
 @dataclass(frozen=True)
 class Section:
-    page: str  # below docs/
+    page: str  # below docs/ (``../README.md``: the README)
     name: str  # the markers' name
     render: Callable[[Path], str | None]  # the results folder -> the text (None: no results)
 
@@ -78,6 +79,7 @@ SECTIONS = (
     Section("benchmark-results.md", "BENCHMARK_SUITE", benchmark_suite.section),
     Section("benchmark-results.md", "BUSI_RECIPES", busi_recipes.section),
     Section("scaling.md", "SCALING_ESTIMATES", scaling.section),
+    Section("../README.md", "BENCHMARK_HEADLINE", readme_headline.section),
 )
 #: figures drawn from the JSON alone (the overlays of bench/scan_area.py need the data: that bench draws them)
 FIGURES = (real_data.figures, benchmark_suite.figures)

@@ -380,6 +380,7 @@ def test_render_docs_writes_the_section_and_figure(tmp_path):
     results, docs = tmp_path / "results", tmp_path / "docs"
     shutil.copytree(render_docs.RESULTS, results)
     shutil.copytree(render_docs.DOCS, docs)
+    shutil.copy(render_docs.ROOT / "README.md", tmp_path / "README.md")  # its headline section
     (results / page.RESULTS_NAME).unlink(missing_ok=True)  # start from no results (a run may be committed)
     assert render_docs.stale(results, docs) == []  # no results: the section stays as written
     made_up_results(results / page.RESULTS_NAME)
@@ -471,3 +472,26 @@ def test_pre_training_runs_cut_short_by_the_time_cap_are_named(tmp_path):
     doc["pretrain"]["busi/fold1/mae"]["steps"] = 62
     (results / page.RESULTS_NAME).write_text(json.dumps(doc))
     assert "stopped before" not in page.section(results)
+
+
+def test_the_readme_headline_comes_from_the_full_table_only(tmp_path):
+    """bench/pages/readme_headline.py: per task, the best pre-trained encoder's lift on the main
+    protocol with its interval, and how many methods' lifts hold (Holm); a --quick run draws none."""
+    from pages import readme_headline
+
+    results = tmp_path / "results"
+    made_up_results(results / page.RESULTS_NAME, quick=True)
+    quick = readme_headline.section(results)
+    assert "`--quick` runs so far" in quick and "|" not in quick
+    doc = made_up_results(results / page.RESULTS_NAME, quick=False)
+    text = readme_headline.section(results)
+    rows = {r[0]: r[1:] for r in _rows(text)}
+    busi = doc["lifts"]["busi-classify"]
+    assert rows["`busi-classify` (linear probe, balanced accuracy)"] == [
+        "Deblurring MAE",
+        page.lift_cell(busi["deblur-mae"]["linear"]["balanced_accuracy"]),
+        "1 of 2",  # Deblurring MAE's lift holds, MAE's wanders around zero
+    ]
+    dice = doc["lifts"]["hc18-segment"]["deblur-mae"]["finetune"]["dice"]
+    assert rows["`hc18-segment` (fine-tuned, Dice)"] == ["Deblurring MAE", page.lift_cell(dice), "0 of 1"]
+    assert "on 4 folds" in text and "](docs/benchmark-results.md)" in text

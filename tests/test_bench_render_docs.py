@@ -47,6 +47,7 @@ def test_new_figures_make_their_section_stale_and_rendering_updates_it(tmp_path)
     results, docs = tmp_path / "results", tmp_path / "docs"
     shutil.copytree(render_docs.RESULTS, results)
     shutil.copytree(render_docs.DOCS, docs)
+    shutil.copy(render_docs.ROOT / "README.md", tmp_path / "README.md")  # its headline section
     doc = json.loads((results / "loader_rates.json").read_text())
     doc["gpu_rate"] = 6000.0
     (results / "loader_rates.json").write_text(json.dumps(doc))

@@ -17,10 +17,10 @@ fold's seeds first): seeds of one fold share its test patients and are not indep
 of one cross-validation share training patients too, so even these intervals lean narrow; the JSON
 states the design beside them.
 
-Many rows: a task's table holds a lift per method and protocol, and at 95 % one in twenty true zeros
+Many rows: a task's table holds a lift per method and protocol, and with 95 % intervals one in twenty true zeros
 still comes out "resolved". Each interval is right for its own row read alone; to read the table as a
 whole, :func:`holm` adjusts the paired tests' p-values over the task's lifts (Holm's step-down
-correction: the family-wise error stays at 5 % under any dependence between the rows, which share
+correction: the family-wise error stays at the tests' level under any dependence between the rows, which share
 folds and twins here, and it rejects at least as much as Bonferroni).
 """
 
