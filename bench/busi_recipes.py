@@ -2,8 +2,8 @@
 
 Each recipe is one ``ultrassl benchmark`` on ``busi-classify`` (five grouped folds, probe seeds 0 and
 1, classification fine-tuning on seed 0) with one thing changed from the CPU preset: the budget, the
-mask ratio, the blur, the learning rate, or the pre-training corpus (``METHOD@multi``: POCUS, BUSI and
-HC18 together). The ``base`` recipe calibrates its 2-minute budget to a step count on this machine;
+mask ratio, the blur, the learning rate, the crops, the input size, or the pre-training corpus
+(``METHOD@multi``: POCUS, BUSI and HC18 together). The ``base`` recipe calibrates its 2-minute budget to a step count on this machine;
 every other recipe takes that step count (times its factor) as ``--pretrain-steps``, so recipes are
 compared at equal steps however busy the machine was when they ran. Every recipe is compared with the same random ViT-T, fold by fold, so the page can set
 the lifts side by side with their intervals. A recipe is resumable (the benchmark is); its results file
@@ -42,6 +42,8 @@ class Recipe:
     steps_factor: float | None = 1.0
     #: ``--pretrain-set`` items
     sets: tuple[str, ...] = ()
+    #: every encoder's input size (``--img-size``; its random twin at the same size)
+    img_size: int = 112
 
 
 RECIPES = {
@@ -55,6 +57,10 @@ RECIPES = {
     "mask-0.9": Recipe("mask ratio 0.9", sets=("mae.mask_ratio=0.9",)),
     "blur-2": Recipe("a stronger blur (sigma 2)", sets=("blur.sigma=2.0",)),
     "lr-3e-4": Recipe("a lower learning rate (3e-4)", sets=("optim.base_lr=3e-4",)),
+    # a crop of 20 % of a breast frame often leaves out the lesion the label is about
+    "crop-0.5": Recipe("milder crops (scale 0.5-1 of the frame)", sets=("data.crop_scale=[0.5,1.0]",)),
+    # BUSI's lesions are small at 112 px; at the same steps a 160-px step costs about twice the compute
+    "size-160": Recipe("input 160 px, pre-training and probes", img_size=160),
 }
 
 
@@ -88,6 +94,7 @@ def benchmark_command(name: str, recipe: Recipe, data: Path) -> list[str]:
         ),
         "--seeds",
         "0,1",
+        *(["--img-size", str(recipe.img_size)] if recipe.img_size != 112 else []),
     ]
     for item in recipe.sets:
         cmd += ["--pretrain-set", item]
@@ -106,6 +113,7 @@ def run(name: str, recipe: Recipe, data: Path) -> Path:
         "methods": list(recipe.methods),
         "steps_factor": recipe.steps_factor,
         "pretrain_set": list(recipe.sets),
+        "img_size": recipe.img_size,
         "driver": command_line(__file__),
     }
     return write_results(OUT / f"{name}.json", doc)
