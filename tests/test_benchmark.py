@@ -399,6 +399,8 @@ def test_a_budget_schedule_keeps_the_presets_warm_up_and_constant_shares(tmp_pat
         )
         assert "optim" not in calls[0] and calls[0]["set"] == list(overrides)
     assert calls[0]["time_limit"] == 3.0  # a run that a busy machine slows down stops at 3x its budget
+    # ... and at least a minute past it: a budget of seconds (a test's) is not cut by a moment's load
+    assert pretrain.time_cap(2.0) == 6.0 and pretrain.time_cap(0.5) == 1.5 and pretrain.time_cap(0.02) == 1.02
     calls.clear()
     given = pretrain.PretrainBudget(1.0, steps=400)
     pretrain._run("deblur-mae", tmp_path / "m.csv", tmp_path / "run", given, 400, False, tmp_path / "caches")
@@ -878,24 +880,28 @@ def test_a_method_that_learns_from_labels_has_no_few_label_curve(tmp_path):
     )
 
 
+def _tiny_export(where: Path) -> Path:
+    """A random tiny ViT exported as if MAE had pre-trained it (what a stubbed pre-training returns)."""
+    import torch
+    from tiny import tiny_vit_spec
+
+    from ultrassl.checkpoint import export_encoder
+    from ultrassl.models.vit import create_encoder
+
+    spec = tiny_vit_spec((32, 32))
+    torch.manual_seed(0)
+    return export_encoder(create_encoder(spec), spec, where, method="mae", mean=[0.5], std=[0.25])
+
+
 def test_an_entry_completed_after_its_pre_training_changed_is_evaluated_again(
     data_root, tmp_path, monkeypatch
 ):
     """Each entry names the pre-training run it measured (run, steps, final loss). Completing an entry
     (a protocol added since) from another pre-training would mix two encoders in one row, so such an
     entry is evaluated anew; with the same pre-training only the missing protocol runs."""
-    import torch
-    from tiny import tiny_vit_spec
-
     from ultrassl.benchmark import run_benchmark, runner
-    from ultrassl.checkpoint import export_encoder
-    from ultrassl.models.vit import create_encoder
 
-    spec = tiny_vit_spec((32, 32))
-    torch.manual_seed(0)
-    export = export_encoder(
-        create_encoder(spec), spec, tmp_path / "mae", method="mae", mean=[0.5], std=[0.25]
-    )
+    export = _tiny_export(tmp_path / "mae")
     loss = {"value": 1.0}
     monkeypatch.setattr(runner, "calibrate", lambda *a, **k: {"steps": 10})
     monkeypatch.setattr(
@@ -932,6 +938,71 @@ def test_an_entry_completed_after_its_pre_training_changed_is_evaluated_again(
     assert anew["pretrain"]["final_loss"] == 0.5
 
 
+def test_a_pre_training_cut_short_is_continued_and_its_entries_evaluated_again(
+    data_root, tmp_path, monkeypatch
+):
+    """A run a busy machine stopped at its time cap is continued to its planned steps by the next
+    invocation, and the entries measured on the short run are evaluated again on the whole one (those
+    of another task of the same data set too); after that, everything reads back."""
+    from ultrassl.benchmark import run_benchmark, runner
+
+    export = _tiny_export(tmp_path / "mae")
+    steps = {"done": 6}
+    monkeypatch.setattr(runner, "calibrate", lambda *a, **k: {"steps": 10})
+
+    def pretrain_fold(corpus, k, name, planned, *a, **kw):
+        return export, {"steps": steps["done"], "planned_steps": planned, "final_loss": 1.0 / steps["done"]}
+
+    monkeypatch.setattr(runner, "pretrain_fold", pretrain_fold)
+
+    def opts():
+        return _options(data_root, tmp_path / "out", methods=("mae",), folds=(0,), seeds=(0,))
+
+    path = run_benchmark(opts()).results_file
+    key = "busi-classify/mae/fold0/seed0"
+    assert json.loads(path.read_text())["results"][key]["pretrain"]["steps"] == 6
+    steps["done"] = 10  # the next invocation continues the run to its 10 steps
+    again = run_benchmark(opts())
+    assert (again.evaluated, again.completed) == (1, 0)
+    doc = json.loads(path.read_text())
+    assert doc["results"][key]["pretrain"]["steps"] == 10 and doc["pretrain"]["busi/fold0/mae"]["steps"] == 10
+    assert run_benchmark(opts()).evaluated == 0  # whole now: read back
+    # an entry stored on a run that has changed since (continued for another task) is evaluated again
+    doc["results"][key]["pretrain"]["steps"] = 6
+    path.write_text(json.dumps(doc))
+    assert run_benchmark(opts()).evaluated == 1
+
+
+def test_pretrain_fold_continues_a_run_cut_short_and_adds_up_its_seconds(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from ultrassl.benchmark import pretrain
+
+    calls = []
+
+    def run(name, manifest, where, budget, max_steps, calibration, caches):
+        calls.append(max_steps)
+        return SimpleNamespace(steps=max_steps, seconds=50.0, stopped_by="max_steps", final_loss=0.3)
+
+    monkeypatch.setattr(pretrain, "_run", run)
+    monkeypatch.setattr(pretrain, "pretrain_manifest", lambda *a: tmp_path / "m.csv")
+    monkeypatch.setattr(pretrain, "read_manifest", lambda m: [1, 2, 3])
+    corpus = SimpleNamespace(name="busi", tasks=[SimpleNamespace(spec=SimpleNamespace(folder="busi"))])
+    work, budget = tmp_path / "busi", pretrain.PretrainBudget(2.0)
+    done = work / "runs" / "fold0" / "mae" / "benchmark_done.json"
+    done.parent.mkdir(parents=True)
+    short = {"steps": 32, "planned_steps": 62, "train_seconds": 360.0, "seconds_with_setup": 370.0}
+    done.write_text(json.dumps({**short, "stopped_by": "time_limit"}))
+    said = []
+    run_dir, info = pretrain.pretrain_fold(corpus, 0, "mae", 62, budget, work, said.append)
+    assert calls == [62] and info["steps"] == 62 and info["starts"] == 2
+    assert info["train_seconds"] == 410.0 and info["seconds_with_setup"] >= 370.0  # both starts
+    assert "continuing mae on busi fold 0 from step 32 to its 62 steps (it stopped short: time_limit)" in said
+    assert json.loads(done.read_text()) == info and not pretrain.cut_short(info)
+    assert pretrain.pretrain_fold(corpus, 0, "mae", 62, budget, work, said.append) == (run_dir, info)
+    assert calls == [62]  # whole: read back
+
+
 def test_fine_tuned_tasks_and_few_label_points_may_grow_between_runs(data_root, tmp_path):
     """They only add protocols to stored entries, so a later run may ask for more; the budget may not."""
     from ultrassl.benchmark import run_benchmark
@@ -958,18 +1029,9 @@ def test_fine_tuned_tasks_and_few_label_points_may_grow_between_runs(data_root, 
 
 def test_given_pre_training_steps_replace_the_calibration(data_root, tmp_path, monkeypatch):
     """``pretrain_steps``: every run takes that many steps, nothing is calibrated, no time cap."""
-    import torch
-    from tiny import tiny_vit_spec
-
     from ultrassl.benchmark import run_benchmark, runner
-    from ultrassl.checkpoint import export_encoder
-    from ultrassl.models.vit import create_encoder
 
-    spec = tiny_vit_spec((32, 32))
-    torch.manual_seed(0)
-    export = export_encoder(
-        create_encoder(spec), spec, tmp_path / "mae", method="mae", mean=[0.5], std=[0.25]
-    )
+    export = _tiny_export(tmp_path / "mae")
     trained = []
 
     def calibrate(*a, **k):

@@ -312,7 +312,8 @@ def cut_short(doc: dict[str, Any]) -> list[str]:
     return [
         f"**{len(cut)} of {len(runs)} pre-training runs stopped before their planned steps**, at the time "
         f"cap (three times the budget) of a machine busy with other work: {named}. The rows that use them "
-        "rest on less pre-training than the design says.",
+        "rest on less pre-training than the design says; the same command run again continues these runs "
+        "and evaluates their rows again.",
         "",
     ]
 

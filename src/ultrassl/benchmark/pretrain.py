@@ -4,8 +4,8 @@ budget turned into a step count.
 Why steps and not a time limit: a schedule (warm-up, cosine) must know its length in advance, and every
 fold should train the same number of steps. A short calibration run measures the method's samples per
 second on this machine once per corpus, and the budget becomes ``minutes x rate / batch`` steps; the wall
-time each run took is recorded beside it (a cap of 3x the budget stops a run that a shared machine
-slows down). A step count given outright (``--pretrain-steps``) replaces the calibration and the cap:
+time each run took is recorded beside it (a cap, :func:`time_cap`, stops a run that a shared machine
+slows down; the same command again continues it). A step count given outright (``--pretrain-steps``) replaces the calibration and the cap:
 the same steps on any machine. Labels of the fold's training groups stay in its pre-training manifest (a method that learns
 from labels, as USCL, sees only those); validation and test groups are unlabelled or absent.
 
@@ -32,7 +32,7 @@ from ultrassl.benchmark.encoders import METHOD_CACHES, METHOD_PRESETS
 from ultrassl.benchmark.tasks import PreparedTask
 from ultrassl.data.manifest import read_manifest, write_manifest
 
-__all__ = ["Corpus", "PretrainBudget", "calibrate", "pretrain_fold", "pretrain_manifest"]
+__all__ = ["Corpus", "PretrainBudget", "calibrate", "cut_short", "pretrain_fold", "pretrain_manifest"]
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,19 @@ def _run(
         precision=budget.precision,
         batch_size=budget.batch_size,
         checkpoint_every=0 if calibration else 50,
-        time_limit=None if calibration or budget.steps else 3 * budget.minutes,
+        time_limit=None if calibration or budget.steps else time_cap(budget.minutes),
         encoder={"img_size": [s, s]},
         train={"tensorboard": False, "log_every": 1 if calibration else 10},
         previews={"every": 0} if calibration else {},
         **({"optim": optim} if optim else {}),
     )
+
+
+def time_cap(minutes: float) -> float:
+    """The minutes a pre-training of a ``minutes`` budget may take before it is stopped: three times the
+    budget, and at least a minute more than it (so that a budget of seconds, as a test's, is not cut by
+    a moment's load)."""
+    return max(3 * minutes, minutes + 1.0)
 
 
 def calibrate(
@@ -163,31 +170,52 @@ def pretrain_fold(
 ) -> tuple[Path, dict[str, Any]]:
     """Pre-train method ``name`` on the corpus' fold-``k`` training part for ``steps`` steps (resumable:
     a run folder marked done is read back) in ``work`` (the corpus' folder; its parent keeps the caches
-    every corpus shares); returns the run folder and what the run did."""
+    every corpus shares); returns the run folder and what the run did.
+
+    A run marked done short of its steps (:func:`cut_short`: a busy machine slowed it past its time
+    cap) is continued from its last checkpoint to them, as the same schedule resumed, so the next
+    invocation heals it; its seconds add up over the starts."""
     run = work / "runs" / f"fold{k}" / name
     done = run / "benchmark_done.json"
-    if done.exists():
-        return run, json.loads(done.read_text())
+    before: dict[str, Any] = json.loads(done.read_text()) if done.exists() else {}
+    if before and not cut_short(before):
+        return run, before
     manifest = pretrain_manifest(corpus.tasks, k, work / "manifests" / f"fold{k}_{name}.csv")
     given = "given" if budget.steps else f"{budget.minutes:g} min budget"
-    log(f"pre-training {name} on {corpus.name} fold {k}: {steps} steps ({given})")
+    if before:
+        log(
+            f"continuing {name} on {corpus.name} fold {k} from step {before['steps']} to its {steps} steps "
+            f"(it stopped short: {before.get('stopped_by')})"
+        )
+        done.unlink()
+    else:
+        log(f"pre-training {name} on {corpus.name} fold {k}: {steps} steps ({given})")
     t0 = time.monotonic()
     result = _run(name, manifest, run, budget, steps, calibration=False, caches=work.parent / "caches")
     info = {
         "steps": result.steps,
         "planned_steps": steps,
-        "train_seconds": round(result.seconds, 1),
-        "seconds_with_setup": round(time.monotonic() - t0, 1),
+        "train_seconds": round(result.seconds + before.get("train_seconds", 0.0), 1),
+        "seconds_with_setup": round(time.monotonic() - t0 + before.get("seconds_with_setup", 0.0), 1),
         "stopped_by": result.stopped_by,
         "final_loss": result.final_loss,
         "corpus": [t.spec.folder for t in corpus.tasks],
         "files": sum(1 for _ in read_manifest(manifest)),
+        **({"starts": before.get("starts", 1) + 1} if before else {}),
     }
     if result.steps < steps:
         log(
             f"WARNING: {name} on {corpus.name} fold {k} stopped after {result.steps} of {steps} steps "
             f"({result.stopped_by}): a machine busy with other work slows a run past its time cap; "
-            "the results page names such runs"
+            "the same command again continues it (and evaluates its rows again), and until then the "
+            "results page names it"
         )
     atomic_write_text(done, json.dumps(info, indent=2) + "\n")
     return run, info
+
+
+def cut_short(info: dict[str, Any]) -> bool:
+    """Whether a pre-training run's record (``benchmark_done.json``, the JSON's ``pretrain``) says it
+    stopped before its planned steps."""
+    planned = info.get("planned_steps")
+    return planned is not None and int(info.get("steps") or 0) < int(planned)

@@ -28,7 +28,7 @@ from ultrassl.benchmark.evaluate import (
     ProbeSettings,
     fraction_protocol,
 )
-from ultrassl.benchmark.pretrain import Corpus, PretrainBudget, calibrate, pretrain_fold
+from ultrassl.benchmark.pretrain import Corpus, PretrainBudget, calibrate, cut_short, pretrain_fold
 from ultrassl.benchmark.record import ResultsFile, result_key
 from ultrassl.benchmark.tasks import CORPUS_TASKS, TASKS, PreparedTask, prepare_task
 from ultrassl.errors import ConfigError, UltrasslError
@@ -354,6 +354,18 @@ class _Encoders:
         return run
 
 
+def _pretraining_outdated(store: ResultsFile, entry: dict[str, Any]) -> bool:
+    """Whether ``entry`` rests on a pre-training run that stopped before its planned steps (the next
+    :func:`pretrain_fold` continues it) or that has changed since (continued for another task of its
+    data set): either way it is evaluated again, on the run as it is now."""
+    ident = entry.get("pretrain") or {}
+    record = (store.doc.get("pretrain") or {}).get(ident.get("run")) if ident else None
+    if not record:
+        return False
+    now = (record.get("steps"), record.get("final_loss"))
+    return cut_short(record) or now != (ident.get("steps"), ident.get("final_loss"))
+
+
 def _check_design(store: ResultsFile, opt: BenchmarkOptions) -> None:
     old = store.doc.get("design_options")
     new = opt.design()
@@ -444,11 +456,12 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
                 for seed in seeds:
                     key = result_key(name, enc.name, k, seed)
                     stored = store.results.get(key)
-                    # an entry of an earlier run may lack a protocol added since (e.g. "finetune")
+                    # an entry of an earlier run may lack a protocol added since (e.g. "finetune"), or
+                    # rest on a pre-training cut short, which is continued now (its entries anew, below)
                     missing = [
                         p
                         for p in expected_protocols(opt, task, seed, enc)
-                        if not stored or p not in stored["metrics"]
+                        if not stored or p not in stored["metrics"] or _pretraining_outdated(store, stored)
                     ]
                     if not missing:
                         read_back += 1
