@@ -10,6 +10,9 @@ runs it on the committed files).
     python bench/render_docs.py                 # after re-running a bench
     python bench/render_docs.py --check         # is every section current?
     python bench/render_docs.py --results /tmp/results --docs /tmp/docs   # render elsewhere
+
+The README's section is the one page outside ``docs/``: it is ``DOCS/../README.md``, so rendering
+elsewhere writes the README beside that folder (copy it there with the docs).
 """
 
 from __future__ import annotations

@@ -337,8 +337,13 @@ def test_a_lift_that_holm_does_not_keep_is_resolved_alone():
     assert text.startswith(
         "On `t` the design resolves a lift above zero for A (linear probe) +9.0, B (k-NN) +2.0."
     )
-    assert "Read as one table (Holm's correction over its 6 lifts), 1 of these 2 hold; not B (k-NN)." in text
+    assert "Read as a whole (Holm's correction over its 6 lifts), 1 of these 2 hold; not B (k-NN)." in text
     assert "Holm" not in page.resolution_sentence([("A (linear probe)", kept)], "On `t` the design")
+    # lifts of several results files (the recipes), each its own family, say so
+    pair = [("A", kept), ("B", alone)]
+    assert "(Holm's correction over each recipe's own lifts)" in page.resolution_sentence(
+        pair, "S", "each recipe's own lifts"
+    )
 
 
 def test_provenance_and_design(rendered):
@@ -362,7 +367,8 @@ def test_a_run_resumed_over_several_invocations_says_where_each_ran(tmp_path):
     ]
     (results / page.RESULTS_NAME).write_text(json.dumps(doc))
     assert (
-        "It ran in 2 invocations (each continuing where the last stopped), at git aaa1111, bbb2222 on "
+        "It ran in 2 invocations of its command (each reading back what the ones before finished), at git "
+        "aaa1111, bbb2222 on "
         "Xeon, 2 cores, no GPU; EPYC, 2 cores, no GPU; their wall times sum to 2.0 h" in page.section(results)
     )
 

@@ -950,20 +950,25 @@ def test_a_pre_training_cut_short_is_continued_and_its_entries_evaluated_again(
     steps = {"done": 6}
     monkeypatch.setattr(runner, "calibrate", lambda *a, **k: {"steps": 10})
 
-    def pretrain_fold(corpus, k, name, planned, *a, **kw):
+    asked = []
+
+    def pretrain_fold(corpus, k, name, planned, budget, work, log, continue_short=True):
+        asked.append(continue_short)
         return export, {"steps": steps["done"], "planned_steps": planned, "final_loss": 1.0 / steps["done"]}
 
     monkeypatch.setattr(runner, "pretrain_fold", pretrain_fold)
 
     def opts():
-        return _options(data_root, tmp_path / "out", methods=("mae",), folds=(0,), seeds=(0,))
+        return _options(data_root, tmp_path / "out", methods=("mae",), folds=(0,), seeds=(0, 1))
 
     path = run_benchmark(opts()).results_file
     key = "busi-classify/mae/fold0/seed0"
     assert json.loads(path.read_text())["results"][key]["pretrain"]["steps"] == 6
+    # within one invocation a run is continued once: both seeds measure the same run
+    assert asked == [True, False]
     steps["done"] = 10  # the next invocation continues the run to its 10 steps
     again = run_benchmark(opts())
-    assert (again.evaluated, again.completed) == (1, 0)
+    assert (again.evaluated, again.completed) == (2, 0)
     doc = json.loads(path.read_text())
     assert doc["results"][key]["pretrain"]["steps"] == 10 and doc["pretrain"]["busi/fold0/mae"]["steps"] == 10
     assert run_benchmark(opts()).evaluated == 0  # whole now: read back
@@ -1001,6 +1006,10 @@ def test_pretrain_fold_continues_a_run_cut_short_and_adds_up_its_seconds(tmp_pat
     assert json.loads(done.read_text()) == info and not pretrain.cut_short(info)
     assert pretrain.pretrain_fold(corpus, 0, "mae", 62, budget, work, said.append) == (run_dir, info)
     assert calls == [62]  # whole: read back
+    done.write_text(json.dumps({**short, "stopped_by": "time_limit"}))
+    # asked again in the same invocation: read back as it is, not continued twice
+    assert pretrain.pretrain_fold(corpus, 0, "mae", 62, budget, work, said.append, False)[1]["steps"] == 32
+    assert calls == [62]
 
 
 def test_fine_tuned_tasks_and_few_label_points_may_grow_between_runs(data_root, tmp_path):

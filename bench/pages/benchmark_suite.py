@@ -288,7 +288,8 @@ def invocations(doc: dict[str, Any]) -> list[str]:
     kinds = list(dict.fromkeys(machine(m) for m in ms if m))
     hours = sum(float(r.get("seconds") or 0) for r in runs) / 3600
     return [
-        f"It ran in {len(runs)} invocations (each continuing where the last stopped), at git "
+        f"It ran in {len(runs)} invocations of its command (each reading back what the ones before "
+        "finished), at git "
         f"{', '.join(revs) or 'unknown'} on {'; '.join(kinds) or 'an unrecorded machine'}; their wall "
         f"times sum to {hours:.1f} h (`invocations` in the JSON).",
         "",
@@ -310,8 +311,9 @@ def cut_short(doc: dict[str, Any]) -> list[str]:
         f"`{k}` ({v.get('steps')} of {v['planned_steps']} steps)" for k, v in sorted(cut.items())
     )
     return [
-        f"**{len(cut)} of {len(runs)} pre-training runs stopped before their planned steps**, at the time "
-        f"cap (three times the budget) of a machine busy with other work: {named}. The rows that use them "
+        f"**{len(cut)} of {len(runs)} pre-training runs stopped before their planned steps**, most likely at "
+        f"the time cap (three times the budget, at least a minute past it) of a machine busy with other work: "
+        f"{named}. The rows that use them "
         "rest on less pre-training than the design says; the same command run again continues these runs "
         "and evaluates their rows again.",
         "",
@@ -449,9 +451,13 @@ def task_sentence(doc: dict[str, Any], task: str) -> str:
     )
 
 
-def resolution_sentence(found: list[tuple[str, dict[str, Any]]], subject: str) -> str:
+def resolution_sentence(
+    found: list[tuple[str, dict[str, Any]]], subject: str, family_scope: str | None = None
+) -> str:
     """``subject`` + which of the named lifts ``found`` are resolved (above, below zero), which of those
-    hold after Holm's correction over their family, and the smallest lift the design could detect."""
+    hold after Holm's correction over their family, and the smallest lift the design could detect.
+    ``family_scope`` says what was corrected over (default: the one family of ``found``, "its N lifts";
+    lifts from several results files, each its own family, must say so)."""
     up = [(w, x) for w, x in found if resolved(x) and x["low"] > 0]
     down = [(w, x) for w, x in found if resolved(x) and x["high"] < 0]
     open_ = [(w, x) for w, x in found if not resolved(x)]
@@ -472,9 +478,9 @@ def resolution_sentence(found: list[tuple[str, dict[str, Any]]], subject: str) -
     alone = [w for w, x in (*up, *down) if x.get("resolved_holm") is False]
     if alone:
         families = sorted({int(x["family"]) for _, x in found if x.get("family")})
-        scope = f"its {families[0]} lifts" if len(families) == 1 else "each results file's lifts"
+        scope = family_scope or (f"its {families[0]} lifts" if len(families) == 1 else "each family's lifts")
         text += (
-            f" Read as one table (Holm's correction over {scope}), {len(up) + len(down) - len(alone)} of "
+            f" Read as a whole (Holm's correction over {scope}), {len(up) + len(down) - len(alone)} of "
             f"these {len(up) + len(down)} hold; not " + ", ".join(alone) + "."
         )
     det = [(w, x["detectable"]) for w, x in found if x.get("detectable") is not None]

@@ -87,7 +87,9 @@ def section(results: Path) -> str | None:
                 if lifts.get(p)
             ]
     verdict = (
-        suite.resolution_sentence(found, f"On `{TASK}` ({metric}, points) the recipes' design")
+        suite.resolution_sentence(
+            found, f"On `{TASK}` ({metric}, points) the recipes' design", "each recipe's own lifts"
+        )
         if found
         else "No recipe has a lift over its random twin yet."
     )

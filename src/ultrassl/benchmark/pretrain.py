@@ -167,6 +167,7 @@ def pretrain_fold(
     budget: PretrainBudget,
     work: Path,
     log: Callable[[str], None],
+    continue_short: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Pre-train method ``name`` on the corpus' fold-``k`` training part for ``steps`` steps (resumable:
     a run folder marked done is read back) in ``work`` (the corpus' folder; its parent keeps the caches
@@ -174,20 +175,21 @@ def pretrain_fold(
 
     A run marked done short of its steps (:func:`cut_short`: a busy machine slowed it past its time
     cap) is continued from its last checkpoint to them, as the same schedule resumed, so the next
-    invocation heals it; its seconds add up over the starts."""
+    invocation heals it; its seconds add up over the starts. ``continue_short=False`` reads it back as it
+    is (the caller continues a run at most once per invocation, so that the seeds and tasks of one
+    invocation measure the same run)."""
     run = work / "runs" / f"fold{k}" / name
     done = run / "benchmark_done.json"
     before: dict[str, Any] = json.loads(done.read_text()) if done.exists() else {}
-    if before and not cut_short(before):
+    if before and not (continue_short and cut_short(before)):
         return run, before
     manifest = pretrain_manifest(corpus.tasks, k, work / "manifests" / f"fold{k}_{name}.csv")
     given = "given" if budget.steps else f"{budget.minutes:g} min budget"
     if before:
         log(
-            f"continuing {name} on {corpus.name} fold {k} from step {before['steps']} to its {steps} steps "
-            f"(it stopped short: {before.get('stopped_by')})"
-        )
-        done.unlink()
+            f"continuing {name} on {corpus.name} fold {k} from step {before.get('steps', 0)} to its {steps} "
+            f"steps (it stopped short: {before.get('stopped_by')})"
+        )  # its record stays until the continuation's replaces it: a kill now loses no seconds
     else:
         log(f"pre-training {name} on {corpus.name} fold {k}: {steps} steps ({given})")
     t0 = time.monotonic()

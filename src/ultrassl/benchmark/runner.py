@@ -287,6 +287,9 @@ class _Encoders:
         self.identity: dict[str, Any] | None = None
         #: the prepared tasks pre-training corpora are read through, by task name
         self._tasks: dict[str, PreparedTask] = {}
+        #: the pre-training runs this invocation has asked for: a run cut short is continued once per
+        #: invocation, so that its seeds and tasks here all measure the same run
+        self._asked: set[str] = set()
         self.budget = PretrainBudget(
             opt.pretrain_minutes,
             opt.calib_steps,
@@ -346,8 +349,18 @@ class _Encoders:
             calib[key] = calibrate(corpus, enc.method, self.budget, work, log.info)
             self.store.doc.setdefault("steps", {})[f"calibrate/{key}"] = round(time.monotonic() - t0, 1)
             self.store.save()
-        run, info = pretrain_fold(corpus, fold, enc.method, calib[key]["steps"], self.budget, work, log.info)
         name = f"{corpus.name}/fold{fold}/{enc.method}"
+        run, info = pretrain_fold(
+            corpus,
+            fold,
+            enc.method,
+            calib[key]["steps"],
+            self.budget,
+            work,
+            log.info,
+            name not in self._asked,
+        )
+        self._asked.add(name)
         self.store.doc.setdefault("pretrain", {})[name] = info
         self.store.save()
         self.identity = {"run": name, "steps": info.get("steps"), "final_loss": info.get("final_loss")}
@@ -505,6 +518,7 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
                         }
                         encoder_s = 0.0
                         invocation["seconds"] = round(time.monotonic() - t_start, 1)
+                        invocation["evaluated"] = evaluated + 1  # this one, in part at least
                         store.put(key, entry)  # after each part: a kill in fine-tuning keeps the probes
                         log.info(f"{key}: " + _describe(metrics))
                     evaluated += 1

@@ -121,8 +121,8 @@ class PairedDifference:
     detectable: float | None
     #: the matched keys, in order
     pairs: tuple[Hashable, ...]
-    #: two-sided p-value of the paired t-test (below 0.05 exactly when the 95 % interval excludes zero);
-    #: None with fewer than two pairs
+    #: two-sided p-value of the paired t-test (below 1 - confidence exactly when the interval excludes
+    #: zero); None with fewer than two pairs
     p: float | None = None
 
 
