@@ -299,12 +299,10 @@ def invocations(doc: dict[str, Any]) -> list[str]:
 def cut_short(doc: dict[str, Any]) -> list[str]:
     """A warning naming the pre-training runs that stopped before their planned steps (a machine busy
     with other work reached the time cap), whose rows rest on less pre-training than the design says."""
+    from ultrassl.benchmark.pretrain import cut_short as stopped_short  # the benchmark's own predicate
+
     runs = doc.get("pretrain") or {}
-    cut = {
-        k: v
-        for k, v in runs.items()
-        if v.get("planned_steps") is not None and (v.get("steps") or 0) < v["planned_steps"]
-    }
+    cut = {k: v for k, v in runs.items() if stopped_short(v)}
     if not cut:
         return []
     named = ", ".join(
