@@ -57,6 +57,29 @@ def test_without_validation_the_last_epoch_is_kept():
     assert (done.epoch, done.score) == (2, None)
 
 
+def test_the_schedule_keeps_each_groups_lr_scale():
+    """timm's layer-wise lr decay marks each group with its factor ("lr_scale"): the warm-up/cosine
+    schedule scales each group's lr by it, so an early layer trains slower than the head."""
+    torch.manual_seed(0)
+    body, head = nn.Linear(4, 4), nn.Linear(4, 2)
+    model = nn.Sequential(body, head)
+    opt = torch.optim.AdamW(
+        [{"params": body.parameters(), "lr_scale": 0.1}, {"params": head.parameters()}], lr=0.1
+    )
+    seen: list[tuple[float, float]] = []
+
+    def loss(m: nn.Module, idx: np.ndarray) -> torch.Tensor:
+        seen.append((opt.param_groups[0]["lr"], opt.param_groups[1]["lr"]))
+        return nn.functional.cross_entropy(m(X[idx]).float(), Y[idx])
+
+    settings = FitSettings(epochs=2, batch_size=8, patience=5, warmup_epochs=1)
+    fit(model, opt, np.arange(32), loss, lambda m: None, settings, torch.Generator(), torch.device("cpu"))
+    assert len(seen) == 8
+    assert max(h for _, h in seen) == pytest.approx(0.1, rel=0.05)  # the head reaches the given lr
+    for body_lr, head_lr in seen:
+        assert body_lr == pytest.approx(0.1 * head_lr)
+
+
 def test_a_nan_loss_stops_with_a_clear_error():
     model, opt = _setup()
 

@@ -153,7 +153,9 @@ def fit(
         s = settings
         steps_per_epoch = max(1, math.ceil(len(train_items) / s.batch_size))
         schedule = WarmupCosine(max(1, round(s.warmup_epochs * steps_per_epoch)), s.epochs * steps_per_epoch)
-        base_lrs = [g["lr"] for g in optimizer.param_groups]
+        # timm's layer-wise lr decay gives each group its factor as "lr_scale", which timm's own
+        # schedulers apply; this loop is the scheduler here, so it applies it
+        base_lrs = [g["lr"] * g.get("lr_scale", 1.0) for g in optimizer.param_groups]
         scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
         stopper = EarlyStopping(s.patience)
         step, epoch = 0, 0
