@@ -754,6 +754,12 @@ def run(opt: Options) -> Results:
     res.doc["command"] = opt.command
     if opt.command not in commands:
         commands.append(opt.command)
+    from ultrassl.finetune.classify import FINETUNE_REVISION
+
+    # the fine-tuning revision of the fine-tuned rows: a file that holds rows already keeps its own (1
+    # when it recorded none), so that rows of earlier code stay flagged on the page
+    held = bool(res.doc.get("pocus") or res.doc.get("fewlabel"))
+    cfg["finetune_revision"] = old.get("finetune_revision", 1) if held else FINETUNE_REVISION
     res.doc["config"] = cfg
     res.doc["config"]["presets"] = PRESETS
     res.save()

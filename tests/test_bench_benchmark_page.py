@@ -88,7 +88,12 @@ def made_up_results(path: Path, quick: bool = True, tuned: bool = False, multi: 
                         b = v - 0.2 * (1 - f)
                         metrics[f"linear@{f:g}"] = {"accuracy": b, "balanced_accuracy": b, "macro_f1": b}
                     if seed == 0:  # fine-tuning on the first seed only (ft_seeds 1)
-                        metrics["finetune"] = {"accuracy": v, "balanced_accuracy": v + 0.05, "macro_f1": v}
+                        metrics["finetune"] = {
+                            "accuracy": v,
+                            "balanced_accuracy": v + 0.05,
+                            "macro_f1": v,
+                            "revision": 2,
+                        }
                 twin = None if enc == "scratch-vit" else "scratch-vit"
                 store.results[result_key("busi-classify", enc, fold, seed)] = _entry(
                     "busi-classify", enc, fold, seed, metrics, cls, twin
@@ -478,6 +483,26 @@ def test_pre_training_runs_cut_short_by_the_time_cap_are_named(tmp_path):
     doc["pretrain"]["busi/fold1/mae"]["steps"] = 62
     (results / page.RESULTS_NAME).write_text(json.dumps(doc))
     assert "stopped before" not in page.section(results)
+
+
+def test_fine_tuned_results_of_an_earlier_fine_tuning_revision_are_flagged(tmp_path):
+    """Fine-tuned classification results of code that trained differently (revision 1 ignored the
+    layer-wise lr decay) are not passed off as the design's: the page says how many, and the runner
+    measures them again (tests/test_benchmark.py)."""
+    results = tmp_path / "results"
+    doc = made_up_results(results / page.RESULTS_NAME, tuned=True)
+    assert "predate fine-tuning revision" not in page.section(results)
+    tuned = [
+        r for r in doc["results"].values() if r["task"] == "busi-classify" and "finetune" in r["metrics"]
+    ]
+    for r in tuned[:3]:
+        del r["metrics"]["finetune"]["revision"]  # written before revisions were recorded: revision 1
+    (results / page.RESULTS_NAME).write_text(json.dumps(doc))
+    # hc18's fine-tuned segmentation has no revision and is not flagged: its training did not change
+    assert (
+        f"**3 of {len(tuned)} fine-tuned classification results predate fine-tuning revision 2**"
+        in page.section(results)
+    )
 
 
 def test_the_readme_headline_comes_from_the_full_table_only(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ultrassl.data.manifest import read_manifest
+from ultrassl.finetune.classify import FINETUNE_REVISION
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -76,6 +77,7 @@ def test_real_data_bench_two_folds_resumes(tmp_path):
     assert set(doc["pocus"]["mae"]["linear"]) == {"0", "1"}
     assert doc["summary"]["pocus"]["mae"]["linear"]["frame"]["accuracy"]["n"] == 2
     assert "machine" in doc and doc["calibration"]["pocus/mae"]["steps"] >= 10
+    assert doc["config"]["finetune_revision"] == FINETUNE_REVISION  # a fresh file: today's fine-tuning
     # per-fold pre-training never sees the test fold's patients
     folds = json.loads((opt.work / "pocus" / "folds.json").read_text())["folds"]
     seen = {r.group_id for r in read_manifest(opt.work / "pocus" / "manifests" / "fold0_mae.csv")}
@@ -113,6 +115,17 @@ def test_hc18_table_orders_rows_and_pairs_dice_gains_by_fold(tmp_path):
     # MAE vs scratch ViT on folds 0 and 1: (+5 + 15) / 2; USCL vs scratch ResNet on fold 0 only: +2
     assert "| +10.0 (2 folds) |" in rows[1] and "| +2.0 (1 fold) |" in rows[3]
     assert "| - |" in rows[0] and "| 90.0 ± 7.1 |" in rows[1]
+
+
+def test_full_rows_of_an_earlier_fine_tuning_revision_are_flagged():
+    """A file whose config records no fine-tuning revision (or an older one) holds ``full`` rows of code
+    that ignored the layer-wise lr decay: the page says so instead of passing them off as the guide's."""
+    from pages.real_data import outdated_full_rows
+
+    doc = {"pocus": {"mae": {"linear": {"0": {}}, "full": {"0": {}}}}, "fewlabel": {"best": "mae"}}
+    assert "an earlier revision (1)" in "\n".join(outdated_full_rows(doc))
+    assert outdated_full_rows({**doc, "config": {"finetune_revision": FINETUNE_REVISION}}) == []
+    assert outdated_full_rows({"pocus": {"mae": {"linear": {"0": {}}}}}) == []  # no full rows
 
 
 def test_pocus_modes_follow_each_architecture_unless_named():

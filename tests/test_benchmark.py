@@ -16,6 +16,7 @@ from scipy import stats as st
 
 from ultrassl.benchmark.stats import detectable_difference, holm, mean_interval, paired_difference
 from ultrassl.benchmark.tasks import DataLayoutError, prepare_task
+from ultrassl.finetune.classify import FINETUNE_REVISION
 
 # ----------------------------------------------------------------------------------------------------
 # tiny layouts
@@ -562,6 +563,7 @@ def test_classification_is_fine_tuned_on_ft_tasks_and_the_first_ft_seeds(data_ro
     for m in ("accuracy", "balanced_accuracy", "macro_f1"):
         assert 0 <= ft[m] <= 1
     assert ft["best_epoch"] in (0, 1) and ft["n_test"] == linear["n_test"] > 0
+    assert ft["revision"] == FINETUNE_REVISION
     assert (ft["n_train"], ft["n_val"]) == (linear["n_train"], linear["n_val"])
     assert (tmp_path / "work" / "busi-classify" / "eval" / "scratch-vit" / "ft_fold0_seed0").is_dir()
     assert doc["summary"]["busi-classify"]["scratch-vit"]["finetune"]["balanced_accuracy"]["n"] == 1
@@ -613,6 +615,37 @@ def test_an_entry_stored_before_a_protocol_existed_is_completed(data_root, tmp_p
     metrics = json.loads(path.read_text())["results"][key1]["metrics"]
     assert set(metrics) == set(before[key1]["metrics"])
     assert metrics["linear"] == before[key1]["metrics"]["linear"]
+
+
+def test_a_fine_tuning_of_an_earlier_revision_is_fine_tuned_again(data_root, tmp_path, monkeypatch):
+    """A stored "finetune" of fine-tuning code of an earlier revision (revision 1 recorded none: its
+    ``--ft-mode full`` ignored the layer-wise lr decay) is fine-tuned again on the next run; the frozen
+    probes are read back, and a current one is not touched."""
+    from ultrassl.benchmark import run_benchmark
+    from ultrassl.benchmark.evaluate import Evaluator
+
+    def opts():
+        return _options(data_root, tmp_path, folds=(0,), ft_tasks=("busi-classify",))
+
+    path = run_benchmark(opts()).results_file
+    doc = json.loads(path.read_text())
+    key = "busi-classify/scratch-vit/fold0/seed0"
+    frozen = {p: m for p, m in doc["results"][key]["metrics"].items() if p != "finetune"}
+    del doc["results"][key]["metrics"]["finetune"]["revision"]
+    doc["results"][key]["metrics"]["finetune"]["balanced_accuracy"] = -1.0  # the old code's figure
+    path.write_text(json.dumps(doc))
+
+    def boom(*a, **k):
+        raise AssertionError("frozen probes evaluated again")
+
+    monkeypatch.setattr(Evaluator, "classify", boom)
+    done = run_benchmark(opts())
+    assert (done.evaluated, done.read_back, done.completed) == (1, 1, 1)
+    metrics = json.loads(path.read_text())["results"][key]["metrics"]
+    assert metrics["finetune"]["revision"] == FINETUNE_REVISION
+    assert metrics["finetune"]["balanced_accuracy"] >= 0
+    assert {p: m for p, m in metrics.items() if p != "finetune"} == frozen
+    assert run_benchmark(opts()).evaluated == 0
 
 
 def test_bad_fine_tuning_and_few_label_options_are_one_line_config_errors(tmp_path):

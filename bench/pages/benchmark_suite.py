@@ -253,6 +253,7 @@ def provenance(doc: dict[str, Any], raw: str = RESULTS_NAME) -> list[str]:
     if parts:
         lines += ["Design: " + "; ".join(parts) + ".", ""]
     lines += cut_short(doc)
+    lines += outdated_finetune(doc)
     for key, title in (
         ("pretraining", "Pre-training"),
         ("repeats", "What varies"),
@@ -314,6 +315,30 @@ def cut_short(doc: dict[str, Any]) -> list[str]:
         f"{named}. The rows that use them "
         "rest on less pre-training than the design says; the same command run again continues these runs "
         "and evaluates their rows again.",
+        "",
+    ]
+
+
+def outdated_finetune(*docs: dict[str, Any]) -> list[str]:
+    """A warning when classification's fine-tuned column of ``docs`` comes (in part) from fine-tuning
+    code of an earlier revision (the benchmark's own predicate), which the same command measures again."""
+    from ultrassl.benchmark.evaluate import finetune_outdated
+    from ultrassl.finetune.classify import FINETUNE_REVISION
+
+    tuned = [
+        r
+        for doc in docs
+        for r in (doc.get("results") or {}).values()
+        if (r.get("metrics") or {}).get("finetune") and "balanced_accuracy" in (r.get("metric_names") or ())
+    ]
+    old = [r for r in tuned if finetune_outdated(r)]
+    if not old:
+        return []
+    return [
+        f"**{len(old)} of {len(tuned)} fine-tuned classification results predate fine-tuning revision "
+        f"{FINETUNE_REVISION}**: `--ft-mode full` did not yet apply its layer-wise lr decay, so every "
+        "layer trained at the head's learning rate. Read that column as a weaker recipe than the design "
+        "says; the same command run again fine-tunes them anew.",
         "",
     ]
 

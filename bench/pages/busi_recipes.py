@@ -104,6 +104,7 @@ def section(results: Path) -> str | None:
         "",
         verdict,
         "",
+        *suite.outdated_finetune(*docs),
         "Made by:",
         "",
     ]

@@ -73,6 +73,28 @@ def hybrid_sentence(acc: dict[str, Any], task: str) -> list[str]:
     return ["", "Hybrid vs plain ViT (points, paired by fold): " + "; ".join(parts) + "."]
 
 
+def outdated_full_rows(doc: dict[str, Any]) -> list[str]:
+    """A warning when the file's ``full`` rows come from fine-tuning code of an earlier revision (its
+    config records none, or an older one)."""
+    from ultrassl.finetune.classify import FINETUNE_REVISION
+
+    revision = (doc.get("config") or {}).get("finetune_revision", 1)
+    full = any(
+        isinstance(modes, dict) and "full" in modes  # fewlabel also holds "best" and "baseline" names
+        for part in ("pocus", "fewlabel")
+        for modes in (doc.get(part) or {}).values()
+    )
+    if not full or revision >= FINETUNE_REVISION:
+        return []
+    return [
+        f"**Full fine-tuning: an earlier revision ({revision}).** The `full` rows were measured before "
+        f"fine-tuning revision {FINETUNE_REVISION}, when `--mode full` ignored its layer-wise lr decay "
+        "and trained every layer at the head's learning rate; read them as a weaker recipe than the "
+        "guide describes. The [benchmark suite](benchmark-results.md) measures fine-tuning anew.",
+        "",
+    ]
+
+
 def plot_fewlabel(summary: dict[str, Any], path: Path) -> Path | None:
     fl = summary.get("fewlabel") or {}
     if not fl:
@@ -146,6 +168,7 @@ def markdown(doc: dict[str, Any]) -> str:
             "off; the other rows have not been re-run.",
             "",
         ]
+    lines += outdated_full_rows(doc)
     pocus = summary.get("pocus") or {}
     if pocus:
         lines += [

@@ -56,6 +56,17 @@ class ProbeSettings:
     ft_epochs: int = 15
 
 
+def finetune_outdated(entry: dict[str, Any]) -> bool:
+    """Whether a classification entry's "finetune" result comes from fine-tuning code of an earlier
+    revision (:data:`~ultrassl.finetune.classify.FINETUNE_REVISION`; a result without one is revision
+    1): the benchmark measures it again, and a page of such results says so."""
+    from ultrassl.finetune.classify import FINETUNE_REVISION
+
+    tuned = (entry.get("metrics") or {}).get("finetune")
+    classify = "balanced_accuracy" in (entry.get("metric_names") or ())
+    return bool(classify and tuned and tuned.get("revision", 1) < FINETUNE_REVISION)
+
+
 def fraction_protocol(fraction: float) -> str:
     """The protocol name of the linear probe trained on ``fraction`` of the training groups."""
     return f"linear@{fraction:g}"
@@ -200,7 +211,7 @@ class Evaluator:
         ``seed``, measured on the same test frames as the frozen probes. Fine-tuning trains a copy of the
         encoder (:func:`~ultrassl.finetune.backbones.classification_model`), so ``backbone`` stays as
         loaded."""
-        from ultrassl.finetune.classify import Classifier
+        from ultrassl.finetune.classify import FINETUNE_REVISION, Classifier
 
         cfg = ClassifyConfig(
             mode=self.settings.ft_mode,
@@ -220,6 +231,7 @@ class Evaluator:
                 "n_train": r.n_train,
                 "n_val": r.n_val,
                 "n_test": r.n_test,
+                "revision": FINETUNE_REVISION,
             }
         }
 

@@ -26,6 +26,7 @@ from ultrassl.benchmark.evaluate import (
     SEGMENT_METRICS,
     Evaluator,
     ProbeSettings,
+    finetune_outdated,
     fraction_protocol,
 )
 from ultrassl.benchmark.pretrain import Corpus, PretrainBudget, calibrate, cut_short, pretrain_fold
@@ -469,12 +470,16 @@ def run_benchmark(options: BenchmarkOptions) -> BenchmarkResult:
                 for seed in seeds:
                     key = result_key(name, enc.name, k, seed)
                     stored = store.results.get(key)
-                    # an entry of an earlier run may lack a protocol added since (e.g. "finetune"), or
-                    # rest on a pre-training cut short, which is continued now (its entries anew, below)
+                    # an entry of an earlier run may lack a protocol added since (e.g. "finetune"), hold
+                    # a fine-tuning of earlier code, or rest on a pre-training cut short, which is
+                    # continued now (its entries anew, below)
                     missing = [
                         p
                         for p in expected_protocols(opt, task, seed, enc)
-                        if not stored or p not in stored["metrics"] or _pretraining_outdated(store, stored)
+                        if not stored
+                        or p not in stored["metrics"]
+                        or (p == "finetune" and finetune_outdated(stored))
+                        or _pretraining_outdated(store, stored)
                     ]
                     if not missing:
                         read_back += 1

@@ -52,6 +52,12 @@ from ultrassl.transforms.model_input import to_tensor_batch
 # ----------------------------------------------------------------------------------------------------
 # the engine
 
+#: the revision of fine-tuning's training (``--mode partial/full``): part of the journal's fingerprint and
+#: recorded with the benchmark's "finetune" results, so that results of code that trained differently
+#: are not read back as current. 2: ``--mode full`` applies its layer-wise lr decay (revision 1 trained
+#: every layer at the head's lr, ignoring it)
+FINETUNE_REVISION = 2
+
 
 @dataclass
 class RunResult:
@@ -176,7 +182,10 @@ class Classifier:
             self.data.row_ids.tolist(),
             file_identity([str(r.path) for r in self.data.rows]),
         )
-        return evaluation_fingerprint("classify", results_config(self.cfg), self.backbone.fingerprint, data)
+        trained = () if self.cfg.mode == "linear" else (FINETUNE_REVISION,)
+        return evaluation_fingerprint(
+            "classify", results_config(self.cfg), self.backbone.fingerprint, data, *trained
+        )
 
     def write_card(self, out_dir: Path, folds: list[int]) -> None:
         """What ``ultrassl evaluate`` needs to rebuild the fold models and feed them like here."""
