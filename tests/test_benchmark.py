@@ -212,6 +212,17 @@ def test_detectable_difference_has_power_08_by_the_noncentral_t(n):
         assert delta == pytest.approx(normal, rel=0.03)
 
 
+def test_few_label_protocol_names_read_back_to_their_fraction():
+    """The runner names a few-label point by its fraction; the record's correction families and the pages
+    read it back the same way, and nothing else passes for one."""
+    from ultrassl.benchmark.protocols import fraction_protocol, protocol_fraction
+
+    assert fraction_protocol(0.25) == "linear@0.25" and protocol_fraction("linear@0.25") == 0.25
+    assert protocol_fraction(fraction_protocol(0.1)) == 0.1
+    for other in ("linear", "knn", "finetune", "linear@all"):
+        assert protocol_fraction(other) is None
+
+
 def test_detectable_difference_scales_with_the_spread_and_says_when_it_cannot():
     assert detectable_difference(2.0, 5) == pytest.approx(2 * detectable_difference(1.0, 5))
     assert detectable_difference(0.0, 5) == 0.0

@@ -18,6 +18,8 @@ from typing import Any
 from benchlib import ROOT, read_results
 from benchlib import ROW_NAMES as NAMES
 
+from ultrassl.benchmark.protocols import protocol_fraction as fraction  # the record's reading too
+
 from .provenance import machine
 
 #: the results file (a copy of a run's ``OUT/benchmark.json``)
@@ -32,8 +34,6 @@ METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "dice": "Dice"}
 PROTOCOL_NAMES = {"linear": "linear probe", "knn": "k-NN", "finetune": "fine-tuned"}
 #: protocols in the order the tables show them (others after, alphabetically)
 PROTOCOL_ORDER = ("linear", "knn", "finetune")
-#: the linear probe trained on a fraction of the training groups (``linear@0.25``): the few-label table
-FEW_LABEL_PREFIX = "linear@"
 #: metrics are fractions; the page shows points (percent)
 SCALE = 100.0
 
@@ -104,16 +104,6 @@ def protocols(doc: dict[str, Any], task: str) -> list[str]:
     found = {p for by_protocol in (doc.get("summary") or {}).get(task, {}).values() for p in by_protocol}
     found = {p for p in found if fraction(p) is None}
     return [p for p in PROTOCOL_ORDER if p in found] + sorted(found - set(PROTOCOL_ORDER))
-
-
-def fraction(protocol: str) -> float | None:
-    """The label fraction of a few-label protocol (``linear@0.25`` -> 0.25); None for the others."""
-    if not protocol.startswith(FEW_LABEL_PREFIX):
-        return None
-    try:
-        return float(protocol.removeprefix(FEW_LABEL_PREFIX))
-    except ValueError:
-        return None
 
 
 def few_label_protocols(doc: dict[str, Any], task: str) -> list[str]:

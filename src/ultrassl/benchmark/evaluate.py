@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ultrassl.benchmark.protocols import fraction_protocol
 from ultrassl.benchmark.tasks import PreparedTask
 from ultrassl.data.frameset import FrameSet, load_frameset
 from ultrassl.data.group_folds import Fold, folds_from_assignment, group_majority_labels, subsample_groups
@@ -65,11 +66,6 @@ def finetune_outdated(entry: dict[str, Any]) -> bool:
     tuned = (entry.get("metrics") or {}).get("finetune")
     classify = "balanced_accuracy" in (entry.get("metric_names") or ())
     return bool(classify and tuned and tuned.get("revision", 1) < FINETUNE_REVISION)
-
-
-def fraction_protocol(fraction: float) -> str:
-    """The protocol name of the linear probe trained on ``fraction`` of the training groups."""
-    return f"linear@{fraction:g}"
 
 
 class Evaluator:

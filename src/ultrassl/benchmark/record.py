@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrassl.atomic import atomic_write_text
+from ultrassl.benchmark.protocols import protocol_fraction
 from ultrassl.benchmark.stats import holm, mean_interval, paired_difference
 from ultrassl.errors import UltrasslError
 from ultrassl.jsonable import jsonable
@@ -120,7 +121,7 @@ def _adjust_by_family(tree: dict[str, Any]) -> None:
                 if protocol == "baseline":
                     continue
                 for metric, d in by_metric.items():
-                    families[(task, metric, "@" in protocol)][(enc, protocol)] = d
+                    families[(task, metric, protocol_fraction(protocol) is not None)][(enc, protocol)] = d
     for members in families.values():
         adjusted = holm({k: d.get("p") for k, d in members.items()})
         size = sum(d.get("p") is not None for d in members.values())
