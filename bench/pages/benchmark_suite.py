@@ -312,15 +312,11 @@ def cut_short(doc: dict[str, Any]) -> list[str]:
 def outdated_finetune(*docs: dict[str, Any]) -> list[str]:
     """A warning when classification's fine-tuned column of ``docs`` comes (in part) from fine-tuning
     code of an earlier revision (the benchmark's own predicate), which the same command measures again."""
-    from ultrassl.benchmark.evaluate import finetune_outdated
+    from ultrassl.benchmark.evaluate import finetune_outdated, finetune_revision
     from ultrassl.finetune.classify import FINETUNE_REVISION
 
-    tuned = [
-        r
-        for doc in docs
-        for r in (doc.get("results") or {}).values()
-        if (r.get("metrics") or {}).get("finetune") and "balanced_accuracy" in (r.get("metric_names") or ())
-    ]
+    entries = [r for doc in docs for r in (doc.get("results") or {}).values()]
+    tuned = [r for r in entries if finetune_revision(r) is not None]
     old = [r for r in tuned if finetune_outdated(r)]
     if not old:
         return []

@@ -57,15 +57,23 @@ class ProbeSettings:
     ft_epochs: int = 15
 
 
+def finetune_revision(entry: dict[str, Any]) -> int | None:
+    """The fine-tuning revision (:data:`~ultrassl.finetune.classify.FINETUNE_REVISION`) of a
+    classification entry's "finetune" result (1 when it records none); None when the entry has none
+    (segmentation's "finetune" has no revision: its training did not change)."""
+    tuned = (entry.get("metrics") or {}).get("finetune")
+    if not tuned or "balanced_accuracy" not in (entry.get("metric_names") or ()):
+        return None
+    return int(tuned.get("revision", 1))
+
+
 def finetune_outdated(entry: dict[str, Any]) -> bool:
     """Whether a classification entry's "finetune" result comes from fine-tuning code of an earlier
-    revision (:data:`~ultrassl.finetune.classify.FINETUNE_REVISION`; a result without one is revision
-    1): the benchmark measures it again, and a page of such results says so."""
+    revision: the benchmark measures it again, and a page of such results says so."""
     from ultrassl.finetune.classify import FINETUNE_REVISION
 
-    tuned = (entry.get("metrics") or {}).get("finetune")
-    classify = "balanced_accuracy" in (entry.get("metric_names") or ())
-    return bool(classify and tuned and tuned.get("revision", 1) < FINETUNE_REVISION)
+    revision = finetune_revision(entry)
+    return revision is not None and revision < FINETUNE_REVISION
 
 
 class Evaluator:
